@@ -1,0 +1,100 @@
+/**
+ * @module
+ * Wires the modules into a running balancer: pool + policy, health checks, the proxy handler
+ * and the listener. `main.ts` adds the command line and signals; tests start it in-process.
+ */
+
+import type { Config } from "./config.ts";
+import type { Log } from "./log.ts";
+import { Pool } from "./pool.ts";
+import { RoundRobinPolicy } from "./policies/round_robin.ts";
+import { HealthChecker } from "./health.ts";
+import { createProxyHandler } from "./proxy.ts";
+
+/** A running balancer. */
+export interface RunningBalancer {
+  /** The port actually bound (useful with port 0). */
+  readonly port: number;
+  readonly pool: Pool;
+  /**
+   * Stops accepting, lets in-flight requests finish for up to `drainMs`, then closes whatever
+   * is left. Resolves to the number of requests still open when the deadline hit (0 = clean).
+   */
+  shutdown(drainMs: number): Promise<number>;
+}
+
+/** Starts the balancer described by `config` (its `backends` must be final). */
+export function startBalancer(config: Config, log: Log): Promise<RunningBalancer> {
+  for (const backend of config.backends) log.info(`Configured server: ${backend.url}`);
+  const pool = new Pool(config.backends, {
+    rise: config.rise,
+    fall: config.fall,
+    policy: new RoundRobinPolicy(),
+    onStateChange: (backend, _from, to, reason) => log.info(`${backend.url} [${to}] (${reason})`),
+  });
+  const client = Deno.createHttpClient({ allowHost: true });
+  const health = new HealthChecker(pool, {
+    interval: config.healthInterval,
+    timeout: config.healthTimeout,
+    path: config.healthPath,
+    client,
+  }, log);
+  const handler = createProxyHandler(pool, {
+    retries: config.retries,
+    timeout: config.timeout,
+    connectTimeout: config.connectTimeout,
+    retryAfterSeconds: Math.max(1, Math.ceil(config.healthInterval / 1000)),
+    proto: "http",
+    client,
+  }, log);
+
+  let inflight = 0;
+  const abort = new AbortController();
+  return new Promise((resolve, reject) => {
+    let server: Deno.HttpServer<Deno.NetAddr>;
+    try {
+      server = Deno.serve({
+        port: config.port,
+        hostname: config.host,
+        signal: abort.signal,
+        onListen: (addr) => {
+          log.info(`Load balancer started at :${addr.port}`);
+          health.start();
+          resolve({ port: addr.port, pool, shutdown });
+        },
+        onError: (error) => {
+          log.error(`Unhandled error: ${(error as Error)?.stack ?? error}`);
+          return new Response("500 Internal Server Error\n", { status: 500 });
+        },
+      }, async (req, info) => {
+        inflight++;
+        try {
+          return await handler(req, info);
+        } finally {
+          inflight--;
+        }
+      });
+    } catch (error) {
+      reject(error);
+      return;
+    }
+
+    async function shutdown(drainMs: number): Promise<number> {
+      await health.stop();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const deadline = new Promise<"timeout">((r) =>
+        timer = setTimeout(() => r("timeout"), drainMs)
+      );
+      const outcome = await Promise.race([
+        server.shutdown().then(() => "drained" as const),
+        deadline,
+      ]);
+      clearTimeout(timer);
+      const left = outcome === "timeout" ? inflight : 0;
+      if (outcome === "timeout") abort.abort();
+      await server.finished.catch(() => {});
+      client.close();
+      return left;
+    }
+  });
+}

@@ -1,0 +1,74 @@
+/**
+ * @module
+ * Errors that know how to answer a client, and the one place that turns them into responses.
+ *
+ * Bodies are short text and never name a backend: an error page is seen by anyone on the
+ * internet, and backend addresses are internal topology.
+ */
+
+/** Base error: carries the HTTP status the client should get and optional extra headers. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** 400: the request is malformed in a way the balancer refuses to forward. */
+export class BadRequestError extends HttpError {
+  constructor(message: string) {
+    super(400, message);
+  }
+}
+
+/** 503: no backend can take the request right now (all down or excluded). */
+export class NoBackendError extends HttpError {
+  constructor(retryAfterSeconds: number) {
+    super(503, "no backend available", { "retry-after": String(retryAfterSeconds) });
+  }
+}
+
+/** 502: every attempt failed before response headers arrived. */
+export class BadGatewayError extends HttpError {
+  constructor(message = "upstream request failed") {
+    super(502, message);
+  }
+}
+
+/** 504: the backend accepted the request but sent no response headers within the timeout. */
+export class GatewayTimeoutError extends HttpError {
+  constructor() {
+    super(504, "upstream response timed out");
+  }
+}
+
+/** A configuration problem: start-up stops with this one-line message and exit code 2. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+const REASONS: Record<number, string> = {
+  400: "Bad Request",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  413: "Content Too Large",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
+/**
+ * The single mapping from errors to responses. Unknown errors become 502: whatever went wrong,
+ * it went wrong between us and the backend, and the client must not see internals.
+ */
+export function errorResponse(error: unknown): Response {
+  const status = error instanceof HttpError ? error.status : 502;
+  const headers = new Headers(error instanceof HttpError ? error.headers : {});
+  headers.set("content-type", "text/plain; charset=utf-8");
+  headers.set("cache-control", "no-store");
+  return new Response(`${status} ${REASONS[status] ?? "Error"}\n`, { status, headers });
+}

@@ -1,0 +1,121 @@
+/**
+ * @module
+ * Header rules for a proxy hop: hop-by-hop stripping (both directions), the `X-Forwarded-*`
+ * set, and strict validation of the client's Host.
+ */
+
+/**
+ * Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+ * de-facto `Proxy-Connection` and `Keep-Alive`. `Transfer-Encoding` is framing for one hop;
+ * `Upgrade` is stripped because protocol switching is not relayed here.
+ */
+export const HOP_BY_HOP = [
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+] as const;
+
+/**
+ * Removes hop-by-hop headers and every header the `Connection` header names (RFC 9110 §7.6.1),
+ * in place. Run it on both the request and the response, before the proxy adds its own headers,
+ * so that `Connection: X-Forwarded-For` cannot remove what the proxy sets.
+ */
+export function stripHopByHop(headers: Headers): void {
+  const connection = headers.get("connection");
+  if (connection !== null) {
+    for (const name of connection.split(",")) {
+      const trimmed = name.trim();
+      // A token that is not a valid header name would make delete() throw; it names nothing.
+      if (trimmed !== "" && HEADER_NAME.test(trimmed)) headers.delete(trimmed);
+    }
+  }
+  for (const name of HOP_BY_HOP) headers.delete(name);
+}
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+// reg-name (letters, digits, - . _ ~), IPv4, or a bracketed IPv6 literal, then an optional port.
+const HOST_PATTERN = /^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$/;
+
+/**
+ * Whether `value` is a valid `host[:port]` (RFC 9110 §7.2) with no path, userinfo, or
+ * out-of-range port. Anything else in Host would change how `req.url` parses.
+ */
+export function isValidHost(value: string): boolean {
+  const match = HOST_PATTERN.exec(value);
+  if (match === null) return false;
+  return match[1] === undefined || Number(match[1]) <= 65535;
+}
+
+/** What the proxy tells the backend about the original request. */
+export interface ForwardedFacts {
+  /** The peer address on the client socket (never a client-supplied value). */
+  clientIp: string;
+  /** `http` or `https`: the scheme the client used to reach the balancer. */
+  proto: string;
+  /** The client's Host, when it sent one. */
+  host: string | null;
+}
+
+/**
+ * Builds the upstream request headers from the client's: hop-by-hop removed, then the client's
+ * Host kept (as HAProxy and Go's ReverseProxy do) and `X-Forwarded-For/-Proto/-Host` set from
+ * what the balancer saw. Client-sent `X-Forwarded-*` are replaced, not trusted.
+ */
+export function upstreamRequestHeaders(incoming: Headers, facts: ForwardedFacts): Headers {
+  const headers = new Headers(incoming);
+  stripHopByHop(headers);
+  headers.set("x-forwarded-for", facts.clientIp);
+  headers.set("x-forwarded-proto", facts.proto);
+  if (facts.host !== null) {
+    headers.set("host", facts.host);
+    headers.set("x-forwarded-host", facts.host);
+  } else {
+    headers.delete("host");
+    headers.delete("x-forwarded-host");
+  }
+  // Without this, fetch asks for gzip/br on the client's behalf and then decodes the answer:
+  // wasted work both ends for a client that never asked for compression.
+  if (!headers.has("accept-encoding")) headers.set("accept-encoding", "identity");
+  return headers;
+}
+
+/** Content codings that Deno's fetch decodes by itself (verified on 2.9.6: deflate, zstd are not). */
+const FETCH_DECODED_CODINGS = new Set(["gzip", "br"]);
+
+/**
+ * Whether fetch has already decoded this response body. fetch decodes gzip and br unless the
+ * request asked for `identity` or carried a Range header, but leaves `Content-Encoding` and the
+ * compressed `Content-Length` in place; relaying those with the decoded bytes corrupts the
+ * response.
+ */
+export function fetchDecodedBody(requestHeaders: Headers, responseHeaders: Headers): boolean {
+  const coding = responseHeaders.get("content-encoding");
+  if (coding === null) return false;
+  if (!FETCH_DECODED_CODINGS.has(coding.trim().toLowerCase())) return false;
+  if (requestHeaders.get("accept-encoding")?.trim().toLowerCase() === "identity") return false;
+  return !requestHeaders.has("range");
+}
+
+/**
+ * Builds the client response headers from the backend's: hop-by-hop removed, and when fetch
+ * decoded the body, `Content-Encoding`/`Content-Length` dropped so they describe the bytes
+ * actually sent, and a strong ETag weakened (it named the encoded representation).
+ */
+export function downstreamResponseHeaders(upstream: Headers, decoded: boolean): Headers {
+  const headers = new Headers(upstream);
+  stripHopByHop(headers);
+  if (decoded) {
+    headers.delete("content-encoding");
+    headers.delete("content-length");
+    const etag = headers.get("etag");
+    if (etag !== null && !etag.startsWith("W/")) headers.set("etag", `W/${etag}`);
+  }
+  return headers;
+}

@@ -1,0 +1,83 @@
+/**
+ * @module
+ * The process log. Lines keep the original Go tool's shape (`2024/12/21 12:00:00 message`, local
+ * time as Go's `log` package prints it) with the level added after the time:
+ * `2024/12/21 12:00:00 INFO Configured server: http://localhost:8081`.
+ *
+ * Output goes through LogTape so that sinks and formats can grow (JSON, files) without touching
+ * callers. Modules receive a {@linkcode Log}; tests pass {@linkcode quietLog}. Disabled levels are
+ * no-op functions, so a debug line on the request path costs one call, and callers building an
+ * expensive message check {@linkcode Log.debugEnabled} first.
+ */
+
+import { configureSync, getLogger, type LogRecord } from "@logtape/logtape";
+import type { LogLevel } from "./config.ts";
+
+/** A leveled logger taking finished message strings. */
+export interface Log {
+  debug(message: string): void;
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+  /** True when debug lines are written; guard costly message building with it. */
+  readonly debugEnabled: boolean;
+}
+
+const noop = (_message: string): void => {};
+
+/** A logger that writes nothing, for tests and embedding. */
+export const quietLog: Log = {
+  debug: noop,
+  info: noop,
+  warn: noop,
+  error: noop,
+  debugEnabled: false,
+};
+
+const LOGTAPE_LEVEL = { debug: "debug", info: "info", warn: "warning", error: "error" } as const;
+const RANK: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+
+function pad(n: number): string {
+  return n < 10 ? `0${n}` : String(n);
+}
+
+/** Formats a timestamp as Go's log package does: `2006/01/02 15:04:05`, local time. */
+export function goTimestamp(epochMs: number): string {
+  const d = new Date(epochMs);
+  return `${d.getFullYear()}/${pad(d.getMonth() + 1)}/${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+/** Renders one record as a text line: time, level, message. */
+export function formatLine(record: LogRecord): string {
+  const level = record.level === "warning" ? "WARN" : record.level.toUpperCase();
+  return `${goTimestamp(record.timestamp)} ${level} ${record.message.map(String).join("")}`;
+}
+
+/**
+ * Configures LogTape to write text lines at `level` and above to `write` (standard error by
+ * default, like Go's log) and returns the logger the modules share.
+ */
+export function createLog(
+  level: LogLevel,
+  write: (line: string) => void = (line) => console.error(line),
+): Log {
+  configureSync({
+    reset: true,
+    sinks: { text: (record: LogRecord) => write(formatLine(record)) },
+    loggers: [
+      { category: ["load-balancer"], lowestLevel: LOGTAPE_LEVEL[level], sinks: ["text"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["text"] },
+    ],
+  });
+  const logger = getLogger(["load-balancer"]);
+  const enabled = (l: LogLevel) => RANK[l] >= RANK[level];
+  // Tagged templates keep LogTape from reading `{...}` in URLs as placeholders.
+  return {
+    debug: enabled("debug") ? (m) => logger.debug`${m}` : noop,
+    info: enabled("info") ? (m) => logger.info`${m}` : noop,
+    warn: enabled("warn") ? (m) => logger.warn`${m}` : noop,
+    error: enabled("error") ? (m) => logger.error`${m}` : noop,
+    debugEnabled: enabled("debug"),
+  };
+}

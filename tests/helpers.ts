@@ -1,0 +1,186 @@
+/**
+ * @module
+ * Test fixtures: backends on 127.0.0.1 with OS-picked ports, an in-process balancer, a raw
+ * socket client, and a refusing address. Every fixture is an AsyncDisposable so `await using`
+ * closes it even when an assertion fails.
+ */
+
+import { type Config, DEFAULTS } from "../lib/config.ts";
+import { quietLog } from "../lib/log.ts";
+import { type RunningBalancer, startBalancer } from "../lib/balancer.ts";
+import type { BackendSpec } from "../lib/pool.ts";
+import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
+
+/** A backend started by a test. */
+export interface TestBackend extends AsyncDisposable {
+  readonly url: string;
+  readonly port: number;
+  /** Health checks received (kept out of `received`). */
+  readonly healthChecks: { count: number };
+  /** Requests received, in order (a snapshot: a served Request is unreadable once answered). */
+  readonly received: ReceivedRequest[];
+  close(): Promise<void>;
+}
+
+/** What a test backend saw of one request. */
+export interface ReceivedRequest {
+  method: string;
+  /** `req.url` as Deno built it. */
+  url: string;
+  /** Path and query as sent on the wire. */
+  path: string;
+  headers: Headers;
+}
+
+/** Starts a backend whose answers come from `handler`; every request is recorded first. */
+export async function startTestBackend(
+  handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response> = () =>
+    new Response("ok"),
+): Promise<TestBackend> {
+  const received: ReceivedRequest[] = [];
+  const healthChecks = { count: 0 };
+  const server = Deno.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    onListen: () => {},
+    onError: () => new Response("backend handler error", { status: 500 }),
+  }, (req, info) => {
+    const url = req.url;
+    if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) {
+      healthChecks.count++;
+      return handler(req, info);
+    }
+    received.push({
+      method: req.method,
+      url,
+      path: url.slice(url.indexOf("/", url.indexOf("://") + 3)),
+      headers: new Headers(req.headers),
+    });
+    return handler(req, info);
+  });
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    await server.shutdown();
+  };
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    port: server.addr.port,
+    received,
+    healthChecks,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/** An address on 127.0.0.1 that refuses connections: bound to port 0, then closed. */
+export function refusingUrl(): string {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  return `http://127.0.0.1:${port}`;
+}
+
+/** A balancer started in-process for a test. */
+export interface TestBalancer extends AsyncDisposable {
+  readonly url: string;
+  readonly port: number;
+  readonly balancer: RunningBalancer;
+}
+
+/** Config for tests: fast defaults, port 0, loopback only. Override anything. */
+export function testConfig(backends: string[], overrides: Partial<Config> = {}): Config {
+  const specs: BackendSpec[] = backends.map((url) => ({ url, weight: 1 }));
+  return {
+    ...DEFAULTS,
+    backends: specs,
+    port: 0,
+    host: "127.0.0.1",
+    healthInterval: 60_000,
+    demo: false,
+    ...overrides,
+  };
+}
+
+/** Starts the balancer in-process over `backends`. */
+export async function startTestBalancer(
+  backends: string[],
+  overrides: Partial<Config> = {},
+): Promise<TestBalancer> {
+  const balancer = await startBalancer(testConfig(backends, overrides), quietLog);
+  return {
+    url: `http://127.0.0.1:${balancer.port}`,
+    port: balancer.port,
+    balancer,
+    [Symbol.asyncDispose]: async () => {
+      await balancer.shutdown(1000);
+    },
+  };
+}
+
+/** GETs `url` and returns status and text; the body is always consumed. */
+export async function getText(
+  url: string,
+  init?: RequestInit,
+): Promise<{ status: number; text: string; headers: Headers }> {
+  const response = await fetch(url, init);
+  return { status: response.status, text: await response.text(), headers: response.headers };
+}
+
+/**
+ * Sends raw bytes to 127.0.0.1:port and returns everything read until the peer closes or
+ * `timeoutMs` passes (then the socket is closed by us).
+ */
+export async function rawRequest(port: number, data: string, timeoutMs = 2000): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const timer = setTimeout(() => {
+    try {
+      conn.close();
+    } catch { /* already closed */ }
+  }, timeoutMs);
+  const chunks: Uint8Array[] = [];
+  try {
+    await conn.write(new TextEncoder().encode(data));
+    const buffer = new Uint8Array(16 * 1024);
+    for (let i = 0; i < 10_000; i++) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      chunks.push(buffer.slice(0, n));
+    }
+  } catch {
+    // closed by the timer or reset by the peer: return what arrived
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn.close();
+    } catch { /* already closed */ }
+  }
+  return new TextDecoder().decode(concat(chunks));
+}
+
+/** Joins byte chunks. */
+export function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
+}
+
+/** Resolves after `ms`. */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `condition` every 20 ms until true or `timeoutMs` passes; returns the last result. */
+export async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (condition()) return true;
+    await delay(20);
+  }
+  return condition();
+}
