@@ -50,7 +50,10 @@ const HOST_PATTERN = /^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$/;
 export function isValidHost(value: string): boolean {
   const match = HOST_PATTERN.exec(value);
   if (match === null) return false;
-  return match[1] === undefined || Number(match[1]) <= 65535;
+  if (match[1] !== undefined && Number(match[1]) > 65535) return false;
+  // The pattern admits `[...]`, `1.2.3.999` and `a.123`, which URL parsers refuse (bad IPv6,
+  // out-of-range IPv4): `new URL(req.url)` would throw on them anywhere downstream.
+  return URL.canParse(`http://${value}/`);
 }
 
 /** What the proxy tells the backend about the original request. */
@@ -66,11 +69,15 @@ export interface ForwardedFacts {
 /**
  * Builds the upstream request headers from the client's: hop-by-hop removed, then the client's
  * Host kept (as HAProxy and Go's ReverseProxy do) and `X-Forwarded-For/-Proto/-Host` set from
- * what the balancer saw. Client-sent `X-Forwarded-*` are replaced, not trusted.
+ * what the balancer saw. Client-sent `X-Forwarded-*` are replaced and `Forwarded` is dropped,
+ * not trusted.
  */
 export function upstreamRequestHeaders(incoming: Headers, facts: ForwardedFacts): Headers {
   const headers = new Headers(incoming);
   stripHopByHop(headers);
+  // RFC 7239 `Forwarded` carries the same facts; the client's copy is as spoofable as its
+  // X-Forwarded-For and the balancer does not vouch for it (Go's ReverseProxy drops it too).
+  headers.delete("forwarded");
   headers.set("x-forwarded-for", facts.clientIp);
   headers.set("x-forwarded-proto", facts.proto);
   if (facts.host !== null) {

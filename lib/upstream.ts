@@ -97,23 +97,11 @@ export async function canConnect(origin: string, timeoutMs: number): Promise<boo
   const url = new URL(origin);
   const hostname = url.hostname.replace(/^\[(.*)\]$/, "$1");
   const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const connecting = Deno.connect({ hostname, port });
-  const timedOut = new Promise<null>((resolve) => {
-    timer = setTimeout(() => resolve(null), timeoutMs);
-  });
   try {
-    const conn = await Promise.race([connecting, timedOut]);
-    if (conn === null) {
-      // Close the socket if the connect completes after we stopped waiting.
-      connecting.then((late) => late.close(), () => {});
-      return false;
-    }
+    const conn = await Deno.connect({ hostname, port, signal: AbortSignal.timeout(timeoutMs) });
     conn.close();
     return true;
   } catch {
     return false;
-  } finally {
-    clearTimeout(timer);
   }
 }

@@ -33,7 +33,7 @@ export interface ReceivedRequest {
 }
 
 /** Starts a backend whose answers come from `handler`; every request is recorded first. */
-export async function startTestBackend(
+export function startTestBackend(
   handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response> = () =>
     new Response("ok"),
 ): Promise<TestBackend> {
@@ -64,14 +64,14 @@ export async function startTestBackend(
     closed = true;
     await server.shutdown();
   };
-  return {
+  return Promise.resolve({
     url: `http://127.0.0.1:${server.addr.port}`,
     port: server.addr.port,
     received,
     healthChecks,
     close,
     [Symbol.asyncDispose]: close,
-  };
+  });
 }
 
 /** An address on 127.0.0.1 that refuses connections: bound to port 0, then closed. */

@@ -1,0 +1,291 @@
+/**
+ * Balancing, health, retries and gateway errors over real sockets: backends are started, killed,
+ * black-holed and reset by the tests themselves on 127.0.0.1.
+ */
+import assert from "node:assert/strict";
+import {
+  delay,
+  getText,
+  rawRequest,
+  refusingUrl,
+  startTestBackend,
+  startTestBalancer,
+  waitFor,
+} from "./helpers.ts";
+
+Deno.test("round-robin: K*N sequential requests give each of N backends exactly K", async () => {
+  await using a = await startTestBackend(() => new Response("a"));
+  await using b = await startTestBackend(() => new Response("b"));
+  await using c = await startTestBackend(() => new Response("c"));
+  await using lb = await startTestBalancer([a.url, b.url, c.url]);
+  const K = 20;
+  for (let i = 0; i < K * 3; i++) assert.equal((await getText(lb.url)).status, 200);
+  assert.deepEqual([a.received.length, b.received.length, c.received.length], [K, K, K]);
+});
+
+Deno.test("a backend killed mid-run costs zero failed GETs", async () => {
+  await using a = await startTestBackend(() => new Response("a"));
+  await using b = await startTestBackend(() => new Response("b"));
+  const c = await startTestBackend(() => new Response("c"));
+  await using lb = await startTestBalancer([a.url, b.url, c.url]);
+  const statuses: number[] = [];
+  for (let i = 0; i < 60; i++) {
+    if (i === 20) await c.close();
+    statuses.push((await getText(`${lb.url}/n/${i}`)).status);
+  }
+  assert.deepEqual(statuses.filter((s) => s !== 200), []);
+  const killed = lb.balancer.pool.backends.find((x) => x.url === c.url)!;
+  assert.equal(killed.state, "down");
+  assert.equal(a.received.length + b.received.length + c.received.length, 60);
+});
+
+Deno.test("a down backend is readmitted after `rise` passing health checks", async () => {
+  await using a = await startTestBackend(() => new Response("a"));
+  const b = await startTestBackend(() => new Response("b"));
+  const port = b.port;
+  await using lb = await startTestBalancer([a.url, b.url], {
+    healthInterval: 50,
+    healthTimeout: 500,
+    rise: 2,
+    fall: 1,
+  });
+  const backendB = lb.balancer.pool.backends[1];
+  await b.close();
+  assert.ok(await waitFor(() => backendB.state === "down"), "killed backend marked down");
+  for (let i = 0; i < 4; i++) assert.equal((await getText(lb.url)).text, "a");
+
+  // Same port again: the pool knows the backend by address.
+  const listener = Deno.serve(
+    { port, hostname: "127.0.0.1", onListen() {} },
+    () => new Response("b again"),
+  );
+  try {
+    assert.ok(await waitFor(() => backendB.state === "up"), "restarted backend readmitted");
+    const texts = new Set<string>();
+    for (let i = 0; i < 4; i++) texts.add((await getText(lb.url)).text);
+    assert.ok(texts.has("b again"), "traffic returns to the readmitted backend");
+  } finally {
+    await listener.shutdown();
+  }
+});
+
+Deno.test("fall: an up backend failing health checks goes down only after `fall` in a row", async () => {
+  let healthy = true;
+  await using a = await startTestBackend((req) =>
+    new URL(req.url).pathname === "/health"
+      ? new Response(null, { status: healthy ? 200 : 500 })
+      : new Response("a")
+  );
+  await using lb = await startTestBalancer([a.url], {
+    healthInterval: 30,
+    healthPath: "/health",
+    fall: 3,
+  });
+  const backend = lb.balancer.pool.backends[0];
+  healthy = false;
+  assert.ok(await waitFor(() => backend.lastCheck?.ok === false));
+  // After the first failed check it must still be up (fall=3).
+  assert.equal(backend.state, "up");
+  assert.ok(await waitFor(() => backend.state === "down"));
+  assert.equal(backend.lastCheck?.detail, "HTTP 500");
+  const { status, headers } = await getText(lb.url);
+  assert.equal(status, 503);
+  assert.ok(Number(headers.get("retry-after")) >= 1);
+});
+
+Deno.test("no backend available answers 503 at once with Retry-After and no address", async () => {
+  const dead = refusingUrl();
+  await using lb = await startTestBalancer([dead], { retries: 0 });
+  const first = await getText(lb.url);
+  assert.equal(first.status, 502, "the first request finds out by failing to connect");
+  assert.ok(!first.text.includes("127.0.0.1"));
+  const second = await getText(lb.url);
+  assert.equal(second.status, 503);
+  assert.equal(second.headers.get("retry-after"), "60");
+  assert.ok(!second.text.includes("127.0.0.1"), "error bodies never reveal backend addresses");
+});
+
+Deno.test("refused connections are retried on another backend for any method", async () => {
+  await using good = await startTestBackend(async (req) => new Response(await req.text()));
+  await using lb = await startTestBalancer([refusingUrl(), good.url], { retries: 1 });
+  const response = await fetch(lb.url, { method: "POST", body: "payload" });
+  assert.equal(response.status, 200);
+  assert.equal(await response.text(), "payload");
+  assert.equal(lb.balancer.pool.backends[0].state, "down");
+});
+
+/** A TCP server on 127.0.0.1 that runs `onConnection` for each connection; closes them all. */
+function rawServer(onConnection: (conn: Deno.Conn) => Promise<void>) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      onConnection(conn).catch(() => {});
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${listener.addr.port}`,
+    connections: () => conns.size,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* closed already */ }
+      }
+      await accepting;
+    },
+  };
+}
+
+async function readHead(conn: Deno.Conn): Promise<string> {
+  const buffer = new Uint8Array(65536);
+  let text = "";
+  for (let i = 0; i < 100 && !text.includes("\r\n\r\n"); i++) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    text += new TextDecoder().decode(buffer.subarray(0, n));
+  }
+  return text;
+}
+
+Deno.test("a black-hole backend (accepts, never answers) gives 504 after --timeout", async () => {
+  await using hole = rawServer(async (conn) => {
+    await readHead(conn);
+    // never answer
+  });
+  await using lb = await startTestBalancer([hole.url], { timeout: 300 });
+  const started = performance.now();
+  const { status, text } = await getText(lb.url);
+  assert.equal(status, 504);
+  assert.ok(!text.includes("127.0.0.1"));
+  assert.ok(performance.now() - started >= 290);
+  assert.equal(lb.balancer.pool.backends[0].state, "up", "slow is not down");
+});
+
+Deno.test("a reset before headers: GET is retried elsewhere, POST is not (502)", async () => {
+  await using resetter = rawServer(async (conn) => {
+    await readHead(conn);
+    conn.close();
+  });
+  await using good = await startTestBackend(() => new Response("good"));
+  await using lb = await startTestBalancer([resetter.url, good.url], { retries: 2 });
+
+  // Round-robin starts at the resetter: the GET is retried on the good backend.
+  const get = await getText(lb.url);
+  assert.equal(get.status, 200);
+  assert.equal(get.text, "good");
+  assert.equal(good.received.length, 1);
+
+  // Next turn is the good backend; take it so the POST lands on the resetter first.
+  assert.equal((await getText(lb.url)).text, "good");
+  const post = await fetch(lb.url, { method: "POST", body: "charge card" });
+  assert.equal(post.status, 502);
+  await post.body?.cancel();
+  assert.equal(good.received.filter((r) => r.method === "POST").length, 0);
+  assert.equal(lb.balancer.pool.backends[0].state, "up", "a reset is not a connect failure");
+});
+
+Deno.test("a backend resetting mid-body aborts the client's response", async () => {
+  await using breaker = rawServer(async (conn) => {
+    await readHead(conn);
+    await conn.write(
+      new TextEncoder().encode(
+        "HTTP/1.1 200 OK\r\ncontent-length: 100000\r\ncontent-type: text/plain\r\n\r\n" +
+          "x".repeat(1000),
+      ),
+    );
+    await delay(50);
+    conn.close();
+  });
+  await using lb = await startTestBalancer([breaker.url]);
+  const response = await fetch(lb.url);
+  assert.equal(response.status, 200);
+  await assert.rejects(() => response.arrayBuffer(), "a truncated body must not look complete");
+
+  // Over a raw socket: the connection ends without the promised 100000 bytes.
+  const raw = await rawRequest(lb.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 3000);
+  const body = raw.slice(raw.indexOf("\r\n\r\n") + 4);
+  assert.ok(raw.startsWith("HTTP/1.1 200"));
+  assert.ok(body.length < 100000);
+  assert.ok(!/\r\n0\r\n\r\n$/.test(raw), "no terminating chunk");
+});
+
+Deno.test("20 clients hanging up mid-request cancel the upstream request and leave every backend in service", async () => {
+  let cancelled = 0;
+  const slow = (req: Request) =>
+    new Promise<Response>((resolve) => {
+      const timer = setTimeout(() => resolve(new Response("slow")), 2000);
+      req.signal.addEventListener("abort", () => {
+        clearTimeout(timer);
+        cancelled++;
+        resolve(new Response("cancelled"));
+      });
+    });
+  await using a = await startTestBackend(slow);
+  await using b = await startTestBackend(slow);
+  await using lb = await startTestBalancer([a.url, b.url]);
+  await Promise.all(
+    Array.from({ length: 20 }, () => rawRequest(lb.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 100)),
+  );
+  assert.ok(
+    await waitFor(() => cancelled === 20, 3000),
+    `upstream requests cancelled: ${cancelled}`,
+  );
+  for (const backend of lb.balancer.pool.backends) {
+    assert.equal(backend.state, "up");
+    assert.equal(backend.failures, 0, "a client hang-up is not a backend failure");
+    assert.equal(backend.inflight, 0);
+  }
+  assert.equal(a.received.length + b.received.length, 20);
+});
+
+/**
+ * A listener whose accept queue is full: new connects hang (SYNs are dropped), the loopback
+ * stand-in for an unreachable host. Python's listen(0) and one parked connection make it.
+ */
+async function hangingConnectUrl() {
+  const child = new Deno.Command("python3", {
+    args: [
+      "-c",
+      "import socket,sys,time\n" +
+      "s=socket.socket();s.bind(('127.0.0.1',0));s.listen(0)\n" +
+      "print(s.getsockname()[1],flush=True)\n" +
+      "sys.stdin.read()",
+    ],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const { value } = await reader.read();
+  await reader.cancel();
+  const port = Number(value!.trim());
+  // Fill the queue: this connection completes; the next ones hang in SYN-SENT.
+  const parked = await Deno.connect({ hostname: "127.0.0.1", port });
+  return {
+    url: `http://127.0.0.1:${port}`,
+    async [Symbol.asyncDispose]() {
+      parked.close();
+      await child.stdin.close();
+      await child.status;
+    },
+  };
+}
+
+Deno.test("a connect that hangs past --connect-timeout is retried elsewhere, even for POST", async () => {
+  await using hanging = await hangingConnectUrl();
+  await using good = await startTestBackend(async (req) => new Response(await req.text()));
+  await using lb = await startTestBalancer([hanging.url, good.url], {
+    connectTimeout: 200,
+    timeout: 10_000,
+  });
+  const started = performance.now();
+  const response = await fetch(lb.url, { method: "POST", body: "once" });
+  assert.equal(response.status, 200);
+  assert.equal(await response.text(), "once");
+  const elapsed = performance.now() - started;
+  assert.ok(elapsed < 5000, `gave up on the hanging connect in ${elapsed}ms, not --timeout`);
+  assert.equal(lb.balancer.pool.backends[0].state, "down");
+  assert.equal(good.received.length, 1);
+});

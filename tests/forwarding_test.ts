@@ -1,0 +1,825 @@
+/**
+ * What goes over the wire through the balancer, checked on real sockets: status and headers
+ * relayed, hop-by-hop headers stripped both ways, X-Forwarded-* set, compressed bodies described
+ * truthfully, bodies streamed and intact both ways, retries with a replayed body, and bodies that
+ * GET may not carry. Client requests that must not be normalised go over raw sockets.
+ */
+
+import assert from "node:assert/strict";
+import {
+  brotliCompressSync,
+  brotliDecompressSync,
+  deflateSync,
+  gunzipSync,
+  gzipSync,
+} from "node:zlib";
+import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
+import { concat, rawRequest, refusingUrl, startTestBackend, startTestBalancer } from "./helpers.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Compressible ASCII text, so a raw-socket client can compare it as a string too. */
+const ORIGINAL = "The quick brown fox jumps over the lazy dog. 0123456789\n".repeat(400);
+const ORIGINAL_BYTES = encoder.encode(ORIGINAL);
+
+/** Path and query of a request as received (never via `new URL(req.url)`: Host is arbitrary). */
+function pathOf(req: Request): string {
+  return req.url.slice(req.url.indexOf("/", req.url.indexOf("://") + 3));
+}
+
+async function sha256(bytes: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new Uint8Array(bytes));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function randomBytes(length: number): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array(length);
+  for (let i = 0; i < length; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
+  return bytes;
+}
+
+/** Resolves like `promise`, or rejects naming `what` after `ms`; the timer never outlives it. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms}ms waiting for ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A parsed raw HTTP/1.1 response: header names lower-cased, in order, repeats kept. */
+interface RawResponse {
+  status: number;
+  headers: [string, string][];
+  /** Body bytes as framed on the wire (chunked framing removed). */
+  body: Uint8Array;
+  /** Body bytes exactly as they followed the head (framing included). */
+  wireBody: Uint8Array;
+}
+
+/** All values of `name`, joined with ", " (undefined when absent). */
+function headerOf(response: RawResponse, name: string): string | undefined {
+  const values = response.headers.filter(([n]) => n === name).map(([, v]) => v);
+  return values.length === 0 ? undefined : values.join(", ");
+}
+
+function parseRaw(bytes: Uint8Array): RawResponse {
+  const text = decoder.decode(bytes);
+  const headEnd = findBytes(bytes, encoder.encode("\r\n\r\n"), 0);
+  assert.ok(headEnd !== -1, `incomplete response: ${JSON.stringify(text.slice(0, 500))}`);
+  const [statusLine, ...lines] = decoder.decode(bytes.subarray(0, headEnd)).split("\r\n");
+  assert.match(statusLine, /^HTTP\/1\.1 \d{3}/);
+  const headers = lines.map((line): [string, string] => {
+    const colon = line.indexOf(":");
+    return [line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim()];
+  });
+  const wireBody = bytes.subarray(headEnd + 4);
+  const chunked = headers.some(([n, v]) => n === "transfer-encoding" && /chunked/i.test(v));
+  return {
+    status: Number(statusLine.split(" ")[1]),
+    headers,
+    wireBody,
+    body: chunked ? dechunk(wireBody) : wireBody,
+  };
+}
+
+function findBytes(haystack: Uint8Array, needle: Uint8Array, from: number): number {
+  outer: for (let i = from; i <= haystack.length - needle.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
+
+/** Removes chunked framing; fails on a truncated body (no last chunk). */
+function dechunk(framed: Uint8Array): Uint8Array {
+  const crlf = encoder.encode("\r\n");
+  const chunks: Uint8Array[] = [];
+  let offset = 0;
+  for (;;) {
+    const lineEnd = findBytes(framed, crlf, offset);
+    assert.ok(lineEnd !== -1, "chunked body ends without its last chunk");
+    const size = parseInt(decoder.decode(framed.subarray(offset, lineEnd)).split(";")[0], 16);
+    assert.ok(Number.isInteger(size), "bad chunk size line");
+    if (size === 0) return concat(chunks);
+    chunks.push(framed.subarray(lineEnd + 2, lineEnd + 2 + size));
+    offset = lineEnd + 2 + size + 2;
+  }
+}
+
+/** Like helpers' rawRequest, but keeps the response as bytes (compressed bodies are binary). */
+async function rawExchange(port: number, request: string, timeoutMs = 3000): Promise<RawResponse> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const timer = setTimeout(() => {
+    try {
+      conn.close();
+    } catch { /* already closed */ }
+  }, timeoutMs);
+  const chunks: Uint8Array[] = [];
+  try {
+    await writeAll(conn, encoder.encode(request));
+    const buffer = new Uint8Array(64 * 1024);
+    for (;;) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      chunks.push(buffer.slice(0, n));
+    }
+  } catch {
+    // closed by the timer or reset: parse what arrived
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn.close();
+    } catch { /* already closed */ }
+  }
+  return parseRaw(concat(chunks));
+}
+
+async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
+  for (let offset = 0; offset < data.length;) offset += await conn.write(data.subarray(offset));
+}
+
+/** Asserts the framing headers describe exactly the bytes that followed the head. */
+function assertTruthfulFraming(response: RawResponse): void {
+  const length = headerOf(response, "content-length");
+  const transfer = headerOf(response, "transfer-encoding");
+  assert.ok(length === undefined || transfer === undefined, "both Content-Length and chunked");
+  if (length !== undefined) assert.equal(Number(length), response.wireBody.length);
+}
+
+/**
+ * A backend on a raw socket that answers every request with the same bytes and closes: for
+ * responses Deno.serve would not let a handler produce (repeated Connection, chunked + trailer).
+ */
+interface RawBackend extends AsyncDisposable {
+  readonly url: string;
+  /** Request heads received, health checks excluded. */
+  readonly heads: string[];
+}
+
+function startRawBackend(response: string): RawBackend {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const heads: string[] = [];
+  const open = new Set<Deno.Conn>();
+  const serving = new Set<Promise<void>>();
+  async function serve(conn: Deno.Conn): Promise<void> {
+    open.add(conn);
+    try {
+      let head = "";
+      const buffer = new Uint8Array(16 * 1024);
+      while (!head.includes("\r\n\r\n")) {
+        const n = await conn.read(buffer);
+        if (n === null) return;
+        head += decoder.decode(buffer.subarray(0, n));
+      }
+      if (!head.includes(HEALTH_CHECK_USER_AGENT)) heads.push(head);
+      await writeAll(conn, encoder.encode(response));
+    } catch {
+      // the balancer went away: nothing to answer
+    } finally {
+      open.delete(conn);
+      try {
+        conn.close();
+      } catch { /* closed by dispose */ }
+    }
+  }
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        const task = serve(conn);
+        serving.add(task);
+        task.finally(() => serving.delete(task));
+      }
+    } catch { /* listener closed */ }
+  })();
+  return {
+    url: `http://127.0.0.1:${listener.addr.port}`,
+    heads,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await accepting;
+      for (const conn of open) {
+        try {
+          conn.close();
+        } catch { /* already closed */ }
+      }
+      await Promise.all(serving);
+    },
+  };
+}
+
+Deno.test("balancer relays status, body and custom headers", async () => {
+  await using backend = await startTestBackend((req) => {
+    const status = Number(pathOf(req).split("/")[2] ?? 200);
+    return new Response(`status ${status}`, { status, headers: { "x-custom": `c${status}` } });
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  for (const status of [200, 201, 202, 400, 404, 418, 451, 500, 503]) {
+    const response = await fetch(`${lb.url}/status/${status}`);
+    assert.equal(response.status, status);
+    assert.equal(response.headers.get("x-custom"), `c${status}`);
+    assert.equal(await response.text(), `status ${status}`);
+  }
+});
+
+Deno.test("balancer keeps several Set-Cookie headers separate", async () => {
+  const cookies = [
+    "a=1; Path=/; HttpOnly",
+    "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT; Secure",
+    "c=3; SameSite=Lax",
+  ];
+  await using backend = await startTestBackend(() => {
+    const headers = new Headers();
+    for (const cookie of cookies) headers.append("set-cookie", cookie);
+    return new Response("cookies", { headers });
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  const response = await fetch(lb.url);
+  assert.deepEqual(response.headers.getSetCookie(), cookies);
+  assert.equal(await response.text(), "cookies");
+});
+
+Deno.test("balancer answers HEAD with the GET headers and no body", async () => {
+  await using backend = await startTestBackend(() =>
+    new Response("hello world", { headers: { "x-custom": "yes" } })
+  );
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await rawExchange(
+    lb.port,
+    "HEAD /thing HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n",
+  );
+  assert.equal(raw.status, 200);
+  assert.equal(headerOf(raw, "x-custom"), "yes");
+  assert.equal(headerOf(raw, "content-length"), "11");
+  assert.equal(raw.wireBody.length, 0, "no body bytes after a HEAD response");
+  assert.equal(backend.received[0].method, "HEAD");
+});
+
+Deno.test("balancer relays 204 with no body and no framing headers", async () => {
+  await using backend = await startTestBackend(() => new Response(null, { status: 204 }));
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await rawExchange(
+    lb.port,
+    "DELETE /item HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n",
+  );
+  assert.equal(raw.status, 204);
+  assert.equal(raw.wireBody.length, 0);
+  assert.equal(headerOf(raw, "transfer-encoding"), undefined);
+  assert.ok([undefined, "0"].includes(headerOf(raw, "content-length")));
+});
+
+Deno.test("balancer relays 304 Not Modified with its ETag and no body", async () => {
+  await using backend = await startTestBackend((req) =>
+    req.headers.get("if-none-match") === `"v1"`
+      ? new Response(null, { status: 304, headers: { etag: `"v1"` } })
+      : new Response("fresh", { headers: { etag: `"v1"` } })
+  );
+  await using lb = await startTestBalancer([backend.url]);
+  const response = await fetch(lb.url, { headers: { "if-none-match": `"v1"` } });
+  assert.equal(response.status, 304);
+  assert.equal(response.headers.get("etag"), `"v1"`);
+  assert.equal(await response.text(), "");
+  const raw = await rawExchange(
+    lb.port,
+    `GET / HTTP/1.1\r\nHost: ok\r\nIf-None-Match: "v1"\r\nConnection: close\r\n\r\n`,
+  );
+  assert.equal(raw.status, 304);
+  assert.equal(raw.wireBody.length, 0);
+});
+
+Deno.test("balancer relays redirects without following them", async () => {
+  const locations: Record<string, string> = {
+    "/301": "/moved?x=1",
+    "/302": "http://other.example/y#frag",
+    "/307": "https://127.0.0.1:1/z",
+    "/308": "//other.example/w",
+  };
+  await using backend = await startTestBackend((req) => {
+    const path = pathOf(req);
+    const location = locations[path];
+    if (location === undefined) return new Response("target reached");
+    return new Response(null, { status: Number(path.slice(1)), headers: { location } });
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  for (const [path, location] of Object.entries(locations)) {
+    const response = await fetch(`${lb.url}${path}`, { redirect: "manual" });
+    assert.equal(response.status, Number(path.slice(1)));
+    assert.equal(response.headers.get("location"), location);
+    await response.body?.cancel();
+  }
+  // One request per redirect: the balancer never went to /moved or anywhere else itself.
+  assert.deepEqual(backend.received.map((r) => r.path), Object.keys(locations));
+});
+
+Deno.test("balancer strips hop-by-hop and Connection-named headers from responses", async () => {
+  await using backend = startRawBackend(
+    "HTTP/1.1 200 OK\r\n" +
+      "Connection: close, X-Secret\r\n" +
+      "Connection: x-other-secret\r\n" +
+      "X-Secret: 1\r\n" +
+      "X-Other-Secret: 2\r\n" +
+      "Keep-Alive: timeout=5, max=100\r\n" +
+      "Proxy-Connection: keep-alive\r\n" +
+      'Proxy-Authenticate: Basic realm="x"\r\n' +
+      "Upgrade: h2c\r\n" +
+      "Trailer: X-Checksum\r\n" +
+      "X-Custom: yes\r\n" +
+      "Transfer-Encoding: chunked\r\n" +
+      "\r\n" +
+      "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n",
+  );
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await rawExchange(lb.port, "GET / HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n");
+  assert.equal(raw.status, 200);
+  assert.equal(decoder.decode(raw.body), "hello world");
+  assert.equal(headerOf(raw, "x-custom"), "yes");
+  const names = raw.headers.map(([name]) => name);
+  for (
+    const name of [
+      "x-secret",
+      "x-other-secret",
+      "keep-alive",
+      "proxy-connection",
+      "proxy-authenticate",
+      "upgrade",
+      "trailer",
+      "x-checksum",
+    ]
+  ) {
+    assert.ok(!names.includes(name), `client saw ${name}`);
+  }
+  // The balancer may say `Connection: close` for itself, but must not repeat the backend's list.
+  assert.doesNotMatch(headerOf(raw, "connection") ?? "", /secret/i);
+  assertTruthfulFraming(raw);
+});
+
+Deno.test("balancer strips hop-by-hop and Connection-named headers from requests", async () => {
+  let bodySeen = "";
+  await using backend = await startTestBackend(async (req) => {
+    // Health checks (GET) reach this handler too.
+    if (req.method === "POST") bodySeen = await req.text();
+    return new Response("ok");
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await rawRequest(
+    lb.port,
+    "POST /submit HTTP/1.1\r\n" +
+      "Host: ok\r\n" +
+      "Connection: close, X-Secret\r\n" +
+      "Connection: x-other-SECRET\r\n" +
+      "X-Secret: 1\r\n" +
+      "X-Other-Secret: 2\r\n" +
+      "Keep-Alive: timeout=5\r\n" +
+      "Proxy-Connection: keep-alive\r\n" +
+      "Proxy-Authorization: Basic dTpw\r\n" +
+      "TE: trailers\r\n" +
+      "Trailer: X-Checksum\r\n" +
+      "Upgrade: h2c\r\n" +
+      "X-Custom: yes\r\n" +
+      "Transfer-Encoding: chunked\r\n" +
+      "\r\n" +
+      "5\r\nhello\r\n0\r\n\r\n",
+  );
+  assert.match(raw, /^HTTP\/1\.1 200 /);
+  assert.equal(backend.received.length, 1);
+  const seen = backend.received[0].headers;
+  for (
+    const name of [
+      "x-secret",
+      "x-other-secret",
+      "keep-alive",
+      "proxy-connection",
+      "proxy-authorization",
+      "te",
+      "trailer",
+      "upgrade",
+    ]
+  ) {
+    assert.equal(seen.has(name), false, `backend saw ${name}`);
+  }
+  assert.doesNotMatch(seen.get("connection") ?? "", /secret/i);
+  assert.equal(seen.get("x-custom"), "yes");
+  assert.equal(bodySeen, "hello");
+});
+
+Deno.test("balancer replaces a spoofed X-Forwarded-For and sets X-Forwarded-Proto", async () => {
+  await using backend = await startTestBackend();
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await rawRequest(
+    lb.port,
+    "GET / HTTP/1.1\r\nHost: site.example\r\n" +
+      "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n" +
+      "X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n" +
+      "Forwarded: for=6.6.6.6;proto=https\r\nConnection: close\r\n\r\n",
+  );
+  assert.match(raw, /^HTTP\/1\.1 200 /);
+  const seen = backend.received[0].headers;
+  assert.equal(seen.get("x-forwarded-for"), "127.0.0.1");
+  assert.equal(seen.get("x-forwarded-proto"), "http");
+  assert.equal(seen.get("x-forwarded-host"), "site.example");
+  assert.equal(seen.has("forwarded"), false);
+});
+
+Deno.test("balancer sets X-Forwarded-For for a fetch client too", async () => {
+  await using backend = await startTestBackend();
+  await using lb = await startTestBalancer([backend.url]);
+  const response = await fetch(lb.url, { headers: { "x-forwarded-for": "6.6.6.6" } });
+  await response.body?.cancel();
+  assert.equal(backend.received[0].headers.get("x-forwarded-for"), "127.0.0.1");
+  assert.equal(backend.received[0].headers.get("x-forwarded-proto"), "http");
+});
+
+Deno.test("balancer asks the backend for identity when the client sent no Accept-Encoding", async () => {
+  await using backend = await startTestBackend();
+  await using lb = await startTestBalancer([backend.url]);
+  await rawRequest(lb.port, "GET /a HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n");
+  await rawRequest(
+    lb.port,
+    "GET /b HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: gzip;q=1, deflate\r\nConnection: close\r\n\r\n",
+  );
+  assert.equal(backend.received.length, 2);
+  assert.equal(backend.received[0].headers.get("accept-encoding"), "identity");
+  assert.equal(backend.received[1].headers.get("accept-encoding"), "gzip;q=1, deflate");
+});
+
+const COMPRESSED: Record<
+  string,
+  { bytes: Uint8Array<ArrayBuffer>; decode(b: Uint8Array): Uint8Array }
+> = {
+  gzip: { bytes: new Uint8Array(gzipSync(ORIGINAL_BYTES)), decode: (b) => gunzipSync(b) },
+  br: {
+    bytes: new Uint8Array(brotliCompressSync(ORIGINAL_BYTES)),
+    decode: (b) => brotliDecompressSync(b),
+  },
+};
+
+/** A backend that always answers with the body compressed as the path says (/gzip, /br). */
+function compressingBackend() {
+  return startTestBackend((req) => {
+    const coding = pathOf(req).slice(1);
+    const compressed = COMPRESSED[coding];
+    if (compressed === undefined) return new Response("ok");
+    return new Response(compressed.bytes, {
+      headers: { "content-encoding": coding, "content-type": "text/plain", "etag": `"v1"` },
+    });
+  });
+}
+
+Deno.test("balancer relays gzip and br bodies to a fetch client as the original bytes", async () => {
+  await using backend = await compressingBackend();
+  await using lb = await startTestBalancer([backend.url]);
+  for (const coding of Object.keys(COMPRESSED)) {
+    const response = await fetch(`${lb.url}/${coding}`, { headers: { "accept-encoding": coding } });
+    const encoding = response.headers.get("content-encoding");
+    const length = response.headers.get("content-length");
+    const body = new Uint8Array(await response.arrayBuffer());
+    assert.equal(response.status, 200);
+    assert.equal(await sha256(body), await sha256(ORIGINAL_BYTES), coding);
+    // The headers must match what the balancer sent: decoded (no coding, decoded length) or
+    // passed through (coding kept, compressed length).
+    if (encoding === null) {
+      assert.ok(length === null || Number(length) === ORIGINAL_BYTES.length, `${coding} ${length}`);
+    } else {
+      assert.equal(encoding, coding);
+      assert.ok(length === null || Number(length) === COMPRESSED[coding].bytes.length);
+    }
+  }
+});
+
+Deno.test("balancer relays gzip and br bodies to a raw client with truthful headers", async () => {
+  await using backend = await compressingBackend();
+  await using lb = await startTestBalancer([backend.url]);
+  for (const [coding, { decode }] of Object.entries(COMPRESSED)) {
+    const raw = await rawExchange(
+      lb.port,
+      `GET /${coding} HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: ${coding}\r\nConnection: close\r\n\r\n`,
+    );
+    assert.equal(raw.status, 200);
+    assertTruthfulFraming(raw);
+    const encoding = headerOf(raw, "content-encoding");
+    if (encoding === undefined) {
+      assert.equal(decoder.decode(raw.body), ORIGINAL, coding);
+      // The strong ETag named the compressed representation.
+      assert.equal(headerOf(raw, "etag"), `W/"v1"`);
+    } else {
+      assert.equal(encoding, coding);
+      assert.equal(decoder.decode(decode(raw.body)), ORIGINAL, coding);
+    }
+  }
+});
+
+Deno.test({
+  name: "balancer answers HEAD of a gzip resource without claiming Content-Length: 0",
+  // BUG in lib/proxy.ts relay(): for a HEAD whose answer fetch would have decoded, the
+  // compressed Content-Length is rightly dropped, but the Response is built with a null body
+  // and Deno.serve then writes `content-length: 0`, while the same GET streams 22400 bytes
+  // chunked. Fix: when `decoded` and `upstream.body === null`, pass an empty ReadableStream
+  // (`new ReadableStream({ start: (c) => c.close() })`): Deno.serve then sends neither
+  // Content-Length nor Transfer-Encoding on HEAD (verified on 2.9.6). Un-ignore once fixed.
+  ignore: true,
+  async fn() {
+    await using backend = await compressingBackend();
+    await using lb = await startTestBalancer([backend.url]);
+    const raw = await rawExchange(
+      lb.port,
+      "HEAD /gzip HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+    );
+    assert.equal(raw.status, 200);
+    assert.equal(raw.wireBody.length, 0);
+    assert.equal(headerOf(raw, "content-encoding"), undefined);
+    const length = headerOf(raw, "content-length");
+    assert.ok(length === undefined || Number(length) === ORIGINAL_BYTES.length, `CL ${length}`);
+  },
+});
+
+Deno.test("balancer passes deflate and zstd bodies through untouched", async () => {
+  const bodies: Record<string, Uint8Array<ArrayBuffer>> = {
+    deflate: new Uint8Array(deflateSync(ORIGINAL_BYTES)),
+    // Never decoded on the way, so any bytes will do.
+    zstd: randomBytes(3000),
+  };
+  await using backend = await startTestBackend((req) => {
+    const coding = pathOf(req).slice(1);
+    const body = bodies[coding];
+    if (body === undefined) return new Response("ok");
+    return new Response(body, { headers: { "content-encoding": coding, "etag": `"v1"` } });
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  for (const [coding, body] of Object.entries(bodies)) {
+    const raw = await rawExchange(
+      lb.port,
+      `GET /${coding} HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n` +
+        "Connection: close\r\n\r\n",
+    );
+    assert.equal(raw.status, 200);
+    assertTruthfulFraming(raw);
+    assert.equal(headerOf(raw, "content-encoding"), coding);
+    assert.equal(headerOf(raw, "etag"), `"v1"`);
+    assert.equal(await sha256(raw.body), await sha256(body), coding);
+  }
+});
+
+Deno.test("balancer passes gzip through untouched to a client that asked for identity", async () => {
+  await using backend = await compressingBackend();
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await rawExchange(
+    lb.port,
+    "GET /gzip HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+  );
+  assert.equal(backend.received[0].headers.get("accept-encoding"), "identity");
+  assertTruthfulFraming(raw);
+  assert.equal(headerOf(raw, "content-encoding"), "gzip");
+  assert.equal(headerOf(raw, "etag"), `"v1"`);
+  assert.equal(await sha256(raw.body), await sha256(COMPRESSED.gzip.bytes));
+});
+
+Deno.test("balancer passes a ranged gzip response through undecoded", async () => {
+  const gz = COMPRESSED.gzip.bytes;
+  await using backend = await startTestBackend((req) => {
+    if (req.headers.get("range") !== "bytes=0-9") return new Response("ok");
+    return new Response(gz.slice(0, 10), {
+      status: 206,
+      headers: { "content-encoding": "gzip", "content-range": `bytes 0-9/${gz.length}` },
+    });
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await rawExchange(
+    lb.port,
+    "GET /gzip HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: gzip\r\nRange: bytes=0-9\r\n" +
+      "Connection: close\r\n\r\n",
+  );
+  assert.equal(raw.status, 206);
+  assertTruthfulFraming(raw);
+  assert.equal(headerOf(raw, "content-encoding"), "gzip");
+  assert.deepEqual(raw.body, gz.slice(0, 10));
+});
+
+Deno.test("balancer streams response chunks before the backend finishes", async () => {
+  const release = Promise.withResolvers<void>();
+  await using backend = await startTestBackend((req) => {
+    if (pathOf(req) !== "/stream") return new Response("ok");
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        async start(controller) {
+          controller.enqueue(encoder.encode("first;"));
+          await release.promise;
+          controller.enqueue(encoder.encode("rest"));
+          controller.close();
+        },
+      }),
+    );
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  try {
+    const response = await within(fetch(`${lb.url}/stream`), 5000, "response headers");
+    reader = response.body!.getReader();
+    const first = await within(reader.read(), 5000, "the first chunk while the backend waits");
+    assert.equal(decoder.decode(first.value), "first;");
+    release.resolve();
+    let rest = "";
+    for (;;) {
+      const { done, value } = await within(reader.read(), 5000, "the rest");
+      if (done) break;
+      rest += decoder.decode(value);
+    }
+    assert.equal(rest, "rest");
+    reader = undefined;
+  } finally {
+    release.resolve();
+    await reader?.cancel();
+  }
+});
+
+Deno.test("balancer streams request body chunks before the client finishes", async () => {
+  const backendGotFirst = Promise.withResolvers<void>();
+  await using backend = await startTestBackend(async (req) => {
+    if (pathOf(req) !== "/upload") return new Response("ok");
+    const reader = req.body!.getReader();
+    let text = "";
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value);
+      backendGotFirst.resolve();
+    }
+    return new Response(text);
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  let waitFailed: unknown;
+  let step = 0;
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      step++;
+      if (step === 1) return controller.enqueue(encoder.encode("first;"));
+      if (step === 2) {
+        try {
+          await within(backendGotFirst.promise, 5000, "the backend to read the first chunk");
+        } catch (error) {
+          waitFailed = error;
+          return controller.error(error);
+        }
+        return controller.enqueue(encoder.encode("rest"));
+      }
+      controller.close();
+    },
+  }, { highWaterMark: 0 });
+  try {
+    const response = await fetch(`${lb.url}/upload`, { method: "POST", body });
+    assert.equal(response.status, 200);
+    assert.equal(await response.text(), "first;rest");
+  } finally {
+    assert.equal(waitFailed, undefined, String(waitFailed));
+  }
+});
+
+Deno.test("balancer relays a 1 MiB request body and its 1 MiB echo intact", async () => {
+  const payload = randomBytes(1024 * 1024);
+  const expected = await sha256(payload);
+  await using backend = await startTestBackend(async (req) => {
+    const bytes = new Uint8Array(await req.arrayBuffer());
+    return new Response(bytes, {
+      headers: { "x-received-sha256": await sha256(bytes), "x-received-length": `${bytes.length}` },
+    });
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  const response = await fetch(`${lb.url}/echo`, { method: "POST", body: payload });
+  const echo = new Uint8Array(await response.arrayBuffer());
+  assert.equal(response.status, 200);
+  assert.equal(response.headers.get("x-received-length"), String(payload.length));
+  assert.equal(response.headers.get("x-received-sha256"), expected);
+  assert.equal(echo.length, payload.length);
+  assert.equal(await sha256(echo), expected);
+});
+
+Deno.test("balancer retries a POST with Content-Length on another backend after a refusal", async () => {
+  const payload = randomBytes(10 * 1024);
+  let received: Uint8Array | undefined;
+  await using backend = await startTestBackend(async (req) => {
+    if (req.method === "POST") received = new Uint8Array(await req.arrayBuffer());
+    return new Response("stored", { status: 201 });
+  });
+  // The refusing backend comes first, so round-robin sends the first attempt there.
+  await using lb = await startTestBalancer([refusingUrl(), backend.url], { retries: 1 });
+  const response = await fetch(`${lb.url}/store`, { method: "POST", body: payload });
+  assert.equal(response.status, 201);
+  assert.equal(await response.text(), "stored");
+  const [refusing, good] = lb.balancer.pool.backends;
+  assert.equal(refusing.failures, 1, "the first attempt went to the refusing backend");
+  assert.equal(good.requests, 1);
+  assert.equal(backend.received.length, 1);
+  assert.equal(backend.received[0].headers.get("content-length"), String(payload.length));
+  assert.ok(received !== undefined);
+  assert.equal(await sha256(received), await sha256(payload));
+});
+
+Deno.test("balancer retries a streamed 1 MiB POST on another backend after a refusal", async () => {
+  // Above REPLAY_LIMIT the body streams; fetch reads ahead of it while still connecting, so
+  // the retry has to resend what the refused attempt already consumed.
+  const payload = randomBytes(1024 * 1024);
+  let received: Uint8Array | undefined;
+  await using backend = await startTestBackend(async (req) => {
+    if (req.method === "POST") received = new Uint8Array(await req.arrayBuffer());
+    return new Response("stored", { status: 201 });
+  });
+  await using lb = await startTestBalancer([refusingUrl(), backend.url], { retries: 1 });
+  const response = await fetch(`${lb.url}/store`, { method: "POST", body: payload });
+  assert.equal(await response.text(), "stored");
+  assert.equal(response.status, 201);
+  assert.equal(lb.balancer.pool.backends[0].failures, 1, "the refusing backend was tried first");
+  assert.ok(received !== undefined);
+  assert.equal(received.length, payload.length);
+  assert.equal(await sha256(received), await sha256(payload));
+});
+
+Deno.test("balancer retries a chunked POST on another backend after a refusal", async () => {
+  const parts = [randomBytes(70_000), randomBytes(70_000), randomBytes(5)];
+  let received: Uint8Array | undefined;
+  await using backend = await startTestBackend(async (req) => {
+    if (req.method === "POST") received = new Uint8Array(await req.arrayBuffer());
+    return new Response("stored", { status: 201 });
+  });
+  await using lb = await startTestBalancer([refusingUrl(), backend.url], { retries: 1 });
+  const body = ReadableStream.from(parts);
+  const response = await fetch(`${lb.url}/store`, { method: "POST", body });
+  assert.equal(await response.text(), "stored");
+  assert.equal(response.status, 201);
+  assert.equal(lb.balancer.pool.backends[0].failures, 1, "the refusing backend was tried first");
+  assert.ok(received !== undefined);
+  assert.equal(await sha256(received), await sha256(concat(parts)));
+});
+
+Deno.test("balancer forwards an HTTP/2 (h2c) POST body that has no Content-Length", async () => {
+  // Deno.serve speaks cleartext HTTP/2 with prior knowledge; such a body has neither
+  // Content-Length nor Transfer-Encoding, and must not be mistaken for no body.
+  let received = "";
+  await using backend = await startTestBackend(async (req) => {
+    if (req.method === "POST") received = await req.text();
+    return new Response("ok");
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  using client = Deno.createHttpClient({ http1: false, http2: true });
+  const body = ReadableStream.from([encoder.encode("over "), encoder.encode("h2")]);
+  const response = await fetch(`${lb.url}/h2`, { method: "POST", body, client });
+  assert.equal(await response.text(), "ok");
+  assert.equal(received, "over h2");
+  assert.equal(backend.received[0].path, "/h2");
+  assert.equal(backend.received[0].headers.get("host"), `127.0.0.1:${lb.port}`);
+});
+
+Deno.test("balancer forwards a POST without a body as an empty body, not chunked", async () => {
+  let length = -1;
+  await using backend = await startTestBackend(async (req) => {
+    if (req.method === "POST") length = (await req.arrayBuffer()).byteLength;
+    return new Response("ok");
+  });
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await rawRequest(
+    lb.port,
+    "POST /p HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n",
+  );
+  assert.match(raw, /^HTTP\/1\.1 200 /);
+  assert.equal(length, 0);
+  assert.equal(backend.received[0].headers.has("transfer-encoding"), false);
+});
+
+Deno.test("balancer forwards a GET with Content-Length: 0 (no body, no 400)", async () => {
+  await using backend = await startTestBackend();
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await rawRequest(
+    lb.port,
+    "GET /p HTTP/1.1\r\nHost: ok\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+  );
+  assert.match(raw, /^HTTP\/1\.1 200 /);
+  assert.equal(backend.received.length, 1);
+});
+
+Deno.test({
+  name: "balancer answers a GET or HEAD that carries a body with 400",
+  // BUG in lib/proxy.ts (proxyHandler): the rule tests `req.body !== null`, but Deno.serve
+  // gives GET and HEAD a null body even when Content-Length or Transfer-Encoding announce one
+  // (it reads and discards the bytes), so the rule never fires and the body is silently
+  // dropped. Fix: test the head instead, `declaresBody(req.headers)` from lib/body.ts.
+  // Un-ignore once fixed.
+  ignore: true,
+  async fn() {
+    await using backend = await startTestBackend();
+    await using lb = await startTestBalancer([backend.url]);
+    const requests = [
+      "GET /p HTTP/1.1\r\nHost: ok\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+      "GET /p HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
+      "5\r\nhello\r\n0\r\n\r\n",
+      "HEAD /p HTTP/1.1\r\nHost: ok\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    ];
+    for (const request of requests) {
+      const raw = await rawRequest(lb.port, request);
+      assert.match(raw, /^HTTP\/1\.1 400 /, request.split("\r\n")[0]);
+    }
+    assert.equal(backend.received.length, 0);
+  },
+});

@@ -1,0 +1,265 @@
+/**
+ * Pure unit tests of lib/headers.ts: hop-by-hop stripping, Host validation, the upstream header
+ * set, and describing a body that fetch decoded by itself.
+ */
+
+import assert from "node:assert/strict";
+import {
+  downstreamResponseHeaders,
+  fetchDecodedBody,
+  HOP_BY_HOP,
+  isValidHost,
+  stripHopByHop,
+  upstreamRequestHeaders,
+} from "../lib/headers.ts";
+
+const FACTS = { clientIp: "127.0.0.1", proto: "http", host: "public.example:8080" };
+
+function names(headers: Headers): string[] {
+  return [...headers.keys()];
+}
+
+Deno.test("stripHopByHop() removes every hop-by-hop header", () => {
+  const headers = new Headers({
+    "Connection": "keep-alive",
+    "Keep-Alive": "timeout=5, max=100",
+    "Proxy-Connection": "keep-alive",
+    "Proxy-Authenticate": "Basic realm=x",
+    "Proxy-Authorization": "Basic dTpw",
+    "TE": "trailers",
+    "Trailer": "X-Checksum",
+    "Transfer-Encoding": "chunked",
+    "Upgrade": "websocket",
+    "Content-Type": "text/plain",
+    "Authorization": "Bearer t",
+  });
+  stripHopByHop(headers);
+  assert.deepEqual(names(headers), ["authorization", "content-type"]);
+  for (const name of HOP_BY_HOP) assert.equal(headers.has(name), false, name);
+});
+
+Deno.test("stripHopByHop() removes every header named in Connection, mixed case and spaced", () => {
+  const headers = new Headers([
+    ["Connection", "  X-Secret ,x-other-SECRET,\tKeep-Alive,, "],
+    ["Connection", "X-Third"],
+    ["x-secret", "1"],
+    ["X-Other-Secret", "2"],
+    ["x-third", "3"],
+    ["X-Kept", "4"],
+  ]);
+  stripHopByHop(headers);
+  assert.deepEqual(names(headers), ["x-kept"]);
+});
+
+Deno.test("stripHopByHop() ignores Connection tokens that are not header names", () => {
+  const headers = new Headers({
+    "connection": `"quoted", a b, x-gone, é`,
+    "x-gone": "1",
+    "a": "2",
+  });
+  stripHopByHop(headers);
+  assert.deepEqual(names(headers), ["a"]);
+});
+
+Deno.test("isValidHost() accepts names, IPv4 and bracketed IPv6 with optional port", () => {
+  for (
+    const host of [
+      "example.com",
+      "a:80",
+      "127.0.0.1:3030",
+      "[::1]:8080",
+      "[::1]",
+      "localhost",
+      "Public.Example:65535",
+      "xn--bcher-kva.example",
+    ]
+  ) {
+    assert.equal(isValidHost(host), true, host);
+  }
+});
+
+Deno.test("isValidHost() rejects paths, userinfo, bad ports, spaces and empty values", () => {
+  for (
+    const host of [
+      "evil/admin?",
+      "a:99999",
+      "a:65536",
+      "user@host",
+      "a b",
+      "",
+      "a:",
+      "a:port",
+      ":80",
+      "a:80:80",
+      "a#b",
+      "a?b",
+      "a%41",
+      "a\\b",
+      "[::1",
+      "::1",
+      "a:-1",
+      "a:+80",
+    ]
+  ) {
+    assert.equal(isValidHost(host), false, JSON.stringify(host));
+  }
+});
+
+Deno.test("isValidHost() rejects hosts that would make new URL(req.url) throw", () => {
+  // Each of these matched the character classes but is not a host a URL parser accepts, so
+  // any later `new URL(req.url)` (a policy, a log line) would throw on attacker input.
+  for (const host of ["[...]", "[:::::]", "[1:2]", "1.2.3.999", "1.2.3.4.5", "99999999999"]) {
+    assert.equal(URL.canParse(`http://${host}/`), false, `precondition: ${host}`);
+    assert.equal(isValidHost(host), false, host);
+  }
+});
+
+Deno.test("upstreamRequestHeaders() replaces client-sent X-Forwarded-* and keeps Host", () => {
+  const incoming = new Headers({
+    "host": "public.example:8080",
+    "x-forwarded-for": "6.6.6.6",
+    "x-forwarded-proto": "https",
+    "x-forwarded-host": "evil.example",
+    "accept-encoding": "gzip",
+    "cookie": "a=b",
+  });
+  const headers = upstreamRequestHeaders(incoming, FACTS);
+  assert.equal(headers.get("host"), "public.example:8080");
+  assert.equal(headers.get("x-forwarded-for"), "127.0.0.1");
+  assert.equal(headers.get("x-forwarded-proto"), "http");
+  assert.equal(headers.get("x-forwarded-host"), "public.example:8080");
+  assert.equal(headers.get("accept-encoding"), "gzip");
+  assert.equal(headers.get("cookie"), "a=b");
+  // The client's headers are left as they were.
+  assert.equal(incoming.get("x-forwarded-for"), "6.6.6.6");
+});
+
+Deno.test("upstreamRequestHeaders() drops a client-sent Forwarded header", () => {
+  // RFC 7239 Forwarded says the same as X-Forwarded-For; passing the client's on lets it
+  // spoof its address to any backend that reads the standard header instead.
+  const incoming = new Headers({ "host": "a", "forwarded": "for=6.6.6.6;proto=https" });
+  const headers = upstreamRequestHeaders(incoming, { ...FACTS, host: "a" });
+  assert.equal(headers.has("forwarded"), false);
+  assert.equal(headers.get("x-forwarded-for"), "127.0.0.1");
+});
+
+Deno.test("upstreamRequestHeaders() cannot be made to drop its own headers via Connection", () => {
+  const incoming = new Headers({
+    "host": "a",
+    "connection": "X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Host, X-Secret",
+    "x-secret": "s",
+    "keep-alive": "timeout=1",
+    "te": "trailers",
+    "upgrade": "h2c",
+  });
+  const headers = upstreamRequestHeaders(incoming, { ...FACTS, host: "a" });
+  assert.equal(headers.get("x-forwarded-for"), "127.0.0.1");
+  assert.equal(headers.get("x-forwarded-proto"), "http");
+  assert.equal(headers.get("x-forwarded-host"), "a");
+  assert.equal(headers.get("host"), "a");
+  for (const name of ["connection", "x-secret", "keep-alive", "te", "upgrade"]) {
+    assert.equal(headers.has(name), false, name);
+  }
+});
+
+Deno.test("upstreamRequestHeaders() asks for identity when the client named no encoding", () => {
+  const headers = upstreamRequestHeaders(new Headers({ host: "a" }), { ...FACTS, host: "a" });
+  assert.equal(headers.get("accept-encoding"), "identity");
+});
+
+Deno.test("upstreamRequestHeaders() sends no Host or X-Forwarded-Host without a host", () => {
+  const incoming = new Headers({ "x-forwarded-host": "evil.example" });
+  const headers = upstreamRequestHeaders(incoming, { ...FACTS, host: null });
+  assert.equal(headers.has("host"), false);
+  assert.equal(headers.has("x-forwarded-host"), false);
+});
+
+Deno.test("fetchDecodedBody() is true for gzip and br when the request allowed decoding", () => {
+  for (const coding of ["gzip", "br", "GZIP", " br "]) {
+    for (const accept of [null, "gzip, br", "deflate", "", "identity;q=1"]) {
+      const request = new Headers(accept === null ? {} : { "accept-encoding": accept });
+      const response = new Headers({ "content-encoding": coding, "content-length": "44" });
+      assert.equal(fetchDecodedBody(request, response), true, `${coding} / ${accept}`);
+    }
+  }
+});
+
+Deno.test("fetchDecodedBody() is false for codings fetch leaves alone", () => {
+  const request = new Headers({ "accept-encoding": "gzip, deflate, br, zstd" });
+  for (const coding of ["deflate", "zstd", "x-gzip", "identity", "gzip, br", "identity, gzip"]) {
+    const response = new Headers({ "content-encoding": coding });
+    assert.equal(fetchDecodedBody(request, response), false, coding);
+  }
+  assert.equal(fetchDecodedBody(request, new Headers()), false, "no content-encoding");
+});
+
+Deno.test("fetchDecodedBody() is false for an identity or ranged request", () => {
+  const response = new Headers({ "content-encoding": "gzip" });
+  for (const accept of ["identity", "IDENTITY", " identity "]) {
+    assert.equal(fetchDecodedBody(new Headers({ "accept-encoding": accept }), response), false);
+  }
+  const ranged = new Headers({ "accept-encoding": "gzip", "range": "bytes=0-9" });
+  assert.equal(fetchDecodedBody(ranged, response), false);
+});
+
+Deno.test("downstreamResponseHeaders() describes a decoded body truthfully", () => {
+  for (const coding of ["gzip", "br"]) {
+    const upstream = new Headers({
+      "content-encoding": coding,
+      "content-length": "44",
+      "content-type": "text/html",
+      "etag": `"v1"`,
+      "vary": "Accept-Encoding",
+    });
+    const request = new Headers({ "accept-encoding": "gzip, br" });
+    const headers = downstreamResponseHeaders(upstream, fetchDecodedBody(request, upstream));
+    assert.equal(headers.has("content-encoding"), false, coding);
+    assert.equal(headers.has("content-length"), false, coding);
+    assert.equal(headers.get("etag"), `W/"v1"`, coding);
+    assert.equal(headers.get("content-type"), "text/html");
+    assert.equal(headers.get("vary"), "Accept-Encoding");
+    assert.equal(upstream.get("content-encoding"), coding, "input untouched");
+  }
+});
+
+Deno.test("downstreamResponseHeaders() keeps an already weak ETag as it is", () => {
+  const upstream = new Headers({ "content-encoding": "gzip", "etag": `W/"v1"` });
+  assert.equal(downstreamResponseHeaders(upstream, true).get("etag"), `W/"v1"`);
+});
+
+Deno.test("downstreamResponseHeaders() leaves undecoded bodies' headers alone", () => {
+  const cases: [string, Headers][] = [
+    ["deflate", new Headers({ "accept-encoding": "gzip, deflate" })],
+    ["zstd", new Headers({ "accept-encoding": "zstd" })],
+    ["gzip", new Headers({ "accept-encoding": "identity" })],
+  ];
+  for (const [coding, request] of cases) {
+    const upstream = new Headers({
+      "content-encoding": coding,
+      "content-length": "32",
+      "etag": `"v1"`,
+    });
+    const headers = downstreamResponseHeaders(upstream, fetchDecodedBody(request, upstream));
+    assert.equal(headers.get("content-encoding"), coding);
+    assert.equal(headers.get("content-length"), "32");
+    assert.equal(headers.get("etag"), `"v1"`);
+  }
+});
+
+Deno.test("downstreamResponseHeaders() strips hop-by-hop and Connection-named headers", () => {
+  const upstream = new Headers({
+    "connection": "close, X-Secret",
+    "x-secret": "1",
+    "keep-alive": "timeout=5",
+    "trailer": "X-T",
+    "transfer-encoding": "chunked",
+    "upgrade": "h2c",
+    "proxy-authenticate": "Basic",
+    "set-cookie": "a=1",
+    "x-custom": "yes",
+  });
+  upstream.append("set-cookie", "b=2");
+  const headers = downstreamResponseHeaders(upstream, false);
+  assert.deepEqual(names(headers), ["set-cookie", "set-cookie", "x-custom"]);
+  assert.deepEqual(headers.getSetCookie(), ["a=1", "b=2"]);
+});

@@ -1,0 +1,69 @@
+import assert from "node:assert/strict";
+import { Backend } from "../lib/pool.ts";
+import {
+  createPolicy,
+  HashPolicy,
+  isPolicyName,
+  latencyObserverOf,
+  LeastConnPolicy,
+  P2cEwmaPolicy,
+  POLICY_NAMES,
+  type PolicyName,
+  RandomPolicy,
+  RoundRobinPolicy,
+} from "../lib/policies/mod.ts";
+import { mulberry32 } from "../lib/policies/random_source.ts";
+
+const context = { clientIp: "192.0.2.1", request: new Request("http://lb.test/") };
+
+Deno.test("POLICY_NAMES lists the five policies, round-robin first", () => {
+  assert.deepEqual(POLICY_NAMES, ["round-robin", "least-conn", "p2c-ewma", "random", "hash"]);
+});
+
+Deno.test("createPolicy() builds the class each name stands for", () => {
+  const expected = {
+    "round-robin": RoundRobinPolicy,
+    "least-conn": LeastConnPolicy,
+    "p2c-ewma": P2cEwmaPolicy,
+    "random": RandomPolicy,
+    "hash": HashPolicy,
+  };
+  for (const name of POLICY_NAMES) assert.ok(createPolicy(name) instanceof expected[name], name);
+});
+
+Deno.test("createPolicy() policies each return one of the candidates", () => {
+  const candidates = [1, 2, 3].map((weight, i) =>
+    new Backend({ url: `http://10.0.0.${i + 1}:80`, weight })
+  );
+  for (const name of POLICY_NAMES) {
+    const policy = createPolicy(name, { random: mulberry32(1), now: () => 0 });
+    for (let i = 0; i < 20; i++) {
+      assert.ok(candidates.includes(policy.select(candidates, context)), name);
+    }
+  }
+});
+
+Deno.test("createPolicy() passes hash options through", () => {
+  assert.throws(() => createPolicy("hash", { hash: { key: "bogus" } }), /hash key "bogus"/);
+});
+
+Deno.test("createPolicy() throws, listing the names, for an unknown name", () => {
+  assert.throws(
+    () => createPolicy("fastest" as PolicyName),
+    /policy "fastest" is not one of: round-robin, least-conn, p2c-ewma, random, hash/,
+  );
+});
+
+Deno.test("isPolicyName() accepts exactly the listed names", () => {
+  for (const name of POLICY_NAMES) assert.ok(isPolicyName(name));
+  for (const name of ["", "Round-Robin", "roundrobin", "least_conn"]) {
+    assert.equal(isPolicyName(name), false);
+  }
+});
+
+Deno.test("latencyObserverOf() returns the observer only for p2c-ewma", () => {
+  for (const name of POLICY_NAMES) {
+    const policy = createPolicy(name);
+    assert.equal(latencyObserverOf(policy) === policy, name === "p2c-ewma", name);
+  }
+});

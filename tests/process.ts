@@ -1,0 +1,106 @@
+/**
+ * @module
+ * Runs the balancer as a real process (as users do), reading its log lines from stderr.
+ */
+
+const ROOT = new URL("../", import.meta.url);
+
+/** A balancer process started by a test. Stopped by PID on dispose. */
+export interface BalancerProcess extends AsyncDisposable {
+  readonly child: Deno.ChildProcess;
+  /** Log lines read so far. */
+  readonly lines: string[];
+  /** Resolves with the first line (already read or future) matching `pattern`. */
+  waitForLine(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  /** The port from `Load balancer started at :PORT`. */
+  port(): Promise<number>;
+  /** Resolves with the exit code. */
+  readonly exited: Promise<number>;
+}
+
+/** The command that runs an entry point with the permissions README documents. */
+export function denoRun(entry: string, args: string[], permissions = ["--allow-net"]) {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", ...permissions, entry, ...args],
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  });
+}
+
+/** Runs `main.ts args` to completion and returns exit code and output. */
+export async function runMain(args: string[]) {
+  const { code, stdout, stderr } = await denoRun("main.ts", args).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code, stdout: decode(stdout), stderr: decode(stderr) };
+}
+
+/** Starts `main.ts args` and follows its stderr. */
+export function spawnBalancer(args: string[]): BalancerProcess {
+  const child = denoRun("main.ts", args).spawn();
+  const lines: string[] = [];
+  const waiters = new Set<{ pattern: RegExp; resolve: (line: string) => void }>();
+  const reading = (async () => {
+    const stream = child.stderr.pipeThrough(new TextDecoderStream());
+    let partial = "";
+    for await (const chunk of stream) {
+      const parts = (partial + chunk).split("\n");
+      partial = parts.pop()!;
+      for (const line of parts) {
+        lines.push(line);
+        for (const waiter of waiters) {
+          if (waiter.pattern.test(line)) {
+            waiters.delete(waiter);
+            waiter.resolve(line);
+          }
+        }
+      }
+    }
+  })();
+  const stdoutDone = child.stdout.cancel();
+  const exited = child.status.then(async (status) => {
+    await reading;
+    await stdoutDone;
+    return status.code;
+  });
+
+  function waitForLine(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+    const seen = lines.find((line) => pattern.test(line));
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        waiters.delete(waiter);
+        reject(
+          new Error(`no log line matching ${pattern} within ${timeoutMs}ms:\n${lines.join("\n")}`),
+        );
+      }, timeoutMs);
+      const waiter = {
+        pattern,
+        resolve: (line: string) => {
+          clearTimeout(timer);
+          resolve(line);
+        },
+      };
+      waiters.add(waiter);
+    });
+  }
+
+  return {
+    child,
+    lines,
+    waitForLine,
+    exited,
+    async port() {
+      const line = await waitForLine(/Load balancer started at :\d+/);
+      return Number(/:(\d+)/.exec(line.slice(line.indexOf("started at")))![1]);
+    },
+    async [Symbol.asyncDispose]() {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already exited */ }
+      await exited;
+    },
+  };
+}
