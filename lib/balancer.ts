@@ -7,7 +7,9 @@
 import type { Config } from "./config.ts";
 import type { Log } from "./log.ts";
 import { Pool } from "./pool.ts";
-import { RoundRobinPolicy } from "./policies/round_robin.ts";
+import { createPolicy, latencyObserverOf } from "./policies/mod.ts";
+import { generateSecret, StickyCookie } from "./policies/sticky.ts";
+import { RetryBudget } from "./retry_budget.ts";
 import { HealthChecker } from "./health.ts";
 import { createProxyHandler } from "./proxy.ts";
 
@@ -24,14 +26,30 @@ export interface RunningBalancer {
 }
 
 /** Starts the balancer described by `config` (its `backends` must be final). */
-export function startBalancer(config: Config, log: Log): Promise<RunningBalancer> {
+export async function startBalancer(config: Config, log: Log): Promise<RunningBalancer> {
   for (const backend of config.backends) log.info(`Configured server: ${backend.url}`);
+  const policy = createPolicy(config.policy, { hash: { key: config.hashKey } });
   const pool = new Pool(config.backends, {
     rise: config.rise,
     fall: config.fall,
-    policy: new RoundRobinPolicy(),
-    onStateChange: (backend, _from, to, reason) => log.info(`${backend.url} [${to}] (${reason})`),
+    policy,
+    onStatusChange: (backend, _from, to, reason) => log.info(`${backend.url} [${to}] (${reason})`),
+    slowStartMs: config.slowStart,
+    maxConns: config.maxConns === 0 ? Infinity : config.maxConns,
+    outlier: config.ejectAfter === 0 ? undefined : {
+      consecutiveFailures: config.ejectAfter,
+      baseEjectionMs: config.ejectTime,
+      maxEjectionMs: config.ejectMaxTime,
+      maxEjectedPercent: config.ejectMaxPercent,
+    },
+    panicThresholdPercent: config.panicThreshold,
   });
+  let sticky: { cookie: StickyCookie; name: string } | undefined;
+  if (config.stickyCookie !== "") {
+    const cookie = new StickyCookie(config.stickySecret || generateSecret());
+    await cookie.prepare(pool.backends);
+    sticky = { cookie, name: config.stickyCookie };
+  }
   const client = Deno.createHttpClient({ allowHost: true });
   const health = new HealthChecker(pool, {
     interval: config.healthInterval,
@@ -46,10 +64,17 @@ export function startBalancer(config: Config, log: Log): Promise<RunningBalancer
     retryAfterSeconds: Math.max(1, Math.ceil(config.healthInterval / 1000)),
     proto: "http",
     client,
+    ejectOn5xx: config.ejectOn5xx,
+    retryBudget: new RetryBudget({
+      ratio: config.retryBudget / 100,
+      minPerSecond: config.retryBudgetMin,
+    }),
+    latencyObserver: latencyObserverOf(policy),
+    sticky,
   }, log);
 
   let inflight = 0;
-  return new Promise((resolve, reject) => {
+  return await new Promise((resolve, reject) => {
     let server: Deno.HttpServer<Deno.NetAddr>;
     try {
       server = Deno.serve({

@@ -10,6 +10,8 @@
 import { parseArgs } from "node:util";
 import { ConfigError } from "./errors.ts";
 import type { BackendSpec } from "./pool.ts";
+import { isPolicyName, POLICY_NAMES, type PolicyName } from "./policies/mod.ts";
+import { type HashKeySpec, parseHashKey } from "./policies/hash.ts";
 
 /** Log levels, most verbose first. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
@@ -45,6 +47,34 @@ export interface Config {
   logLevel: LogLevel;
   /** Start three demo backends in-process and balance across them. @default false */
   demo: boolean;
+  /** Balancing algorithm. @default "round-robin" */
+  policy: PolicyName;
+  /** What the hash policy hashes. @default { kind: "ip" } */
+  hashKey: HashKeySpec;
+  /** Cookie name that pins a client to a backend; empty disables stickiness. @default "" */
+  stickyCookie: string;
+  /** Secret for sticky cookie values; empty means a random one per process. @default "" */
+  stickySecret: string;
+  /** Ramp time of a backend that comes back or is added (ms); 0 is off. @default 0 */
+  slowStart: number;
+  /** Concurrent requests per backend; 0 is unlimited. @default 0 */
+  maxConns: number;
+  /** Consecutive failures that eject a backend; 0 disables ejection. @default 5 */
+  ejectAfter: number;
+  /** Base ejection time (ms), multiplied by how often the backend was ejected. @default 30000 */
+  ejectTime: number;
+  /** Longest ejection (ms). @default 300000 */
+  ejectMaxTime: number;
+  /** Most backends (percent) that may be ejected at once. @default 50 */
+  ejectMaxPercent: number;
+  /** Whether 5xx answers count as failures for ejection. @default false */
+  ejectOn5xx: boolean;
+  /** Below this share (percent) of healthy backends left by ejections, ignore ejections. @default 50 */
+  panicThreshold: number;
+  /** Retries may add at most this share (percent) of requests. @default 20 */
+  retryBudget: number;
+  /** Retries per second always allowed, whatever the budget. @default 10 */
+  retryBudgetMin: number;
 }
 
 /** What the command line asked for: run with a config, or print help or the version. */
@@ -67,6 +97,20 @@ export const DEFAULTS = {
   timeout: 30000,
   drainTimeout: 10000,
   logLevel: "info",
+  policy: "round-robin",
+  hashKey: { kind: "ip" },
+  stickyCookie: "",
+  stickySecret: "",
+  slowStart: 0,
+  maxConns: 0,
+  ejectAfter: 5,
+  ejectTime: 30_000,
+  ejectMaxTime: 300_000,
+  ejectMaxPercent: 50,
+  ejectOn5xx: false,
+  panicThreshold: 50,
+  retryBudget: 20,
+  retryBudgetMin: 10,
 } as const satisfies Partial<Config>;
 
 /** Help text printed by `--help`. */
@@ -87,6 +131,20 @@ Options (one or two leading dashes; --flag=value or --flag value):
   --timeout DUR            time to receive response headers (default 30s)
   --drain-timeout DUR      time in-flight requests get on shutdown (default 10s)
   --log-level LEVEL        debug, info, warn or error (default ${DEFAULTS.logLevel})
+  --policy NAME            ${POLICY_NAMES.join(", ")} (default round-robin)
+  --hash-key KEY           for --policy=hash: ip, path, header:NAME or cookie:NAME (default ip)
+  --sticky-cookie NAME     pin clients to a backend with this cookie (any policy; default off)
+  --sticky-secret TEXT     key for sticky cookie values, 16+ chars (default: random per process)
+  --slow-start DUR         ramp a returning or new backend's share over DUR (default off)
+  --max-conns N            concurrent requests per backend, 0 = unlimited (default 0)
+  --eject-after N          consecutive failures that eject a backend, 0 = never (default 5)
+  --eject-time DUR         first ejection time, multiplied on repeats (default 30s)
+  --eject-max-time DUR     longest ejection (default 5m)
+  --eject-max-percent N    most backends ejected at once, percent (default 50)
+  --eject-on-5xx           count 5xx answers as failures for ejection
+  --panic-threshold N      ignore ejections when fewer than N% of healthy backends remain (default 50)
+  --retry-budget N         retries may add at most N% of requests (default 20)
+  --retry-budget-min N     retries per second always allowed (default 10)
   --demo                   start three demo backends in-process and balance across them
   --help                   print this help
   --version                print the version
@@ -108,6 +166,20 @@ const FLAG_OPTIONS = {
   "drain-timeout": { type: "string" },
   "log-level": { type: "string" },
   demo: { type: "boolean" },
+  policy: { type: "string" },
+  "hash-key": { type: "string" },
+  "sticky-cookie": { type: "string" },
+  "sticky-secret": { type: "string" },
+  "slow-start": { type: "string" },
+  "max-conns": { type: "string" },
+  "eject-after": { type: "string" },
+  "eject-time": { type: "string" },
+  "eject-max-time": { type: "string" },
+  "eject-max-percent": { type: "string" },
+  "eject-on-5xx": { type: "boolean" },
+  "panic-threshold": { type: "string" },
+  "retry-budget": { type: "string" },
+  "retry-budget-min": { type: "string" },
   help: { type: "boolean", short: "h" },
   version: { type: "boolean", short: "v" },
 } as const;
@@ -163,7 +235,55 @@ export function parseCommandLine(argv: readonly string[]): Invocation {
     drainTimeout: parseDurationFlag("--drain-timeout", values["drain-timeout"], 10000, 0),
     logLevel: parseLogLevel(values["log-level"] ?? DEFAULTS.logLevel),
     demo,
+    policy: parsePolicy(values.policy ?? DEFAULTS.policy),
+    hashKey: parseHashKeyFlag(values["hash-key"]),
+    stickyCookie: parseCookieName(values["sticky-cookie"] ?? ""),
+    stickySecret: parseSecret(values["sticky-secret"] ?? ""),
+    slowStart: parseDurationFlag("--slow-start", values["slow-start"], 0, 0),
+    maxConns: parseIntFlag("--max-conns", values["max-conns"], 0, 0, 1_000_000),
+    ejectAfter: parseIntFlag("--eject-after", values["eject-after"], DEFAULTS.ejectAfter, 0, 1000),
+    ejectTime: parseDurationFlag("--eject-time", values["eject-time"], DEFAULTS.ejectTime, 1),
+    ejectMaxTime: parseDurationFlag(
+      "--eject-max-time",
+      values["eject-max-time"],
+      DEFAULTS.ejectMaxTime,
+      1,
+    ),
+    ejectMaxPercent: parseIntFlag(
+      "--eject-max-percent",
+      values["eject-max-percent"],
+      DEFAULTS.ejectMaxPercent,
+      0,
+      100,
+    ),
+    ejectOn5xx: values["eject-on-5xx"] ?? false,
+    panicThreshold: parseIntFlag(
+      "--panic-threshold",
+      values["panic-threshold"],
+      DEFAULTS.panicThreshold,
+      0,
+      100,
+    ),
+    retryBudget: parseIntFlag(
+      "--retry-budget",
+      values["retry-budget"],
+      DEFAULTS.retryBudget,
+      0,
+      100,
+    ),
+    retryBudgetMin: parseIntFlag(
+      "--retry-budget-min",
+      values["retry-budget-min"],
+      DEFAULTS.retryBudgetMin,
+      0,
+      1_000_000,
+    ),
   };
+  if (config.ejectMaxTime < config.ejectTime) {
+    throw new ConfigError(
+      `--eject-max-time: ${values["eject-max-time"]} is shorter than --eject-time`,
+    );
+  }
   return { kind: "run", config };
 }
 
@@ -246,6 +366,36 @@ function parseHost(text: string): string {
 function parseHealthPath(text: string): string {
   if (!text.startsWith("/") || /[\s#]/.test(text)) {
     throw new ConfigError(`--health-path: "${text}" must be a path starting with /`);
+  }
+  return text;
+}
+
+function parsePolicy(text: string): PolicyName {
+  if (!isPolicyName(text)) {
+    throw new ConfigError(`--policy: "${text}" is not one of ${POLICY_NAMES.join(", ")}`);
+  }
+  return text;
+}
+
+function parseHashKeyFlag(text: string | undefined): HashKeySpec {
+  if (text === undefined) return DEFAULTS.hashKey;
+  try {
+    return parseHashKey(text);
+  } catch (error) {
+    throw new ConfigError(`--hash-key: ${(error as Error).message}`);
+  }
+}
+
+function parseCookieName(text: string): string {
+  if (text !== "" && !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(text)) {
+    throw new ConfigError(`--sticky-cookie: "${text}" is not a valid cookie name`);
+  }
+  return text;
+}
+
+function parseSecret(text: string): string {
+  if (text !== "" && new TextEncoder().encode(text).length < 16) {
+    throw new ConfigError("--sticky-secret: must be at least 16 bytes long");
   }
   return text;
 }

@@ -2,13 +2,25 @@
  * @module
  * The backend pool: the set of backends, their availability, and selection through a policy.
  *
- * Availability (health with rise/fall hysteresis, passive marking) lives here; *which* available
- * backend serves a request is the policy's job. The pool does not know how health is checked
- * (lib/health.ts reports results into it) nor how requests are sent (lib/proxy.ts).
+ * Availability lives here and nowhere else: health with rise/fall hysteresis (reported by
+ * lib/health.ts), passive outlier ejection (reported by the proxy after each attempt), slow start,
+ * per-backend concurrency limits and panic mode. *Which* available backend serves a request is
+ * the policy's job. The pool does not know how health is checked or how requests are sent.
+ *
+ * The array of available backends is rebuilt only when something changes (a flip, an ejection
+ * ending, a slow-start step), never per request, and policies may cache work per array instance.
  */
 
-/** Health as the balancer sees it. A backend starts `up` so traffic flows at once on start-up. */
+import { OutlierDetector, type OutlierOptions, panicMode } from "./outlier.ts";
+
+/** Health as active checks (and refused connects) established it. */
 export type HealthState = "up" | "down";
+
+/** What an operator sees: health, with `ejected` for a healthy backend ejected as an outlier. */
+export type BackendStatus = "up" | "down" | "ejected";
+
+/** Slow start ramps a backend's share in this many equal steps. */
+export const SLOW_START_STEPS = 10;
 
 /** What configuration says about one backend. */
 export interface BackendSpec {
@@ -22,27 +34,40 @@ export interface BackendSpec {
 export class Backend {
   /** Origin string used to build upstream URLs, e.g. `http://127.0.0.1:8081`. */
   readonly url: string;
+  /** Configured relative share. */
   readonly weight: number;
+  /**
+   * The share policies use: `weight × SLOW_START_STEPS` normally, less while slow start ramps
+   * up. Integer, so weighted schedules stay exact.
+   */
+  effectiveWeight: number;
   state: HealthState = "up";
   /** Consecutive passing checks while down (rise) or failing checks while up (fall). */
   streak = 0;
-  /** Requests sent and not yet answered with headers. */
+  /** When the current passive ejection ends (monotonic ms); 0 when not ejected. */
+  ejectedUntil = 0;
+  /** When the backend last became available (monotonic ms), for slow start. */
+  availableSince: number;
+  /** Requests sent to this backend whose responses have not finished. */
   inflight = 0;
   /** Attempts sent to this backend. */
   requests = 0;
-  /** Attempts that failed before response headers (connect errors, resets, timeouts). */
+  /** Attempts that failed (connect errors, resets, timeouts). */
   failures = 0;
   /** Last active check: whether it passed, when (epoch ms) and why it failed. */
   lastCheck: { ok: boolean; at: number; detail: string } | undefined;
 
-  constructor(spec: BackendSpec) {
+  constructor(spec: BackendSpec, now: number = performance.now()) {
     this.url = spec.url;
     this.weight = spec.weight;
+    this.effectiveWeight = spec.weight * SLOW_START_STEPS;
+    this.availableSince = now;
   }
 
-  /** Whether the pool may offer this backend to a policy. */
-  get available(): boolean {
-    return this.state === "up" && this.weight > 0;
+  /** Health and ejection combined, as shown to operators. */
+  get status(): BackendStatus {
+    if (this.state === "down") return "down";
+    return this.ejectedUntil > 0 ? "ejected" : "up";
   }
 }
 
@@ -50,23 +75,26 @@ export class Backend {
 export interface SelectContext {
   /** The client's address as seen on the socket. */
   clientIp: string;
-  /** The incoming request (headers, path); read-only. */
-  request: Request;
+  /** Request headers (read-only), e.g. for a header or cookie hash key. */
+  headers: Headers;
+  /** The validated path and query (never the raw `req.url`, whose host the client controls). */
+  path: string;
 }
 
 /**
  * A balancing algorithm. `select` gets the available backends not yet tried for this request,
- * in pool order (never empty), and returns one of them. It keeps only its own cursor/state.
+ * in pool order (never empty), and returns one of them. It keeps only its own cursor/state and
+ * reads `effectiveWeight` for shares.
  */
 export interface Policy {
   select(candidates: readonly Backend[], context: SelectContext): Backend;
 }
 
-/** Called when a backend's health flips; `reason` is human-readable. */
-export type StateChangeListener = (
+/** Called when a backend's status flips; `reason` is human-readable. */
+export type StatusChangeListener = (
   backend: Backend,
-  from: HealthState,
-  to: HealthState,
+  from: BackendStatus,
+  to: BackendStatus,
   reason: string,
 ) => void;
 
@@ -78,38 +106,76 @@ export interface PoolOptions {
   fall: number;
   /** The balancing algorithm. */
   policy: Policy;
-  /** Told about every state flip (logging, later alerts and metrics). @default none */
-  onStateChange?: StateChangeListener;
+  /** Told about every status flip (logging, later alerts and metrics). @default none */
+  onStatusChange?: StatusChangeListener;
+  /** Ramp time of a backend that becomes available (ms); 0 is off. @default 0 */
+  slowStartMs?: number;
+  /** Concurrent requests one backend may have; a full backend is skipped. @default Infinity */
+  maxConns?: number;
+  /** Passive outlier detection; undefined disables ejection. @default undefined */
+  outlier?: OutlierOptions;
+  /**
+   * Panic threshold (percent): when ejections leave fewer than this share of the healthy
+   * backends, ejections are ignored. 0 disables. @default 50
+   */
+  panicThresholdPercent?: number;
+  /** Monotonic clock in ms. @default performance.now */
+  now?: () => number;
 }
 
-/** The set of backends with health bookkeeping and policy-driven selection. */
+/** The set of backends with availability bookkeeping and policy-driven selection. */
 export class Pool {
   readonly backends: readonly Backend[];
-  #available: Backend[];
   readonly #options: PoolOptions;
+  readonly #now: () => number;
+  readonly #outlier: OutlierDetector | undefined;
+  readonly #maxConns: number;
+  #available: Backend[] = [];
+  /** When the available set must next be recomputed (an ejection ends, a ramp step). */
+  #nextRefresh = Infinity;
 
   constructor(specs: readonly BackendSpec[], options: PoolOptions) {
-    this.backends = specs.map((spec) => new Backend(spec));
     this.#options = options;
-    this.#available = this.backends.filter((b) => b.available);
+    this.#now = options.now ?? (() => performance.now());
+    this.#outlier = options.outlier ? new OutlierDetector(options.outlier) : undefined;
+    this.#maxConns = options.maxConns ?? Infinity;
+    const now = this.#now();
+    // Backends present at start-up take their full share at once: slow start is for newcomers.
+    this.backends = specs.map((spec) => new Backend(spec, now - (options.slowStartMs ?? 0)));
+    this.#refresh(now);
   }
 
-  /** Backends currently offered to the policy. Rebuilt on state changes, not per request. */
+  /** Backends currently offered to the policy. Rebuilt on changes, not per request. */
   get available(): readonly Backend[] {
     return this.#available;
   }
 
   /**
    * Chooses a backend for one attempt, skipping those in `tried` (earlier attempts of the same
-   * request). Returns undefined when nothing is left.
+   * request) and those at their concurrency limit. Returns undefined when nothing is left.
+   * `preferred`, when given and still a candidate, wins over the policy (sticky sessions).
    */
-  pick(context: SelectContext, tried?: ReadonlySet<Backend>): Backend | undefined {
+  pick(
+    context: SelectContext,
+    tried?: ReadonlySet<Backend>,
+    preferred?: (candidates: readonly Backend[]) => Backend | undefined,
+  ): Backend | undefined {
+    const now = this.#now();
+    if (now >= this.#nextRefresh) this.#refresh(now);
     let candidates: readonly Backend[] = this.#available;
-    if (tried !== undefined && tried.size > 0) {
-      candidates = candidates.filter((b) => !tried.has(b));
+    const filterTried = tried !== undefined && tried.size > 0;
+    if (filterTried || this.#maxConns !== Infinity) {
+      const max = this.#maxConns;
+      candidates = candidates.filter((b) => b.inflight < max && !(filterTried && tried.has(b)));
     }
     if (candidates.length === 0) return undefined;
-    return this.#options.policy.select(candidates, context);
+    return preferred?.(candidates) ?? this.#options.policy.select(candidates, context);
+  }
+
+  /** Whether every available backend is at its concurrency limit (a 503 rather than a 502). */
+  get saturated(): boolean {
+    return this.#available.length > 0 &&
+      this.#available.every((b) => b.inflight >= this.#maxConns);
   }
 
   /** Records an active health check result, flipping state after rise/fall in a row. */
@@ -126,7 +192,7 @@ export class Pool {
       const reason = ok
         ? `${backend.streak} passing checks`
         : `${backend.streak} failed checks, last: ${detail}`;
-      this.#setState(backend, ok ? "up" : "down", reason);
+      this.#setHealth(backend, ok ? "up" : "down", reason);
     }
   }
 
@@ -136,14 +202,85 @@ export class Pool {
    */
   reportConnectFailure(backend: Backend, detail: string): void {
     if (backend.state === "down") return;
-    this.#setState(backend, "down", `connection failed: ${detail}`);
+    this.#setHealth(backend, "down", `connection failed: ${detail}`);
   }
 
-  #setState(backend: Backend, to: HealthState, reason: string): void {
-    const from = backend.state;
+  /** An attempt got a response that counts as success for outlier detection. */
+  reportSuccess(backend: Backend): void {
+    this.#outlier?.recordSuccess(backend);
+  }
+
+  /** An attempt failed (gateway error, or a 5xx when those count): may eject the backend. */
+  reportFailure(backend: Backend, detail: string): void {
+    if (this.#outlier === undefined) return;
+    const now = this.#now();
+    if (!this.#outlier.recordFailure(backend, now, this.backends.length)) return;
+    const until = this.#outlier.ejectedUntil(backend, now)!;
+    const before = backend.status;
+    backend.ejectedUntil = until;
+    const seconds = Math.round((until - now) / 1000);
+    this.#refresh(now);
+    this.#announce(backend, before, `outlier: ${detail}; ejected for ${seconds}s`);
+  }
+
+  #setHealth(backend: Backend, to: HealthState, reason: string): void {
+    const before = backend.status;
     backend.state = to;
     backend.streak = 0;
-    this.#available = this.backends.filter((b) => b.available);
-    this.#options.onStateChange?.(backend, from, to, reason);
+    const now = this.#now();
+    if (to === "up") backend.availableSince = now;
+    this.#refresh(now);
+    this.#announce(backend, before, reason);
+  }
+
+  #announce(backend: Backend, from: BackendStatus, reason: string): void {
+    const to = backend.status;
+    if (from !== to) this.#options.onStatusChange?.(backend, from, to, reason);
+  }
+
+  /**
+   * Recomputes ejection expiry, slow-start weights and the available array, and when the next
+   * recomputation is due. Runs on changes and at those due times only.
+   */
+  #refresh(now: number): void {
+    let next = Infinity;
+    const slowStart = this.#options.slowStartMs ?? 0;
+    for (const backend of this.backends) {
+      if (backend.ejectedUntil > 0) {
+        if (now >= backend.ejectedUntil) {
+          backend.ejectedUntil = 0;
+          backend.availableSince = now;
+          if (backend.state === "up") {
+            this.#options.onStatusChange?.(backend, "ejected", "up", "ejection ended");
+          }
+        } else {
+          next = Math.min(next, backend.ejectedUntil);
+        }
+      }
+      let steps = SLOW_START_STEPS;
+      if (slowStart > 0) {
+        const elapsed = now - backend.availableSince;
+        if (elapsed < slowStart) {
+          // At least one step at once, so a newcomer gets some traffic to prove itself.
+          steps = Math.max(1, Math.floor((elapsed / slowStart) * SLOW_START_STEPS));
+          next = Math.min(
+            next,
+            backend.availableSince + ((steps + 1) * slowStart) / SLOW_START_STEPS,
+          );
+        }
+      }
+      backend.effectiveWeight = backend.weight * steps;
+    }
+    this.#nextRefresh = next;
+    const healthy = this.backends.filter((b) => b.state === "up" && b.weight > 0);
+    const unejected = healthy.filter((b) => b.ejectedUntil === 0);
+    // Panic: if ejections took out too many healthy backends, passive signals are more likely
+    // wrong than the backends (a shared blip): ignore them. Health-check verdicts still hold.
+    const panic = panicMode(
+      unejected.length,
+      healthy.length,
+      this.#options.panicThresholdPercent ?? 50,
+    );
+    this.#available = panic ? healthy : unejected;
   }
 }

@@ -16,9 +16,12 @@ import { downstreamResponseHeaders, fetchDecodedBody, upstreamRequestHeaders } f
 import type { Log } from "./log.ts";
 import type { Backend, Pool, SelectContext } from "./pool.ts";
 import { type Failure, mayRetry } from "./retry.ts";
-import { prepareBody, type RequestBody } from "./body.ts";
-import { parseTarget, type Target } from "./target.ts";
+import { declaresBody, prepareBody, type RequestBody } from "./body.ts";
+import { parseTarget } from "./target.ts";
 import { sendAttempt } from "./upstream.ts";
+import type { LatencyObserver } from "./policies/p2c_ewma.ts";
+import { cookieHeader, getCookie, type StickyCookie } from "./policies/sticky.ts";
+import { backoffDelay, type RetryBudget } from "./retry_budget.ts";
 
 /** How the proxy forwards (durations in ms). */
 export interface ProxyOptions {
@@ -34,6 +37,16 @@ export interface ProxyOptions {
   proto: "http" | "https";
   /** Keep-alive client for backends, created with `allowHost: true`. */
   client: Deno.HttpClient;
+  /** Whether a 5xx answer counts as a failure for outlier ejection. @default false */
+  ejectOn5xx?: boolean;
+  /** Caps retries to a share of traffic; undefined = no cap. @default undefined */
+  retryBudget?: RetryBudget;
+  /** Told every attempt's latency to headers (p2c-ewma learns from it). @default undefined */
+  latencyObserver?: LatencyObserver;
+  /** Pins clients to backends with a cookie; undefined = no stickiness. @default undefined */
+  sticky?: { cookie: StickyCookie; name: string };
+  /** Jittered wait before retry number n (ms). @default backoffDelay (25 ms base, 250 ms cap) */
+  backoff?: (retry: number) => number;
 }
 
 /** A `Deno.serve` handler. */
@@ -46,43 +59,67 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     timeout: options.timeout,
     connectTimeout: options.connectTimeout,
   };
+  const { retryBudget, latencyObserver, sticky } = options;
+  const backoff = options.backoff ?? ((retry: number) => backoffDelay(retry));
 
+  /** Tries backends until one answers; returns the response and the backend that gave it. */
   async function forward(
     req: Request,
-    target: Target,
+    info: Deno.ServeHandlerInfo,
     headers: Headers,
     body: RequestBody,
     context: SelectContext,
-  ): Promise<Response> {
+  ): Promise<{ response: Response; backend: Backend }> {
     const tried = new Set<Backend>();
+    const pinned = sticky === undefined
+      ? undefined
+      : (candidates: readonly Backend[]) =>
+        sticky.cookie.decode(getCookie(context.headers, sticky.name), candidates);
+    retryBudget?.recordRequest(performance.now());
     let failure: Failure | undefined;
     for (let attempt = 0; attempt <= options.retries; attempt++) {
-      const backend = pool.pick(context, tried);
+      const backend = pool.pick(context, tried, attempt === 0 ? pinned : undefined);
       if (backend === undefined) break;
       tried.add(backend);
       if (log.debugEnabled) log.debug(`Selected backend: ${backend.url}`);
       backend.requests++;
       backend.inflight++;
+      const started = performance.now();
       const result = await sendAttempt(
         backend.url,
-        backend.url + target.pathAndQuery,
+        backend.url + context.path,
         { method: req.method, headers, body: body.forAttempt() },
         req.signal,
         attemptOptions,
       );
+      if (result.ok) {
+        // In flight until the body has been delivered, not just the headers: least-conn and
+        // max-conns must see streaming responses as load.
+        info.completed.finally(() => backend.inflight--).catch(() => {});
+        latencyObserver?.observe(backend, performance.now() - started);
+        if (options.ejectOn5xx && result.response.status >= 500) {
+          pool.reportFailure(backend, `HTTP ${result.response.status}`);
+        } else {
+          pool.reportSuccess(backend);
+        }
+        return { response: result.response, backend };
+      }
       backend.inflight--;
-      if (result.ok) return relay(result.response, headers);
       failure = result.failure;
       if (failure.kind === "client-gone") break;
       backend.failures++;
+      latencyObserver?.observeFailure(backend);
       if (failure.kind === "connect") pool.reportConnectFailure(backend, failure.detail);
+      pool.reportFailure(backend, failure.detail);
       const retrying = attempt < options.retries &&
-        mayRetry(failure.kind, req.method, body.replayable);
+        mayRetry(failure.kind, req.method, body.replayable) &&
+        withinBudget();
       log.warn(
         `${backend.url} failed: ${failure.detail} (${req.method}, attempt ${attempt + 1}` +
           `${retrying ? ", retrying" : ""})`,
       );
       if (!retrying) break;
+      await delay(backoff(attempt + 1));
     }
     await body.discard();
     if (failure === undefined) throw new NoBackendError(options.retryAfterSeconds);
@@ -90,40 +127,68 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     throw new BadGatewayError();
   }
 
+  function withinBudget(): boolean {
+    if (retryBudget === undefined || retryBudget.tryAcquireRetry(performance.now())) return true;
+    log.debug("Retry budget exhausted: not retrying");
+    return false;
+  }
+
   return async function proxyHandler(req, info) {
     try {
       const target = parseTarget(req);
+      // Deno.serve hands GET/HEAD a null body even when bytes follow (it discards them), and
+      // fetch could not send them anyway: refuse rather than drop data silently.
+      if ((req.method === "GET" || req.method === "HEAD") && declaresBody(req.headers)) {
+        throw new BadRequestError("a GET or HEAD request cannot carry a body");
+      }
       const clientIp = (info.remoteAddr as Deno.NetAddr).hostname;
       const headers = upstreamRequestHeaders(req.headers, {
         clientIp,
         proto: options.proto,
         host: target.host,
       });
-      if (req.method === "GET" || req.method === "HEAD") {
-        // fetch cannot send a body with these methods; say so rather than drop it silently.
-        if (req.body !== null) {
-          throw new BadRequestError("a GET or HEAD request cannot carry a body");
-        }
-      }
       const body = await prepareBody(req);
-      return await forward(req, target, headers, body, { clientIp, request: req });
+      const context: SelectContext = { clientIp, headers: req.headers, path: target.pathAndQuery };
+      const { response, backend } = await forward(req, info, headers, body, context);
+      return relay(response, headers, req.method, stickyCookieFor(context, backend));
     } catch (error) {
       return errorResponse(error);
     }
   };
+
+  /** The Set-Cookie value that (re)pins the client to `backend`, when stickiness is on. */
+  function stickyCookieFor(context: SelectContext, backend: Backend): string | undefined {
+    if (sticky === undefined) return undefined;
+    const value = sticky.cookie.encode(backend);
+    if (value === undefined || getCookie(context.headers, sticky.name) === value) return undefined;
+    return cookieHeader(sticky.name, value, { secure: options.proto === "https" });
+  }
 }
 
 /** Turns the backend's response into the client's: same status and body, cleaned headers. */
-function relay(upstream: Response, requestHeaders: Headers): Response {
+function relay(
+  upstream: Response,
+  requestHeaders: Headers,
+  method: string,
+  setCookie: string | undefined,
+): Response {
   if (upstream.status < 200) {
     // fetch surfaces only 101 among 1xx; protocol switching is not relayed (Upgrade was stripped).
     upstream.body?.cancel();
     throw new BadGatewayError("unexpected 1xx response");
   }
   const decoded = fetchDecodedBody(requestHeaders, upstream.headers);
-  return new Response(upstream.body, {
-    status: upstream.status,
-    statusText: upstream.statusText,
-    headers: downstreamResponseHeaders(upstream.headers, decoded),
-  });
+  const headers = downstreamResponseHeaders(upstream.headers, decoded);
+  if (setCookie !== undefined) headers.append("set-cookie", setCookie);
+  let body = upstream.body;
+  if (body === null && decoded && method === "HEAD") {
+    // A null body makes Deno.serve write `content-length: 0`, a lie about the decoded GET; an
+    // empty stream makes it send no length at all.
+    body = new ReadableStream({ start: (controller) => controller.close() });
+  }
+  return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
+}
+
+function delay(ms: number): Promise<void> {
+  return ms <= 0 ? Promise.resolve() : new Promise((resolve) => setTimeout(resolve, ms));
 }

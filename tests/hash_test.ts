@@ -13,7 +13,12 @@ function backends(...weights: number[]): Backend[] {
 }
 
 function contextWith(headers: HeadersInit = {}, url = "http://lb.test/"): SelectContext {
-  return { clientIp: "198.51.100.7", request: new Request(url, { headers }) };
+  const parsed = new URL(url);
+  return {
+    clientIp: "198.51.100.7",
+    headers: new Headers(headers),
+    path: parsed.pathname + parsed.search,
+  };
 }
 
 const KEYS = Array.from({ length: 10_000 }, (_, i) => `client-${i}`);

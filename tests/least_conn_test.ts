@@ -3,7 +3,7 @@ import { Backend, type Policy } from "../lib/pool.ts";
 import { LeastConnPolicy } from "../lib/policies/least_conn.ts";
 import { mulberry32 } from "../lib/policies/random_source.ts";
 
-const context = { clientIp: "192.0.2.1", request: new Request("http://lb.test/") };
+const context = { clientIp: "192.0.2.1", headers: new Headers(), path: "/" };
 
 function backends(specs: [weight: number, inflight: number][]): Backend[] {
   return specs.map(([weight, inflight], i) => {

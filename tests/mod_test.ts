@@ -14,7 +14,7 @@ import {
 } from "../lib/policies/mod.ts";
 import { mulberry32 } from "../lib/policies/random_source.ts";
 
-const context = { clientIp: "192.0.2.1", request: new Request("http://lb.test/") };
+const context = { clientIp: "192.0.2.1", headers: new Headers(), path: "/" };
 
 Deno.test("POLICY_NAMES lists the five policies, round-robin first", () => {
   assert.deepEqual(POLICY_NAMES, ["round-robin", "least-conn", "p2c-ewma", "random", "hash"]);

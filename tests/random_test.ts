@@ -3,7 +3,7 @@ import { Backend, type Policy } from "../lib/pool.ts";
 import { RandomPolicy } from "../lib/policies/random.ts";
 import { mulberry32 } from "../lib/policies/random_source.ts";
 
-const context = { clientIp: "192.0.2.1", request: new Request("http://lb.test/") };
+const context = { clientIp: "192.0.2.1", headers: new Headers(), path: "/" };
 
 function backends(...weights: number[]): Backend[] {
   return weights.map((weight, i) => new Backend({ url: `http://10.0.0.${i + 1}:8080`, weight }));

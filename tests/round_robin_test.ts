@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Backend, type Policy } from "../lib/pool.ts";
 import { RoundRobinPolicy } from "../lib/policies/round_robin.ts";
 
-const context = { clientIp: "192.0.2.1", request: new Request("http://lb.test/") };
+const context = { clientIp: "192.0.2.1", headers: new Headers(), path: "/" };
 
 function named(...weights: number[]): Backend[] {
   return weights.map((weight, i) =>

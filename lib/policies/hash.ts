@@ -67,15 +67,15 @@ export function hashKeyFor(spec: HashKeySpec, context: SelectContext): string {
     case "ip":
       return context.clientIp;
     case "path":
-      return pathOf(context.request.url);
+      return pathOf(context.path);
     case "header":
-      return context.request.headers.get(spec.name) || context.clientIp;
+      return context.headers.get(spec.name) || context.clientIp;
     case "cookie":
-      return getCookie(context.request.headers, spec.name) || context.clientIp;
+      return getCookie(context.headers, spec.name) || context.clientIp;
   }
 }
 
-/** The path of an absolute URL without the query, found without parsing the whole URL. */
+/** The path without the query (also accepts an absolute URL), found without parsing it. */
 function pathOf(url: string): string {
   const scheme = url.indexOf("://");
   const start = url.indexOf("/", scheme === -1 ? 0 : scheme + 3);

@@ -38,8 +38,8 @@ export class LeastConnPolicy implements Policy {
     for (let i = 1; i < candidates.length; i++) {
       const backend = candidates[i];
       // Cross-multiplied so integer counts and weights compare exactly, without division.
-      const mine = (backend.inflight + 1) * best.weight;
-      const theirs = (best.inflight + 1) * backend.weight;
+      const mine = (backend.inflight + 1) * best.effectiveWeight;
+      const theirs = (best.inflight + 1) * backend.effectiveWeight;
       if (mine < theirs) {
         best = backend;
         ties = 1;

@@ -139,5 +139,5 @@ export class P2cEwmaPolicy implements Policy, LatencyObserver {
 
 /** Lower is better; `+ 1` counts the request being placed so idle backends still differ. */
 function score(backend: Backend, latencyMs: number): number {
-  return (latencyMs * (backend.inflight + 1)) / backend.weight;
+  return (latencyMs * (backend.inflight + 1)) / backend.effectiveWeight;
 }

@@ -64,8 +64,8 @@ export class RandomPolicy implements Policy {
     let total = 0;
     let uniform = true;
     for (let i = 0; i < n; i++) {
-      const weight = candidates[i].weight;
-      if (weight !== candidates[0].weight) uniform = false;
+      const weight = candidates[i].effectiveWeight;
+      if (weight !== candidates[0].effectiveWeight) uniform = false;
       total += weight;
       this.#cumulative[i] = total;
     }

@@ -17,9 +17,9 @@ export class RoundRobinPolicy implements Policy {
     let best = candidates[0];
     let bestScore = -Infinity;
     for (const backend of candidates) {
-      const score = (this.#current.get(backend) ?? 0) + backend.weight;
+      const score = (this.#current.get(backend) ?? 0) + backend.effectiveWeight;
       this.#current.set(backend, score);
-      total += backend.weight;
+      total += backend.effectiveWeight;
       if (score > bestScore) {
         best = backend;
         bestScore = score;
