@@ -1,0 +1,169 @@
+import assert from "node:assert/strict";
+import {
+  type Config,
+  DEFAULTS,
+  normalizeSingleDashFlags,
+  parseBackend,
+  parseCommandLine,
+  parseDuration,
+} from "../lib/config.ts";
+import { ConfigError } from "../lib/errors.ts";
+
+function run(args: string[]): Config {
+  const invocation = parseCommandLine(args);
+  assert.equal(invocation.kind, "run");
+  return (invocation as { kind: "run"; config: Config }).config;
+}
+
+Deno.test("normalizeSingleDashFlags() doubles Go-style dashes and leaves everything else", () => {
+  assert.deepEqual(
+    normalizeSingleDashFlags(["-backends=http://a:1", "-port", "3030", "-h", "--x", "-5", "a-b"]),
+    ["--backends=http://a:1", "--port", "3030", "-h", "--x", "-5", "a-b"],
+  );
+  assert.deepEqual(normalizeSingleDashFlags(["--", "-port"]), ["--", "-port"]);
+});
+
+Deno.test("parseCommandLine() gives the documented defaults", () => {
+  const config = run(["--backends=http://a:1"]);
+  assert.equal(config.port, 3030);
+  assert.equal(config.host, "0.0.0.0");
+  assert.equal(config.healthInterval, 5000);
+  assert.equal(config.healthTimeout, 2000);
+  assert.equal(config.healthPath, "/");
+  assert.equal(config.rise, 2);
+  assert.equal(config.fall, 3);
+  assert.equal(config.retries, 2);
+  assert.equal(config.connectTimeout, 3000);
+  assert.equal(config.timeout, 30000);
+  assert.equal(config.drainTimeout, 10000);
+  assert.equal(config.logLevel, "info");
+  assert.equal(config.policy, "round-robin");
+  assert.deepEqual(config.hashKey, { kind: "ip" });
+  assert.equal(config.ejectAfter, DEFAULTS.ejectAfter);
+  assert.equal(config.retryBudget, 20);
+  assert.equal(config.slowStart, 0);
+  assert.equal(config.maxConns, 0);
+});
+
+Deno.test("parseCommandLine() reads every flag in both dash styles", () => {
+  const config = run([
+    "-backends=http://a:1,http://b:2*3",
+    "--backends",
+    "https://c:3",
+    "-port=8080",
+    "--host",
+    "127.0.0.1",
+    "--health-interval=500ms",
+    "--health-timeout=1s",
+    "--health-path=/healthz",
+    "--rise=1",
+    "--fall=5",
+    "--retries=0",
+    "--connect-timeout=250ms",
+    "--timeout=1m",
+    "--drain-timeout=0s",
+    "--log-level=DEBUG",
+    "--policy=hash",
+    "--hash-key=header:X-User",
+    "--sticky-cookie=lb",
+    "--sticky-secret=0123456789abcdef",
+    "--slow-start=30s",
+    "--max-conns=100",
+    "--eject-after=3",
+    "--eject-time=10s",
+    "--eject-max-time=1m",
+    "--eject-max-percent=30",
+    "--eject-on-5xx",
+    "--panic-threshold=0",
+    "--retry-budget=10",
+    "--retry-budget-min=5",
+  ]);
+  assert.deepEqual(config.backends, [
+    { url: "http://a:1", weight: 1 },
+    { url: "http://b:2", weight: 3 },
+    { url: "https://c:3", weight: 1 },
+  ]);
+  assert.equal(config.port, 8080);
+  assert.equal(config.host, "127.0.0.1");
+  assert.equal(config.healthInterval, 500);
+  assert.equal(config.healthTimeout, 1000);
+  assert.equal(config.healthPath, "/healthz");
+  assert.equal(config.rise, 1);
+  assert.equal(config.fall, 5);
+  assert.equal(config.retries, 0);
+  assert.equal(config.connectTimeout, 250);
+  assert.equal(config.timeout, 60000);
+  assert.equal(config.drainTimeout, 0);
+  assert.equal(config.logLevel, "debug");
+  assert.equal(config.policy, "hash");
+  assert.deepEqual(config.hashKey, { kind: "header", name: "x-user" });
+  assert.equal(config.stickyCookie, "lb");
+  assert.equal(config.stickySecret, "0123456789abcdef");
+  assert.equal(config.slowStart, 30000);
+  assert.equal(config.maxConns, 100);
+  assert.equal(config.ejectAfter, 3);
+  assert.equal(config.ejectTime, 10000);
+  assert.equal(config.ejectMaxTime, 60000);
+  assert.equal(config.ejectMaxPercent, 30);
+  assert.equal(config.ejectOn5xx, true);
+  assert.equal(config.panicThreshold, 0);
+  assert.equal(config.retryBudget, 10);
+  assert.equal(config.retryBudgetMin, 5);
+});
+
+Deno.test("parseCommandLine() answers help and version before validating anything", () => {
+  assert.deepEqual(parseCommandLine(["--help"]), { kind: "help" });
+  assert.deepEqual(parseCommandLine(["-h"]), { kind: "help" });
+  assert.deepEqual(parseCommandLine(["-version"]), { kind: "version" });
+});
+
+Deno.test("parseCommandLine() allows --demo without backends", () => {
+  const config = run(["--demo"]);
+  assert.equal(config.demo, true);
+  assert.deepEqual(config.backends, []);
+});
+
+Deno.test("parseDuration() takes ms, s, m, h and refuses bare numbers", () => {
+  assert.equal(parseDuration("500ms"), 500);
+  assert.equal(parseDuration("2s"), 2000);
+  assert.equal(parseDuration("1.5m"), 90000);
+  assert.equal(parseDuration("1h"), 3600000);
+  for (const bad of ["5", "", "s", "-1s", "1 s", "1sec", "1e3ms", "NaNs"]) {
+    assert.equal(parseDuration(bad), undefined, bad);
+  }
+});
+
+Deno.test("parseBackend() normalises origins and reads URL*WEIGHT", () => {
+  assert.deepEqual(parseBackend("http://Example.COM:80/"), {
+    url: "http://example.com",
+    weight: 1,
+  });
+  assert.deepEqual(parseBackend("http://[::1]:8081*0"), { url: "http://[::1]:8081", weight: 0 });
+  assert.deepEqual(parseBackend("https://a:8443*12"), { url: "https://a:8443", weight: 12 });
+});
+
+const REFUSED: [string[], RegExp][] = [
+  [["--backends=http://a:1", "--policy=fastest"], /--policy: "fastest" is not one of round-robin/],
+  [["--backends=http://a:1", "--hash-key=body"], /--hash-key: /],
+  [["--backends=http://a:1", "--sticky-cookie=a b"], /--sticky-cookie: "a b"/],
+  [["--backends=http://a:1", "--sticky-secret=short"], /at least 16 bytes/],
+  [["--backends=http://a:1", "--eject-time=1m", "--eject-max-time=10s"], /--eject-max-time/],
+  [["--backends=http://a:1", "--panic-threshold=101"], /--panic-threshold: 101 is out of range/],
+  [["--backends=http://a:1", "--retry-budget=-1"], /--retry-budget/],
+  [["--backends=http://user:pw@a:1"], /credentials/],
+  [["--backends=http://a:1?x=1"], /origin only/],
+  [["--backends=http://a:1*1000001"], /weight "1000001"/],
+  [["--backends=http://a:1", "--health-path=health"], /--health-path: "health" must be a path/],
+  [["--backends=http://a:1", "--host=a/b"], /--host: "a\/b"/],
+];
+
+for (const [args, message] of REFUSED) {
+  Deno.test(`parseCommandLine() refuses ${args.at(-1)} with a one-line ConfigError`, () => {
+    assert.throws(() => parseCommandLine(args), (error: unknown) => {
+      assert.ok(error instanceof ConfigError);
+      assert.match(error.message, message);
+      assert.ok(!error.message.includes("\n"));
+      return true;
+    });
+  });
+}
