@@ -3,25 +3,31 @@
  * Cost of one `select` per balancing policy with 3, 30 and 300 backends (weights 1-3, nothing in
  * flight). Run with `deno bench bench/policies_bench.ts`. Hash benchmarks rotate through client
  * IPs so that the lookup is not always the same warm table slot.
+ *
+ * Round-robin also runs two slower paths: "fresh copy" hands it a different array instance on
+ * every pick, as the pool does on retries and whenever max-conns filtering is on; "over cap" uses
+ * weights whose cycle is too long to precompute.
  */
 
 import { Backend, type Policy, type SelectContext } from "../lib/pool.ts";
 import { createPolicy, POLICY_NAMES } from "../lib/policies/mod.ts";
 import { mulberry32 } from "../lib/policies/random_source.ts";
+import { RoundRobinPolicy } from "../lib/policies/round_robin.ts";
 
 const SIZES = [3, 30, 300];
 
-function makeBackends(count: number): Backend[] {
+function makeBackends(count: number, weightOf = (i: number) => 1 + (i % 3)): Backend[] {
   return Array.from({ length: count }, (_, i) =>
     new Backend({
       url: `http://10.${(i >> 8) & 255}.${i & 255}.1:8080`,
-      weight: 1 + (i % 3),
+      weight: weightOf(i),
     }));
 }
 
 const contexts: SelectContext[] = Array.from({ length: 1024 }, (_, i) => ({
   clientIp: `192.0.${i >> 8}.${i & 255}`,
-  request: new Request("http://lb.test/"),
+  headers: new Headers(),
+  path: "/",
 }));
 
 for (const size of SIZES) {
@@ -45,4 +51,30 @@ for (const size of SIZES) {
       },
     });
   }
+
+  // Distinct instances made outside the loop, so the copying itself is not measured.
+  const backends = makeBackends(size);
+  const copies = Array.from({ length: 64 }, () => backends.slice());
+  const copyPolicy: Policy = new RoundRobinPolicy();
+  let copyTurn = 0;
+  Deno.bench({
+    name: `round-robin fresh copy n=${size}`,
+    group: `n=${size}`,
+    fn() {
+      copyPolicy.select(copies[copyTurn++ & 63], contexts[0]);
+    },
+  });
+
+  // Coprime weights in the thousands: the cycle is far longer than the schedule cap.
+  const heavy = makeBackends(size, (i) => 1000 * (1 + (i % 3)) + 1);
+  const heavyPolicy: Policy = new RoundRobinPolicy();
+  heavyPolicy.select(heavy, contexts[0]);
+  heavyPolicy.select(heavy, contexts[0]);
+  Deno.bench({
+    name: `round-robin over cap n=${size}`,
+    group: `n=${size}`,
+    fn() {
+      heavyPolicy.select(heavy, contexts[0]);
+    },
+  });
 }

@@ -160,16 +160,27 @@ export class Pool {
     tried?: ReadonlySet<Backend>,
     preferred?: (candidates: readonly Backend[]) => Backend | undefined,
   ): Backend | undefined {
-    const now = this.#now();
-    if (now >= this.#nextRefresh) this.#refresh(now);
-    let candidates: readonly Backend[] = this.#available;
-    const filterTried = tried !== undefined && tried.size > 0;
-    if (filterTried || this.#maxConns !== Infinity) {
-      const max = this.#maxConns;
-      candidates = candidates.filter((b) => b.inflight < max && !(filterTried && tried.has(b)));
-    }
+    const candidates = this.#candidates(tried);
     if (candidates.length === 0) return undefined;
     return preferred?.(candidates) ?? this.#options.policy.select(candidates, context);
+  }
+
+  /**
+   * Whether {@linkcode Pool.pick} would find a backend now, given the same `tried`. Lets the
+   * caller skip a retry that has nowhere to go before it spends retry budget and backoff on it.
+   */
+  hasCandidate(tried?: ReadonlySet<Backend>): boolean {
+    return this.#candidates(tried).length > 0;
+  }
+
+  /** The available backends not in `tried` and below their concurrency limit. */
+  #candidates(tried: ReadonlySet<Backend> | undefined): readonly Backend[] {
+    const now = this.#now();
+    if (now >= this.#nextRefresh) this.#refresh(now);
+    const filterTried = tried !== undefined && tried.size > 0;
+    if (!filterTried && this.#maxConns === Infinity) return this.#available;
+    const max = this.#maxConns;
+    return this.#available.filter((b) => b.inflight < max && !(filterTried && tried.has(b)));
   }
 
   /** Whether every available backend is at its concurrency limit (a 503 rather than a 502). */
@@ -218,7 +229,8 @@ export class Pool {
     const until = this.#outlier.ejectedUntil(backend, now)!;
     const before = backend.status;
     backend.ejectedUntil = until;
-    const seconds = Math.round((until - now) / 1000);
+    // Tenths: ejections may be shorter than a second, which whole seconds would show as "0s".
+    const seconds = Number(((until - now) / 1000).toFixed(1));
     this.#refresh(now);
     this.#announce(backend, before, `outlier: ${detail}; ejected for ${seconds}s`);
   }
@@ -261,12 +273,14 @@ export class Pool {
       if (slowStart > 0) {
         const elapsed = now - backend.availableSince;
         if (elapsed < slowStart) {
+          const due = (step: number) =>
+            backend.availableSince + (step * slowStart) / SLOW_START_STEPS;
           // At least one step at once, so a newcomer gets some traffic to prove itself.
           steps = Math.max(1, Math.floor((elapsed / slowStart) * SLOW_START_STEPS));
-          next = Math.min(
-            next,
-            backend.availableSince + ((steps + 1) * slowStart) / SLOW_START_STEPS,
-          );
+          // The division can round to just under a step at the very time `due` named for it;
+          // the step would then be missed and every pick at that time would rebuild the array.
+          if (now >= due(steps + 1)) steps++;
+          if (steps < SLOW_START_STEPS) next = Math.min(next, due(steps + 1));
         }
       }
       backend.effectiveWeight = backend.weight * steps;

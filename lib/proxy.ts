@@ -113,6 +113,9 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       pool.reportFailure(backend, failure.detail);
       const retrying = attempt < options.retries &&
         mayRetry(failure.kind, req.method, body.replayable) &&
+        // Before the budget: a retry with no untried backend left would take budget that
+        // another request could have used, and wait out a backoff, for nothing.
+        pool.hasCandidate(tried) &&
         withinBudget();
       log.warn(
         `${backend.url} failed: ${failure.detail} (${req.method}, attempt ${attempt + 1}` +

@@ -7,6 +7,8 @@ import {
   delay,
   getText,
   rawRequest,
+  rawServer,
+  readHead,
   refusingUrl,
   startTestBackend,
   startTestBalancer,
@@ -113,42 +115,6 @@ Deno.test("refused connections are retried on another backend for any method", a
   assert.equal(await response.text(), "payload");
   assert.equal(lb.balancer.pool.backends[0].state, "down");
 });
-
-/** A TCP server on 127.0.0.1 that runs `onConnection` for each connection; closes them all. */
-function rawServer(onConnection: (conn: Deno.Conn) => Promise<void>) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<Deno.Conn>();
-  const accepting = (async () => {
-    for await (const conn of listener) {
-      conns.add(conn);
-      onConnection(conn).catch(() => {});
-    }
-  })().catch(() => {});
-  return {
-    url: `http://127.0.0.1:${listener.addr.port}`,
-    connections: () => conns.size,
-    async [Symbol.asyncDispose]() {
-      listener.close();
-      for (const conn of conns) {
-        try {
-          conn.close();
-        } catch { /* closed already */ }
-      }
-      await accepting;
-    },
-  };
-}
-
-async function readHead(conn: Deno.Conn): Promise<string> {
-  const buffer = new Uint8Array(65536);
-  let text = "";
-  for (let i = 0; i < 100 && !text.includes("\r\n\r\n"); i++) {
-    const n = await conn.read(buffer);
-    if (n === null) break;
-    text += new TextDecoder().decode(buffer.subarray(0, n));
-  }
-  return text;
-}
 
 Deno.test("a black-hole backend (accepts, never answers) gives 504 after --timeout", async () => {
   await using hole = rawServer(async (conn) => {

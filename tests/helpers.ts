@@ -159,6 +159,43 @@ export async function rawRequest(port: number, data: string, timeoutMs = 2000): 
   return new TextDecoder().decode(concat(chunks));
 }
 
+/** A TCP server on 127.0.0.1 that runs `onConnection` for each connection; closes them all. */
+export function rawServer(onConnection: (conn: Deno.Conn) => Promise<void>) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      onConnection(conn).catch(() => {});
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${listener.addr.port}`,
+    connections: () => conns.size,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* closed already */ }
+      }
+      await accepting;
+    },
+  };
+}
+
+/** Reads from `conn` until the end of a request head (or EOF); returns the text read. */
+export async function readHead(conn: Deno.Conn): Promise<string> {
+  const buffer = new Uint8Array(65536);
+  let text = "";
+  for (let i = 0; i < 100 && !text.includes("\r\n\r\n"); i++) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    text += new TextDecoder().decode(buffer.subarray(0, n));
+  }
+  return text;
+}
+
 /** Joins byte chunks. */
 export function concat(chunks: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));

@@ -1,8 +1,9 @@
 /**
  * @module
  * Weighted least-connections: the candidate with the fewest requests in flight per unit of
- * weight wins. "In flight" is {@linkcode Backend.inflight}, the requests sent and not yet answered
- * with headers, so this counts active requests, not TCP connections.
+ * weight wins. "In flight" is {@linkcode Backend.inflight}, the requests sent whose response
+ * bodies have not been fully delivered (so a long stream counts as load), which makes this count
+ * active requests, not TCP connections.
  */
 
 import type { Backend, Policy } from "../pool.ts";
