@@ -16,8 +16,17 @@ import { OutlierDetector, type OutlierOptions, panicMode } from "./outlier.ts";
 /** Health as active checks (and refused connects) established it. */
 export type HealthState = "up" | "down";
 
-/** What an operator sees: health, with `ejected` for a healthy backend ejected as an outlier. */
-export type BackendStatus = "up" | "down" | "ejected";
+/**
+ * An operator's switch: `enabled` takes traffic when healthy; `draining` takes no new requests
+ * and is removed (when asked) once its in-flight requests finish; `disabled` takes none.
+ */
+export type AdminState = "enabled" | "draining" | "disabled";
+
+/**
+ * What an operator sees: the admin state when it is not `enabled`, else health, with
+ * `ejected` for a healthy backend ejected as an outlier.
+ */
+export type BackendStatus = "up" | "down" | "ejected" | "draining" | "disabled";
 
 /** Slow start ramps a backend's share in this many equal steps. */
 export const SLOW_START_STEPS = 10;
@@ -34,14 +43,18 @@ export interface BackendSpec {
 export class Backend {
   /** Origin string used to build upstream URLs, e.g. `http://127.0.0.1:8081`. */
   readonly url: string;
-  /** Configured relative share. */
-  readonly weight: number;
+  /** Configured relative share (changed through {@linkcode Pool.setWeight}). */
+  weight: number;
   /**
    * The share policies use: `weight × SLOW_START_STEPS` normally, less while slow start ramps
    * up. Integer, so weighted schedules stay exact.
    */
   effectiveWeight: number;
   state: HealthState = "up";
+  /** The operator's switch; see {@linkcode AdminState}. */
+  admin: AdminState = "enabled";
+  /** Set when removal was asked for: the backend leaves the pool once nothing is in flight. */
+  removing = false;
   /** Consecutive passing checks while down (rise) or failing checks while up (fall). */
   streak = 0;
   /** When the current passive ejection ends (monotonic ms); 0 when not ejected. */
@@ -66,6 +79,7 @@ export class Backend {
 
   /** Health and ejection combined, as shown to operators. */
   get status(): BackendStatus {
+    if (this.admin !== "enabled") return this.admin;
     if (this.state === "down") return "down";
     return this.ejectedUntil > 0 ? "ejected" : "up";
   }
@@ -88,6 +102,11 @@ export interface SelectContext {
  */
 export interface Policy {
   select(candidates: readonly Backend[], context: SelectContext): Backend;
+  /**
+   * Told after `backend.inflight` changed, for policies that index backends by load
+   * (least-conn). @default none
+   */
+  loadChanged?(backend: Backend): void;
 }
 
 /** Called when a backend's status flips; `reason` is human-readable. */
@@ -106,8 +125,10 @@ export interface PoolOptions {
   fall: number;
   /** The balancing algorithm. */
   policy: Policy;
-  /** Told about every status flip (logging, later alerts and metrics). @default none */
+  /** Told about every status flip (logging, alerts, metrics). @default none */
   onStatusChange?: StatusChangeListener;
+  /** Told when a backend joins the pool after start-up (sticky tokens). @default none */
+  onAdd?: (backend: Backend) => void;
   /** Ramp time of a backend that becomes available (ms); 0 is off. @default 0 */
   slowStartMs?: number;
   /** Concurrent requests one backend may have; a full backend is skipped. @default Infinity */
@@ -125,7 +146,7 @@ export interface PoolOptions {
 
 /** The set of backends with availability bookkeeping and policy-driven selection. */
 export class Pool {
-  readonly backends: readonly Backend[];
+  #backends: Backend[];
   readonly #options: PoolOptions;
   readonly #now: () => number;
   readonly #outlier: OutlierDetector | undefined;
@@ -141,8 +162,121 @@ export class Pool {
     this.#maxConns = options.maxConns ?? Infinity;
     const now = this.#now();
     // Backends present at start-up take their full share at once: slow start is for newcomers.
-    this.backends = specs.map((spec) => new Backend(spec, now - (options.slowStartMs ?? 0)));
+    this.#backends = specs.map((spec) => new Backend(spec, now - (options.slowStartMs ?? 0)));
     this.#refresh(now);
+  }
+
+  /** Every backend in the pool, in order, whatever its state. Replaced when the set changes. */
+  get backends(): readonly Backend[] {
+    return this.#backends;
+  }
+
+  /** The backend with this origin, if it is in the pool. */
+  find(url: string): Backend | undefined {
+    return this.#backends.find((b) => b.url === url);
+  }
+
+  /**
+   * Adds a backend. It starts up (health checks will judge it) and, with slow start, ramps its
+   * share from the first step. Throws when the URL is already in the pool.
+   */
+  add(spec: BackendSpec): Backend {
+    const existing = this.find(spec.url);
+    if (existing !== undefined && !existing.removing) {
+      throw new Error(`backend ${spec.url} is already in the pool`);
+    }
+    if (existing !== undefined) this.#finishRemoval(existing);
+    const backend = new Backend(spec, this.#now());
+    this.#backends = [...this.#backends, backend];
+    this.#refresh(this.#now());
+    this.#options.onAdd?.(backend);
+    return backend;
+  }
+
+  /**
+   * Removes a backend gracefully: it drains (no new requests) and leaves the pool when its
+   * in-flight requests are done, at once if there are none. Returns false for an unknown URL.
+   */
+  remove(url: string): boolean {
+    const backend = this.find(url);
+    if (backend === undefined || backend.removing) return backend !== undefined;
+    backend.removing = true;
+    this.setAdmin(backend, "draining", "removed");
+    if (backend.inflight === 0) this.#finishRemoval(backend);
+    return true;
+  }
+
+  /** Sets the operator's switch of `backend`, announcing the status change. */
+  setAdmin(backend: Backend, admin: AdminState, reason: string): void {
+    if (backend.removing && admin !== "draining") return;
+    const before = backend.status;
+    if (backend.admin === "enabled" && admin === "enabled") return;
+    if (backend.admin !== "enabled" && admin === "enabled") backend.availableSince = this.#now();
+    backend.admin = admin;
+    this.#refresh(this.#now());
+    this.#announce(backend, before, reason);
+  }
+
+  /** Changes `backend`'s weight; policies see it from the next pick. */
+  setWeight(backend: Backend, weight: number): void {
+    backend.weight = weight;
+    this.#refresh(this.#now());
+  }
+
+  /**
+   * Makes the pool match `specs` (a reload): backends with a known URL keep their health,
+   * counters and in-flight requests (weights are updated); new ones are added; missing ones
+   * are removed gracefully. Returns what changed.
+   */
+  update(
+    specs: readonly BackendSpec[],
+  ): { added: string[]; removed: string[]; reweighted: string[] } {
+    const wanted = new Map(specs.map((spec) => [spec.url, spec]));
+    const change = { added: [] as string[], removed: [] as string[], reweighted: [] as string[] };
+    for (const backend of [...this.#backends]) {
+      const spec = wanted.get(backend.url);
+      if (spec === undefined) {
+        if (!backend.removing) change.removed.push(backend.url);
+        this.remove(backend.url);
+      } else if (backend.removing) {
+        // Removed earlier, wanted again: a fresh backend replaces the draining one.
+        this.add(spec);
+        change.added.push(spec.url);
+        wanted.delete(spec.url);
+      } else {
+        if (spec.weight !== backend.weight) {
+          this.setWeight(backend, spec.weight);
+          change.reweighted.push(spec.url);
+        }
+        wanted.delete(spec.url);
+      }
+    }
+    for (const spec of wanted.values()) {
+      this.add(spec);
+      change.added.push(spec.url);
+    }
+    return change;
+  }
+
+  /** Counts a request sent to `backend`; pair with {@linkcode Pool.release}. */
+  acquire(backend: Backend): void {
+    backend.inflight++;
+    backend.requests++;
+    this.#options.policy.loadChanged?.(backend);
+  }
+
+  /** A request to `backend` has finished; a removed backend leaves once it has none left. */
+  release(backend: Backend): void {
+    backend.inflight--;
+    this.#options.policy.loadChanged?.(backend);
+    if (backend.removing && backend.inflight === 0) this.#finishRemoval(backend);
+  }
+
+  #finishRemoval(backend: Backend): void {
+    if (!this.#backends.includes(backend)) return;
+    this.#backends = this.#backends.filter((b) => b !== backend);
+    this.#outlier?.forget(backend);
+    this.#refresh(this.#now());
   }
 
   /** Backends currently offered to the policy. Rebuilt on changes, not per request. */
@@ -257,7 +391,7 @@ export class Pool {
   #refresh(now: number): void {
     let next = Infinity;
     const slowStart = this.#options.slowStartMs ?? 0;
-    for (const backend of this.backends) {
+    for (const backend of this.#backends) {
       if (backend.ejectedUntil > 0) {
         if (now >= backend.ejectedUntil) {
           backend.ejectedUntil = 0;
@@ -286,7 +420,9 @@ export class Pool {
       backend.effectiveWeight = backend.weight * steps;
     }
     this.#nextRefresh = next;
-    const healthy = this.backends.filter((b) => b.state === "up" && b.weight > 0);
+    const healthy = this.#backends.filter((b) =>
+      b.state === "up" && b.weight > 0 && b.admin === "enabled"
+    );
     const unejected = healthy.filter((b) => b.ejectedUntil === 0);
     // Panic: if ejections took out too many healthy backends, passive signals are more likely
     // wrong than the backends (a shared blip): ignore them. Health-check verdicts still hold.

@@ -82,8 +82,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       if (backend === undefined) break;
       tried.add(backend);
       if (log.debugEnabled) log.debug(`Selected backend: ${backend.url}`);
-      backend.requests++;
-      backend.inflight++;
+      pool.acquire(backend);
       const started = performance.now();
       const result = await sendAttempt(
         backend.url,
@@ -95,7 +94,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       if (result.ok) {
         // In flight until the body has been delivered, not just the headers: least-conn and
         // max-conns must see streaming responses as load.
-        info.completed.finally(() => backend.inflight--).catch(() => {});
+        info.completed.finally(() => pool.release(backend)).catch(() => {});
         latencyObserver?.observe(backend, performance.now() - started);
         if (options.ejectOn5xx && result.response.status >= 500) {
           pool.reportFailure(backend, `HTTP ${result.response.status}`);
@@ -104,7 +103,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
         }
         return { response: result.response, backend };
       }
-      backend.inflight--;
+      pool.release(backend);
       failure = result.failure;
       if (failure.kind === "client-gone") break;
       backend.failures++;
