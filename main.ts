@@ -1,22 +1,28 @@
 /**
  * @module
- * The load balancer's entry point: command line -> config -> running balancer -> signals.
+ * The load balancer's entry point: command line (and config file) -> running balancer ->
+ * signals: SIGINT/SIGTERM drain and exit, SIGHUP (or a change of the config file) reloads.
  *
  *     deno run --allow-net main.ts -backends=http://localhost:8081,http://localhost:8082 -port=3030
  */
 
 import denoJson from "./deno.json" with { type: "json" };
-import { type Config, parseCommandLine, USAGE } from "./lib/config.ts";
+import { type Config, USAGE } from "./lib/config.ts";
+import { parseCommandLine, reloadSettings } from "./lib/settings.ts";
 import { ConfigError } from "./lib/errors.ts";
 import { createLog, type Log } from "./lib/log.ts";
-import { startBalancer } from "./lib/balancer.ts";
+import { type RunningBalancer, startBalancer } from "./lib/balancer.ts";
+import type { BackendSpec } from "./lib/pool.ts";
 import { startBackend } from "./backend.ts";
 
 const DEMO_BACKENDS = 3;
+/** File events come in bursts (2-3 per write, more for editors): wait for quiet. */
+const RELOAD_DEBOUNCE_MS = 200;
 
 /** Runs the balancer until SIGINT/SIGTERM; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {
   let config: Config;
+  let configPath: string | undefined;
   try {
     const invocation = parseCommandLine(args);
     if (invocation.kind === "help") {
@@ -27,53 +33,126 @@ export async function main(args: string[]): Promise<number> {
       console.log(`load-balancer ${denoJson.version}`);
       return 0;
     }
-    config = invocation.config;
+    ({ config, configPath } = invocation);
+    if (invocation.kind === "check") {
+      console.log(`load-balancer: ${configPath ?? "command line"}: ok`);
+      return 0;
+    }
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
-    console.error(`load-balancer: ${error.message}`);
+    for (const line of error.message.split("\n")) console.error(`load-balancer: ${line}`);
     return 2;
   }
 
-  const log = createLog(config.logLevel);
+  const log = createLog(config.logLevel, undefined, config.logFormat);
   // A failing backend or a bug in one request must never take the process down.
   globalThis.addEventListener("unhandledrejection", (event) => {
     event.preventDefault();
     log.error(`Unhandled rejection: ${event.reason?.stack ?? event.reason}`);
   });
 
-  const demoServers = config.demo ? await startDemoBackends(config, log) : [];
-  let balancer;
+  const demo = config.demo ? await startDemoBackends(log) : { servers: [], specs: [] };
+  config.backends.push(...demo.specs);
+  let balancer: RunningBalancer;
   try {
-    balancer = await startBalancer(config, log);
+    balancer = await startBalancer(config, log, denoJson.version);
   } catch (error) {
-    console.error(
-      `load-balancer: cannot listen on ${config.host}:${config.port}: ${(error as Error).message}`,
-    );
+    console.error(`load-balancer: ${(error as Error).message}`);
     return 1;
   }
+
+  const reload = () => reloadConfig(args, balancer, demo.specs, log);
+  Deno.addSignalListener("SIGHUP", reload);
+  const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
 
   await new Promise<void>((resolve) => {
     for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, resolve);
   });
   log.info("Shutting down: draining in-flight requests...");
+  watcher?.close();
   const left = await balancer.shutdown(config.drainTimeout);
   if (left > 0) log.warn(`Drain timeout: ${left} request(s) were cut off`);
-  await Promise.all(demoServers.map((server) => server.shutdown()));
+  await Promise.all(demo.servers.map((server) => server.shutdown()));
   log.info("Load balancer stopped");
   return 0;
 }
 
-/** `--demo`: three demo backends on ports the OS picks, added to the configured ones. */
-async function startDemoBackends(config: Config, log: Log): Promise<Deno.HttpServer[]> {
+/**
+ * Re-reads flags and config file; applies the backends when everything is valid, and keeps the
+ * running configuration (logging why) when anything is not.
+ */
+function reloadConfig(
+  args: string[],
+  balancer: RunningBalancer,
+  demoSpecs: BackendSpec[],
+  log: Log,
+): void {
+  let next: Config;
+  try {
+    next = reloadSettings(args);
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    log.error(
+      `Reload failed, keeping the running configuration:\n  ${message.split("\n").join("\n  ")}`,
+    );
+    return;
+  }
+  next.backends.push(...demoSpecs);
+  const change = balancer.reload(next);
+  log.info(
+    `Reloaded: ${change.added.length} added, ${change.removed.length} removed, ` +
+      `${change.reweighted.length} reweighted`,
+  );
+  if (change.restartNeeded.length > 0) {
+    log.warn(`Reload ignored settings that need a restart: ${change.restartNeeded.join(", ")}`);
+  }
+}
+
+/**
+ * Calls `onChange` (debounced) when `path` changes. Watches the directory, not the file: an
+ * editor's atomic save replaces the file, and a watch on the old file would go quiet.
+ */
+function watchFile(path: string, onChange: () => void, log: Log): { close(): void } {
+  const slash = path.lastIndexOf("/");
+  const dir = slash === -1 ? "." : path.slice(0, slash) || "/";
+  const name = path.slice(slash + 1);
+  let watcher: Deno.FsWatcher;
+  try {
+    watcher = Deno.watchFs(dir, { recursive: false });
+  } catch (error) {
+    log.warn(
+      `Not watching ${path} for changes (${(error as Error).message}); SIGHUP still reloads`,
+    );
+    return { close() {} };
+  }
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  (async () => {
+    for await (const event of watcher) {
+      if (!event.paths.some((p) => p.endsWith(`/${name}`) || p === name)) continue;
+      clearTimeout(timer);
+      timer = setTimeout(onChange, RELOAD_DEBOUNCE_MS);
+    }
+  })().catch(() => {});
+  return {
+    close() {
+      clearTimeout(timer);
+      watcher.close();
+    },
+  };
+}
+
+/** `--demo`: three demo backends on ports the OS picks. */
+async function startDemoBackends(log: Log) {
   const servers: Deno.HttpServer[] = [];
+  const specs: BackendSpec[] = [];
   for (let i = 0; i < DEMO_BACKENDS; i++) {
     const port = await new Promise<number>((resolve) => {
       servers.push(startBackend({ port: 0, onListen: resolve }));
     });
     log.info(`Demo backend started at :${port}`);
-    config.backends.push({ url: `http://127.0.0.1:${port}`, weight: 1 });
+    specs.push({ url: `http://127.0.0.1:${port}`, weight: 1 });
   }
-  return servers;
+  return { servers, specs };
 }
 
 if (import.meta.main) {

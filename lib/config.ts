@@ -1,7 +1,12 @@
 /**
  * @module
- * Command-line flags to a validated {@linkcode Config}. Every problem becomes a
- * {@linkcode ConfigError} with a one-line message naming the flag and the value.
+ * The balancer's settings ({@linkcode Config}), their defaults, the primitives both the command
+ * line and the config file use (durations, backend URLs), and the command line itself.
+ *
+ * Flags are not validated here: {@linkcode parseFlags} turns the words the user typed into the
+ * config file's shape (`--health-interval 2s` becomes `healthInterval: "2s"`), and the file's
+ * validator (lib/config_file.ts) checks both, so one rule set serves flags and file and a
+ * check lists every problem at once. lib/settings.ts layers defaults, file and flags.
  *
  * Go-style single-dash long flags (`-backends=URL -port=3030`, as the original tool took them)
  * are accepted alongside `--backends URL --port 3030`.
@@ -10,12 +15,18 @@
 import { parseArgs } from "node:util";
 import { ConfigError } from "./errors.ts";
 import type { BackendSpec } from "./pool.ts";
-import { isPolicyName, POLICY_NAMES, type PolicyName } from "./policies/mod.ts";
-import { type HashKeySpec, parseHashKey } from "./policies/hash.ts";
+import { POLICY_NAMES, type PolicyName } from "./policies/mod.ts";
+import type { HashKeySpec } from "./policies/hash.ts";
 
 /** Log levels, most verbose first. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
 export type LogLevel = typeof LOG_LEVELS[number];
+
+/** Where the admin listener binds. */
+export interface AdminAddress {
+  host: string;
+  port: number;
+}
 
 /** Everything the balancer needs to start. Durations are in milliseconds. */
 export interface Config {
@@ -75,13 +86,19 @@ export interface Config {
   retryBudget: number;
   /** Retries per second always allowed, whatever the budget. @default 10 */
   retryBudgetMin: number;
+  /** Admin listener (API, metrics, dashboard); undefined = off. @default undefined */
+  admin?: AdminAddress;
+  /** Bearer token the admin listener requires; empty = none (loopback only). @default "" */
+  adminToken?: string;
+  /** Access log target: "stdout" or a file path; empty = off. @default "" */
+  accessLog?: string;
+  /** Access log line format. @default "combined" */
+  accessLogFormat?: "combined" | "json";
+  /** URL that receives a JSON POST on every backend state change; empty = off. @default "" */
+  alertWebhook?: string;
+  /** Process log format. @default "text" */
+  logFormat?: "text" | "json";
 }
-
-/** What the command line asked for: run with a config, or print help or the version. */
-export type Invocation =
-  | { kind: "run"; config: Config }
-  | { kind: "help" }
-  | { kind: "version" };
 
 /** Defaults for every optional setting (durations in ms). */
 export const DEFAULTS = {
@@ -115,10 +132,13 @@ export const DEFAULTS = {
 
 /** Help text printed by `--help`. */
 export const USAGE = `Usage: load-balancer -backends=URL[,URL...] [options]
+       load-balancer --config lb.jsonc [options]
 
 Options (one or two leading dashes; --flag=value or --flag value):
   --backends URL,...       backend origins, e.g. http://localhost:8081,http://localhost:8082;
                            a weight follows as URL*N (e.g. 'http://a:8081*3'); repeatable
+  --config FILE            read settings from a JSONC file (flags override it)
+  --check                  validate flags and config file, print every problem, and exit
   --port N                 listening port (default ${DEFAULTS.port})
   --host ADDR              bind address (default ${DEFAULTS.host})
   --health-interval DUR    time between health checks (default 5s)
@@ -131,10 +151,11 @@ Options (one or two leading dashes; --flag=value or --flag value):
   --timeout DUR            time to receive response headers (default 30s)
   --drain-timeout DUR      time in-flight requests get on shutdown (default 10s)
   --log-level LEVEL        debug, info, warn or error (default ${DEFAULTS.logLevel})
+  --log-format FORMAT      text or json (default text)
   --policy NAME            ${POLICY_NAMES.join(", ")} (default round-robin)
   --hash-key KEY           for --policy=hash: ip, path, header:NAME or cookie:NAME (default ip)
   --sticky-cookie NAME     pin clients to a backend with this cookie (any policy; default off)
-  --sticky-secret TEXT     key for sticky cookie values, 16+ chars (default: random per process)
+  --sticky-secret TEXT     key for sticky cookie values, 16+ bytes (default: random per process)
   --slow-start DUR         ramp a returning or new backend's share over DUR (default off)
   --max-conns N            concurrent requests per backend, 0 = unlimited (default 0)
   --eject-after N          consecutive failures that eject a backend, 0 = never (default 5)
@@ -145,44 +166,89 @@ Options (one or two leading dashes; --flag=value or --flag value):
   --panic-threshold N      ignore ejections when fewer than N% of healthy backends remain (default 50)
   --retry-budget N         retries may add at most N% of requests (default 20)
   --retry-budget-min N     retries per second always allowed (default 10)
+  --admin HOST:PORT        admin listener: API, /metrics, dashboard (default off)
+  --admin-token TOKEN      bearer token for the admin listener (or env LB_ADMIN_TOKEN)
+  --access-log TARGET      stdout or a file path (default off)
+  --access-log-format F    combined or json (default combined)
+  --alert-webhook URL      POST a JSON event on every backend state change (default off)
   --demo                   start three demo backends in-process and balance across them
   --help                   print this help
   --version                print the version
 
 Durations: a number with a unit: 500ms, 2s, 1m, 1h.`;
 
+/** Flags that take a value, by config key: the key is the flag name in camelCase. */
+const VALUE_FLAGS = [
+  "port",
+  "host",
+  "health-interval",
+  "health-timeout",
+  "health-path",
+  "rise",
+  "fall",
+  "retries",
+  "connect-timeout",
+  "timeout",
+  "drain-timeout",
+  "log-level",
+  "log-format",
+  "policy",
+  "hash-key",
+  "sticky-cookie",
+  "sticky-secret",
+  "slow-start",
+  "max-conns",
+  "eject-after",
+  "eject-time",
+  "eject-max-time",
+  "eject-max-percent",
+  "panic-threshold",
+  "retry-budget",
+  "retry-budget-min",
+  "admin",
+  "admin-token",
+  "access-log",
+  "access-log-format",
+  "alert-webhook",
+] as const;
+
+/** Settings the file holds as JSON numbers; their flag text is converted when it is digits. */
+const NUMERIC_KEYS = new Set([
+  "port",
+  "rise",
+  "fall",
+  "retries",
+  "maxConns",
+  "ejectAfter",
+  "ejectMaxPercent",
+  "panicThreshold",
+  "retryBudget",
+  "retryBudgetMin",
+]);
+
 const FLAG_OPTIONS = {
+  ...Object.fromEntries(VALUE_FLAGS.map((name) => [name, { type: "string" as const }])),
   backends: { type: "string", multiple: true },
-  port: { type: "string" },
-  host: { type: "string" },
-  "health-interval": { type: "string" },
-  "health-timeout": { type: "string" },
-  "health-path": { type: "string" },
-  rise: { type: "string" },
-  fall: { type: "string" },
-  retries: { type: "string" },
-  "connect-timeout": { type: "string" },
-  timeout: { type: "string" },
-  "drain-timeout": { type: "string" },
-  "log-level": { type: "string" },
-  demo: { type: "boolean" },
-  policy: { type: "string" },
-  "hash-key": { type: "string" },
-  "sticky-cookie": { type: "string" },
-  "sticky-secret": { type: "string" },
-  "slow-start": { type: "string" },
-  "max-conns": { type: "string" },
-  "eject-after": { type: "string" },
-  "eject-time": { type: "string" },
-  "eject-max-time": { type: "string" },
-  "eject-max-percent": { type: "string" },
+  config: { type: "string" },
+  check: { type: "boolean" },
   "eject-on-5xx": { type: "boolean" },
-  "panic-threshold": { type: "string" },
-  "retry-budget": { type: "string" },
-  "retry-budget-min": { type: "string" },
+  demo: { type: "boolean" },
   help: { type: "boolean", short: "h" },
   version: { type: "boolean", short: "v" },
 } as const;
+
+/** What the command line asked for, before validation. */
+export type FlagInvocation =
+  | { kind: "help" }
+  | { kind: "version" }
+  | {
+    kind: "run" | "check";
+    /** The settings typed, in the config file's shape (`healthInterval: "2s"`); unvalidated. */
+    given: Record<string, unknown>;
+    /** `--config FILE`, if given. */
+    configPath?: string;
+    demo: boolean;
+  };
 
 /**
  * Turns Go-style `-name` / `-name=value` into `--name` / `--name=value` so that `parseArgs`
@@ -194,13 +260,26 @@ export function normalizeSingleDashFlags(argv: readonly string[]): string[] {
   let terminated = false;
   for (const arg of argv) {
     if (arg === "--") terminated = true;
-    out.push(!terminated && /^-[a-zA-Z][a-zA-Z-]+(=|$)/.test(arg) ? `-${arg}` : arg);
+    out.push(!terminated && /^-[a-zA-Z][a-zA-Z0-9-]+(=|$)/.test(arg) ? `-${arg}` : arg);
   }
   return out;
 }
 
-/** Parses and validates the command line. Throws {@linkcode ConfigError} on any problem. */
-export function parseCommandLine(argv: readonly string[]): Invocation {
+/** `health-interval` -> `healthInterval`. */
+export function flagToKey(flag: string): string {
+  return flag.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** `healthInterval` -> `--health-interval` (for messages about flags). */
+export function keyToFlag(key: string): string {
+  return `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`).replace(/(\d+)/g, "-$1")}`;
+}
+
+/**
+ * Reads the command line. Only malformed words (unknown flag, missing value, stray argument)
+ * are errors here; values are checked by the config validator.
+ */
+export function parseFlags(argv: readonly string[]): FlagInvocation {
   let values;
   try {
     ({ values } = parseArgs({
@@ -214,77 +293,28 @@ export function parseCommandLine(argv: readonly string[]): Invocation {
   }
   if (values.help) return { kind: "help" };
   if (values.version) return { kind: "version" };
-
-  const demo = values.demo ?? false;
-  const backends = parseBackendList(values.backends ?? []);
-  if (backends.length === 0 && !demo) {
-    throw new ConfigError("no backends: give --backends=URL[,URL...] (or --demo)");
+  const given: Record<string, unknown> = {};
+  for (const flag of VALUE_FLAGS) {
+    const text = (values as Record<string, unknown>)[flag] as string | undefined;
+    if (text === undefined) continue;
+    const key = flagToKey(flag);
+    given[key] = NUMERIC_KEYS.has(key) && /^\d{1,15}$/.test(text.trim()) ? Number(text) : text;
   }
-  const config: Config = {
-    backends,
-    port: parsePort("--port", values.port, DEFAULTS.port),
-    host: parseHost(values.host ?? DEFAULTS.host),
-    healthInterval: parseDurationFlag("--health-interval", values["health-interval"], 5000, 1),
-    healthTimeout: parseDurationFlag("--health-timeout", values["health-timeout"], 2000, 1),
-    healthPath: parseHealthPath(values["health-path"] ?? DEFAULTS.healthPath),
-    rise: parseIntFlag("--rise", values.rise, DEFAULTS.rise, 1, 1000),
-    fall: parseIntFlag("--fall", values.fall, DEFAULTS.fall, 1, 1000),
-    retries: parseIntFlag("--retries", values.retries, DEFAULTS.retries, 0, 100),
-    connectTimeout: parseDurationFlag("--connect-timeout", values["connect-timeout"], 3000, 1),
-    timeout: parseDurationFlag("--timeout", values.timeout, 30000, 1),
-    drainTimeout: parseDurationFlag("--drain-timeout", values["drain-timeout"], 10000, 0),
-    logLevel: parseLogLevel(values["log-level"] ?? DEFAULTS.logLevel),
-    demo,
-    policy: parsePolicy(values.policy ?? DEFAULTS.policy),
-    hashKey: parseHashKeyFlag(values["hash-key"]),
-    stickyCookie: parseCookieName(values["sticky-cookie"] ?? ""),
-    stickySecret: parseSecret(values["sticky-secret"] ?? ""),
-    slowStart: parseDurationFlag("--slow-start", values["slow-start"], 0, 0),
-    maxConns: parseIntFlag("--max-conns", values["max-conns"], 0, 0, 1_000_000),
-    ejectAfter: parseIntFlag("--eject-after", values["eject-after"], DEFAULTS.ejectAfter, 0, 1000),
-    ejectTime: parseDurationFlag("--eject-time", values["eject-time"], DEFAULTS.ejectTime, 1),
-    ejectMaxTime: parseDurationFlag(
-      "--eject-max-time",
-      values["eject-max-time"],
-      DEFAULTS.ejectMaxTime,
-      1,
-    ),
-    ejectMaxPercent: parseIntFlag(
-      "--eject-max-percent",
-      values["eject-max-percent"],
-      DEFAULTS.ejectMaxPercent,
-      0,
-      100,
-    ),
-    ejectOn5xx: values["eject-on-5xx"] ?? false,
-    panicThreshold: parseIntFlag(
-      "--panic-threshold",
-      values["panic-threshold"],
-      DEFAULTS.panicThreshold,
-      0,
-      100,
-    ),
-    retryBudget: parseIntFlag(
-      "--retry-budget",
-      values["retry-budget"],
-      DEFAULTS.retryBudget,
-      0,
-      100,
-    ),
-    retryBudgetMin: parseIntFlag(
-      "--retry-budget-min",
-      values["retry-budget-min"],
-      DEFAULTS.retryBudgetMin,
-      0,
-      1_000_000,
-    ),
-  };
-  if (config.ejectMaxTime < config.ejectTime) {
-    throw new ConfigError(
-      `--eject-max-time: ${values["eject-max-time"]} is shorter than --eject-time`,
+  if (typeof given.logLevel === "string") given.logLevel = given.logLevel.toLowerCase();
+  if (values["eject-on-5xx"]) given.ejectOn5xx = true;
+  if (values.backends !== undefined) {
+    const list = values.backends.flatMap((v) => v.split(",")).map((v) => v.trim()).filter(
+      (v) => v !== "",
     );
+    // An empty list is "no backends given", which the merged check reports clearly.
+    if (list.length > 0) given.backends = list;
   }
-  return { kind: "run", config };
+  return {
+    kind: values.check ? "check" : "run",
+    given,
+    configPath: values.config,
+    demo: values.demo ?? false,
+  };
 }
 
 function describeParseError(error: unknown): string {
@@ -314,119 +344,6 @@ export function parseDuration(text: string): number | undefined {
   if (!match) return undefined;
   const ms = Number(match[1]) * DURATION_UNITS[match[2]];
   return Number.isFinite(ms) ? Math.round(ms) : undefined;
-}
-
-function parseDurationFlag(
-  flag: string,
-  text: string | undefined,
-  fallback: number,
-  minimumMs: number,
-): number {
-  if (text === undefined) return fallback;
-  const ms = parseDuration(text);
-  if (ms === undefined) {
-    throw new ConfigError(`${flag}: "${text}" is not a duration (use e.g. 500ms, 2s, 1m)`);
-  }
-  if (ms < minimumMs) throw new ConfigError(`${flag}: "${text}" must be at least ${minimumMs}ms`);
-  if (ms > 2_147_483_647) throw new ConfigError(`${flag}: "${text}" is too long`);
-  return ms;
-}
-
-function parseIntFlag(
-  flag: string,
-  text: string | undefined,
-  fallback: number,
-  min: number,
-  max: number,
-): number {
-  if (text === undefined) return fallback;
-  if (!/^\d+$/.test(text.trim())) throw new ConfigError(`${flag}: "${text}" is not a whole number`);
-  const n = Number(text);
-  if (n < min || n > max) {
-    throw new ConfigError(`${flag}: ${text} is out of range (${min} to ${max})`);
-  }
-  return n;
-}
-
-function parsePort(flag: string, text: string | undefined, fallback: number): number {
-  if (text === undefined) return fallback;
-  if (!/^\d+$/.test(text.trim())) throw new ConfigError(`${flag}: "${text}" is not a port number`);
-  const n = Number(text);
-  if (n > 65535) throw new ConfigError(`${flag}: ${text} is out of range (0 to 65535)`);
-  return n;
-}
-
-function parseHost(text: string): string {
-  if (text.trim() === "" || /[\s/?#@]/.test(text)) {
-    throw new ConfigError(`--host: "${text}" is not a bind address`);
-  }
-  return text.replace(/^\[(.*)\]$/, "$1");
-}
-
-function parseHealthPath(text: string): string {
-  if (!text.startsWith("/") || /[\s#]/.test(text)) {
-    throw new ConfigError(`--health-path: "${text}" must be a path starting with /`);
-  }
-  return text;
-}
-
-function parsePolicy(text: string): PolicyName {
-  if (!isPolicyName(text)) {
-    throw new ConfigError(`--policy: "${text}" is not one of ${POLICY_NAMES.join(", ")}`);
-  }
-  return text;
-}
-
-function parseHashKeyFlag(text: string | undefined): HashKeySpec {
-  if (text === undefined) return DEFAULTS.hashKey;
-  try {
-    return parseHashKey(text);
-  } catch (error) {
-    throw new ConfigError(`--hash-key: ${(error as Error).message}`);
-  }
-}
-
-function parseCookieName(text: string): string {
-  if (text !== "" && !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(text)) {
-    throw new ConfigError(`--sticky-cookie: "${text}" is not a valid cookie name`);
-  }
-  return text;
-}
-
-function parseSecret(text: string): string {
-  if (text !== "" && new TextEncoder().encode(text).length < 16) {
-    throw new ConfigError("--sticky-secret: must be at least 16 bytes long");
-  }
-  return text;
-}
-
-function parseLogLevel(text: string): LogLevel {
-  const level = LOG_LEVELS.find((l) => l === text.toLowerCase());
-  if (!level) {
-    throw new ConfigError(`--log-level: "${text}" is not one of ${LOG_LEVELS.join(", ")}`);
-  }
-  return level;
-}
-
-/**
- * Parses the values of (possibly repeated) `--backends` flags: comma-separated origins, each
- * optionally followed by `*WEIGHT`. Rejects duplicates, since a backend listed twice would
- * silently get twice the traffic; a weight says that explicitly.
- */
-export function parseBackendList(values: readonly string[]): BackendSpec[] {
-  const specs: BackendSpec[] = [];
-  const seen = new Set<string>();
-  for (const value of values) {
-    for (const item of value.split(",")) {
-      const text = item.trim();
-      if (text === "") continue;
-      const spec = parseBackend(text);
-      if (seen.has(spec.url)) throw new ConfigError(`--backends: duplicate backend ${spec.url}`);
-      seen.add(spec.url);
-      specs.push(spec);
-    }
-  }
-  return specs;
 }
 
 /** Parses one `URL` or `URL*WEIGHT` item into a spec with a normalised origin. */

@@ -22,6 +22,8 @@ export interface HealthOptions {
   path: string;
   /** Client used for checks. @default fetch's default client */
   client?: Deno.HttpClient;
+  /** Told every check's result (metrics). @default none */
+  onResult?: (backend: Backend, ok: boolean) => void;
 }
 
 /** Runs health check rounds on a timer until stopped. */
@@ -70,6 +72,7 @@ export class HealthChecker {
     const { ok, detail } = await this.check(backend);
     if (this.#stopped) return;
     this.log.debug(`${backend.url} [${ok ? "up" : "down"}]`);
+    this.options.onResult?.(backend, ok);
     this.pool.reportCheck(backend, ok, detail);
   }
 

@@ -48,6 +48,19 @@ export function goTimestamp(epochMs: number): string {
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
+/** Process log formats: Go-style text lines, or one JSON object per line. */
+export type LogFormat = "text" | "json";
+
+/** Renders one record as a JSON line: `{"time":ISO,"level":"info","message":"..."}`. */
+export function formatJsonLine(record: LogRecord): string {
+  const level = record.level === "warning" ? "warn" : record.level;
+  return JSON.stringify({
+    time: new Date(record.timestamp).toISOString(),
+    level,
+    message: record.message.map(String).join(""),
+  });
+}
+
 /** Renders one record as a text line: time, level, message. */
 export function formatLine(record: LogRecord): string {
   const level = record.level === "warning" ? "WARN" : record.level.toUpperCase();
@@ -55,16 +68,18 @@ export function formatLine(record: LogRecord): string {
 }
 
 /**
- * Configures LogTape to write text lines at `level` and above to `write` (standard error by
- * default, like Go's log) and returns the logger the modules share.
+ * Configures LogTape to write lines (text or JSON) at `level` and above to `write` (standard
+ * error by default, like Go's log) and returns the logger the modules share.
  */
 export function createLog(
   level: LogLevel,
   write: (line: string) => void = (line) => console.error(line),
+  format: LogFormat = "text",
 ): Log {
+  const render = format === "json" ? formatJsonLine : formatLine;
   configureSync({
     reset: true,
-    sinks: { text: (record: LogRecord) => write(formatLine(record)) },
+    sinks: { text: (record: LogRecord) => write(render(record)) },
     loggers: [
       { category: ["load-balancer"], lowestLevel: LOGTAPE_LEVEL[level], sinks: ["text"] },
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["text"] },

@@ -12,6 +12,7 @@
  */
 
 import { OutlierDetector, type OutlierOptions, panicMode } from "./outlier.ts";
+import { LatencyWindow } from "./stats.ts";
 
 /** Health as active checks (and refused connects) established it. */
 export type HealthState = "up" | "down";
@@ -67,6 +68,10 @@ export class Backend {
   requests = 0;
   /** Attempts that failed (connect errors, resets, timeouts). */
   failures = 0;
+  /** Responses with a 5xx status. */
+  serverErrors = 0;
+  /** Recent latencies to response headers (ms). */
+  readonly latency = new LatencyWindow();
   /** Last active check: whether it passed, when (epoch ms) and why it failed. */
   lastCheck: { ok: boolean; at: number; detail: string } | undefined;
 

@@ -47,6 +47,42 @@ export interface ProxyOptions {
   sticky?: { cookie: StickyCookie; name: string };
   /** Jittered wait before retry number n (ms). @default backoffDelay (25 ms base, 250 ms cap) */
   backoff?: (retry: number) => number;
+  /** Told how each request ended, and about retries (metrics, access log). @default none */
+  observer?: ProxyObserver;
+}
+
+/** How one client request ended, as far as the proxy is concerned. */
+export interface RequestOutcome {
+  /** Status sent to the client (the backend's, or the balancer's own 4xx/5xx). */
+  status: number;
+  /** Whether the status came from a backend (false: the balancer answered itself). */
+  fromBackend: boolean;
+  /** The last backend tried, if any. */
+  backend: Backend | undefined;
+  /** Attempts made (0 when no backend was tried). */
+  attempts: number;
+  /** `performance.now()` when the request arrived. */
+  startedAt: number;
+  /** The validated path and query, or the raw target when it was refused. */
+  path: string;
+  /** The response's Content-Length, when it has one. */
+  contentLength: number | undefined;
+}
+
+/** Hooks for whoever measures the proxy; each must be cheap and must not throw. */
+export interface ProxyObserver {
+  /** Called once per request, when its response headers are ready. */
+  outcome(req: Request, info: Deno.ServeHandlerInfo, outcome: RequestOutcome): void;
+  /** A retry is about to be made. */
+  retry(): void;
+  /** A retry was refused by the retry budget. */
+  budgetExhausted(): void;
+}
+
+/** Per-request record of what `forward` did, read after it returns or throws. */
+interface Trace {
+  backend: Backend | undefined;
+  attempts: number;
 }
 
 /** A `Deno.serve` handler. */
@@ -59,7 +95,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     timeout: options.timeout,
     connectTimeout: options.connectTimeout,
   };
-  const { retryBudget, latencyObserver, sticky } = options;
+  const { retryBudget, latencyObserver, sticky, observer } = options;
   const backoff = options.backoff ?? ((retry: number) => backoffDelay(retry));
 
   /** Tries backends until one answers; returns the response and the backend that gave it. */
@@ -69,6 +105,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     headers: Headers,
     body: RequestBody,
     context: SelectContext,
+    trace: Trace,
   ): Promise<{ response: Response; backend: Backend }> {
     const tried = new Set<Backend>();
     const pinned = sticky === undefined
@@ -81,6 +118,8 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       const backend = pool.pick(context, tried, attempt === 0 ? pinned : undefined);
       if (backend === undefined) break;
       tried.add(backend);
+      trace.backend = backend;
+      trace.attempts++;
       if (log.debugEnabled) log.debug(`Selected backend: ${backend.url}`);
       pool.acquire(backend);
       const started = performance.now();
@@ -95,7 +134,10 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
         // In flight until the body has been delivered, not just the headers: least-conn and
         // max-conns must see streaming responses as load.
         info.completed.finally(() => pool.release(backend)).catch(() => {});
-        latencyObserver?.observe(backend, performance.now() - started);
+        const latency = performance.now() - started;
+        backend.latency.record(latency);
+        latencyObserver?.observe(backend, latency);
+        if (result.response.status >= 500) backend.serverErrors++;
         if (options.ejectOn5xx && result.response.status >= 500) {
           pool.reportFailure(backend, `HTTP ${result.response.status}`);
         } else {
@@ -121,6 +163,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
           `${retrying ? ", retrying" : ""})`,
       );
       if (!retrying) break;
+      observer?.retry();
       await delay(backoff(attempt + 1));
     }
     await body.discard();
@@ -132,12 +175,19 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   function withinBudget(): boolean {
     if (retryBudget === undefined || retryBudget.tryAcquireRetry(performance.now())) return true;
     log.debug("Retry budget exhausted: not retrying");
+    observer?.budgetExhausted();
     return false;
   }
 
   return async function proxyHandler(req, info) {
+    const trace: Trace = { backend: undefined, attempts: 0 };
+    const startedAt = performance.now();
+    let response: Response;
+    let fromBackend = false;
+    let path: string | undefined;
     try {
       const target = parseTarget(req);
+      path = target.pathAndQuery;
       // Deno.serve hands GET/HEAD a null body even when bytes follow (it discards them), and
       // fetch could not send them anyway: refuse rather than drop data silently.
       if ((req.method === "GET" || req.method === "HEAD") && declaresBody(req.headers)) {
@@ -151,11 +201,25 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       });
       const body = await prepareBody(req);
       const context: SelectContext = { clientIp, headers: req.headers, path: target.pathAndQuery };
-      const { response, backend } = await forward(req, info, headers, body, context);
-      return relay(response, headers, req.method, stickyCookieFor(context, backend));
+      const answer = await forward(req, info, headers, body, context, trace);
+      const setCookie = stickyCookieFor(context, answer.backend);
+      response = relay(answer.response, headers, req.method, setCookie);
+      fromBackend = true;
     } catch (error) {
-      return errorResponse(error);
+      response = errorResponse(error);
     }
+    if (observer === undefined) return response;
+    const length = response.headers.get("content-length");
+    observer.outcome(req, info, {
+      status: response.status,
+      path: path ?? rawTarget(req.url),
+      contentLength: length === null ? undefined : Number(length),
+      fromBackend,
+      backend: trace.backend,
+      attempts: trace.attempts,
+      startedAt,
+    });
+    return response;
   };
 
   /** The Set-Cookie value that (re)pins the client to `backend`, when stickiness is on. */
@@ -189,6 +253,12 @@ function relay(
     body = new ReadableStream({ start: (controller) => controller.close() });
   }
   return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
+}
+
+/** What follows the scheme and authority of `url`; only for logging refused requests. */
+function rawTarget(url: string): string {
+  const start = url.indexOf("/", url.indexOf("://") + 3);
+  return start === -1 ? "/" : url.slice(start);
 }
 
 function delay(ms: number): Promise<void> {

@@ -4,9 +4,9 @@ import {
   DEFAULTS,
   normalizeSingleDashFlags,
   parseBackend,
-  parseCommandLine,
   parseDuration,
 } from "../lib/config.ts";
+import { parseCommandLine } from "../lib/settings.ts";
 import { ConfigError } from "../lib/errors.ts";
 
 function run(args: string[]): Config {

@@ -1,0 +1,118 @@
+/**
+ * @module
+ * Layers the settings: defaults, then the config file, then the flags the user typed, all
+ * checked by the same rules, reporting every problem at once (`--check`, like `nginx -t`).
+ */
+
+import { type Config, DEFAULTS, keyToFlag, parseFlags } from "./config.ts";
+import {
+  checkSettings,
+  ConfigFileError,
+  type FileSettings,
+  formatProblem,
+  mergeSettings,
+  OPS_DEFAULTS,
+  parseConfigText,
+  type Problem,
+  validateFileSettings,
+} from "./config_file.ts";
+import { ConfigError } from "./errors.ts";
+
+/** What to do, with validated settings. */
+export type Invocation =
+  | { kind: "help" }
+  | { kind: "version" }
+  | { kind: "run" | "check"; config: Config; configPath?: string };
+
+/** Settings every run starts from. */
+export function defaultConfig(): Config {
+  return { ...DEFAULTS, ...OPS_DEFAULTS, backends: [], demo: false };
+}
+
+/**
+ * Reads the command line (and the config file it names), validates everything, and returns
+ * what to do. Throws one {@linkcode ConfigError} whose message has a line per problem:
+ * `--port: 70000 is out of range (0 to 65535)`, `lb.jsonc:4:7: backends[1].url: ...`.
+ */
+export function parseCommandLine(argv: readonly string[]): Invocation {
+  const flags = parseFlags(argv);
+  if (flags.kind === "help" || flags.kind === "version") return flags;
+  const problems: string[] = [];
+  const file = flags.configPath === undefined ? {} : readFileSettings(flags.configPath, problems);
+  const { settings: given, problems: flagProblems } = validateFileSettings(flags.given);
+  problems.push(...flagProblems.map(describeFlagProblem));
+  if (problems.length === 0) {
+    const config = mergeSettings<Config>(defaultConfig(), file, given as Partial<Config>);
+    config.demo = flags.demo;
+    if (!config.adminToken) config.adminToken = environmentToken();
+    problems.push(...checkSettings(config).map(describeMergedProblem));
+    const exposed = adminExposedWithoutToken(config);
+    if (exposed !== undefined) problems.push(exposed);
+    if (problems.length === 0) return { kind: flags.kind, config, configPath: flags.configPath };
+  }
+  throw new ConfigError(problems.join("\n"));
+}
+
+/**
+ * Reads and validates only the config file, for a reload: the flags of the running process
+ * still override it. Throws {@linkcode ConfigError} listing every problem.
+ */
+export function reloadSettings(argv: readonly string[]): Config {
+  const invocation = parseCommandLine(argv);
+  if (invocation.kind === "help" || invocation.kind === "version") {
+    throw new ConfigError("the command line no longer describes a run");
+  }
+  return invocation.config;
+}
+
+/** The admin token from `LB_ADMIN_TOKEN`, when the process may read it. */
+function environmentToken(): string {
+  try {
+    return Deno.env.get("LB_ADMIN_TOKEN") ?? "";
+  } catch {
+    return ""; // no --allow-env for it: the variable simply does not count
+  }
+}
+
+/**
+ * The admin API can drain every backend: off loopback it must not run without a token, or
+ * anyone who can reach the port controls the balancer.
+ */
+function adminExposedWithoutToken(config: Config): string | undefined {
+  if (config.admin === undefined || config.adminToken) return undefined;
+  const host = config.admin.host;
+  const loopback = host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+  if (loopback) return undefined;
+  return `--admin: ${host} is not a loopback address; set --admin-token (or LB_ADMIN_TOKEN) ` +
+    "so that not everyone who reaches it controls the balancer";
+}
+
+function readFileSettings(path: string, problems: string[]): FileSettings {
+  try {
+    return parseConfigText(Deno.readTextFileSync(path), path);
+  } catch (error) {
+    if (error instanceof ConfigFileError) {
+      problems.push(...error.problems.map((p) => formatProblem(p, path)));
+    } else {
+      const reason = error instanceof Deno.errors.NotFound
+        ? "no such file"
+        : error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
+        ? "not allowed to read it (run with --allow-read)"
+        : (error as Error).message;
+      problems.push(`${path}: cannot read the file: ${reason}`);
+    }
+    return {};
+  }
+}
+
+/** A flag's problem, named by the flag: `--health-interval: "5" is not a duration`. */
+function describeFlagProblem(problem: Problem): string {
+  const key = /^[A-Za-z0-9]+/.exec(problem.path)?.[0] ?? problem.path;
+  return `${keyToFlag(key)}: ${problem.message}`;
+}
+
+/** A problem of the merged settings, which may come from file or flags: name both. */
+function describeMergedProblem(problem: Problem): string {
+  if (problem.path === "backends") return problem.message;
+  return `${keyToFlag(problem.path)} (${problem.path}): ${problem.message}`;
+}
