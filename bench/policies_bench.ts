@@ -6,12 +6,19 @@
  *
  * Round-robin also runs two slower paths: "fresh copy" hands it a different array instance on
  * every pick, as the pool does on retries and whenever max-conns filtering is on; "over cap" uses
- * weights whose cycle is too long to precompute.
+ * weights whose cycle is too long to precompute. Least-conn runs its "fresh copy" path (the O(n)
+ * scan) too.
+ *
+ * The "under load" group goes through a real {@linkcode Pool}: each iteration is one
+ * `pick`, one `acquire` of the pick and one `release` of the pick made `n` iterations earlier, so
+ * about one request per backend is in flight and loads keep changing, as they do under traffic.
+ * It measures what a request costs the policy, including `loadChanged`, and not `select` alone.
  */
 
-import { Backend, type Policy, type SelectContext } from "../lib/pool.ts";
+import { Backend, type Policy, Pool, type SelectContext } from "../lib/pool.ts";
 import { createPolicy, POLICY_NAMES } from "../lib/policies/mod.ts";
 import { mulberry32 } from "../lib/policies/random_source.ts";
+import { LeastConnPolicy } from "../lib/policies/least_conn.ts";
 import { RoundRobinPolicy } from "../lib/policies/round_robin.ts";
 
 const SIZES = [3, 30, 300];
@@ -52,18 +59,52 @@ for (const size of SIZES) {
     });
   }
 
+  for (const name of POLICY_NAMES) {
+    const policy = createPolicy(name, { random: mulberry32(1), now: () => 0 });
+    const specs = Array.from({ length: size }, (_, i) => ({
+      url: `http://10.${(i >> 8) & 255}.${i & 255}.1:8080`,
+      weight: 1 + (i % 3),
+    }));
+    const pool = new Pool(specs, { rise: 1, fall: 1, policy, now: () => 0 });
+    const observer = policy as Partial<{ observe(backend: Backend, ms: number): void }>;
+    pool.backends.forEach((backend, i) => observer.observe?.(backend, 5 + (i % 7)));
+    // A ring of the last `size` picks, still in flight; each step releases the oldest.
+    const outstanding: (Backend | undefined)[] = new Array(size);
+    let turn = 0;
+    const step = () => {
+      const backend = pool.pick(contexts[turn & 1023])!;
+      pool.acquire(backend);
+      const slot = turn++ % size;
+      const oldest = outstanding[slot];
+      if (oldest !== undefined) pool.release(oldest);
+      outstanding[slot] = backend;
+    };
+    for (let i = 0; i < 2 * size + 2; i++) step();
+    Deno.bench({
+      name: `${name} under load n=${size}`,
+      group: `n=${size} under load`,
+      baseline: name === "round-robin",
+      fn: step,
+    });
+  }
+
   // Distinct instances made outside the loop, so the copying itself is not measured.
   const backends = makeBackends(size);
   const copies = Array.from({ length: 64 }, () => backends.slice());
-  const copyPolicy: Policy = new RoundRobinPolicy();
-  let copyTurn = 0;
-  Deno.bench({
-    name: `round-robin fresh copy n=${size}`,
-    group: `n=${size}`,
-    fn() {
-      copyPolicy.select(copies[copyTurn++ & 63], contexts[0]);
-    },
-  });
+  const copyPolicies: Record<string, Policy> = {
+    "round-robin": new RoundRobinPolicy(),
+    "least-conn": new LeastConnPolicy({ random: mulberry32(1) }),
+  };
+  for (const [name, copyPolicy] of Object.entries(copyPolicies)) {
+    let copyTurn = 0;
+    Deno.bench({
+      name: `${name} fresh copy n=${size}`,
+      group: `n=${size}`,
+      fn() {
+        copyPolicy.select(copies[copyTurn++ & 63], contexts[0]);
+      },
+    });
+  }
 
   // Coprime weights in the thousands: the cycle is far longer than the schedule cap.
   const heavy = makeBackends(size, (i) => 1000 * (1 + (i % 3)) + 1);

@@ -24,6 +24,8 @@ export interface AdminOptions {
   token: string;
   /** The dashboard page. */
   dashboardHtml: string;
+  /** The page's Content-Security-Policy. */
+  dashboardCsp: string;
   log: Log;
 }
 
@@ -66,12 +68,14 @@ const ACTIONS: Record<string, AdminState> = {
 /** Creates the admin handler. */
 export function createAdminHandler(options: AdminOptions) {
   const { pool, log } = options;
-  const expected = options.token === "" ? undefined : `Bearer ${options.token}`;
+  const expected = options.token === "" ? undefined : `bearer ${options.token}`;
 
   function authorized(req: Request, info: Deno.ServeHandlerInfo, path: string): boolean {
     if (expected === undefined) return true;
     const given = req.headers.get("authorization") ?? "";
-    if (constantTimeEqual(given, expected)) return true;
+    // The scheme is case-insensitive (RFC 9110 section 11.1): clients may send `bearer`.
+    const normalized = given.replace(/^bearer /i, "bearer ");
+    if (constantTimeEqual(normalized, expected)) return true;
     const peer = (info.remoteAddr as Deno.NetAddr).hostname;
     log.warn(
       `Admin: rejected ${req.method} ${path} from ${peer} (${given === "" ? "no" : "wrong"} token)`,
@@ -98,8 +102,8 @@ export function createAdminHandler(options: AdminOptions) {
         headers: {
           "content-type": "text/html; charset=utf-8",
           "cache-control": "no-store",
-          "content-security-policy":
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+          // The page's own policy (script and style pinned by hash), and no framing.
+          "content-security-policy": `${options.dashboardCsp}; frame-ancestors 'none'`,
         },
       });
     }
@@ -111,10 +115,11 @@ export function createAdminHandler(options: AdminOptions) {
         new Response(options.metrics(), { headers: { "content-type": PROMETHEUS_CONTENT_TYPE } });
     }
     if (path === "/api/backends") {
-      if (req.method === "GET") return json(status());
+      // HEAD wherever GET (RFC 9110 section 9.3.2); Deno.serve leaves the body out.
+      if (req.method === "GET" || req.method === "HEAD") return json(status());
       if (req.method === "POST") return await add(req);
       if (req.method === "DELETE") return remove(url.searchParams.get("url"));
-      return methodNotAllowed("GET, POST, DELETE");
+      return methodNotAllowed("GET, HEAD, POST, DELETE");
     }
     const action = /^\/api\/backends\/(drain|enable|disable|weight)$/.exec(path)?.[1];
     if (action !== undefined) {
@@ -168,7 +173,13 @@ export function createAdminHandler(options: AdminOptions) {
 
   async function change(action: string, req: Request): Promise<Response> {
     const body = await readJson(req);
-    const backend = typeof body?.url === "string" ? findByUrl(body.url) : undefined;
+    // No URL at all is a malformed request, not a backend that does not exist.
+    if (typeof body?.url !== "string") {
+      return json({
+        error: `send {"url": "http://host:port"${action === "weight" ? ', "weight": 1' : ""}}`,
+      }, 400);
+    }
+    const backend = findByUrl(body.url);
     if (backend === undefined) return json({ error: "no such backend" }, 404);
     if (action === "weight") {
       if (!isWeight(body?.weight)) {
@@ -210,7 +221,7 @@ async function readJson(req: Request): Promise<Record<string, unknown> | undefin
 }
 
 function onlyGet(req: Request): Response | undefined {
-  return req.method === "GET" || req.method === "HEAD" ? undefined : methodNotAllowed("GET");
+  return req.method === "GET" || req.method === "HEAD" ? undefined : methodNotAllowed("GET, HEAD");
 }
 
 function methodNotAllowed(allow: string): Response {

@@ -17,7 +17,7 @@ import { LoadBalancerMetrics, NO_BACKEND } from "./metrics.ts";
 import { type AccessLog, createAccessLog } from "./access_log.ts";
 import { AlertWebhook } from "./alerts.ts";
 import { createAdminHandler } from "./admin.ts";
-import { DASHBOARD_HTML } from "./dashboard.ts";
+import { DASHBOARD_CSP, DASHBOARD_HTML } from "./dashboard.ts";
 
 /** A running balancer. */
 export interface RunningBalancer {
@@ -167,6 +167,7 @@ export async function startBalancer(
       metrics: () => metrics.render(),
       token: config.adminToken ?? "",
       dashboardHtml: DASHBOARD_HTML,
+      dashboardCsp: DASHBOARD_CSP,
       log,
     }),
     log,
@@ -270,13 +271,17 @@ function createObserver(
       if (accessLog === undefined) return;
       // Logged when the body has been delivered, so the duration covers the whole exchange.
       const time = new Date(Date.now() - (performance.now() - outcome.startedAt));
+      // Everything read from the request is read now: once the response is delivered, Deno
+      // closes the request and `info.remoteAddr` throws "Request closed", which lost every line.
+      const clientIp = (info.remoteAddr as Deno.NetAddr).hostname;
+      const method = req.method;
       const userAgent = req.headers.get("user-agent") ?? undefined;
       const referer = req.headers.get("referer") ?? undefined;
       const record = () =>
         accessLog.write({
           time,
-          clientIp: (info.remoteAddr as Deno.NetAddr).hostname,
-          method: req.method,
+          clientIp,
+          method,
           path: outcome.path,
           protocol: "HTTP/1.1",
           status: outcome.status,

@@ -52,9 +52,15 @@ section { background: var(--panel); border: 1px solid var(--line); border-radius
 #message[data-kind="info"] { background: #e0f2fe; color: #075985; border: 1px solid #7dd3fc; }
 #message[hidden], #token-form[hidden] { display: none; }
 #message button { border: 0; background: none; font-size: 1.1rem; cursor: pointer; color: inherit; }
-#token-form { display: flex; flex-wrap: wrap; gap: 0.6rem; align-items: center; }
+#token-form { display: flex; flex-wrap: wrap; gap: 0.6rem; align-items: center;
+  background: #fefce8; border: 1px solid #fde047; border-radius: 8px; padding: 0.7rem 1rem;
+  margin-bottom: 1rem; }
+#token-form label { font-weight: 600; }
 #token-form input { font: inherit; padding: 0.3rem 0.5rem; border: 1px solid #cbd2d9;
-  border-radius: 4px; min-width: 18rem; }
+  border-radius: 4px; min-width: 16rem; margin-left: 0.5rem; }
+#token-form button { font: inherit; padding: 0.3rem 0.9rem; border: 0; border-radius: 4px;
+  background: var(--accent); color: #fff; cursor: pointer; }
+.scroll { overflow-x: auto; }
 table { width: 100%; border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { padding: 0.45rem 0.6rem; text-align: left; border-bottom: 1px solid var(--line);
   white-space: nowrap; }
@@ -89,9 +95,9 @@ tbody tr:last-child td { border-bottom: 0; }
 figure { margin: 0; }
 figcaption { font-weight: 600; margin-bottom: 0.2rem; }
 figcaption small { color: var(--muted); font-weight: 400; margin-left: 0.4rem; }
-svg { width: 100%; height: auto; display: block; }
+svg { width: 100%; height: 190px; display: block; }
 svg .grid { stroke: var(--line); stroke-width: 1; }
-svg .axis { fill: var(--muted); font-size: 10px; }
+svg .axis { fill: var(--muted); font-size: 11px; }
 svg .series { fill: none; stroke-width: 1.6; stroke-linejoin: round; stroke-linecap: round; }
 svg .p99 { stroke-dasharray: 5 3; stroke-width: 1.3; }
 .empty { color: var(--muted); }
@@ -260,7 +266,8 @@ const SCRIPT = `
     renderLegend(data.backends);
     renderCharts(now);
     const up = data.backends.filter((b) => b.status === "up").length;
-    $("summary").textContent = data.backends.length + " backends, " + up + " up";
+    const count = data.backends.length;
+    $("summary").textContent = count + (count === 1 ? " backend, " : " backends, ") + up + " up";
     document.title = up + "/" + data.backends.length + " up \\u00b7 load balancer";
   }
 
@@ -391,15 +398,18 @@ const SCRIPT = `
 
   // ---- Rendering: charts -------------------------------------------------------------------
 
-  const W = 640, H = 190, LEFT = 46, RIGHT = 10, TOP = 10, BOTTOM = 22;
-  const MIN_SPAN_MS = 30 * 1000;
+  // Charts are drawn at their on-screen size (re-measured at every poll), so text stays 11px.
+  const H = 190, LEFT = 42, RIGHT = 12, TOP = 10, BOTTOM = 22;
+  const MIN_SPAN_MS = 15 * 1000;
   const TICK_STEPS_MS = [5000, 10000, 15000, 30000, 60000];
 
-  function niceCeil(value) {
-    if (!(value > 0)) return 1;
-    const power = Math.pow(10, Math.floor(Math.log10(value)));
-    for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= value) return step * power;
-    return 10 * power;
+  /** A y scale from 0 with at most 4 gridline steps of 1, 2 or 5 times a power of ten. */
+  function niceScale(max) {
+    if (!(max > 0)) return { top: 1, step: 0.5 };
+    const raw = max / 4;
+    const power = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
+    return { top: Math.ceil(max / step - 1e-9) * step, step };
   }
 
   function renderCharts(now) {
@@ -431,12 +441,14 @@ const SCRIPT = `
         if (point.t >= from && value !== null && value > max) max = value;
       }
     }
-    const top = niceCeil(max);
+    const { top, step: yStep } = niceScale(max);
+    const W = Math.max(240, Math.round(node.getBoundingClientRect().width));
+    node.setAttribute("viewBox", "0 0 " + W + " " + H);
     const x = (t) => LEFT + ((t - from) / span) * (W - LEFT - RIGHT);
     const y = (v) => TOP + (1 - v / top) * (H - TOP - BOTTOM);
     node.replaceChildren();
-    for (let i = 0; i <= 4; i++) {
-      const value = (top * i) / 4;
+    for (let i = 0; i * yStep <= top + 1e-9; i++) {
+      const value = i * yStep;
       node.append(svg("line", { class: "grid", x1: LEFT, x2: W - RIGHT, y1: y(value), y2: y(value) }));
       node.append(svg("text", { class: "axis", x: LEFT - 6, y: y(value) + 3, "text-anchor": "end" },
         formatAxis(value)));
@@ -522,7 +534,15 @@ const SCRIPT = `
     $("message").hidden = true;
   });
 
+  // Charts are drawn at their on-screen size, so a resize redraws them.
+  let resizeTimer = 0;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => renderCharts(Date.now()), 100);
+  });
+
   setConnection("connecting");
+  renderCharts(Date.now());
   poll();
 })();
 `;
@@ -544,14 +564,14 @@ const BODY = `
   </form>
   <section>
     <h2>Backends</h2>
-    <table id="table">
+    <div class="scroll"><table id="table">
       <thead><tr>
         <th>Backend</th><th class="num">Weight</th><th>Status</th><th class="num">In flight</th>
         <th class="num">Req/s</th><th class="num">Err/s</th><th class="num">p50 ms</th>
         <th class="num">p99 ms</th><th>Last check</th><th>Actions</th>
       </tr></thead>
       <tbody id="rows"></tbody>
-    </table>
+    </table></div>
     <p id="empty" class="empty" hidden>No backends.</p>
   </section>
   <section>
@@ -559,11 +579,11 @@ const BODY = `
     <ul id="legend"></ul>
     <div id="charts">
       <figure><figcaption>Requests per second</figcaption>
-        <svg id="chart-rps" viewBox="0 0 640 190" role="img" aria-label="Request rate per backend"></svg></figure>
+        <svg id="chart-rps" role="img" aria-label="Request rate per backend"></svg></figure>
       <figure><figcaption>Errors per second</figcaption>
-        <svg id="chart-eps" viewBox="0 0 640 190" role="img" aria-label="Error rate per backend"></svg></figure>
+        <svg id="chart-eps" role="img" aria-label="Error rate per backend"></svg></figure>
       <figure><figcaption>Latency (ms)<small>p50 solid, p99 dashed</small></figcaption>
-        <svg id="chart-latency" viewBox="0 0 640 190" role="img" aria-label="Latency p50 and p99 per backend"></svg></figure>
+        <svg id="chart-latency" role="img" aria-label="Latency p50 and p99 per backend"></svg></figure>
     </div>
   </section>
 </main>

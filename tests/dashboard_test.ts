@@ -1,0 +1,290 @@
+/**
+ * The dashboard page (lib/dashboard.ts): a check of its source, and real headless-Chromium runs
+ * against an in-process balancer with three real backends, driven by playwright-core.
+ *
+ * The browser tests need Debian's Chromium at /usr/bin/chromium (`apt-get install chromium`).
+ * Whether it can be launched is decided once at module load; when it cannot, the browser tests
+ * report themselves as ignored with the reason in their names, never passing silently.
+ */
+import assert from "node:assert/strict";
+import { type BrowserContext, chromium, type Page } from "playwright-core";
+import { DASHBOARD_CSP, DASHBOARD_HTML } from "../lib/dashboard.ts";
+import { delay, startTestBackend, startTestBalancer, type TestBackend } from "./helpers.ts";
+
+const CHROMIUM = "/usr/bin/chromium";
+/** As on the build machines: without the networking flags Chromium tries to reach Google. */
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+const SCREENSHOT = new URL("../docs/dashboard.png", import.meta.url);
+/** Longest wait for the page to show a change (it polls every second). */
+const WAIT_MS = 5000;
+
+/** A browser with a fresh profile in a temporary directory; disposing removes both. */
+async function openBrowser(): Promise<BrowserContext & AsyncDisposable> {
+  const profile = await Deno.makeTempDir({ prefix: "dashboard-test-" });
+  try {
+    const context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      viewport: { width: 1360, height: 660 },
+      timeout: 30_000,
+    });
+    return Object.assign(context, {
+      async [Symbol.asyncDispose]() {
+        await context.close();
+        await Deno.remove(profile, { recursive: true });
+      },
+    });
+  } catch (error) {
+    await Deno.remove(profile, { recursive: true });
+    throw error;
+  }
+}
+
+/** Launches Chromium once to learn whether the browser tests can run here. */
+async function browserUnavailable(): Promise<string> {
+  try {
+    await Deno.stat(CHROMIUM);
+  } catch {
+    return `no Chromium at ${CHROMIUM} (apt-get install chromium)`;
+  }
+  try {
+    await using _browser = await openBrowser();
+    return "";
+  } catch (error) {
+    return `Chromium does not start: ${String((error as Error).message).split("\n")[0]}`;
+  }
+}
+
+const skipReason = await browserUnavailable();
+if (skipReason !== "") console.log(`dashboard browser tests skipped: ${skipReason}`);
+const skipped = skipReason === "" ? "" : ` (skipped: ${skipReason})`;
+
+/** A backend that answers after `latencyMs`, with a 500 for paths containing "fail". */
+function slowBackend(latencyMs: number): Promise<TestBackend> {
+  return startTestBackend(async (req) => {
+    await delay(latencyMs);
+    const failing = new URL(req.url).pathname.includes("fail");
+    return new Response(failing ? "failed\n" : "ok\n", { status: failing ? 500 : 200 });
+  });
+}
+
+/**
+ * Sends about `perSecond` requests a second through the balancer (every tenth to a failing
+ * path) until stopped, or at most for `maxMs`. Bodies are always consumed.
+ */
+function startTraffic(url: string, perSecond = 40, maxMs = 60_000) {
+  let stopped = false;
+  const deadline = Date.now() + maxMs;
+  const running = (async () => {
+    for (let i = 0; !stopped && Date.now() < deadline; i++) {
+      try {
+        const response = await fetch(`${url}/${i % 10 === 9 ? "fail" : "page"}/${i}`);
+        await response.body?.cancel();
+      } catch { /* a refused or reset request is traffic too */ }
+      await delay(1000 / perSecond);
+    }
+  })();
+  return {
+    async [Symbol.asyncDispose]() {
+      stopped = true;
+      await running;
+    },
+  };
+}
+
+/** The status of `url` as the admin API reports it. */
+async function apiStatus(adminPort: number, url: string): Promise<string> {
+  const response = await fetch(`http://127.0.0.1:${adminPort}/api/backends`);
+  const body = await response.json();
+  assert.equal(response.status, 200);
+  return body.backends.find((b: { url: string }) => b.url === url)?.status;
+}
+
+/** Polls `check` every 100 ms until it holds; fails naming `what` after {@linkcode WAIT_MS}. */
+async function waitUntil(what: string, check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + WAIT_MS;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`the page did not show ${what} within ${WAIT_MS} ms`);
+    await delay(100);
+  }
+}
+
+const row = (url: string) => `tr[data-url="${url}"]`;
+
+/** Waits until the row of `url` shows `status` (and its badge says so). */
+async function expectRowStatus(page: Page, url: string, status: string): Promise<void> {
+  await page.waitForSelector(`${row(url)}[data-status="${status}"]`, { timeout: WAIT_MS });
+  assert.equal(await page.textContent(`${row(url)} .badge`), status);
+}
+
+Deno.test("DASHBOARD_HTML loads nothing from elsewhere and never parses API data as HTML", () => {
+  const html = DASHBOARD_HTML;
+  // No external resources: no absolute or protocol-relative URL in src/href/url()/@import.
+  assert.doesNotMatch(html, /\b(src|href)\s*=\s*["']?\s*(https?:)?\/\//i);
+  assert.doesNotMatch(html, /url\(|@import|\/\/cdn/i);
+  // The only absolute URL is the SVG namespace, an identifier that is never fetched.
+  const urls = html.match(/https?:\/\/[^\s"')]+/g) ?? [];
+  assert.deepEqual([...new Set(urls)], ["http://www.w3.org/2000/svg"]);
+  // Requests go only to the same-origin admin API, and the CSP enforces it in the browser.
+  assert.deepEqual(html.match(/fetch\([^,)]*/g), ["fetch(path"]);
+  assert.deepEqual(
+    [...new Set(html.match(/"\/api\/[a-z/]*"/g))].sort(),
+    ['"/api/backends"', '"/api/backends/"'],
+  );
+  assert.match(DASHBOARD_CSP, /default-src 'none'/);
+  assert.match(DASHBOARD_CSP, /connect-src 'self'/);
+  assert.doesNotMatch(DASHBOARD_CSP, /unsafe-inline|unsafe-eval/);
+  assert.ok(html.includes(`content="${DASHBOARD_CSP}"`));
+  // Data reaches the DOM through textContent/setAttribute only: no HTML parsing at run time.
+  assert.doesNotMatch(html, /innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(/);
+  assert.doesNotMatch(html, /new Function|setTimeout\(\s*["']/);
+  // One script and one style, both inline.
+  assert.equal(html.match(/<script/g)?.length, 1);
+  assert.equal(html.match(/<style/g)?.length, 1);
+});
+
+Deno.test({
+  name: `dashboard shows live backends, health flips, drain and enable in Chromium${skipped}`,
+  ignore: skipReason !== "",
+  async fn() {
+    const started = performance.now();
+    await using a = await slowBackend(2);
+    await using b = await slowBackend(6);
+    await using c = await slowBackend(12);
+    const lb = await startTestBalancer([a.url, b.url, c.url], {
+      admin: { host: "127.0.0.1", port: 0 },
+      healthInterval: 200,
+      fall: 1,
+    });
+    let lbOpen = true;
+    try {
+      const adminPort = lb.balancer.adminPort;
+      assert.equal(typeof adminPort, "number");
+      const admin = `http://127.0.0.1:${adminPort}`;
+
+      await using browser = await openBrowser();
+      const page = browser.pages()[0] ?? await browser.newPage();
+      const problems: string[] = [];
+      page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+      page.on("console", (message) => {
+        if (message.type() === "error") problems.push(`console: ${message.text()}`);
+      });
+
+      const response = await page.goto(`${admin}/`);
+      assert.equal(response?.status(), 200);
+      for (const backend of [a, b, c]) await expectRowStatus(page, backend.url, "up");
+      await page.waitForSelector('#conn[data-state="live"]', { timeout: WAIT_MS });
+      assert.equal(await page.textContent("#policy"), "round-robin");
+
+      {
+        await using _traffic = startTraffic(lb.url);
+        // Rates need two polls with traffic between them; latency needs answered requests.
+        await waitUntil("a request rate and a p50 latency for a backend", async () => {
+          const rate = Number(await page.textContent(`${row(c.url)} .c-rps`));
+          const p50 = Number(await page.textContent(`${row(c.url)} .c-p50`));
+          return rate > 0 && p50 > 0;
+        });
+        await waitUntil(
+          "a request-rate line per backend",
+          async () => await page.locator("#chart-rps path.series").count() === 3,
+        );
+
+        // Some history for the charts (and the screenshot) before things change.
+        await delay(4000);
+
+        // A backend that dies is shown down (health checks every 200 ms, fall 1).
+        await a.close();
+        await expectRowStatus(page, a.url, "down");
+
+        // Drain from the page: the page and the API agree.
+        await page.click(`${row(b.url)} button[data-action="drain"]`);
+        await expectRowStatus(page, b.url, "draining");
+        assert.equal(await apiStatus(adminPort!, b.url), "draining");
+        assert.match((await page.textContent("#message-text")) ?? "", /drain .*draining/);
+        assert.equal(await page.isDisabled(`${row(b.url)} button[data-action="drain"]`), true);
+
+        // Let the charts show the failure and the drain, then take the README's screenshot.
+        await delay(4000);
+        await Deno.mkdir(new URL(".", SCREENSHOT), { recursive: true });
+        await page.screenshot({ path: SCREENSHOT.pathname, fullPage: true });
+
+        await page.click(`${row(b.url)} button[data-action="enable"]`);
+        await expectRowStatus(page, b.url, "up");
+        assert.equal(await apiStatus(adminPort!, b.url), "up");
+        await expectRowStatus(page, c.url, "up");
+        // No script error and no CSP violation so far (the faked 404 below logs one error).
+        assert.deepEqual(problems, []);
+
+        // A refused action shows the API's error, as text: markup in it is not interpreted.
+        await page.route(
+          (url) => url.pathname === "/api/backends/disable",
+          (route) =>
+            route.fulfill({
+              status: 404,
+              contentType: "application/json",
+              body: JSON.stringify({ error: "<b>no such backend</b>" }),
+            }),
+        );
+        await page.click(`${row(c.url)} button[data-action="disable"]`);
+        await page.waitForSelector('#message[data-kind="error"]', { timeout: WAIT_MS });
+        assert.match((await page.textContent("#message-text")) ?? "", /<b>no such backend<\/b>/);
+        assert.equal(await page.locator("#message b").count(), 0);
+        await page.unrouteAll();
+        assert.equal(await apiStatus(adminPort!, c.url), "up");
+      }
+
+      // When the balancer goes away, the page says so instead of showing stale numbers.
+      lbOpen = false;
+      await lb.balancer.shutdown(1000);
+      await page.waitForSelector('#conn[data-state="lost"]', { timeout: WAIT_MS });
+      assert.equal(await page.textContent("#conn"), "connection lost");
+      console.log(`browser test took ${Math.round(performance.now() - started)} ms`);
+    } finally {
+      if (lbOpen) await lb.balancer.shutdown(1000);
+    }
+  },
+});
+
+Deno.test({
+  name: `dashboard asks for the admin token and keeps it for the session${skipped}`,
+  ignore: skipReason !== "",
+  async fn() {
+    const token = "dashboard-test-token-0123456789";
+    await using backend = await slowBackend(1);
+    await using lb = await startTestBalancer([backend.url], {
+      admin: { host: "127.0.0.1", port: 0 },
+      adminToken: token,
+    });
+    const admin = `http://127.0.0.1:${lb.balancer.adminPort}`;
+    await using browser = await openBrowser();
+    const page = browser.pages()[0] ?? await browser.newPage();
+
+    // The page itself needs no token; the API does, so the page asks for it.
+    const response = await page.goto(`${admin}/`);
+    assert.equal(response?.status(), 200);
+    await page.waitForSelector("#token-form:not([hidden])", { timeout: WAIT_MS });
+    assert.equal(await page.getAttribute("#conn", "data-state"), "auth");
+    assert.equal(await page.locator("tr[data-url]").count(), 0);
+
+    await page.fill("#token-input", token);
+    await page.click('#token-form button[type="submit"]');
+    await expectRowStatus(page, backend.url, "up");
+    assert.equal(await page.isHidden("#token-form"), true);
+    assert.equal(await page.evaluate(() => sessionStorage.getItem("lb-admin-token")), token);
+
+    // A reload keeps the token (same tab session) and needs no form.
+    await page.reload();
+    await expectRowStatus(page, backend.url, "up");
+    assert.equal(await page.isHidden("#token-form"), true);
+  },
+});
