@@ -224,9 +224,16 @@ async function hangingConnectUrl() {
     stdout: "piped",
   }).spawn();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const { value } = await reader.read();
+  let printed = "";
+  // The port may arrive in pieces on a loaded machine: read up to the newline.
+  for (let i = 0; i < 100 && !printed.includes("\n"); i++) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    printed += value;
+  }
   await reader.cancel();
-  const port = Number(value!.trim());
+  const port = Number(printed.trim());
+  if (!(port > 0)) throw new Error(`python3 listener printed no port: ${JSON.stringify(printed)}`);
   // Fill the queue: this connection completes; the next ones hang in SYN-SENT.
   const parked = await Deno.connect({ hostname: "127.0.0.1", port });
   return {
