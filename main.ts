@@ -51,23 +51,32 @@ export async function main(args: string[]): Promise<number> {
     log.error(`Unhandled rejection: ${event.reason?.stack ?? event.reason}`);
   });
 
+  // Signals are taken over before anything listens: a SIGTERM or SIGHUP that arrives while
+  // starting must not fall through to the default action, which kills the process.
+  let balancer: RunningBalancer | undefined;
+  let demoSpecs: BackendSpec[] = [];
+  const stopRequested = new Promise<void>((resolve) => {
+    for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, resolve);
+  });
+  const reload = () => {
+    if (balancer !== undefined) reloadConfig(args, balancer, demoSpecs, log);
+  };
+  Deno.addSignalListener("SIGHUP", reload);
+
   const demo = config.demo ? await startDemoBackends(log) : { servers: [], specs: [] };
+  demoSpecs = demo.specs;
   config.backends.push(...demo.specs);
-  let balancer: RunningBalancer;
   try {
     balancer = await startBalancer(config, log, denoJson.version);
   } catch (error) {
-    console.error(`load-balancer: ${(error as Error).message}`);
+    // With --log-format json every stderr line must be a JSON object: log shippers parse each.
+    if (config.logFormat === "json") log.error((error as Error).message);
+    else console.error(`load-balancer: ${(error as Error).message}`);
     return 1;
   }
-
-  const reload = () => reloadConfig(args, balancer, demo.specs, log);
-  Deno.addSignalListener("SIGHUP", reload);
   const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
 
-  await new Promise<void>((resolve) => {
-    for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, resolve);
-  });
+  await stopRequested;
   log.info("Shutting down: draining in-flight requests...");
   watcher?.close();
   const left = await balancer.shutdown(config.drainTimeout);

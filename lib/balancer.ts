@@ -65,6 +65,8 @@ const RESTART_ONLY: (keyof Config)[] = [
   "retries",
   "connectTimeout",
   "timeout",
+  // main.ts reads it once, at start-up; without this a changed value was silently ignored.
+  "drainTimeout",
   "slowStart",
   "maxConns",
   "ejectAfter",

@@ -6,7 +6,7 @@
  */
 
 import { type Config, DEFAULTS } from "../lib/config.ts";
-import { quietLog } from "../lib/log.ts";
+import { type Log, quietLog } from "../lib/log.ts";
 import { type RunningBalancer, startBalancer } from "../lib/balancer.ts";
 import type { BackendSpec } from "../lib/pool.ts";
 import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
@@ -103,12 +103,16 @@ export function testConfig(backends: string[], overrides: Partial<Config> = {}):
   };
 }
 
-/** Starts the balancer in-process over `backends`. */
+/**
+ * Starts the balancer in-process over `backends`. It logs nowhere unless given a `log`
+ * (see {@linkcode captureLog}).
+ */
 export async function startTestBalancer(
   backends: string[],
   overrides: Partial<Config> = {},
+  log: Log = quietLog,
 ): Promise<TestBalancer> {
-  const balancer = await startBalancer(testConfig(backends, overrides), quietLog);
+  const balancer = await startBalancer(testConfig(backends, overrides), log);
   return {
     url: `http://127.0.0.1:${balancer.port}`,
     port: balancer.port,
@@ -116,6 +120,19 @@ export async function startTestBalancer(
     [Symbol.asyncDispose]: async () => {
       await balancer.shutdown(1000);
     },
+  };
+}
+
+/** A {@linkcode Log} that keeps info, warn and error lines, as `LEVEL message`, for assertions. */
+export function captureLog(): Log & { readonly lines: string[] } {
+  const lines: string[] = [];
+  return {
+    lines,
+    debug: () => {},
+    info: (message) => lines.push(`INFO ${message}`),
+    warn: (message) => lines.push(`WARN ${message}`),
+    error: (message) => lines.push(`ERROR ${message}`),
+    debugEnabled: false,
   };
 }
 

@@ -18,28 +18,48 @@ export interface BalancerProcess extends AsyncDisposable {
   readonly exited: Promise<number>;
 }
 
+/** How to run main.ts beyond its arguments. */
+export interface RunOptions {
+  /**
+   * Permissions added to `--allow-net` (which the README documents and every run gets), e.g.
+   * `--allow-read=/tmp/x` for a config file or `--allow-env=LB_ADMIN_TOKEN`. @default []
+   */
+  permissions?: string[];
+  /** Environment variables added to the inherited ones. @default {} */
+  env?: Record<string, string>;
+}
+
 /** The command that runs an entry point with the permissions README documents. */
-export function denoRun(entry: string, args: string[], permissions = ["--allow-net"]) {
+export function denoRun(
+  entry: string,
+  args: string[],
+  permissions = ["--allow-net"],
+  env: Record<string, string> = {},
+) {
   return new Deno.Command(Deno.execPath(), {
     args: ["run", ...permissions, entry, ...args],
     cwd: ROOT,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
   });
 }
 
+function mainCommand(args: string[], options: RunOptions) {
+  return denoRun("main.ts", args, ["--allow-net", ...options.permissions ?? []], options.env);
+}
+
 /** Runs `main.ts args` to completion and returns exit code and output. */
-export async function runMain(args: string[]) {
-  const { code, stdout, stderr } = await denoRun("main.ts", args).output();
+export async function runMain(args: string[], options: RunOptions = {}) {
+  const { code, stdout, stderr } = await mainCommand(args, options).output();
   const decode = (b: Uint8Array) => new TextDecoder().decode(b);
   return { code, stdout: decode(stdout), stderr: decode(stderr) };
 }
 
 /** Starts `main.ts args` and follows its stderr. */
-export function spawnBalancer(args: string[]): BalancerProcess {
-  const child = denoRun("main.ts", args).spawn();
+export function spawnBalancer(args: string[], options: RunOptions = {}): BalancerProcess {
+  const child = mainCommand(args, options).spawn();
   const lines: string[] = [];
   const waiters = new Set<{ pattern: RegExp; resolve: (line: string) => void }>();
   const reading = (async () => {
