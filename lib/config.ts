@@ -98,6 +98,34 @@ export interface Config {
   alertWebhook?: string;
   /** Process log format. @default "text" */
   logFormat?: "text" | "json";
+  /** PEM certificate file for TLS termination (with `tlsKey`). @default undefined */
+  tlsCert?: string;
+  /** PEM private key file for TLS termination (with `tlsCert`). @default undefined */
+  tlsKey?: string;
+  /** Plain-HTTP port that redirects to HTTPS (needs TLS). @default undefined */
+  redirectHttp?: number;
+  /** PEM CA bundle trusted for HTTPS backends, besides the system roots. @default undefined */
+  backendCa?: string;
+  /** PEM client certificate for mTLS to backends (with `backendKey`). @default undefined */
+  backendCert?: string;
+  /** PEM client key for mTLS to backends (with `backendCert`). @default undefined */
+  backendKey?: string;
+  /** Peers (CIDR) whose X-Forwarded-* headers are trusted and extended. @default [] */
+  trustedProxies?: string[];
+  /** Also send an RFC 7239 `Forwarded` header upstream. @default false */
+  forwarded?: boolean;
+  /** Largest request body accepted (bytes); larger gets 413. @default 10485760 (10 MiB) */
+  maxBody?: number;
+  /** Longest wait between two reads of a request body (ms); slower gets 408. @default 30000 */
+  bodyTimeout?: number;
+  /** DNS discovery targets: `dns+srv://NAME` or `dns+a://NAME:PORT`. @default [] */
+  discover?: string[];
+  /** Time between DNS discovery lookups (ms). @default 10000 */
+  discoverInterval?: number;
+  /** DNS server for discovery, `HOST:PORT`; default: the system resolver. @default undefined */
+  dnsServer?: string;
+  /** Worker processes sharing the port; "auto" = one per core. @default 1 */
+  workers?: number | "auto";
 }
 
 /** Defaults for every optional setting (durations in ms). */
@@ -171,6 +199,20 @@ Options (one or two leading dashes; --flag=value or --flag value):
   --access-log TARGET      stdout or a file path (default off)
   --access-log-format F    combined or json (default combined)
   --alert-webhook URL      POST a JSON event on every backend state change (default off)
+  --tls-cert FILE          PEM certificate: terminate TLS (HTTP/2 and HTTP/1.1 by ALPN)
+  --tls-key FILE           PEM private key for --tls-cert
+  --redirect-http PORT     plain-HTTP listener that redirects to HTTPS (with TLS)
+  --backend-ca FILE        PEM CA bundle trusted for HTTPS backends (besides system roots)
+  --backend-cert FILE      PEM client certificate for mTLS to backends
+  --backend-key FILE       PEM client key for --backend-cert
+  --trusted-proxies CIDRS  peers whose X-Forwarded-* are kept and extended (default none)
+  --forwarded              also send an RFC 7239 Forwarded header upstream
+  --max-body SIZE          largest request body, e.g. 1048576 or 10MiB (default 10MiB)
+  --body-timeout DUR       longest wait between two reads of a request body (default 30s)
+  --discover URL           backends from DNS: dns+srv://NAME or dns+a://NAME:PORT; repeatable
+  --discover-interval DUR  time between DNS lookups (default 10s)
+  --dns-server HOST:PORT   DNS server for discovery (default: the system resolver)
+  --workers N              processes sharing the port, or auto = one per core (default 1)
   --demo                   start three demo backends in-process and balance across them
   --help                   print this help
   --version                print the version
@@ -210,6 +252,17 @@ const VALUE_FLAGS = [
   "access-log",
   "access-log-format",
   "alert-webhook",
+  "tls-cert",
+  "tls-key",
+  "redirect-http",
+  "backend-ca",
+  "backend-cert",
+  "backend-key",
+  "max-body",
+  "body-timeout",
+  "discover-interval",
+  "dns-server",
+  "workers",
 ] as const;
 
 /** Settings the file holds as JSON numbers; their flag text is converted when it is digits. */
@@ -224,11 +277,17 @@ const NUMERIC_KEYS = new Set([
   "panicThreshold",
   "retryBudget",
   "retryBudgetMin",
+  "redirectHttp",
+  "maxBody",
+  "workers",
 ]);
 
 const FLAG_OPTIONS = {
   ...Object.fromEntries(VALUE_FLAGS.map((name) => [name, { type: "string" as const }])),
   backends: { type: "string", multiple: true },
+  discover: { type: "string", multiple: true },
+  "trusted-proxies": { type: "string", multiple: true },
+  forwarded: { type: "boolean" },
   config: { type: "string" },
   check: { type: "boolean" },
   "eject-on-5xx": { type: "boolean" },
@@ -302,10 +361,13 @@ export function parseFlags(argv: readonly string[]): FlagInvocation {
   }
   if (typeof given.logLevel === "string") given.logLevel = given.logLevel.toLowerCase();
   if (values["eject-on-5xx"]) given.ejectOn5xx = true;
+  if (values.forwarded) given.forwarded = true;
+  if (values.discover !== undefined) given.discover = splitList(values.discover);
+  if (values["trusted-proxies"] !== undefined) {
+    given.trustedProxies = splitList(values["trusted-proxies"]);
+  }
   if (values.backends !== undefined) {
-    const list = values.backends.flatMap((v) => v.split(",")).map((v) => v.trim()).filter(
-      (v) => v !== "",
-    );
+    const list = splitList(values.backends);
     // An empty list is "no backends given", which the merged check reports clearly.
     if (list.length > 0) given.backends = list;
   }
@@ -315,6 +377,11 @@ export function parseFlags(argv: readonly string[]): FlagInvocation {
     configPath: values.config,
     demo: values.demo ?? false,
   };
+}
+
+/** Values of a repeatable, comma-separated flag, trimmed, empty items dropped. */
+function splitList(values: readonly string[]): string[] {
+  return values.flatMap((v) => v.split(",")).map((v) => v.trim()).filter((v) => v !== "");
 }
 
 function describeParseError(error: unknown): string {
@@ -344,6 +411,52 @@ export function parseDuration(text: string): number | undefined {
   if (!match) return undefined;
   const ms = Number(match[1]) * DURATION_UNITS[match[2]];
   return Number.isFinite(ms) ? Math.round(ms) : undefined;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  k: 1024,
+  kb: 1000,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1000 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1000 ** 3,
+  gib: 1024 ** 3,
+};
+
+/**
+ * Parses a size: plain bytes (`1048576`) or a number with a unit (`512KiB`, `10MiB`, `1GB`;
+ * `k`/`m`/`g` are binary, as in nginx). Returns undefined when it is not a size.
+ */
+export function parseSize(text: string): number | undefined {
+  const match = /^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/.exec(text.trim());
+  if (!match) return undefined;
+  const unit = SIZE_UNITS[match[2].toLowerCase()];
+  if (unit === undefined) return undefined;
+  const bytes = Math.round(Number(match[1]) * unit);
+  return Number.isSafeInteger(bytes) ? bytes : undefined;
+}
+
+/** A DNS discovery target. */
+export type DiscoveryTarget =
+  | { kind: "srv"; name: string }
+  | { kind: "a"; name: string; port: number };
+
+/**
+ * Parses `dns+srv://_http._tcp.service.example` (SRV records give host, port and weight) or
+ * `dns+a://service.example:8080` (every A/AAAA address on that port).
+ */
+export function parseDiscoveryTarget(text: string): DiscoveryTarget | undefined {
+  const srv = /^dns\+srv:\/\/([A-Za-z0-9_.-]+?)\.?$/.exec(text);
+  if (srv) return { kind: "srv", name: srv[1] };
+  const a = /^dns\+a:\/\/([A-Za-z0-9_.-]+?)\.?:(\d{1,5})$/.exec(text);
+  if (a && Number(a[2]) >= 1 && Number(a[2]) <= 65535) {
+    return { kind: "a", name: a[1], port: Number(a[2]) };
+  }
+  return undefined;
 }
 
 /** Parses one `URL` or `URL*WEIGHT` item into a spec with a normalised origin. */

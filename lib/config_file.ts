@@ -16,7 +16,15 @@
  * overrides the defaults ({@linkcode mergeSettings}).
  */
 
-import { type Config, LOG_LEVELS, parseBackend, parseDuration } from "./config.ts";
+import {
+  type Config,
+  LOG_LEVELS,
+  parseBackend,
+  parseDiscoveryTarget,
+  parseDuration,
+  parseSize,
+} from "./config.ts";
+import { parseCidr } from "./cidr.ts";
 import { ConfigError } from "./errors.ts";
 import type { BackendSpec } from "./pool.ts";
 import { POLICY_NAMES } from "./policies/mod.ts";
@@ -61,13 +69,34 @@ export interface OpsSettings {
   alertWebhook?: string;
   /** Format of the balancer's own log lines. @default "text" */
   logFormat?: typeof LOG_FORMATS[number];
+  tlsCert?: string;
+  tlsKey?: string;
+  redirectHttp?: number;
+  backendCa?: string;
+  backendCert?: string;
+  backendKey?: string;
+  trustedProxies?: string[];
+  forwarded?: boolean;
+  maxBody?: number;
+  bodyTimeout?: number;
+  discover?: string[];
+  discoverInterval?: number;
+  dnsServer?: string;
+  workers?: number | "auto";
 }
 
 /** Defaults of the {@linkcode OpsSettings} that have one. */
 export const OPS_DEFAULTS = {
   accessLogFormat: "combined",
   logFormat: "text",
-} as const satisfies OpsSettings;
+  trustedProxies: [] as string[],
+  forwarded: false,
+  maxBody: 10 * 1024 * 1024,
+  bodyTimeout: 30_000,
+  discover: [] as string[],
+  discoverInterval: 10_000,
+  workers: 1,
+} satisfies OpsSettings;
 
 /**
  * What a configuration file may set: any {@linkcode Config} field except `demo` (a development
@@ -525,6 +554,47 @@ const alertWebhook: Check<string> = (value, path, problems) => {
   return url.href;
 };
 
+const filePath = text((v) => v !== "" && !v.includes("\0"), "is not a file path");
+
+/** Bytes as a JSON number, or a string with a unit like "10MiB". */
+const size: Check<number> = (value, path, problems) => {
+  const bytes = typeof value === "number" && Number.isSafeInteger(value) && value >= 0
+    ? value
+    : typeof value === "string"
+    ? parseSize(value)
+    : undefined;
+  if (bytes === undefined) {
+    return reject(problems, path, `${show(value)} is not a size (use e.g. 1048576 or 10MiB)`);
+  }
+  return bytes;
+};
+
+/** A list of strings, each checked by `item`. */
+function listOf(item: Check<string>, what: string): Check<string[]> {
+  return (value, path, problems) => {
+    if (!Array.isArray(value)) {
+      return reject(problems, path, `${show(value)} is not a list of ${what}`);
+    }
+    const before = problems.length;
+    const out = value.map((v, i) => item(v, childPath(path, i), problems));
+    return problems.length > before ? undefined : out as string[];
+  };
+}
+
+const cidr = text((v) => parseCidr(v) !== undefined, "is not an IP address or CIDR range");
+const discoveryTarget = text(
+  (v) => parseDiscoveryTarget(v) !== undefined,
+  "is not dns+srv://NAME or dns+a://NAME:PORT",
+);
+const dnsServer = text(
+  (v) =>
+    /^(\[[0-9A-Fa-f:.]+\]|[^\s/?#@:[\]]+):\d{1,5}$/.test(v) &&
+    Number(v.slice(v.lastIndexOf(":") + 1)) <= 65535,
+  "is not HOST:PORT",
+);
+const workers: Check<number | "auto"> = (value, path, problems) =>
+  value === "auto" ? "auto" : integer(1, 256)(value, path, problems);
+
 /** The message of a `parseBackend()` error without its flag prefix. */
 function backendMessage(error: unknown): string {
   return (error as Error).message.replace(/^--backends:\s*/, "");
@@ -636,6 +706,20 @@ const FIELDS: { [K in keyof FileSettings]-?: Check<NonNullable<FileSettings[K]>>
   accessLogFormat: oneOf(ACCESS_LOG_FORMATS),
   alertWebhook,
   logFormat: oneOf(LOG_FORMATS),
+  tlsCert: filePath,
+  tlsKey: filePath,
+  redirectHttp: integer(0, 65535),
+  backendCa: filePath,
+  backendCert: filePath,
+  backendKey: filePath,
+  trustedProxies: listOf(cidr, "CIDR ranges"),
+  forwarded: bool,
+  maxBody: size,
+  bodyTimeout: duration(1),
+  discover: listOf(discoveryTarget, "discovery URLs"),
+  discoverInterval: duration(1),
+  dnsServer,
+  workers,
 };
 
 /** Every setting key a file may hold, in documentation order. */
@@ -816,11 +900,22 @@ export function mergeSettings<T extends object>(
  */
 export function checkSettings(config: Config): Problem[] {
   const problems: Problem[] = [];
-  if (config.backends.length === 0 && !config.demo) {
+  if (config.backends.length === 0 && !config.demo && (config.discover ?? []).length === 0) {
     problems.push({
       path: "backends",
-      message: 'no backends: list them in the file\'s "backends" or give --backends (or --demo)',
+      message:
+        'no backends: list them in the file\'s "backends" or give --backends (or --discover, or --demo)',
     });
+  }
+  const pairs = [["tlsCert", "tlsKey"], ["backendCert", "backendKey"]] as const;
+  for (const [a, b] of pairs) {
+    if ((config[a] === undefined) !== (config[b] === undefined)) {
+      const [given, missing] = config[a] === undefined ? [b, a] : [a, b];
+      problems.push({ path: missing, message: `${given} is set but ${missing} is not: give both` });
+    }
+  }
+  if (config.redirectHttp !== undefined && config.tlsCert === undefined) {
+    problems.push({ path: "redirectHttp", message: "needs TLS (tlsCert and tlsKey)" });
   }
   if (config.ejectMaxTime < config.ejectTime) {
     problems.push({

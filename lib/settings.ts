@@ -48,6 +48,7 @@ export function parseCommandLine(argv: readonly string[]): Invocation {
     problems.push(...checkSettings(config).map(describeMergedProblem));
     const exposed = adminExposedWithoutToken(config);
     if (exposed !== undefined) problems.push(exposed);
+    problems.push(...notYetSupported(config));
     if (problems.length === 0) return { kind: flags.kind, config, configPath: flags.configPath };
   }
   throw new ConfigError(problems.join("\n"));
@@ -63,6 +64,34 @@ export function reloadSettings(argv: readonly string[]): Config {
     throw new ConfigError("the command line no longer describes a run");
   }
   return invocation.config;
+}
+
+/**
+ * Settings the command line and file already accept but this build does not act on yet. A
+ * setting that silently did nothing would be worse than a clear refusal.
+ */
+const NOT_YET_SUPPORTED: (keyof Config)[] = [
+  "tlsCert",
+  "tlsKey",
+  "redirectHttp",
+  "backendCa",
+  "backendCert",
+  "backendKey",
+  "trustedProxies",
+  "forwarded",
+  "maxBody",
+  "bodyTimeout",
+  "discover",
+  "discoverInterval",
+  "dnsServer",
+  "workers",
+];
+
+function notYetSupported(config: Config): string[] {
+  const defaults = defaultConfig() as unknown as Record<string, unknown>;
+  return NOT_YET_SUPPORTED
+    .filter((key) => JSON.stringify(config[key]) !== JSON.stringify(defaults[key]))
+    .map((key) => `${keyToFlag(key)}: not supported by this version yet`);
 }
 
 /** The admin token from `LB_ADMIN_TOKEN`, when the process may read it. */

@@ -612,7 +612,7 @@ Deno.test("checkSettings() finds what only the merged settings can show", () => 
   assert.deepEqual(checkSettings({ ...BASE, demo: true }), []);
   const problems: Problem[] = checkSettings({ ...BASE, ejectTime: 600_000 });
   assert.deepEqual(problems.map((p) => formatProblem(p)), [
-    'backends: no backends: list them in the file\'s "backends" or give --backends (or --demo)',
+    'backends: no backends: list them in the file\'s "backends" or give --backends (or --discover, or --demo)',
     "ejectMaxTime: 300000ms is shorter than ejectTime (600000ms)",
   ]);
 });

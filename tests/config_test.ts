@@ -5,8 +5,10 @@ import {
   normalizeSingleDashFlags,
   parseBackend,
   parseDuration,
+  parseFlags,
 } from "../lib/config.ts";
-import { parseCommandLine } from "../lib/settings.ts";
+import { defaultConfig, parseCommandLine } from "../lib/settings.ts";
+import { validateFileSettings } from "../lib/config_file.ts";
 import { ConfigError } from "../lib/errors.ts";
 
 function run(args: string[]): Config {
@@ -163,6 +165,85 @@ for (const [args, message] of REFUSED) {
       assert.ok(error instanceof ConfigError);
       assert.match(error.message, message);
       assert.ok(!error.message.includes("\n"));
+      return true;
+    });
+  });
+}
+
+/** Flags checked by the shared validator, before the not-yet-supported gate. */
+function validated(args: string[]): Config {
+  const flags = parseFlags(args);
+  assert.ok(flags.kind === "run");
+  const { settings, problems } = validateFileSettings(flags.given);
+  assert.deepEqual(problems, []);
+  return { ...defaultConfig(), ...settings } as Config;
+}
+
+Deno.test("parseFlags() and the validator read the edge and scale-out flags", () => {
+  const config = validated([
+    "--backends=https://a:1",
+    "--tls-cert=cert.pem",
+    "--tls-key=key.pem",
+    "--redirect-http=8080",
+    "--backend-ca=ca.pem",
+    "--backend-cert=c.pem",
+    "--backend-key=k.pem",
+    "--trusted-proxies=10.0.0.0/8,::1",
+    "--trusted-proxies",
+    "192.168.1.7",
+    "--forwarded",
+    "--max-body=1MiB",
+    "--body-timeout=5s",
+    "--discover=dns+srv://_http._tcp.app.example",
+    "--discover",
+    "dns+a://app.example:8080",
+    "--discover-interval=2s",
+    "--dns-server=127.0.0.1:5353",
+    "--workers=auto",
+  ]);
+  assert.equal(config.tlsCert, "cert.pem");
+  assert.equal(config.tlsKey, "key.pem");
+  assert.equal(config.redirectHttp, 8080);
+  assert.equal(config.backendCa, "ca.pem");
+  assert.equal(config.backendCert, "c.pem");
+  assert.equal(config.backendKey, "k.pem");
+  assert.deepEqual(config.trustedProxies, ["10.0.0.0/8", "::1", "192.168.1.7"]);
+  assert.equal(config.forwarded, true);
+  assert.equal(config.maxBody, 1024 * 1024);
+  assert.equal(config.bodyTimeout, 5000);
+  assert.deepEqual(config.discover, [
+    "dns+srv://_http._tcp.app.example",
+    "dns+a://app.example:8080",
+  ]);
+  assert.equal(config.discoverInterval, 2000);
+  assert.equal(config.dnsServer, "127.0.0.1:5353");
+  assert.equal(config.workers, "auto");
+  assert.equal(validated(["--workers=3"]).workers, 3);
+  assert.equal(validated(["--max-body=1048576"]).maxBody, 1048576);
+  assert.equal(validated([]).maxBody, 10 * 1024 * 1024);
+});
+
+for (
+  const [args, message] of [
+    [
+      ["--backends=http://a:1", "--tls-cert=c.pem"],
+      /--tls-key \(tlsKey\): tlsCert is set but tlsKey is not/,
+    ],
+    [["--backends=http://a:1", "--redirect-http=80"], /needs TLS/],
+    [
+      ["--backends=http://a:1", "--trusted-proxies=10.0.0.0/33"],
+      /--trusted-proxies: "10.0.0.0\/33"/,
+    ],
+    [["--backends=http://a:1", "--max-body=lots"], /--max-body: "lots" is not a size/],
+    [["--discover=http://x"], /--discover: "http:\/\/x" is not dns\+srv/],
+    [["--backends=http://a:1", "--workers=0"], /--workers: 0 is out of range/],
+    [["--backends=http://a:1", "--dns-server=nowhere"], /--dns-server: "nowhere" is not HOST:PORT/],
+  ] as [string[], RegExp][]
+) {
+  Deno.test(`parseCommandLine() refuses ${args.at(-1)} (edge/scale-out)`, () => {
+    assert.throws(() => parseCommandLine(args), (error: unknown) => {
+      assert.ok(error instanceof ConfigError);
+      assert.match(error.message, message);
       return true;
     });
   });
