@@ -17,6 +17,7 @@
  */
 
 import {
+  type AdminAddress,
   type Config,
   LOG_LEVELS,
   parseBackend,
@@ -43,49 +44,14 @@ export interface Problem {
 }
 
 /** Address of the admin listener, from `"HOST:PORT"` (`"[::1]:9090"` for IPv6). */
-export interface AdminAddress {
-  /** Bind address, without brackets for IPv6. */
-  host: string;
-  /** Port; 0 picks any free port. */
-  port: number;
-}
+export type { AdminAddress } from "./config.ts";
 
-/** Access log formats. */
+/** Access log line formats. */
 export const ACCESS_LOG_FORMATS = ["combined", "json"] as const;
-/** Log output formats. */
+/** Process log formats. */
 export const LOG_FORMATS = ["text", "json"] as const;
 
-/** Settings for the admin and operations features, which have no place in {@linkcode Config} yet. */
-export interface OpsSettings {
-  /** Admin API listener; absent means no admin API. @default undefined */
-  admin?: AdminAddress;
-  /** Bearer token the admin API requires (16+ bytes). @default undefined */
-  adminToken?: string;
-  /** `"stdout"` or a file path (relative to the working directory); absent is off. @default undefined */
-  accessLog?: string;
-  /** Access log line format. @default "combined" */
-  accessLogFormat?: typeof ACCESS_LOG_FORMATS[number];
-  /** http(s) URL that receives a POST when a backend changes state. @default undefined */
-  alertWebhook?: string;
-  /** Format of the balancer's own log lines. @default "text" */
-  logFormat?: typeof LOG_FORMATS[number];
-  tlsCert?: string;
-  tlsKey?: string;
-  redirectHttp?: number;
-  backendCa?: string;
-  backendCert?: string;
-  backendKey?: string;
-  trustedProxies?: string[];
-  forwarded?: boolean;
-  maxBody?: number;
-  bodyTimeout?: number;
-  discover?: string[];
-  discoverInterval?: number;
-  dnsServer?: string;
-  workers?: number | "auto";
-}
-
-/** Defaults of the {@linkcode OpsSettings} that have one. */
+/** Defaults of the optional (operations, edge, scale-out) settings that have one. */
 export const OPS_DEFAULTS = {
   accessLogFormat: "combined",
   logFormat: "text",
@@ -96,14 +62,14 @@ export const OPS_DEFAULTS = {
   discover: [] as string[],
   discoverInterval: 10_000,
   workers: 1,
-} satisfies OpsSettings;
+} satisfies Partial<Config>;
 
 /**
  * What a configuration file may set: any {@linkcode Config} field except `demo` (a development
- * switch, flag only), durations in ms and backends as specs, plus the {@linkcode OpsSettings}.
+ * switch, flag only), durations in ms and backends as specs.
  * A key absent from the file is absent here.
  */
-export type FileSettings = Partial<Omit<Config, "demo">> & OpsSettings;
+export type FileSettings = Partial<Omit<Config, "demo">>;
 
 /** A configuration file that cannot be used; the message lists every problem, one per line. */
 export class ConfigFileError extends ConfigError {
