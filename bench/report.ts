@@ -1,0 +1,384 @@
+/**
+ * @module
+ * Turns the runs into the summary (medians over rounds, ratios to nginx from the same round),
+ * the Markdown tables and the SVG chart. Pure functions: everything they show comes from the
+ * records passed in.
+ */
+
+import type { MachineInfo } from "./system.ts";
+
+/** One measured (round, profile, target) run. */
+export interface RunRecord {
+  round: number;
+  profile: string;
+  target: string;
+  /** False when the target failed to start or wrk failed; `error` says why. */
+  ok: boolean;
+  error?: string;
+  requests: number;
+  durationSeconds: number;
+  requestsPerSecond: number;
+  latencyUs: { p50: number; p90: number; p99: number; max: number; mean: number };
+  errors: { connect: number; read: number; write: number; timeout: number; status: number };
+  errorCount: number;
+  /** CPU seconds of the balancer's process tree during the run; null for `direct`. */
+  cpuSeconds: number | null;
+  /** `cpuSeconds` per request in microseconds; null for `direct`. */
+  cpuUsPerRequest: number | null;
+  /** Share of `cpuSeconds` spent in the kernel (stime), percent. */
+  cpuSystemPercent: number | null;
+  /** Sum of VmHWM over the balancer's serving processes (MiB); null for `direct`. */
+  peakRssMiB: number | null;
+  /** Connections the two backends accepted after the first second of the run (stub_status). */
+  backendConnections: number;
+  /** The same over the whole measured run, ramp-up included. */
+  backendConnectionsWholeRun: number;
+  /** CPU seconds of both nginx backends per request (µs): the load side's share. */
+  backendCpuUsPerRequest: number;
+  /** Busy percentage of each CPU during the run (from /proc/stat). */
+  cpuBusyPercent: number[];
+  /** Busy time of the balancer's core per request (µs), when pinned to one core. */
+  balancerCoreUsPerRequest: number | null;
+}
+
+/** A (profile, target) cell: medians over the rounds that succeeded. */
+export interface Summary {
+  profile: string;
+  target: string;
+  rounds: number;
+  failures: number;
+  requestsPerSecond: number | null;
+  /** (max - min) / median of requests/s over rounds, percent. */
+  rpsSpreadPercent: number | null;
+  p50Us: number | null;
+  p99Us: number | null;
+  errorCount: number;
+  cpuUsPerRequest: number | null;
+  cpuSpreadPercent: number | null;
+  /** Median kernel share of the CPU time, percent. */
+  cpuSystemPercent: number | null;
+  /** Median busy time of the balancer's core per request (µs). */
+  balancerCoreUsPerRequest: number | null;
+  /** Largest peak RSS over rounds. */
+  peakRssMiB: number | null;
+  /** Largest count over rounds. */
+  backendConnections: number | null;
+  /** Median over rounds of (this / nginx) in the same round. */
+  rpsVsNginx: number | null;
+  cpuVsNginx: number | null;
+  /** Median over rounds of (this p50 - direct p50) in the same round. */
+  addedP50Us: number | null;
+  /** Highest busy percentage seen per CPU. */
+  cpuBusyPercent: number[];
+}
+
+/** Describes the run for the report. */
+export interface RunInfo {
+  startedAt: string;
+  finishedAt: string;
+  rounds: number;
+  durationSeconds: number;
+  warmupSeconds: number;
+  balancerCpus: string;
+  loadCpus: string;
+  profiles: { id: string; label: string }[];
+  targets: { id: string; label: string; description: string; pinned: boolean }[];
+  notes: string[];
+  /** Commit of the balancer measured, and whether lib/ or main.ts had uncommitted changes. */
+  revision: string;
+  /** 1-minute load average when the run started and ended (other work on the machine). */
+  loadAverage: [number, number];
+}
+
+export function median(values: number[]): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+function spread(values: number[]): number | null {
+  const m = median(values);
+  if (m === null || m === 0 || values.length < 2) return null;
+  return (100 * (Math.max(...values) - Math.min(...values))) / m;
+}
+
+/** Summarises every (profile, target) over rounds. */
+export function summarise(records: RunRecord[], info: RunInfo): Summary[] {
+  const find = (round: number, profile: string, target: string) =>
+    records.find((r) => r.ok && r.round === round && r.profile === profile && r.target === target);
+  const out: Summary[] = [];
+  for (const profile of info.profiles) {
+    for (const target of info.targets) {
+      const all = records.filter((r) => r.profile === profile.id && r.target === target.id);
+      const ok = all.filter((r) => r.ok);
+      const ratios = (pick: (r: RunRecord) => number | null) =>
+        ok.flatMap((r) => {
+          const base = find(r.round, profile.id, "nginx");
+          const a = pick(r);
+          const b = base === undefined ? null : pick(base);
+          return a === null || b === null || b === 0 ? [] : [a / b];
+        });
+      const added = ok.flatMap((r) => {
+        const base = find(r.round, profile.id, "direct");
+        return base === undefined ? [] : [r.latencyUs.p50 - base.latencyUs.p50];
+      });
+      const cpu = ok.flatMap((r) => r.cpuUsPerRequest === null ? [] : [r.cpuUsPerRequest]);
+      const rss = ok.flatMap((r) => r.peakRssMiB === null ? [] : [r.peakRssMiB]);
+      const rps = ok.map((r) => r.requestsPerSecond);
+      out.push({
+        profile: profile.id,
+        target: target.id,
+        rounds: ok.length,
+        failures: all.length - ok.length,
+        requestsPerSecond: median(rps),
+        rpsSpreadPercent: spread(rps),
+        p50Us: median(ok.map((r) => r.latencyUs.p50)),
+        p99Us: median(ok.map((r) => r.latencyUs.p99)),
+        errorCount: ok.reduce((sum, r) => sum + r.errorCount, 0),
+        cpuUsPerRequest: median(cpu),
+        cpuSpreadPercent: spread(cpu),
+        balancerCoreUsPerRequest: median(
+          ok.flatMap((r) =>
+            r.balancerCoreUsPerRequest === null ? [] : [r.balancerCoreUsPerRequest]
+          ),
+        ),
+        cpuSystemPercent: median(
+          ok.flatMap((r) => r.cpuSystemPercent === null ? [] : [r.cpuSystemPercent]),
+        ),
+        peakRssMiB: rss.length === 0 ? null : Math.max(...rss),
+        backendConnections: ok.length === 0
+          ? null
+          : Math.max(...ok.map((r) => r.backendConnections)),
+        rpsVsNginx: target.id === "nginx" ? null : median(ratios((r) => r.requestsPerSecond)),
+        cpuVsNginx: target.id === "nginx" ? null : median(ratios((r) => r.cpuUsPerRequest)),
+        addedP50Us: target.id === "direct" ? null : median(added),
+        cpuBusyPercent: ok.reduce<number[]>(
+          (max, r) => r.cpuBusyPercent.map((v, i) => Math.max(v, max[i] ?? 0)),
+          [],
+        ),
+      });
+    }
+  }
+  return out;
+}
+
+const fmtInt = (n: number) => Math.round(n).toLocaleString("en-US");
+
+function fmtUs(us: number | null): string {
+  if (us === null) return "–";
+  if (Math.abs(us) < 1000) return `${Math.round(us)} µs`;
+  return `${(us / 1000).toFixed(us < 10_000 ? 2 : 1)} ms`;
+}
+
+function fmtRatio(r: number | null): string {
+  return r === null ? "–" : `×${r.toFixed(2)}`;
+}
+
+function fmtSpread(p: number | null): string {
+  return p === null ? "" : ` ±${Math.round(p / 2)}%`;
+}
+
+function fmtCpu(us: number | null): string {
+  return us === null ? "–" : `${us.toFixed(1)} µs`;
+}
+
+function fmtSys(p: number | null): string {
+  return p === null ? "" : ` (${Math.round(p)}% sys)`;
+}
+
+function fmtMiB(m: number | null): string {
+  return m === null ? "–" : `${m.toFixed(1)} MiB`;
+}
+
+/** The machine in one paragraph. */
+export function describe(machine: MachineInfo): string {
+  return `${machine.cpuModel}, ${machine.cores} cores, ${machine.memoryGiB} GiB RAM, ` +
+    `Linux ${machine.kernel}; Deno ${machine.deno}, nginx ${machine.nginx}, ` +
+    `HAProxy ${machine.haproxy}, wrk ${machine.wrk}`;
+}
+
+/** The Markdown report: the issue's summary table, then one table per profile, then notes. */
+export function markdown(
+  summaries: Summary[],
+  info: RunInfo,
+  machine: MachineInfo,
+): string {
+  const label = (id: string) => info.targets.find((t) => t.id === id)?.label ?? id;
+  const lines: string[] = [];
+  lines.push("# Load balancer benchmark", "");
+  lines.push(`**Machine:** ${describe(machine)}.`, "");
+  lines.push(
+    `**Run:** ${info.startedAt} to ${info.finishedAt}; ${info.rounds} round(s), targets ` +
+      `interleaved; each run ${info.durationSeconds} s after a ${info.warmupSeconds} s warm-up, ` +
+      `every target started fresh per run. Balancers pinned to CPU ${info.balancerCpus}, wrk ` +
+      `(1 thread) and the two nginx backends (1 worker each) on CPU ${info.loadCpus}. Figures ` +
+      `are medians over rounds; ±x% is half the spread between rounds; ratios compare with nginx ` +
+      `in the same round. Balancer code: ${info.revision}. Load average ` +
+      `${info.loadAverage[0].toFixed(2)} at the start, ${
+        info.loadAverage[1].toFixed(2)
+      } at the end.`,
+    "",
+  );
+
+  const small = summaries.filter((s) => s.profile === "small");
+  const c1 = summaries.filter((s) => s.profile === "small-c1");
+  if (small.length > 0) {
+    lines.push(`## Summary: small GET, 50 connections`, "");
+    lines.push(
+      "| target | CPU per request | vs nginx | requests/s | vs nginx | added latency at 1 connection (p50) | peak RSS | errors |",
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    );
+    for (const s of small) {
+      const one = c1.find((c) => c.target === s.target);
+      const added = s.target === "direct"
+        ? `(p50 ${fmtUs(one?.p50Us ?? null)})`
+        : one?.addedP50Us == null
+        ? "–"
+        : `${one.addedP50Us >= 0 ? "+" : ""}${fmtUs(one.addedP50Us)}`;
+      lines.push(
+        `| ${label(s.target)} | ${fmtCpu(s.cpuUsPerRequest)}${fmtSpread(s.cpuSpreadPercent)} | ` +
+          `${fmtRatio(s.cpuVsNginx)} | ${cell(s.requestsPerSecond, fmtInt)}` +
+          `${fmtSpread(s.rpsSpreadPercent)} | ${fmtRatio(s.rpsVsNginx)} | ${added} | ` +
+          `${fmtMiB(s.peakRssMiB)} | ${s.rounds === 0 ? "failed" : fmtInt(s.errorCount)} |`,
+      );
+    }
+    lines.push("");
+  }
+
+  for (const profile of info.profiles) {
+    const rows = summaries.filter((s) => s.profile === profile.id);
+    lines.push(`## ${profile.label}`, "");
+    lines.push(
+      "| target | requests/s | vs nginx | p50 | p99 | errors | CPU per request | vs nginx | peak RSS | backend connections opened (after 1 s) | CPU busy (per core) |",
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    );
+    for (const s of rows) {
+      if (s.rounds === 0) {
+        lines.push(`| ${label(s.target)} | failed | | | | | | | | | |`);
+        continue;
+      }
+      lines.push(
+        `| ${label(s.target)} | ${cell(s.requestsPerSecond, fmtInt)}` +
+          `${fmtSpread(s.rpsSpreadPercent)} | ${fmtRatio(s.rpsVsNginx)} | ${fmtUs(s.p50Us)} | ` +
+          `${fmtUs(s.p99Us)} | ${fmtInt(s.errorCount)} | ${fmtCpu(s.cpuUsPerRequest)}` +
+          `${fmtSpread(s.cpuSpreadPercent)}${fmtSys(s.cpuSystemPercent)} | ` +
+          `${fmtRatio(s.cpuVsNginx)} | ${fmtMiB(s.peakRssMiB)} | ${
+            s.backendConnections ?? "–"
+          } | ` +
+          `${s.cpuBusyPercent.map((p) => `${Math.round(p)}%`).join(" / ")} |`,
+      );
+    }
+    lines.push("");
+  }
+
+  lines.push("## How to read this", "");
+  for (const note of info.notes) lines.push(`- ${note}`);
+  lines.push("");
+  lines.push("| target | how it runs |", "| --- | --- |");
+  for (const t of info.targets) lines.push(`| ${t.label} | ${t.description} |`);
+  lines.push("");
+  return lines.join("\n");
+}
+
+function cell(value: number | null, format: (n: number) => string): string {
+  return value === null ? "–" : format(value);
+}
+
+const COLORS: Record<string, string> = {
+  direct: "#9e9e9e",
+  nginx: "#2e7d32",
+  haproxy: "#1565c0",
+  deno: "#ef6c00",
+  "deno-workers": "#ffa726",
+};
+
+function escapeXml(text: string): string {
+  return text.replace(/[<>&"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/**
+ * Two bar panels for one profile: CPU per request (lower is better) and requests/s (higher is
+ * better), one bar per target, drawn as plain SVG.
+ */
+export function svgChart(
+  summaries: Summary[],
+  info: RunInfo,
+  machine: MachineInfo,
+  profile = "small",
+): string {
+  const rows = summaries.filter((s) => s.profile === profile && s.rounds > 0);
+  const label = (id: string) => info.targets.find((t) => t.id === id)?.label ?? id;
+  const profileLabel = info.profiles.find((p) => p.id === profile)?.label ?? profile;
+  const barH = 26, gap = 10, labelW = 200, panelW = 330, top = 78, left = 16;
+  const height = top + rows.length * (barH + gap) + 44;
+  const width = left + labelW + 2 * panelW + 60;
+  const parts: string[] = [];
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" ` +
+      `viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" font-size="13">`,
+    `<rect width="100%" height="100%" fill="#ffffff"/>`,
+    `<text x="${left}" y="24" font-size="16" font-weight="bold">` +
+      `${escapeXml(`Load balancer benchmark: ${profileLabel}`)}</text>`,
+    `<text x="${left}" y="44" font-size="11" fill="#555">` +
+      `${escapeXml(describe(machine))}</text>`,
+  );
+  const panels = [
+    {
+      title: "CPU per request (µs, lower is better)",
+      value: (s: Summary) => s.cpuUsPerRequest,
+      text: (v: number) => `${v.toFixed(1)} µs`,
+    },
+    {
+      title: "requests/s (higher is better)",
+      value: (s: Summary) => s.requestsPerSecond,
+      text: (v: number) => fmtInt(v),
+    },
+  ];
+  panels.forEach((panel, p) => {
+    const x0 = left + labelW + p * (panelW + 30);
+    const max = Math.max(1, ...rows.map((s) => panel.value(s) ?? 0));
+    const scale = (panelW - 80) / max;
+    parts.push(
+      `<text x="${x0}" y="${top - 12}" font-weight="bold">${escapeXml(panel.title)}</text>`,
+      `<line x1="${x0}" y1="${top - 4}" x2="${x0}" y2="${
+        top + rows.length * (barH + gap) - gap + 4
+      }" stroke="#333"/>`,
+    );
+    rows.forEach((s, i) => {
+      const y = top + i * (barH + gap);
+      const v = panel.value(s);
+      if (p === 0) {
+        parts.push(
+          `<text x="${left + labelW - 8}" y="${y + barH / 2 + 4}" text-anchor="end">` +
+            `${escapeXml(label(s.target))}</text>`,
+        );
+      }
+      if (v === null) {
+        parts.push(
+          `<text x="${x0 + 6}" y="${y + barH / 2 + 4}" fill="#777">n/a (no balancer)</text>`,
+        );
+        return;
+      }
+      const w = Math.max(1, v * scale);
+      parts.push(
+        `<rect x="${x0}" y="${y}" width="${w.toFixed(1)}" height="${barH}" ` +
+          `fill="${COLORS[s.target] ?? "#607d8b"}"/>`,
+        `<text x="${(x0 + w + 6).toFixed(1)}" y="${y + barH / 2 + 4}">${
+          escapeXml(panel.text(v))
+        }</text>`,
+      );
+    });
+  });
+  parts.push(
+    `<text x="${left}" y="${height - 14}" font-size="11" fill="#555">${
+      escapeXml(
+        `Medians of ${info.rounds} interleaved round(s), ${info.durationSeconds} s each; ` +
+          `balancers pinned to CPU ${info.balancerCpus}, wrk and backends on CPU ${info.loadCpus}. ` +
+          info.finishedAt,
+      )
+    }</text>`,
+    `</svg>`,
+  );
+  return parts.join("\n") + "\n";
+}
