@@ -1,7 +1,8 @@
 /**
  * @module
  * The load balancer's entry point: command line (and config file) -> running balancer ->
- * signals: SIGINT/SIGTERM drain and exit, SIGHUP (or a change of the config file) reloads.
+ * signals: SIGINT/SIGTERM drain and exit, SIGHUP (or a change of the config file) reloads;
+ * SIGHUP or a change of the TLS certificate or key file reloads the certificate.
  *
  *     deno run --allow-net main.ts -backends=http://localhost:8081,http://localhost:8082 -port=3030
  */
@@ -14,6 +15,7 @@ import { createLog, type Log } from "./lib/log.ts";
 import { type RunningBalancer, startBalancer } from "./lib/balancer.ts";
 import type { BackendSpec } from "./lib/pool.ts";
 import { startBackend } from "./backend.ts";
+import { watchFiles } from "./lib/tls.ts";
 
 const DEMO_BACKENDS = 3;
 /** File events come in bursts (2-3 per write, more for editors): wait for quiet. */
@@ -61,7 +63,10 @@ export async function main(args: string[]): Promise<number> {
   const reload = () => {
     if (balancer !== undefined) reloadConfig(args, balancer, demoSpecs, log);
   };
-  Deno.addSignalListener("SIGHUP", reload);
+  Deno.addSignalListener("SIGHUP", () => {
+    reload();
+    balancer?.reloadCertificate();
+  });
 
   const demo = config.demo ? await startDemoBackends(log) : { servers: [], specs: [] };
   demoSpecs = demo.specs;
@@ -75,10 +80,17 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
   const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
+  const certWatcher = config.tlsCert === undefined || config.tlsKey === undefined
+    ? undefined
+    : watchFiles([config.tlsCert, config.tlsKey], () => balancer?.reloadCertificate(), {
+      debounceMs: RELOAD_DEBOUNCE_MS,
+      log,
+    });
 
   await stopRequested;
   log.info("Shutting down: draining in-flight requests...");
   watcher?.close();
+  certWatcher?.close();
   const left = await balancer.shutdown(config.drainTimeout);
   if (left > 0) log.warn(`Drain timeout: ${left} request(s) were cut off`);
   await Promise.all(demo.servers.map((server) => server.shutdown()));

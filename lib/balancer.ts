@@ -6,6 +6,7 @@
  */
 
 import type { Config } from "./config.ts";
+import { OPS_DEFAULTS } from "./config_file.ts";
 import type { Log } from "./log.ts";
 import { type Backend, type BackendSpec, Pool } from "./pool.ts";
 import { createPolicy, latencyObserverOf } from "./policies/mod.ts";
@@ -18,6 +19,19 @@ import { type AccessLog, createAccessLog } from "./access_log.ts";
 import { AlertWebhook } from "./alerts.ts";
 import { createAdminHandler } from "./admin.ts";
 import { DASHBOARD_CSP, DASHBOARD_HTML } from "./dashboard.ts";
+import { WebSocketRelays } from "./websocket.ts";
+import { parseCidr } from "./cidr.ts";
+import {
+  type CertifiedKey,
+  coalesceBody,
+  createBackendClient,
+  formatCertificate,
+  loadListenerCertificate,
+  readReplacement,
+  redirectToHttps,
+} from "./tls.ts";
+import { parseDiscoveryTarget } from "./config.ts";
+import { applyDiscoveryChange, DnsDiscovery, mergeBackends } from "./discovery.ts";
 
 /** A running balancer. */
 export interface RunningBalancer {
@@ -25,6 +39,8 @@ export interface RunningBalancer {
   readonly port: number;
   /** The admin listener's port, when one runs. */
   readonly adminPort: number | undefined;
+  /** The plain-HTTP redirect listener's port, when one runs (`redirectHttp`). */
+  readonly redirectPort: number | undefined;
   readonly pool: Pool;
   readonly metrics: LoadBalancerMetrics;
   /**
@@ -40,6 +56,13 @@ export interface RunningBalancer {
    * number of requests still open at the deadline (0 = clean); those end when the process exits.
    */
   shutdown(drainMs: number): Promise<number>;
+  /**
+   * Re-reads the TLS certificate and key files. When they changed and are valid, new
+   * connections get the new pair while open ones finish on the old listener; a pair that is
+   * unreadable, mismatched, expired or not yet valid is refused (logged) and the current one
+   * keeps serving. `"off"` without TLS.
+   */
+  reloadCertificate(): "reloaded" | "unchanged" | "refused" | "off";
 }
 
 /** Settings that take effect only at start-up; a reload that changes them says so. */
@@ -56,6 +79,14 @@ const RESTART_ONLY: (keyof Config)[] = [
   "accessLogFormat",
   "alertWebhook",
   "logFormat",
+  // The certificate files' contents reload (reloadCertificate); which files, and the rest of
+  // TLS, are read at start-up.
+  "tlsCert",
+  "tlsKey",
+  "redirectHttp",
+  "backendCa",
+  "backendCert",
+  "backendKey",
   "logLevel",
   "healthInterval",
   "healthTimeout",
@@ -77,6 +108,13 @@ const RESTART_ONLY: (keyof Config)[] = [
   "panicThreshold",
   "retryBudget",
   "retryBudgetMin",
+  "trustedProxies",
+  "forwarded",
+  "maxBody",
+  "bodyTimeout",
+  "discover",
+  "discoverInterval",
+  "dnsServer",
 ];
 
 /** Starts the balancer described by `config` (its `backends` must be final). */
@@ -86,6 +124,17 @@ export async function startBalancer(
   version = "dev",
 ): Promise<RunningBalancer> {
   for (const backend of config.backends) log.info(`Configured server: ${backend.url}`);
+  // Static backends as the config file names them now; discovery never removes these.
+  let staticUrls = new Set(config.backends.map((b) => b.url));
+  const discovery = (config.discover ?? []).length === 0 ? undefined : new DnsDiscovery({
+    targets: config.discover!.map((text) => parseDiscoveryTarget(text)!),
+    intervalMs: config.discoverInterval,
+    dnsServer: config.dnsServer,
+    onChange: (before, after) => applyDiscoveryChange(pool, staticUrls, before, after),
+  }, log);
+  // The first lookup is awaited so a DNS-only balancer has backends when it starts listening;
+  // they are in the pool from the start (full share), later changes come through onChange.
+  const discovered = await discovery?.initialLookup() ?? [];
   const policy = createPolicy(config.policy, { hash: { key: config.hashKey } });
   const alerts = config.alertWebhook
     ? new AlertWebhook({ url: config.alertWebhook, log })
@@ -103,7 +152,7 @@ export async function startBalancer(
       })),
   });
   let sticky: { cookie: StickyCookie; name: string } | undefined;
-  pool = new Pool(config.backends, {
+  pool = new Pool(mergeBackends(config.backends, discovered), {
     rise: config.rise,
     fall: config.fall,
     policy,
@@ -131,7 +180,17 @@ export async function startBalancer(
     await cookie.prepare(pool.backends);
     sticky = { cookie, name: config.stickyCookie };
   }
-  const client = Deno.createHttpClient({ allowHost: true });
+  const tlsFiles = config.tlsCert === undefined || config.tlsKey === undefined
+    ? undefined
+    : { cert: config.tlsCert, key: config.tlsKey };
+  let served: CertifiedKey | undefined = tlsFiles === undefined
+    ? undefined
+    : loadListenerCertificate(tlsFiles, log);
+  // One client for requests and health checks, so both trust (and present) the same certificates.
+  const client = createBackendClient(
+    { ca: config.backendCa, cert: config.backendCert, key: config.backendKey },
+    { allowHost: true },
+  );
   const health = new HealthChecker(pool, {
     interval: config.healthInterval,
     timeout: config.healthTimeout,
@@ -142,12 +201,13 @@ export async function startBalancer(
   const accessLog = config.accessLog
     ? createAccessLog(config.accessLog, config.accessLogFormat ?? "combined", { log })
     : undefined;
+  const webSockets = new WebSocketRelays();
   const handler = createProxyHandler(pool, {
     retries: config.retries,
     timeout: config.timeout,
     connectTimeout: config.connectTimeout,
     retryAfterSeconds: Math.max(1, Math.ceil(config.healthInterval / 1000)),
-    proto: "http",
+    proto: tlsFiles === undefined ? "http" : "https",
     client,
     ejectOn5xx: config.ejectOn5xx,
     retryBudget: new RetryBudget({
@@ -157,9 +217,18 @@ export async function startBalancer(
     latencyObserver: latencyObserverOf(policy),
     sticky,
     observer: createObserver(metrics, accessLog),
+    // Validated by the settings: every entry parses.
+    trustedProxies: (config.trustedProxies ?? []).map((text) => parseCidr(text)!),
+    forwarded: config.forwarded ?? false,
+    webSockets,
+    maxBody: config.maxBody ?? OPS_DEFAULTS.maxBody,
+    bodyTimeout: config.bodyTimeout ?? OPS_DEFAULTS.bodyTimeout,
   }, log);
 
-  const server = serve(config.port, config.host, handler, log);
+  const server = serve(config.port, config.host, handler, log, served);
+  const redirect = config.redirectHttp === undefined || served === undefined
+    ? undefined
+    : serve(config.redirectHttp, config.host, redirectToHttps(server.http.addr.port), log);
   const admin = config.admin === undefined ? undefined : serve(
     config.admin.port,
     config.admin.host,
@@ -174,30 +243,62 @@ export async function startBalancer(
     }),
     log,
   );
-  log.info(`Load balancer started at :${server.http.addr.port}`);
+  log.info(`Load balancer started at :${server.http.addr.port}${served ? " (TLS)" : ""}`);
+  if (redirect !== undefined) {
+    log.info(`HTTP redirect listener started at :${redirect.http.addr.port}`);
+  }
   if (admin !== undefined) {
     log.info(`Admin listener started at ${config.admin!.host}:${admin.http.addr.port}`);
   }
   health.start();
+  discovery?.start();
   let current = config;
 
   return {
     port: server.http.addr.port,
     adminPort: admin?.http.addr.port,
+    redirectPort: redirect?.http.addr.port,
     pool,
     metrics,
     reload(next: Config) {
-      const change = pool.update(next.backends);
+      // Discovered backends are not in the file: a reload keeps them.
+      staticUrls = new Set(next.backends.map((b) => b.url));
+      const change = pool.update(mergeBackends(next.backends, discovery?.backends ?? []));
       const restartNeeded = RESTART_ONLY.filter((key) =>
         JSON.stringify(next[key]) !== JSON.stringify(current[key])
       );
       current = { ...next, ...Object.fromEntries(restartNeeded.map((k) => [k, current[k]])) };
       return { ...change, restartNeeded };
     },
+    reloadCertificate() {
+      if (tlsFiles === undefined || served === undefined) return "off";
+      try {
+        const next = readReplacement(tlsFiles, served);
+        if (next === undefined) return "unchanged";
+        server.replaceCertificate(next);
+        served = next;
+        log.info(`TLS certificate reloaded: ${formatCertificate(next.info)}`);
+        return "reloaded";
+      } catch (error) {
+        log.error(
+          `TLS certificate reload failed, keeping the current certificate: ${
+            (error as Error).message
+          }`,
+        );
+        return "refused";
+      }
+    },
     async shutdown(drainMs: number): Promise<number> {
       const deadline = performance.now() + drainMs;
+      await discovery?.stop();
       await health.stop();
+      // Deno.serve's shutdown() (2.9.6) closes every upgraded WebSocket at once, with 1001
+      // "Server shutting down", when the listener stops: a WebSocket cannot outlive it. So the
+      // balancer closes the relays itself first, 1001 "going away" to clients and a clean close
+      // to backends, giving each closing handshake up to a second.
+      await webSockets.closeAll(Math.min(1000, Math.max(0, deadline - performance.now())));
       const left = await server.drain(deadline);
+      await redirect?.drain(performance.now());
       await admin?.drain(performance.now());
       client.close();
       await Promise.all([alerts?.close(), accessLog?.close()]);
@@ -206,24 +307,33 @@ export async function startBalancer(
   };
 }
 
-/** A listener that counts its open requests until their responses are fully delivered. */
+/**
+ * A listener that counts its open requests until their responses are fully delivered. With
+ * `tls` it serves HTTPS (h2 and http/1.1 by ALPN) and can replace its certificate.
+ */
 function serve(
   port: number,
   hostname: string,
-  handler: (req: Request, info: Deno.ServeHandlerInfo) => Promise<Response>,
+  handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>,
   log: Log,
+  tls?: CertifiedKey,
 ) {
   let open = 0;
   let http: Deno.HttpServer<Deno.NetAddr>;
+  /** Shutdowns of listeners replaced by a certificate reload, still finishing their requests. */
+  const retiring: Promise<void>[] = [];
   try {
-    http = listen();
+    http = listen(port, tls);
   } catch (error) {
     throw new Error(`cannot listen on ${hostname}:${port}: ${(error as Error).message}`);
   }
-  function listen() {
+  function listen(port: number, tls: CertifiedKey | undefined) {
     return Deno.serve({
       port,
       hostname,
+      // Deno.serve cannot change its certificate: a reload binds a second listener to the same
+      // port (SO_REUSEPORT, --unstable-net) and then shuts the first one down.
+      ...(tls === undefined ? {} : { cert: tls.cert, key: tls.key, reusePort: true }),
       onListen: () => {},
       onError: (error) => {
         log.error(`Unhandled error: ${(error as Error)?.stack ?? error}`);
@@ -234,24 +344,48 @@ function serve(
       // Counted until the body is delivered: the handler returns at response headers, and a
       // streamed body cut off by shutdown would reach the client truncated.
       info.completed.finally(() => open--).catch(() => {});
-      return handler(req, info);
+      // On TLS a body must leave with its headers, or it waits ~40 ms (see coalesceBody). HEAD
+      // keeps its body as given: as bytes, an empty one would announce a false Content-Length.
+      if (tls === undefined || req.method === "HEAD") return handler(req, info);
+      return Promise.resolve(handler(req, info)).then((response) => coalesceBody(response));
     });
   }
   return {
-    http,
+    get http() {
+      return http;
+    },
+    /**
+     * Serves new connections with `next`: a new listener on the same port, then the old one
+     * is shut down gracefully (it stops accepting; its open requests finish). Throws, keeping
+     * the old listener, when `next` cannot be served.
+     */
+    replaceCertificate(next: CertifiedKey): void {
+      const old = http;
+      http = listen(old.addr.port, next);
+      retiring.push(old.shutdown().catch(() => {}));
+    },
     /**
      * Stops accepting and waits for open requests until `deadline` (performance.now() ms).
      * Returns how many were still open then.
      */
     async drain(deadline: number): Promise<number> {
-      const shutdown = http.shutdown().catch(() => {});
+      const shutdown = Promise.all([http.shutdown().catch(() => {}), ...retiring]);
       for (let i = 0; i < 100_000 && open > 0 && performance.now() < deadline; i++) {
         await new Promise((r) =>
           setTimeout(r, Math.min(20, Math.max(1, deadline - performance.now())))
         );
       }
-      // With nothing open, shutdown only has idle connections left to close.
-      if (open === 0) await shutdown;
+      // With nothing open, shutdown only has idle connections left to close, and connections
+      // whose client never finished a body the balancer refused (413, 408): Deno.serve (2.9.6)
+      // waits for those as long as the client keeps them open, so never past the deadline.
+      if (open === 0) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise((
+          r,
+        ) => (timer = setTimeout(r, Math.max(0, deadline - performance.now()))));
+        await Promise.race([shutdown, late]);
+        clearTimeout(timer);
+      }
       return open;
     },
   };
@@ -292,6 +426,7 @@ function createObserver(
           backend: outcome.backend?.url,
           attempts: outcome.attempts,
           userAgent,
+          requestId: outcome.requestId,
           referer,
         });
       info.completed.then(record, record);

@@ -6,10 +6,31 @@
  * straight through, keeping their first {@linkcode KEEP_LIMIT} bytes so that an attempt that
  * failed early (a refused connect, during which fetch has already read ahead) can be followed
  * by another that sends the whole body.
+ *
+ * Every body is read under {@linkcode BodyLimits}: a declared length over `maxBody` is refused
+ * before anything is read, a body that grows past it is cut off, and a client that keeps the
+ * balancer waiting for its next bytes longer than `bodyTimeout` is given up on.
  */
+
+import { BadRequestError, ContentTooLargeError, HttpError, RequestTimeoutError } from "./errors.ts";
 
 /** Bodies up to this size (by Content-Length) are kept for replay. */
 export const REPLAY_LIMIT = 64 * 1024;
+
+/** Limits on how much a client may send and how long it may pause while sending it. */
+export interface BodyLimits {
+  /** Largest body accepted, in bytes; a larger one gets 413. @default Infinity */
+  maxBody: number;
+  /**
+   * Longest wait for the client's next body bytes (ms), counted only while the balancer is
+   * asking for them: a backend that reads slowly never makes a client time out. A longer
+   * stall gets 408. It bounds each pause, not the whole upload (like nginx's
+   * `client_body_timeout`). @default Infinity
+   */
+  bodyTimeout: number;
+}
+
+const UNLIMITED: BodyLimits = { maxBody: Infinity, bodyTimeout: Infinity };
 
 /** A request body as attempts see it. */
 export interface RequestBody {
@@ -19,12 +40,26 @@ export interface RequestBody {
   readonly replayable: boolean;
   /** Releases the client's stream when no attempt will read it any more. */
   discard(): Promise<void>;
+  /**
+   * Aborted the moment the client fails while an attempt streams its body: that attempt's
+   * upstream request must be cancelled, so the backend sees an incomplete body.
+   */
+  readonly signal: AbortSignal;
+  /**
+   * What the client earned by failing to send its body: 413 (too large), 408 (too slow) or
+   * 400 (malformed or broken off); undefined while it has not failed.
+   */
+  readonly clientError: HttpError | undefined;
 }
+
+const NEVER_ABORTED = new AbortController().signal;
 
 const EMPTY: RequestBody = {
   forAttempt: () => null,
   replayable: true,
   discard: () => Promise.resolve(),
+  signal: NEVER_ABORTED,
+  clientError: undefined,
 };
 
 /**
@@ -36,29 +71,133 @@ const EMPTY: RequestBody = {
  */
 export function declaresBody(headers: Headers): boolean {
   if (headers.has("transfer-encoding")) return true;
-  const length = headers.get("content-length");
-  return length !== null && Number(length) !== 0;
+  return headers.has("content-length") && declaredLength(headers) !== 0;
 }
 
-/** Prepares `req`'s body: none, buffered for replay, or streamed. */
-export async function prepareBody(req: Request): Promise<RequestBody> {
+/**
+ * The Content-Length the client declared, or undefined. Deno.serve has already refused
+ * malformed and conflicting values with 400 but lets a repeated identical header through as
+ * `5, 5` (verified on Deno 2.9.6), which `Number()` would read as NaN.
+ */
+export function declaredLength(headers: Headers): number | undefined {
+  const value = headers.get("content-length");
+  if (value === null) return undefined;
+  const length = Number(value.split(",")[0].trim());
+  return Number.isSafeInteger(length) && length >= 0 ? length : undefined;
+}
+
+/**
+ * Prepares `req`'s body: none, buffered for replay, or streamed, all read under `limits`.
+ * Throws the 413 for a declared length over the limit before reading anything, and the
+ * {@linkcode RequestBody.clientError} a buffered body earns while it is read; a streamed body
+ * reports its failure through {@linkcode RequestBody.signal} and `clientError` instead.
+ */
+export async function prepareBody(
+  req: Request,
+  limits: BodyLimits = UNLIMITED,
+): Promise<RequestBody> {
   if (req.body === null) return EMPTY;
-  const length = req.headers.get("content-length");
-  if (length !== null && Number(length) <= REPLAY_LIMIT) {
-    const bytes = new Uint8Array(await req.arrayBuffer());
-    return { forAttempt: () => bytes, replayable: true, discard: () => Promise.resolve() };
+  const length = declaredLength(req.headers);
+  if (length !== undefined && length > limits.maxBody) {
+    throw new ContentTooLargeError(limits.maxBody);
   }
-  const reader = req.body.getReader();
+  const client = new ClientBody(req.body.getReader(), limits);
+  if (length !== undefined && length <= REPLAY_LIMIT) {
+    const bytes = await client.readAll();
+    return { ...EMPTY, forAttempt: () => bytes };
+  }
   if (!declaresBody(req.headers)) {
     // Deno.serve gives a bodiless POST a stream (one empty chunk, then done); streaming that
     // upstream would send it chunked. An HTTP/2 body may have no length header at all, so look
     // rather than assume.
-    let first = await reader.read();
-    while (!first.done && first.value.length === 0) first = await reader.read();
+    let first = await client.read();
+    while (!first.done && first.value.length === 0) first = await client.read();
     if (first.done) return EMPTY;
-    return new StreamedBody(reader, first.value);
+    return new StreamedBody(client, first.value);
   }
-  return new StreamedBody(reader);
+  return new StreamedBody(client);
+}
+
+/**
+ * The client's side of a body: every read is counted against `maxBody` and given at most
+ * `bodyTimeout`, and a read that fails (malformed chunked framing, a client gone mid-body)
+ * is the client's doing too. The first such error aborts {@linkcode signal}, cancels the
+ * client's stream and is thrown from this and every later read.
+ *
+ * Cancelling matters: a request body stream left unread and uncancelled stays in Deno's
+ * resource table after its connection is gone (a leak per refused request, seen on Deno
+ * 2.9.6). Once cancelled, Deno.serve reads and discards the rest of the body as the client
+ * sends it; the bytes are never parsed as requests.
+ */
+class ClientBody {
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #limits: BodyLimits;
+  readonly #failed = new AbortController();
+  #bytes = 0;
+  clientError: HttpError | undefined;
+
+  constructor(reader: ReadableStreamDefaultReader<Uint8Array>, limits: BodyLimits) {
+    this.#reader = reader;
+    this.#limits = limits;
+  }
+
+  get signal(): AbortSignal {
+    return this.#failed.signal;
+  }
+
+  async read(): Promise<ReadableStreamReadResult<Uint8Array>> {
+    if (this.clientError !== undefined) throw this.clientError;
+    const result = await this.#readWithinTimeout();
+    if (!result.done) {
+      this.#bytes += result.value.length;
+      if (this.#bytes > this.#limits.maxBody) {
+        this.#fail(new ContentTooLargeError(this.#limits.maxBody));
+      }
+    }
+    return result;
+  }
+
+  async readAll(): Promise<Uint8Array<ArrayBuffer>> {
+    const chunks: Uint8Array[] = [];
+    for (let r = await this.read(); !r.done; r = await this.read()) chunks.push(r.value);
+    return concatBytes(chunks);
+  }
+
+  async cancel(): Promise<void> {
+    await this.#reader.cancel().catch(() => {});
+  }
+
+  async #readWithinTimeout(): Promise<ReadableStreamReadResult<Uint8Array>> {
+    const read = this.#reader.read().catch((error: unknown) => {
+      if (error instanceof HttpError) throw error;
+      return this.#fail(new BadRequestError("the request body could not be read"));
+    });
+    const timeout = this.#limits.bodyTimeout;
+    // setTimeout would turn Infinity into an immediate timer.
+    if (!Number.isFinite(timeout)) return await read;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stalled = new Promise<"stalled">((resolve) => {
+      timer = setTimeout(() => resolve("stalled"), timeout);
+    });
+    try {
+      const result = await Promise.race([read, stalled]);
+      if (result === "stalled") {
+        // Cancelling settles the read still pending; nobody awaits it any more.
+        read.catch(() => {});
+        this.#fail(new RequestTimeoutError(timeout));
+      }
+      return result;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #fail(error: HttpError): never {
+    this.clientError ??= error;
+    this.#failed.abort(this.clientError);
+    this.cancel();
+    throw this.clientError;
+  }
 }
 
 /**
@@ -74,7 +213,7 @@ export const KEEP_LIMIT = 256 * 1024;
  * client's stream. Past the limit the chunks are let go and no further attempt is possible.
  */
 class StreamedBody implements RequestBody {
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #client: ClientBody;
   /** Chunks read from the client, numbered from `#first`; all of them while replayable. */
   #chunks: Uint8Array[] = [];
   #first = 0;
@@ -84,13 +223,21 @@ class StreamedBody implements RequestBody {
   #reading: Promise<void> | undefined;
   #attempt = 0;
 
-  constructor(reader: ReadableStreamDefaultReader<Uint8Array>, firstChunk?: Uint8Array) {
-    this.#reader = reader;
+  constructor(client: ClientBody, firstChunk?: Uint8Array) {
+    this.#client = client;
     if (firstChunk !== undefined) this.#keep(firstChunk);
   }
 
   get replayable(): boolean {
     return this.#replayable;
+  }
+
+  get signal(): AbortSignal {
+    return this.#client.signal;
+  }
+
+  get clientError(): HttpError | undefined {
+    return this.#client.clientError;
   }
 
   forAttempt(): ReadableStream<Uint8Array> {
@@ -115,7 +262,7 @@ class StreamedBody implements RequestBody {
 
   async discard(): Promise<void> {
     this.#chunks = [];
-    await this.#reader.cancel().catch(() => {});
+    await this.#client.cancel();
   }
 
   /** The chunk numbered `index`, reading from the client as needed; undefined at the end. */
@@ -130,9 +277,9 @@ class StreamedBody implements RequestBody {
   async #readOne(): Promise<void> {
     let result: ReadableStreamReadResult<Uint8Array>;
     try {
-      result = await this.#reader.read();
+      result = await this.#client.read();
     } catch (error) {
-      // The client broke off: no attempt can send the whole body any more.
+      // The client broke off or broke a limit: no attempt can send the whole body any more.
       this.#replayable = false;
       throw error;
     }
@@ -151,4 +298,14 @@ class StreamedBody implements RequestBody {
     this.#chunks.splice(0, index - this.#first);
     this.#first = index;
   }
+}
+
+function concatBytes(chunks: Uint8Array[]): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
 }

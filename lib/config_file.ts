@@ -25,7 +25,7 @@ import {
   parseDuration,
   parseSize,
 } from "./config.ts";
-import { parseCidr } from "./cidr.ts";
+import { parseAddress, parseCidr } from "./cidr.ts";
 import { ConfigError } from "./errors.ts";
 import type { BackendSpec } from "./pool.ts";
 import { POLICY_NAMES } from "./policies/mod.ts";
@@ -552,12 +552,13 @@ const discoveryTarget = text(
   (v) => parseDiscoveryTarget(v) !== undefined,
   "is not dns+srv://NAME or dns+a://NAME:PORT",
 );
-const dnsServer = text(
-  (v) =>
-    /^(\[[0-9A-Fa-f:.]+\]|[^\s/?#@:[\]]+):\d{1,5}$/.test(v) &&
-    Number(v.slice(v.lastIndexOf(":") + 1)) <= 65535,
-  "is not HOST:PORT",
-);
+/** Deno.resolveDns needs an IP address for its name server, so a host name is refused here. */
+const dnsServer = text((v) => {
+  const match = /^(\[([0-9A-Fa-f:.]+)\]|[^\s/?#@:[\]]+):(\d{1,5})$/.exec(v);
+  if (match === null || Number(match[3]) > 65535) return false;
+  const host = match[2] ?? match[1];
+  return host === "localhost" || parseAddress(host) !== undefined;
+}, "is not IP:PORT ([IPv6]:PORT or localhost:PORT)");
 const workers: Check<number | "auto"> = (value, path, problems) =>
   value === "auto" ? "auto" : integer(1, 256)(value, path, problems);
 

@@ -25,6 +25,27 @@ export class BadRequestError extends HttpError {
   }
 }
 
+/**
+ * 413: the request body is larger than the balancer accepts (RFC 9110 §15.5.14). It carries
+ * no `Connection: close`: Deno.serve (2.9.6) keeps serving a connection whatever a handler
+ * says, and RFC 9112 §9.6 forbids reading another request after sending `close`.
+ */
+export class ContentTooLargeError extends HttpError {
+  constructor(limit: number) {
+    super(413, `request body larger than ${limit} bytes`);
+  }
+}
+
+/**
+ * 408: the client paused mid-body for longer than the body timeout (RFC 9110 §15.5.9; no
+ * `Connection: close`, for the reason given at {@linkcode ContentTooLargeError}).
+ */
+export class RequestTimeoutError extends HttpError {
+  constructor(timeoutMs: number) {
+    super(408, `no request body bytes for ${timeoutMs}ms`);
+  }
+}
+
 /** 503: no backend can take the request right now (all down or excluded). */
 export class NoBackendError extends HttpError {
   constructor(retryAfterSeconds: number) {
@@ -55,7 +76,9 @@ const REASONS: Record<number, string> = {
   400: "Bad Request",
   404: "Not Found",
   405: "Method Not Allowed",
+  408: "Request Timeout",
   413: "Content Too Large",
+  501: "Not Implemented",
   502: "Bad Gateway",
   503: "Service Unavailable",
   504: "Gateway Timeout",

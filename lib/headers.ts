@@ -7,7 +7,8 @@
 /**
  * Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
  * de-facto `Proxy-Connection` and `Keep-Alive`. `Transfer-Encoding` is framing for one hop;
- * `Upgrade` is stripped because protocol switching is not relayed here.
+ * `Upgrade` is stripped because fetch cannot switch protocols: WebSocket upgrades take their own
+ * path (lib/websocket.ts), which makes its own handshake.
  */
 export const HOP_BY_HOP = [
   "connection",
@@ -64,33 +65,70 @@ export interface ForwardedFacts {
   proto: string;
   /** The client's Host, when it sent one. */
   host: string | null;
+  /**
+   * Whether the peer is a trusted proxy (`trustedProxies`): its `X-Forwarded-For` and
+   * `Forwarded` are extended and its `X-Forwarded-Proto/-Host` kept. @default false
+   */
+  trustedPeer?: boolean;
+  /** Also send an RFC 7239 `Forwarded` header (`forwarded`). @default false */
+  forwarded?: boolean;
 }
 
 /**
  * Builds the upstream request headers from the client's: hop-by-hop removed, then the client's
  * Host kept (as HAProxy and Go's ReverseProxy do) and `X-Forwarded-For/-Proto/-Host` set from
- * what the balancer saw. Client-sent `X-Forwarded-*` are replaced and `Forwarded` is dropped,
- * not trusted.
+ * what the balancer saw.
+ *
+ * From anyone but a trusted proxy, client-sent `X-Forwarded-*` are replaced and `Forwarded` is
+ * replaced (or dropped when `forwarded` is off): they are as easy to forge as any header. From
+ * a trusted proxy, which already wrote what it saw, `X-Forwarded-For` becomes
+ * `its value, peer`, its `X-Forwarded-Proto/-Host` are kept (set when absent), and with
+ * `forwarded` its `Forwarded` gets this hop's element appended (RFC 7239 §7.1).
  */
 export function upstreamRequestHeaders(incoming: Headers, facts: ForwardedFacts): Headers {
   const headers = new Headers(incoming);
   stripHopByHop(headers);
-  // RFC 7239 `Forwarded` carries the same facts; the client's copy is as spoofable as its
-  // X-Forwarded-For and the balancer does not vouch for it (Go's ReverseProxy drops it too).
-  headers.delete("forwarded");
-  headers.set("x-forwarded-for", facts.clientIp);
-  headers.set("x-forwarded-proto", facts.proto);
+  const trusted = facts.trustedPeer === true;
+  const priorFor = trusted ? headers.get("x-forwarded-for") : null;
+  headers.set("x-forwarded-for", priorFor ? `${priorFor}, ${facts.clientIp}` : facts.clientIp);
+  if (!trusted || !headers.get("x-forwarded-proto")) headers.set("x-forwarded-proto", facts.proto);
   if (facts.host !== null) {
     headers.set("host", facts.host);
-    headers.set("x-forwarded-host", facts.host);
+    if (!trusted || !headers.get("x-forwarded-host")) headers.set("x-forwarded-host", facts.host);
   } else {
     headers.delete("host");
-    headers.delete("x-forwarded-host");
+    if (!trusted) headers.delete("x-forwarded-host");
+  }
+  // Without `forwarded`, a trusted proxy's Forwarded is dropped too: passed on without this
+  // hop's element, its last entry would claim to be the backend's direct peer.
+  const priorForwarded = trusted ? headers.get("forwarded") : null;
+  headers.delete("forwarded");
+  if (facts.forwarded) {
+    const element = forwardedElement(facts);
+    headers.set("forwarded", priorForwarded ? `${priorForwarded}, ${element}` : element);
   }
   // Without this, fetch asks for gzip/br on the client's behalf and then decodes the answer:
   // wasted work both ends for a client that never asked for compression.
   if (!headers.has("accept-encoding")) headers.set("accept-encoding", "identity");
   return headers;
+}
+
+/**
+ * This hop's RFC 7239 `Forwarded` element: `for=192.0.2.7;proto=http;host=example.com`. An
+ * IPv6 address is bracketed and quoted (`for="[2001:db8::1]"`, §6), and any value that is not a
+ * token (a host with a port) is quoted (§4).
+ */
+export function forwardedElement(facts: ForwardedFacts): string {
+  const node = facts.clientIp.includes(":") ? `[${facts.clientIp}]` : facts.clientIp;
+  let element = `for=${forwardedValue(node)};proto=${forwardedValue(facts.proto)}`;
+  if (facts.host !== null) element += `;host=${forwardedValue(facts.host)}`;
+  return element;
+}
+
+/** A token as is, anything else as a quoted-string (RFC 9110 §5.6.4). */
+function forwardedValue(value: string): string {
+  // A header name is exactly a token (RFC 9110 §5.1, §5.6.2).
+  return HEADER_NAME.test(value) ? value : `"${value.replace(/[\\"]/g, "\\$&")}"`;
 }
 
 /** Content codings that Deno's fetch decodes by itself (verified on 2.9.6: deflate, zstd are not). */

@@ -10,18 +10,27 @@ import {
   BadRequestError,
   errorResponse,
   GatewayTimeoutError,
+  HttpError,
   NoBackendError,
 } from "./errors.ts";
 import { downstreamResponseHeaders, fetchDecodedBody, upstreamRequestHeaders } from "./headers.ts";
 import type { Log } from "./log.ts";
 import type { Backend, Pool, SelectContext } from "./pool.ts";
 import { type Failure, mayRetry } from "./retry.ts";
-import { declaresBody, prepareBody, type RequestBody } from "./body.ts";
+import { type BodyLimits, declaresBody, prepareBody, type RequestBody } from "./body.ts";
 import { parseTarget } from "./target.ts";
 import { sendAttempt } from "./upstream.ts";
 import type { LatencyObserver } from "./policies/p2c_ewma.ts";
 import { cookieHeader, getCookie, type StickyCookie } from "./policies/sticky.ts";
 import { backoffDelay, type RetryBudget } from "./retry_budget.ts";
+import { type Cidr, cidrContains } from "./cidr.ts";
+import { REQUEST_ID_HEADER, requestIdOf } from "./request_id.ts";
+import {
+  isWebSocketUpgrade,
+  proxyWebSocket,
+  type WebSocketProxyOptions,
+  WebSocketRelays,
+} from "./websocket.ts";
 
 /** How the proxy forwards (durations in ms). */
 export interface ProxyOptions {
@@ -49,6 +58,16 @@ export interface ProxyOptions {
   backoff?: (retry: number) => number;
   /** Told how each request ended, and about retries (metrics, access log). @default none */
   observer?: ProxyObserver;
+  /** Peers whose X-Forwarded-* and Forwarded headers are kept and extended. @default [] */
+  trustedProxies?: readonly Cidr[];
+  /** Also send an RFC 7239 `Forwarded` header upstream. @default false */
+  forwarded?: boolean;
+  /** Where open WebSocket relays are registered, for shutdown. @default one of this handler's own */
+  webSockets?: WebSocketRelays;
+  /** Largest request body (bytes); larger gets 413. @default Infinity */
+  maxBody?: number;
+  /** Longest wait for a client's next body bytes (ms); longer gets 408. @default Infinity */
+  bodyTimeout?: number;
 }
 
 /** How one client request ended, as far as the proxy is concerned. */
@@ -67,6 +86,8 @@ export interface RequestOutcome {
   path: string;
   /** The response's Content-Length, when it has one. */
   contentLength: number | undefined;
+  /** The X-Request-Id sent upstream and returned to the client. */
+  requestId?: string;
 }
 
 /** Hooks for whoever measures the proxy; each must be cheap and must not throw. */
@@ -97,6 +118,60 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   };
   const { retryBudget, latencyObserver, sticky, observer } = options;
   const backoff = options.backoff ?? ((retry: number) => backoffDelay(retry));
+  const bodyLimits: BodyLimits = {
+    maxBody: options.maxBody ?? Infinity,
+    bodyTimeout: options.bodyTimeout ?? Infinity,
+  };
+
+  const trustedProxies = options.trustedProxies ?? [];
+  const webSocketOptions: WebSocketProxyOptions = {
+    pool,
+    relays: options.webSockets ?? new WebSocketRelays(),
+    retries: options.retries,
+    connectTimeout: options.connectTimeout,
+    client: options.client,
+    backoff,
+    retryAfterSeconds: options.retryAfterSeconds,
+    log,
+  };
+
+  /**
+   * Chooses the backend for one attempt, for HTTP and WebSocket requests alike: on the first
+   * attempt the sticky cookie's backend when it is still a candidate, otherwise the policy.
+   */
+  function pickBackend(
+    context: SelectContext,
+    tried: ReadonlySet<Backend>,
+    attempt: number,
+  ): Backend | undefined {
+    const pinned = sticky === undefined || attempt > 0
+      ? undefined
+      : (candidates: readonly Backend[]) =>
+        sticky.cookie.decode(getCookie(context.headers, sticky.name), candidates);
+    return pool.pick(context, tried, pinned);
+  }
+
+  /** Relays a WebSocket upgrade to a backend chosen like any request's; see lib/websocket.ts. */
+  async function upgrade(
+    req: Request,
+    headers: Headers,
+    context: SelectContext,
+    trace: Trace,
+  ): Promise<Response> {
+    const pick = (tried: ReadonlySet<Backend>, attempt: number) =>
+      pickBackend(context, tried, attempt);
+    const response = await proxyWebSocket(
+      req,
+      headers,
+      context.path,
+      pick,
+      trace,
+      webSocketOptions,
+    );
+    const setCookie = stickyCookieFor(context, trace.backend!);
+    if (setCookie !== undefined) response.headers.append("set-cookie", setCookie);
+    return response;
+  }
 
   /** Tries backends until one answers; returns the response and the backend that gave it. */
   async function forward(
@@ -108,14 +183,12 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     trace: Trace,
   ): Promise<{ response: Response; backend: Backend }> {
     const tried = new Set<Backend>();
-    const pinned = sticky === undefined
-      ? undefined
-      : (candidates: readonly Backend[]) =>
-        sticky.cookie.decode(getCookie(context.headers, sticky.name), candidates);
     retryBudget?.recordRequest(performance.now());
+    // A client failing to send its body (too large, too slow, malformed) cancels the attempt.
+    const signal = AbortSignal.any([req.signal, body.signal]);
     let failure: Failure | undefined;
     for (let attempt = 0; attempt <= options.retries; attempt++) {
-      const backend = pool.pick(context, tried, attempt === 0 ? pinned : undefined);
+      const backend = pickBackend(context, tried, attempt);
       if (backend === undefined) break;
       tried.add(backend);
       trace.backend = backend;
@@ -127,7 +200,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
         backend.url,
         backend.url + context.path,
         { method: req.method, headers, body: body.forAttempt() },
-        req.signal,
+        signal,
         attemptOptions,
       );
       if (result.ok) {
@@ -146,6 +219,8 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
         return { response: result.response, backend };
       }
       pool.release(backend);
+      // The client's doing: the backend is not blamed, and there is no retry.
+      if (body.clientError !== undefined) break;
       failure = result.failure;
       if (failure.kind === "client-gone") break;
       backend.failures++;
@@ -167,6 +242,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       await delay(backoff(attempt + 1));
     }
     await body.discard();
+    if (body.clientError !== undefined) throw body.clientError;
     if (failure === undefined) throw new NoBackendError(options.retryAfterSeconds);
     if (failure.kind === "timeout") throw new GatewayTimeoutError();
     throw new BadGatewayError();
@@ -182,12 +258,15 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   return async function proxyHandler(req, info) {
     const trace: Trace = { backend: undefined, attempts: 0 };
     const startedAt = performance.now();
+    const requestId = requestIdOf(req.headers);
     let response: Response;
     let fromBackend = false;
     let path: string | undefined;
+    let observed = { req, info };
     try {
       const target = parseTarget(req);
       path = target.pathAndQuery;
+      refuseUnsendableMethod(req.method);
       // Deno.serve hands GET/HEAD a null body even when bytes follow (it discards them), and
       // fetch could not send them anyway: refuse rather than drop data silently.
       if ((req.method === "GET" || req.method === "HEAD") && declaresBody(req.headers)) {
@@ -198,19 +277,34 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
         clientIp,
         proto: options.proto,
         host: target.host,
+        trustedPeer: trustedProxies.some((range) => cidrContains(range, clientIp)),
+        forwarded: options.forwarded,
       });
-      const body = await prepareBody(req);
+      headers.set(REQUEST_ID_HEADER, requestId);
       const context: SelectContext = { clientIp, headers: req.headers, path: target.pathAndQuery };
-      const answer = await forward(req, info, headers, body, context, trace);
-      const setCookie = stickyCookieFor(context, answer.backend);
-      response = relay(answer.response, headers, req.method, setCookie);
+      if (isWebSocketUpgrade(req)) {
+        // Once upgraded, the request's headers and remoteAddr throw "Request closed": the
+        // observer gets copies taken before.
+        observed = {
+          req: new Request(req.url, { method: req.method, headers: req.headers }),
+          info: { remoteAddr: info.remoteAddr, completed: info.completed },
+        };
+        response = await upgrade(req, headers, context, trace);
+      } else {
+        const body = await prepareBody(req, bodyLimits);
+        const answer = await forward(req, info, headers, body, context, trace);
+        const setCookie = stickyCookieFor(context, answer.backend);
+        response = relay(answer.response, headers, req.method, setCookie);
+      }
       fromBackend = true;
     } catch (error) {
       response = errorResponse(error);
     }
+    // Also on the balancer's own errors: the id is what a user quotes when reporting one.
+    response.headers.set(REQUEST_ID_HEADER, requestId);
     if (observer === undefined) return response;
     const length = response.headers.get("content-length");
-    observer.outcome(req, info, {
+    observer.outcome(observed.req, observed.info, {
       status: response.status,
       path: path ?? rawTarget(req.url),
       contentLength: length === null ? undefined : Number(length),
@@ -218,6 +312,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       backend: trace.backend,
       attempts: trace.attempts,
       startedAt,
+      requestId,
     });
     return response;
   };
@@ -253,6 +348,24 @@ function relay(
     body = new ReadableStream({ start: (controller) => controller.close() });
   }
   return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
+}
+
+/** Methods fetch refuses to send (the Fetch standard's forbidden methods), in upper case. */
+const FETCH_FORBIDDEN = new Set(["CONNECT", "TRACE", "TRACK"]);
+/** Methods fetch upper-cases whatever case they come in (the Fetch standard's normalisation). */
+const FETCH_NORMALISED = new Set(["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"]);
+
+/**
+ * Answers 501 for a method fetch would not send as given: a forbidden one (fetch throws
+ * before sending, which used to count against the backend, so a client could get healthy
+ * backends ejected), or a spelling like `get` that fetch would turn into another method
+ * (methods are case-sensitive, RFC 9110 §9.1).
+ */
+function refuseUnsendableMethod(method: string): void {
+  const upper = method.toUpperCase();
+  if (FETCH_FORBIDDEN.has(upper) || (upper !== method && FETCH_NORMALISED.has(upper))) {
+    throw new HttpError(501, "method cannot be forwarded");
+  }
 }
 
 /** What follows the scheme and authority of `url`; only for logging refused requests. */

@@ -71,19 +71,6 @@ export function reloadSettings(argv: readonly string[]): Config {
  * setting that silently did nothing would be worse than a clear refusal.
  */
 const NOT_YET_SUPPORTED: (keyof Config)[] = [
-  "tlsCert",
-  "tlsKey",
-  "redirectHttp",
-  "backendCa",
-  "backendCert",
-  "backendKey",
-  "trustedProxies",
-  "forwarded",
-  "maxBody",
-  "bodyTimeout",
-  "discover",
-  "discoverInterval",
-  "dnsServer",
   "workers",
 ];
 

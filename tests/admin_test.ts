@@ -712,7 +712,8 @@ Deno.test("accessLogFormat combined writes Apache combined lines plus backend an
   const lines = await accessLogLines("combined");
   assert.equal(lines.length, 3, lines.join("\n"));
   const time = String.raw`\[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} \+0000\]`;
-  const tail = String.raw` backend=BACKEND attempts=1 duration_ms=\d+\.\d{3}$`;
+  const tail = String
+    .raw` backend=BACKEND attempts=1 duration_ms=\d+\.\d{3} request_id=[0-9a-f-]{36}$`;
   const expected = [
     String.raw`"GET /a\?x=1 HTTP/1\.1" 200 5 "http://ref\.example/" "admin-test/1\.0"`,
     String.raw`"POST /b HTTP/1\.1" 200 5 "-" "Deno/[\d.]+"`,

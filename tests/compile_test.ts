@@ -4,6 +4,8 @@
  * machines) and no DENORT_BIN names one, this test reports itself as skipped with the reason.
  */
 import assert from "node:assert/strict";
+import denoJson from "../deno.json" with { type: "json" };
+import { PROGRAMS } from "../tools/compile_all.ts";
 import { getText } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -58,7 +60,24 @@ Deno.test({
       backend.kill("SIGTERM");
       await Promise.all([lb.status, backend.status]);
     }
+    // The version comes from deno.json through main.ts's JSON import, embedded like any module.
+    const version = await new Deno.Command(new URL("dist/load-balancer", ROOT), {
+      args: ["--version"],
+    }).output();
+    assert.equal(new TextDecoder().decode(version.stdout), `load-balancer ${denoJson.version}\n`);
   },
+});
+
+Deno.test("deno task compile grants each binary the permissions compile:all does", () => {
+  const commands = denoJson.tasks.compile.split(" && ").map((c) => c.split(" "));
+  assert.equal(commands.length, PROGRAMS.length);
+  for (const [i, program] of PROGRAMS.entries()) {
+    const args = commands[i];
+    assert.equal(args.at(-1), program.entry);
+    assert.deepEqual(args.filter((a) => /^--(allow|deny)-|^-A$/.test(a)), program.permissions);
+    // Without it deno compile embeds every npm package in the lockfile (playwright-core: 13 MB).
+    assert.ok(args.includes("--exclude-unused-npm"), `${program.name}: --exclude-unused-npm`);
+  }
 });
 
 async function firstLine(stream: ReadableStream<Uint8Array>, pattern: RegExp): Promise<string> {

@@ -237,7 +237,11 @@ for (
     [["--backends=http://a:1", "--max-body=lots"], /--max-body: "lots" is not a size/],
     [["--discover=http://x"], /--discover: "http:\/\/x" is not dns\+srv/],
     [["--backends=http://a:1", "--workers=0"], /--workers: 0 is out of range/],
-    [["--backends=http://a:1", "--dns-server=nowhere"], /--dns-server: "nowhere" is not HOST:PORT/],
+    [["--backends=http://a:1", "--dns-server=nowhere"], /--dns-server: "nowhere" is not IP:PORT/],
+    [
+      ["--backends=http://a:1", "--dns-server=dns.example:53"],
+      /--dns-server: "dns.example:53" is not IP:PORT/,
+    ],
   ] as [string[], RegExp][]
 ) {
   Deno.test(`parseCommandLine() refuses ${args.at(-1)} (edge/scale-out)`, () => {
