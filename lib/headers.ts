@@ -40,6 +40,31 @@ export function stripHopByHop(headers: Headers): void {
 }
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const HOP_BY_HOP_NAMES: ReadonlySet<string> = new Set(HOP_BY_HOP);
+
+/**
+ * A copy of `source` without hop-by-hop headers and those its `Connection` names: the same
+ * result as `new Headers(source)` then {@linkcode stripHopByHop}, built with `forEach`. Deno
+ * 2.9.6 copies and iterates a Headers object in quadratic time (denoland/deno#36063: 72 µs for
+ * 24 headers against 3 µs with forEach), and this runs twice per request.
+ */
+export function copyWithoutHopByHop(source: Headers): Headers {
+  const connection = source.get("connection");
+  let named: Set<string> | undefined;
+  if (connection !== null) {
+    named = new Set();
+    for (const name of connection.split(",")) {
+      const trimmed = name.trim();
+      if (trimmed !== "" && HEADER_NAME.test(trimmed)) named.add(trimmed.toLowerCase());
+    }
+  }
+  const copy = new Headers();
+  // forEach yields lower-case names, and each Set-Cookie on its own.
+  source.forEach((value, name) => {
+    if (!HOP_BY_HOP_NAMES.has(name) && !named?.has(name)) copy.append(name, value);
+  });
+  return copy;
+}
 
 // reg-name (letters, digits, - . _ ~), IPv4, or a bracketed IPv6 literal, then an optional port.
 const HOST_PATTERN = /^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$/;
@@ -86,8 +111,7 @@ export interface ForwardedFacts {
  * `forwarded` its `Forwarded` gets this hop's element appended (RFC 7239 §7.1).
  */
 export function upstreamRequestHeaders(incoming: Headers, facts: ForwardedFacts): Headers {
-  const headers = new Headers(incoming);
-  stripHopByHop(headers);
+  const headers = copyWithoutHopByHop(incoming);
   const trusted = facts.trustedPeer === true;
   const priorFor = trusted ? headers.get("x-forwarded-for") : null;
   headers.set("x-forwarded-for", priorFor ? `${priorFor}, ${facts.clientIp}` : facts.clientIp);
@@ -154,8 +178,7 @@ export function fetchDecodedBody(requestHeaders: Headers, responseHeaders: Heade
  * actually sent, and a strong ETag weakened (it named the encoded representation).
  */
 export function downstreamResponseHeaders(upstream: Headers, decoded: boolean): Headers {
-  const headers = new Headers(upstream);
-  stripHopByHop(headers);
+  const headers = copyWithoutHopByHop(upstream);
   if (decoded) {
     headers.delete("content-encoding");
     headers.delete("content-length");

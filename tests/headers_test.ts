@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import {
+  copyWithoutHopByHop,
   downstreamResponseHeaders,
   fetchDecodedBody,
   HOP_BY_HOP,
@@ -262,4 +263,28 @@ Deno.test("downstreamResponseHeaders() strips hop-by-hop and Connection-named he
   const headers = downstreamResponseHeaders(upstream, false);
   assert.deepEqual(names(headers), ["set-cookie", "set-cookie", "x-custom"]);
   assert.deepEqual(headers.getSetCookie(), ["a=1", "b=2"]);
+});
+
+Deno.test("copyWithoutHopByHop() equals copying then stripHopByHop(), Set-Cookie kept apart", () => {
+  const source = new Headers([
+    ["Connection", "keep-alive, X-Secret , upgrade"],
+    ["X-Secret", "1"],
+    ["Keep-Alive", "timeout=5"],
+    ["Upgrade", "h2c"],
+    ["TE", "trailers"],
+    ["Set-Cookie", "a=1; Path=/"],
+    ["Set-Cookie", "b=2; Path=/"],
+    ["Accept", "text/html"],
+    ["Accept", "application/json"],
+    ["X-Forwarded-For", "6.6.6.6"],
+  ]);
+  const expected = new Headers(source);
+  stripHopByHop(expected);
+  const copy = copyWithoutHopByHop(source);
+  assert.deepEqual([...copy], [...expected]);
+  assert.deepEqual(copy.getSetCookie(), ["a=1; Path=/", "b=2; Path=/"]);
+  assert.equal(copy.get("accept"), "text/html, application/json");
+  assert.equal(copy.has("x-secret"), false);
+  assert.equal(copy.has("connection"), false);
+  assert.equal(source.get("x-secret"), "1", "the source is left alone");
 });
