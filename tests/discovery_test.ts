@@ -27,13 +27,19 @@ import { startBalancer } from "../lib/balancer.ts";
 import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
 import { type BackendSpec, Pool } from "../lib/pool.ts";
 import { createPolicy } from "../lib/policies/mod.ts";
-import { captureLog, delay, startTestBalancer, testConfig, waitFor } from "./helpers.ts";
+import {
+  captureLog,
+  delay,
+  SequentialTraffic,
+  startTestBalancer,
+  testConfig,
+  waitFor,
+} from "./helpers.ts";
 import { spawnBalancer } from "./process.ts";
 
 /** Generous: a loaded shared machine may be slow to run a lookup round or restart dnsmasq. */
 const WAIT_MS = 20_000;
 /** Requests a traffic loop may send at most (it normally stops long before). */
-const MAX_REQUESTS = 50_000;
 
 // ---------------------------------------------------------------------------------------------
 // Rules, with an injected resolver
@@ -512,50 +518,6 @@ function disposeAll(items: AsyncDisposable[]): AsyncDisposable {
   };
 }
 
-/** Sequential GETs until stopped (at most MAX_REQUESTS); anything but a 200 is a failure. */
-class Traffic {
-  ok = 0;
-  readonly failures: string[] = [];
-  #stopped = false;
-  #finished = false;
-  readonly #done: Promise<void>;
-
-  constructor(readonly url: string) {
-    this.#done = this.#run();
-  }
-
-  async #run(): Promise<void> {
-    for (let i = 0; i < MAX_REQUESTS && !this.#stopped; i++) {
-      try {
-        const response = await fetch(this.url);
-        const text = await response.text();
-        if (response.status === 200) this.ok++;
-        else this.failures.push(`request ${i + 1}: ${response.status} ${text.trim()}`);
-      } catch (error) {
-        this.failures.push(`request ${i + 1}: ${error}`);
-      }
-      await delay(2); // leave the CPU to the balancer now and then
-    }
-    this.#finished = true;
-  }
-
-  /** Waits until `n` more requests have succeeded since the call. */
-  async more(n: number): Promise<void> {
-    const target = this.ok + n;
-    const deadline = Date.now() + WAIT_MS;
-    while (this.ok < target) {
-      if (this.#finished) throw new Error(`traffic ended early: ${this.failures.join("; ")}`);
-      if (Date.now() > deadline) throw new Error(`${n} more requests took over ${WAIT_MS}ms`);
-      await delay(20);
-    }
-  }
-
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    await this.#done;
-  }
-}
-
 /** `n` sequential GETs; returns how many each answer text got (all must be 200). */
 async function countAnswers(url: string, n: number): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};
@@ -642,7 +604,7 @@ dnsTest(
       discoverInterval: 100,
     }, log);
     const pool = lb.balancer.pool;
-    const traffic = new Traffic(lb.url);
+    const traffic = new SequentialTraffic(lb.url);
     try {
       await traffic.more(30);
       await dns.update({ hosts: { "web.app.test": ["127.0.0.3", "127.0.0.4"] } });
@@ -702,7 +664,7 @@ dnsTest(
       discoverInterval: 100,
     });
     const pool = lb.balancer.pool;
-    const traffic = new Traffic(lb.url);
+    const traffic = new SequentialTraffic(lb.url);
     try {
       await traffic.more(30);
       await dns.update({ hosts, srv: [record(b, 3), record(c, 1)] });

@@ -238,3 +238,56 @@ export async function waitFor(condition: () => boolean, timeoutMs = 5000): Promi
   }
   return condition();
 }
+
+/**
+ * Sequential GETs to `url`, one after the other, until stopped (at most `maxRequests`). Every
+ * answer other than a 200 is a failure, recorded with what was seen. For "zero failed requests
+ * while X changes" tests.
+ */
+export class SequentialTraffic {
+  ok = 0;
+  readonly failures: string[] = [];
+  #stopped = false;
+  #finished = false;
+  readonly #done: Promise<void>;
+
+  constructor(
+    readonly url: string,
+    readonly maxRequests = 50_000,
+    readonly waitMs = 20_000,
+  ) {
+    this.#done = this.#run();
+  }
+
+  async #run(): Promise<void> {
+    for (let i = 0; i < this.maxRequests && !this.#stopped; i++) {
+      try {
+        const response = await fetch(this.url);
+        const text = await response.text();
+        if (response.status === 200) this.ok++;
+        else this.failures.push(`request ${i + 1}: ${response.status} ${text.trim()}`);
+      } catch (error) {
+        this.failures.push(`request ${i + 1}: ${error}`);
+      }
+      await delay(2); // leave the CPU to the balancer and the test now and then
+    }
+    this.#finished = true;
+  }
+
+  /** Waits until `n` more requests have succeeded since the call. */
+  async more(n: number): Promise<void> {
+    const target = this.ok + n;
+    const deadline = Date.now() + this.waitMs;
+    while (this.ok < target) {
+      if (this.#finished) throw new Error(`traffic ended early: ${this.failures.join("; ")}`);
+      if (Date.now() > deadline) throw new Error(`${n} more requests took over ${this.waitMs}ms`);
+      await delay(20);
+    }
+  }
+
+  /** Stops after the request in flight. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.#done;
+  }
+}

@@ -5,11 +5,10 @@
  */
 import assert from "node:assert/strict";
 import type { BackendView } from "../lib/admin.ts";
-import { delay, startTestBackend, type TestBackend } from "./helpers.ts";
+import { delay, SequentialTraffic, startTestBackend, type TestBackend } from "./helpers.ts";
 import { type BalancerProcess, runMain, spawnBalancer } from "./process.ts";
 
 /** Requests the traffic loop may send at most (it normally stops long before). */
-const MAX_REQUESTS = 50_000;
 /** Generous: a loaded 2-core CI machine may take seconds to notice a file or a signal. */
 const WAIT_MS = 20_000;
 
@@ -47,54 +46,6 @@ function configText(backends: string[], extra: Record<string, unknown> = {}): st
 /** A backend that answers its name. */
 function named(name: string): Promise<TestBackend> {
   return startTestBackend(() => new Response(name));
-}
-
-/**
- * Sequential GETs through the balancer, one after the other, until stopped (at most
- * MAX_REQUESTS). Every answer other than a 200 is a failure, with what was seen.
- */
-class Traffic {
-  ok = 0;
-  readonly failures: string[] = [];
-  #stopped = false;
-  #finished = false;
-  readonly #done: Promise<void>;
-
-  constructor(readonly url: string) {
-    this.#done = this.#run();
-  }
-
-  async #run(): Promise<void> {
-    for (let i = 0; i < MAX_REQUESTS && !this.#stopped; i++) {
-      try {
-        const response = await fetch(this.url);
-        const text = await response.text();
-        if (response.status === 200) this.ok++;
-        else this.failures.push(`request ${i + 1}: ${response.status} ${text.trim()}`);
-      } catch (error) {
-        this.failures.push(`request ${i + 1}: ${error}`);
-      }
-      await delay(2); // leave the CPU to the balancer and the test now and then
-    }
-    this.#finished = true;
-  }
-
-  /** Waits until `n` more requests have succeeded since the call. */
-  async more(n: number): Promise<void> {
-    const target = this.ok + n;
-    const deadline = Date.now() + WAIT_MS;
-    while (this.ok < target) {
-      if (this.#finished) throw new Error(`traffic ended early: ${this.failures.join("; ")}`);
-      if (Date.now() > deadline) throw new Error(`${n} more requests took over ${WAIT_MS}ms`);
-      await delay(20);
-    }
-  }
-
-  /** Stops after the request in flight. */
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    await this.#done;
-  }
 }
 
 /** Polls an async condition every 50 ms until it holds; fails after WAIT_MS. */
@@ -241,7 +192,7 @@ Deno.test("editing the config file reloads it by itself, SIGHUP too, with zero f
   await using lb = spawnBalancer(["--config", cfg.path], {
     permissions: [`--allow-read=${cfg.dir}`],
   });
-  const traffic = new Traffic(`http://127.0.0.1:${await lb.port()}/`);
+  const traffic = new SequentialTraffic(`http://127.0.0.1:${await lb.port()}/`);
   const admin = await adminPort(lb);
   try {
     await traffic.more(20);
@@ -318,7 +269,7 @@ Deno.test("a broken config file is kept out: the reload fails with the problem, 
   await using lb = spawnBalancer(["--config", cfg.path], {
     permissions: [`--allow-read=${cfg.dir}`],
   });
-  const traffic = new Traffic(`http://127.0.0.1:${await lb.port()}/`);
+  const traffic = new SequentialTraffic(`http://127.0.0.1:${await lb.port()}/`);
   try {
     await traffic.more(10);
     // Valid JSONC naming C, but one bad value: none of it may be applied.
