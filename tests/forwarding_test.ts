@@ -14,7 +14,15 @@ import {
   gzipSync,
 } from "node:zlib";
 import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
-import { concat, rawRequest, refusingUrl, startTestBackend, startTestBalancer } from "./helpers.ts";
+import {
+  concat,
+  rawExchangeBytes,
+  rawRequest,
+  refusingUrl,
+  startTestBackend,
+  startTestBalancer,
+  writeAll,
+} from "./helpers.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -112,36 +120,9 @@ function dechunk(framed: Uint8Array): Uint8Array {
   }
 }
 
-/** Like helpers' rawRequest, but keeps the response as bytes (compressed bodies are binary). */
+/** A raw exchange whose response is kept as bytes (compressed bodies are binary). */
 async function rawExchange(port: number, request: string, timeoutMs = 3000): Promise<RawResponse> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  const timer = setTimeout(() => {
-    try {
-      conn.close();
-    } catch { /* already closed */ }
-  }, timeoutMs);
-  const chunks: Uint8Array[] = [];
-  try {
-    await writeAll(conn, encoder.encode(request));
-    const buffer = new Uint8Array(64 * 1024);
-    for (;;) {
-      const n = await conn.read(buffer);
-      if (n === null) break;
-      chunks.push(buffer.slice(0, n));
-    }
-  } catch {
-    // closed by the timer or reset: parse what arrived
-  } finally {
-    clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* already closed */ }
-  }
-  return parseRaw(concat(chunks));
-}
-
-async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  for (let offset = 0; offset < data.length;) offset += await conn.write(data.subarray(offset));
+  return parseRaw(await rawExchangeBytes(port, request, timeoutMs));
 }
 
 /** Asserts the framing headers describe exactly the bytes that followed the head. */

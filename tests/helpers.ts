@@ -146,10 +146,14 @@ export async function getText(
 }
 
 /**
- * Sends raw bytes to 127.0.0.1:port and returns everything read until the peer closes or
+ * Sends `data` to 127.0.0.1:port and returns every byte read until the peer closes or
  * `timeoutMs` passes (then the socket is closed by us).
  */
-export async function rawRequest(port: number, data: string, timeoutMs = 2000): Promise<string> {
+export async function rawExchangeBytes(
+  port: number,
+  data: string | Uint8Array,
+  timeoutMs = 2000,
+): Promise<Uint8Array> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const timer = setTimeout(() => {
     try {
@@ -158,9 +162,9 @@ export async function rawRequest(port: number, data: string, timeoutMs = 2000): 
   }, timeoutMs);
   const chunks: Uint8Array[] = [];
   try {
-    await conn.write(new TextEncoder().encode(data));
-    const buffer = new Uint8Array(16 * 1024);
-    for (let i = 0; i < 10_000; i++) {
+    await writeAll(conn, typeof data === "string" ? new TextEncoder().encode(data) : data);
+    const buffer = new Uint8Array(64 * 1024);
+    for (let i = 0; i < 100_000; i++) {
       const n = await conn.read(buffer);
       if (n === null) break;
       chunks.push(buffer.slice(0, n));
@@ -173,7 +177,17 @@ export async function rawRequest(port: number, data: string, timeoutMs = 2000): 
       conn.close();
     } catch { /* already closed */ }
   }
-  return new TextDecoder().decode(concat(chunks));
+  return concat(chunks);
+}
+
+/** {@linkcode rawExchangeBytes} with the answer as text. */
+export async function rawRequest(port: number, data: string, timeoutMs = 2000): Promise<string> {
+  return new TextDecoder().decode(await rawExchangeBytes(port, data, timeoutMs));
+}
+
+/** Writes all of `data` (a single write may take only part of it). */
+export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
+  for (let offset = 0; offset < data.length;) offset += await conn.write(data.subarray(offset));
 }
 
 /** A TCP server on 127.0.0.1 that runs `onConnection` for each connection; closes them all. */
