@@ -54,6 +54,15 @@ export interface RequestBody {
 
 const NEVER_ABORTED = new AbortController().signal;
 
+/**
+ * Whether the client can still fail while an attempt sends `body` (it streams): only then must
+ * attempts also listen to {@linkcode RequestBody.signal}. Empty and fully read bodies cannot,
+ * and skipping `AbortSignal.any` for them saves ~3 µs per request.
+ */
+export function mayFailWhileSent(body: RequestBody): boolean {
+  return body.signal !== NEVER_ABORTED;
+}
+
 const EMPTY: RequestBody = {
   forAttempt: () => null,
   replayable: true,

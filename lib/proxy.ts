@@ -17,7 +17,13 @@ import { downstreamResponseHeaders, fetchDecodedBody, upstreamRequestHeaders } f
 import type { Log } from "./log.ts";
 import type { Backend, Pool, SelectContext } from "./pool.ts";
 import { type Failure, mayRetry } from "./retry.ts";
-import { type BodyLimits, declaresBody, prepareBody, type RequestBody } from "./body.ts";
+import {
+  type BodyLimits,
+  declaresBody,
+  mayFailWhileSent,
+  prepareBody,
+  type RequestBody,
+} from "./body.ts";
 import { parseTarget } from "./target.ts";
 import { sendAttempt } from "./upstream.ts";
 import type { LatencyObserver } from "./policies/p2c_ewma.ts";
@@ -185,7 +191,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     const tried = new Set<Backend>();
     retryBudget?.recordRequest(performance.now());
     // A client failing to send its body (too large, too slow, malformed) cancels the attempt.
-    const signal = AbortSignal.any([req.signal, body.signal]);
+    const signal = mayFailWhileSent(body) ? AbortSignal.any([req.signal, body.signal]) : req.signal;
     let failure: Failure | undefined;
     for (let attempt = 0; attempt <= options.retries; attempt++) {
       const backend = pickBackend(context, tried, attempt);
