@@ -8,7 +8,7 @@
 import type { Config } from "./config.ts";
 import { OPS_DEFAULTS } from "./config_file.ts";
 import type { Log } from "./log.ts";
-import { type Backend, type BackendSpec, Pool } from "./pool.ts";
+import { Pool } from "./pool.ts";
 import { createPolicy, latencyObserverOf } from "./policies/mod.ts";
 import { generateSecret, StickyCookie } from "./policies/sticky.ts";
 import { RetryBudget } from "./retry_budget.ts";
@@ -435,5 +435,3 @@ function createObserver(
     budgetExhausted: () => metrics.retryBudgetExhausted.inc(),
   };
 }
-
-export type { Backend, BackendSpec };
