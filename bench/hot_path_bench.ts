@@ -15,7 +15,12 @@
  * - Host validation versus a cache of values already validated.
  */
 
-import { downstreamResponseHeaders, isValidHost, upstreamRequestHeaders } from "../lib/headers.ts";
+import {
+  downstreamResponseHeaders,
+  HOP_BY_HOP,
+  isValidHost,
+  upstreamRequestHeaders,
+} from "../lib/headers.ts";
 
 /** What wrk sends: one header. */
 const WRK = new Headers({ host: "127.0.0.1:3030" });
@@ -62,16 +67,8 @@ const FACTS = { clientIp: "127.0.0.1", proto: "http", host: "127.0.0.1:3030" };
 const URL_ = "http://127.0.0.1:8081/";
 
 /** Names never forwarded (hop-by-hop plus the ones the proxy sets itself). */
-const DROP_REQUEST = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
+const DROP_REQUEST = new Set<string>([
+  ...HOP_BY_HOP,
   "forwarded",
   "x-forwarded-for",
   "x-forwarded-proto",
@@ -102,17 +99,7 @@ function upstreamRecord(incoming: Headers, facts: typeof FACTS): Record<string, 
   return out;
 }
 
-const HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-]);
+const HOP: ReadonlySet<string> = new Set(HOP_BY_HOP);
 
 /** One pass over the backend's headers into pairs (Set-Cookie may repeat). */
 function downstreamPairs(upstream: Headers): [string, string][] {

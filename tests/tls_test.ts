@@ -243,6 +243,43 @@ async function eventually(condition: () => Promise<boolean>, timeoutMs = WAIT_MS
 }
 
 /** A TLS backend (Deno.serve) with `issued` as its certificate. */
+/**
+ * A real main.ts process terminating TLS with server-1's certificate (from ca-1), with
+ * server-2's pair (from ca-2) ready to install, and `--allow-read` for `readable(live)`.
+ */
+async function tlsProcess(readable: (live: Awaited<ReturnType<typeof liveFiles>>) => string) {
+  const pki = await Pki.create();
+  const disposables: AsyncDisposable[] = [pki];
+  try {
+    const [ca1, ca2] = [await pki.ca("ca-1"), await pki.ca("ca-2")];
+    const leaf1 = await pki.leaf("server-1", ca1);
+    const leaf2 = await pki.leaf("server-2", ca2);
+    const live = await liveFiles(pki, leaf1);
+    const backend = await startTestBackend();
+    disposables.unshift(backend);
+    const lb = spawnBalancer([
+      ...[`--backends=${backend.url}`, "--port=0", "--host=127.0.0.1", "--health-interval=1m"],
+      ...[`--tls-cert=${live.certPath}`, `--tls-key=${live.keyPath}`],
+    ], { permissions: [`--allow-read=${readable(live)}`] });
+    disposables.unshift(lb);
+    const port = await lb.port();
+    return {
+      lb,
+      live,
+      leaf2,
+      ca1,
+      ca2,
+      port,
+      async [Symbol.asyncDispose]() {
+        for (const item of disposables) await item[Symbol.asyncDispose]();
+      },
+    };
+  } catch (error) {
+    for (const item of disposables) await item[Symbol.asyncDispose]();
+    throw error;
+  }
+}
+
 function startTlsBackend(issued: Issued, handler = (_req: Request) => new Response("tls ok")) {
   let requests = 0;
   const server = Deno.serve({
@@ -665,17 +702,8 @@ Deno.test({
   name: "main.ts reloads the certificate on SIGHUP (no watch without read access to the dir)",
   ...NEEDS_OPENSSL,
   async fn() {
-    await using pki = await Pki.create();
-    const [ca1, ca2] = [await pki.ca("ca-1"), await pki.ca("ca-2")];
-    const leaf1 = await pki.leaf("server-1", ca1);
-    const leaf2 = await pki.leaf("server-2", ca2);
-    const live = await liveFiles(pki, leaf1);
-    await using backend = await startTestBackend();
-    await using lb = spawnBalancer([
-      ...[`--backends=${backend.url}`, "--port=0", "--host=127.0.0.1", "--health-interval=1m"],
-      ...[`--tls-cert=${live.certPath}`, `--tls-key=${live.keyPath}`],
-    ], { permissions: [`--allow-read=${live.certPath},${live.keyPath}`] });
-    const port = await lb.port();
+    await using tls = await tlsProcess((live) => `${live.certPath},${live.keyPath}`);
+    const { lb, live, leaf2, ca1, ca2, port } = tls;
     await lb.waitForLine(/Not watching .*SIGHUP still reloads/, WAIT_MS);
     assert.ok(await servesCertificateOf(port, ca1));
 
@@ -693,17 +721,8 @@ Deno.test({
   name: "main.ts reloads the certificate when its files change, and refuses a broken one",
   ...NEEDS_OPENSSL,
   async fn() {
-    await using pki = await Pki.create();
-    const [ca1, ca2] = [await pki.ca("ca-1"), await pki.ca("ca-2")];
-    const leaf1 = await pki.leaf("server-1", ca1);
-    const leaf2 = await pki.leaf("server-2", ca2);
-    const live = await liveFiles(pki, leaf1);
-    await using backend = await startTestBackend();
-    await using lb = spawnBalancer([
-      ...[`--backends=${backend.url}`, "--port=0", "--host=127.0.0.1", "--health-interval=1m"],
-      ...[`--tls-cert=${live.certPath}`, `--tls-key=${live.keyPath}`],
-    ], { permissions: [`--allow-read=${live.dir}`] });
-    const port = await lb.port();
+    await using tls = await tlsProcess((live) => live.dir);
+    const { lb, live, leaf2, ca1, ca2, port } = tls;
     assert.ok(await servesCertificateOf(port, ca1));
 
     await live.install(leaf2.cert, leaf2.key);
