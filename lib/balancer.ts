@@ -14,6 +14,7 @@ import { generateSecret, StickyCookie } from "./policies/sticky.ts";
 import { RetryBudget } from "./retry_budget.ts";
 import { HealthChecker } from "./health.ts";
 import { createProxyHandler, type ProxyObserver } from "./proxy.ts";
+import type { Transport } from "./upstream.ts";
 import { LoadBalancerMetrics, NO_BACKEND } from "./metrics.ts";
 import { type AccessLog, createAccessLog } from "./access_log.ts";
 import { AlertWebhook } from "./alerts.ts";
@@ -63,6 +64,12 @@ export interface RunningBalancer {
    * keeps serving. `"off"` without TLS.
    */
   reloadCertificate(): "reloaded" | "unchanged" | "refused" | "off";
+}
+
+/** What embedders (tests, the benchmark) can plug in beyond the configuration. */
+export interface BalancerExtras {
+  /** How attempts reach backends. @default fetch (lib/upstream.ts) */
+  transport?: Transport;
 }
 
 /** Settings that take effect only at start-up; a reload that changes them says so. */
@@ -122,6 +129,7 @@ export async function startBalancer(
   config: Config,
   log: Log,
   version = "dev",
+  extras: BalancerExtras = {},
 ): Promise<RunningBalancer> {
   for (const backend of config.backends) log.info(`Configured server: ${backend.url}`);
   // Static backends as the config file names them now; discovery never removes these.
@@ -223,6 +231,7 @@ export async function startBalancer(
     webSockets,
     maxBody: config.maxBody ?? OPS_DEFAULTS.maxBody,
     bodyTimeout: config.bodyTimeout ?? OPS_DEFAULTS.bodyTimeout,
+    transport: extras.transport,
   }, log);
 
   const server = serve(config.port, config.host, handler, log, served);

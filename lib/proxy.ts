@@ -25,7 +25,7 @@ import {
   type RequestBody,
 } from "./body.ts";
 import { parseTarget } from "./target.ts";
-import { sendAttempt } from "./upstream.ts";
+import { sendAttempt, type Transport } from "./upstream.ts";
 import type { LatencyObserver } from "./policies/p2c_ewma.ts";
 import { cookieHeader, getCookie, type StickyCookie } from "./policies/sticky.ts";
 import { backoffDelay, type RetryBudget } from "./retry_budget.ts";
@@ -74,6 +74,8 @@ export interface ProxyOptions {
   maxBody?: number;
   /** Longest wait for a client's next body bytes (ms); longer gets 408. @default Infinity */
   bodyTimeout?: number;
+  /** How attempts reach backends. @default sendAttempt (fetch) */
+  transport?: Transport;
 }
 
 /** How one client request ended, as far as the proxy is concerned. */
@@ -123,6 +125,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     connectTimeout: options.connectTimeout,
   };
   const { retryBudget, latencyObserver, sticky, observer } = options;
+  const send = options.transport ?? sendAttempt;
   const backoff = options.backoff ?? ((retry: number) => backoffDelay(retry));
   const bodyLimits: BodyLimits = {
     maxBody: options.maxBody ?? Infinity,
@@ -202,7 +205,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       if (log.debugEnabled) log.debug(`Selected backend: ${backend.url}`);
       pool.acquire(backend);
       const started = performance.now();
-      const result = await sendAttempt(
+      const result = await send(
         backend.url,
         backend.url + context.path,
         { method: req.method, headers, body: body.forAttempt() },

@@ -29,6 +29,18 @@ export type AttemptResult =
   | { ok: false; failure: Failure };
 
 /**
+ * How attempts reach backends: {@linkcode sendAttempt} (fetch) by default; the benchmark plugs
+ * in other transports behind the same signature to compare them (bench/raw_transport.ts).
+ */
+export type Transport = (
+  origin: string,
+  url: string,
+  request: AttemptRequest,
+  clientSignal: AbortSignal,
+  options: AttemptOptions,
+) => Promise<AttemptResult>;
+
+/**
  * Sends one attempt. The `clientSignal` cancels it when the client disconnects.
  *
  * fetch has no connect timeout of its own. When `connectTimeout` passes without response
