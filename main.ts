@@ -16,6 +16,12 @@ import { type RunningBalancer, startBalancer } from "./lib/balancer.ts";
 import type { BackendSpec } from "./lib/pool.ts";
 import { startBackend } from "./backend.ts";
 import { watchFiles } from "./lib/tls.ts";
+import {
+  resolveWorkerCount,
+  shareRandomSettings,
+  WorkerGroup,
+  workerPermissionProblem,
+} from "./lib/workers.ts";
 
 const DEMO_BACKENDS = 3;
 /** File events come in bursts (2-3 per write, more for editors): wait for quiet. */
@@ -40,6 +46,10 @@ export async function main(args: string[]): Promise<number> {
       console.log(`load-balancer: ${configPath ?? "command line"}: ok`);
       return 0;
     }
+    const cannotStartWorkers = resolveWorkerCount(config.workers) > 1
+      ? workerPermissionProblem()
+      : undefined;
+    if (cannotStartWorkers !== undefined) throw new ConfigError(cannotStartWorkers);
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     for (const line of error.message.split("\n")) console.error(`load-balancer: ${line}`);
@@ -56,6 +66,8 @@ export async function main(args: string[]): Promise<number> {
   // Signals are taken over before anything listens: a SIGTERM or SIGHUP that arrives while
   // starting must not fall through to the default action, which kills the process.
   let balancer: RunningBalancer | undefined;
+  const workerCount = resolveWorkerCount(config.workers);
+  const workers = workerCount > 1 ? new WorkerGroup(workerCount - 1, log) : undefined;
   let demoSpecs: BackendSpec[] = [];
   const stopRequested = new Promise<void>((resolve) => {
     for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, resolve);
@@ -63,16 +75,25 @@ export async function main(args: string[]): Promise<number> {
   const reload = () => {
     if (balancer !== undefined) reloadConfig(args, balancer, demoSpecs, log);
   };
+  const reloadCertificate = () => {
+    balancer?.reloadCertificate();
+    workers?.reloadCertificate();
+  };
   Deno.addSignalListener("SIGHUP", () => {
     reload();
-    balancer?.reloadCertificate();
+    reloadCertificate();
   });
 
   const demo = config.demo ? await startDemoBackends(log) : { servers: [], specs: [] };
   demoSpecs = demo.specs;
   config.backends.push(...demo.specs);
+  if (workers !== undefined) shareRandomSettings(config);
   try {
-    balancer = await startBalancer(config, log, denoJson.version);
+    balancer = await startBalancer(config, log, denoJson.version, workers?.extras);
+    await workers?.start(config, balancer, denoJson.version).catch(async (error) => {
+      await balancer!.shutdown(0);
+      throw error;
+    });
   } catch (error) {
     // With --log-format json every stderr line must be a JSON object: log shippers parse each.
     if (config.logFormat === "json") log.error((error as Error).message);
@@ -82,7 +103,7 @@ export async function main(args: string[]): Promise<number> {
   const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
   const certWatcher = config.tlsCert === undefined || config.tlsKey === undefined
     ? undefined
-    : watchFiles([config.tlsCert, config.tlsKey], () => balancer?.reloadCertificate(), {
+    : watchFiles([config.tlsCert, config.tlsKey], reloadCertificate, {
       debounceMs: RELOAD_DEBOUNCE_MS,
       log,
     });
@@ -91,8 +112,13 @@ export async function main(args: string[]): Promise<number> {
   log.info("Shutting down: draining in-flight requests...");
   watcher?.close();
   certWatcher?.close();
-  const left = await balancer.shutdown(config.drainTimeout);
-  if (left > 0) log.warn(`Drain timeout: ${left} request(s) were cut off`);
+  const [left, workersLeft] = await Promise.all([
+    balancer.shutdown(config.drainTimeout),
+    workers?.shutdown(config.drainTimeout) ?? 0,
+  ]);
+  if (left + workersLeft > 0) {
+    log.warn(`Drain timeout: ${left + workersLeft} request(s) were cut off`);
+  }
   await Promise.all(demo.servers.map((server) => server.shutdown()));
   log.info("Load balancer stopped");
   return 0;

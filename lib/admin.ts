@@ -19,7 +19,12 @@ export interface AdminOptions {
   /** Name of the balancing policy, shown in the status. */
   policy: string;
   /** Renders Prometheus text. */
-  metrics: () => string;
+  metrics: () => string | Promise<string>;
+  /**
+   * Adds what other threads know to the backends' views (`--workers`: requests, in-flight and
+   * latencies of every worker thread). @default the views as they are
+   */
+  mergeBackends?: (own: BackendView[]) => Promise<BackendView[]>;
   /** Required bearer token; empty = none. @default "" */
   token: string;
   /** The dashboard page. */
@@ -112,11 +117,13 @@ export function createAdminHandler(options: AdminOptions) {
     }
     if (path === "/metrics") {
       return onlyGet(req) ??
-        new Response(options.metrics(), { headers: { "content-type": PROMETHEUS_CONTENT_TYPE } });
+        new Response(await options.metrics(), {
+          headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
+        });
     }
     if (path === "/api/backends") {
       // HEAD wherever GET (RFC 9110 section 9.3.2); Deno.serve leaves the body out.
-      if (req.method === "GET" || req.method === "HEAD") return json(status());
+      if (req.method === "GET" || req.method === "HEAD") return json(await status());
       if (req.method === "POST") return await add(req);
       if (req.method === "DELETE") return remove(url.searchParams.get("url"));
       return methodNotAllowed("GET, HEAD, POST, DELETE");
@@ -129,11 +136,12 @@ export function createAdminHandler(options: AdminOptions) {
     return json({ error: "not found" }, 404);
   };
 
-  function status() {
+  async function status() {
+    const own = pool.backends.map(backendView);
     return {
       time: new Date().toISOString(),
       policy: options.policy,
-      backends: pool.backends.map(backendView),
+      backends: options.mergeBackends === undefined ? own : await options.mergeBackends(own),
     };
   }
 

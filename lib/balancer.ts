@@ -8,7 +8,7 @@
 import type { Config } from "./config.ts";
 import { OPS_DEFAULTS } from "./config_file.ts";
 import type { Log } from "./log.ts";
-import { Pool } from "./pool.ts";
+import { Pool, type StatusChangeListener } from "./pool.ts";
 import { createPolicy, latencyObserverOf } from "./policies/mod.ts";
 import { generateSecret, StickyCookie } from "./policies/sticky.ts";
 import { RetryBudget } from "./retry_budget.ts";
@@ -18,7 +18,7 @@ import type { Transport } from "./upstream.ts";
 import { LoadBalancerMetrics, NO_BACKEND } from "./metrics.ts";
 import { type AccessLog, createAccessLog } from "./access_log.ts";
 import { AlertWebhook } from "./alerts.ts";
-import { createAdminHandler } from "./admin.ts";
+import { type BackendView, createAdminHandler } from "./admin.ts";
 import { DASHBOARD_CSP, DASHBOARD_HTML } from "./dashboard.ts";
 import { WebSocketRelays } from "./websocket.ts";
 import { parseCidr } from "./cidr.ts";
@@ -70,6 +70,26 @@ export interface RunningBalancer {
 export interface BalancerExtras {
   /** How attempts reach backends. @default fetch (lib/upstream.ts) */
   transport?: Transport;
+  /**
+   * Listen with SO_REUSEPORT, so that the worker threads of `--workers` can share the port.
+   * @default false (a second balancer on the same port must fail, not silently share it)
+   */
+  reusePort?: boolean;
+  /**
+   * Set in a worker thread of `--workers` (lib/worker_thread.ts): it serves traffic only. No
+   * health checks (the main thread's verdicts arrive as pool changes), no start-up lines, and
+   * backend status changes go to this listener instead of the log, metrics and alerts.
+   */
+  worker?: { onStatusChange: StatusChangeListener };
+  /**
+   * Set on the main thread of `--workers` (lib/workers.ts): told of every status change, and
+   * asked to merge the worker threads' figures into what the admin API shows.
+   */
+  group?: {
+    statusChanged(): void;
+    mergeMetrics(own: string): Promise<string>;
+    mergeBackends(own: BackendView[]): Promise<BackendView[]>;
+  };
 }
 
 /** Settings that take effect only at start-up; a reload that changes them says so. */
@@ -122,6 +142,7 @@ const RESTART_ONLY: (keyof Config)[] = [
   "discover",
   "discoverInterval",
   "dnsServer",
+  "workers",
 ];
 
 /** Starts the balancer described by `config` (its `backends` must be final). */
@@ -131,7 +152,10 @@ export async function startBalancer(
   version = "dev",
   extras: BalancerExtras = {},
 ): Promise<RunningBalancer> {
-  for (const backend of config.backends) log.info(`Configured server: ${backend.url}`);
+  const worker = extras.worker;
+  if (worker === undefined) {
+    for (const backend of config.backends) log.info(`Configured server: ${backend.url}`);
+  }
   // Static backends as the config file names them now; discovery never removes these.
   let staticUrls = new Set(config.backends.map((b) => b.url));
   const discovery = (config.discover ?? []).length === 0 ? undefined : new DnsDiscovery({
@@ -164,13 +188,14 @@ export async function startBalancer(
     rise: config.rise,
     fall: config.fall,
     policy,
-    onStatusChange: (backend, from, to, reason) => {
+    onStatusChange: worker?.onStatusChange ?? ((backend, from, to, reason) => {
       log.info(`${backend.url} [${to}] (${reason})`);
       metrics.stateTransition(backend.url, from, to);
       alerts?.notify({ backend: backend.url, from, to, reason, time: new Date() });
-    },
+      extras.group?.statusChanged();
+    }),
     onAdd: (backend) => {
-      log.info(`Configured server: ${backend.url}`);
+      if (worker === undefined) log.info(`Configured server: ${backend.url}`);
       sticky?.cookie.prepare([backend]).catch(() => {});
     },
     slowStartMs: config.slowStart,
@@ -234,7 +259,7 @@ export async function startBalancer(
     transport: extras.transport,
   }, log);
 
-  const server = serve(config.port, config.host, handler, log, served);
+  const server = serve(config.port, config.host, handler, log, served, extras.reusePort);
   const redirect = config.redirectHttp === undefined || served === undefined
     ? undefined
     : serve(config.redirectHttp, config.host, redirectToHttps(server.http.addr.port), log);
@@ -244,7 +269,8 @@ export async function startBalancer(
     createAdminHandler({
       pool,
       policy: config.policy,
-      metrics: () => metrics.render(),
+      metrics: () => extras.group?.mergeMetrics(metrics.render()) ?? metrics.render(),
+      mergeBackends: extras.group?.mergeBackends,
       token: config.adminToken ?? "",
       dashboardHtml: DASHBOARD_HTML,
       dashboardCsp: DASHBOARD_CSP,
@@ -252,14 +278,16 @@ export async function startBalancer(
     }),
     log,
   );
-  log.info(`Load balancer started at :${server.http.addr.port}${served ? " (TLS)" : ""}`);
+  if (worker === undefined) {
+    log.info(`Load balancer started at :${server.http.addr.port}${served ? " (TLS)" : ""}`);
+  }
   if (redirect !== undefined) {
     log.info(`HTTP redirect listener started at :${redirect.http.addr.port}`);
   }
   if (admin !== undefined) {
     log.info(`Admin listener started at ${config.admin!.host}:${admin.http.addr.port}`);
   }
-  health.start();
+  if (worker === undefined) health.start();
   discovery?.start();
   let current = config;
 
@@ -326,6 +354,7 @@ function serve(
   handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>,
   log: Log,
   tls?: CertifiedKey,
+  reusePort = false,
 ) {
   let open = 0;
   let http: Deno.HttpServer<Deno.NetAddr>;
@@ -342,7 +371,7 @@ function serve(
       hostname,
       // Deno.serve cannot change its certificate: a reload binds a second listener to the same
       // port (SO_REUSEPORT, --unstable-net) and then shuts the first one down.
-      ...(tls === undefined ? {} : { cert: tls.cert, key: tls.key, reusePort: true }),
+      ...(tls === undefined ? { reusePort } : { cert: tls.cert, key: tls.key, reusePort: true }),
       onListen: () => {},
       onError: (error) => {
         log.error(`Unhandled error: ${(error as Error)?.stack ?? error}`);

@@ -212,7 +212,7 @@ Options (one or two leading dashes; --flag=value or --flag value):
   --discover URL           backends from DNS: dns+srv://NAME or dns+a://NAME:PORT; repeatable
   --discover-interval DUR  time between DNS lookups (default 10s)
   --dns-server HOST:PORT   DNS server for discovery (default: the system resolver)
-  --workers N              not supported yet (planned: processes sharing the port)
+  --workers N              threads serving the port (SO_REUSEPORT); auto = one per core
   --demo                   start three demo backends in-process and balance across them
   --help                   print this help
   --version                print the version

@@ -355,6 +355,14 @@ export class Pool {
     this.#setHealth(backend, "down", `connection failed: ${detail}`);
   }
 
+  /**
+   * Sets `backend`'s health as another component decided it, without rise/fall: a worker
+   * thread applying the main thread's verdict (lib/worker_thread.ts).
+   */
+  setHealth(backend: Backend, to: HealthState, reason: string): void {
+    if (backend.state !== to) this.#setHealth(backend, to, reason);
+  }
+
   /** An attempt got a response that counts as success for outlier detection. */
   reportSuccess(backend: Backend): void {
     this.#outlier?.recordSuccess(backend);

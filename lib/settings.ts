@@ -70,9 +70,7 @@ export function reloadSettings(argv: readonly string[]): Config {
  * Settings the command line and file already accept but this build does not act on yet. A
  * setting that silently did nothing would be worse than a clear refusal.
  */
-const NOT_YET_SUPPORTED: (keyof Config)[] = [
-  "workers",
-];
+const NOT_YET_SUPPORTED: (keyof Config)[] = [];
 
 function notYetSupported(config: Config): string[] {
   const defaults = defaultConfig() as unknown as Record<string, unknown>;

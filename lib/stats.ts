@@ -23,13 +23,26 @@ export class LatencyWindow {
   }
 
   /** Nearest-rank percentiles of the window; null when there are no samples. */
-  percentiles(): { p50: number | null; p90: number | null; p99: number | null } {
-    if (this.#count === 0) return { p50: null, p90: null, p99: null };
-    const sorted = this.#samples.slice(0, this.#count).sort();
-    const at = (p: number) =>
-      round(sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]);
-    return { p50: at(0.5), p90: at(0.9), p99: at(0.99) };
+  percentiles(): Percentiles {
+    return percentilesOf(this.#samples.slice(0, this.#count));
   }
+
+  /** A copy of the samples in the window (worker threads send theirs to the main thread). */
+  samples(): number[] {
+    return Array.from(this.#samples.subarray(0, this.#count));
+  }
+}
+
+/** p50, p90 and p99 in ms; null without samples. */
+export type Percentiles = { p50: number | null; p90: number | null; p99: number | null };
+
+/** Nearest-rank percentiles of `samples` (sorted in place). */
+export function percentilesOf(samples: Float64Array): Percentiles {
+  if (samples.length === 0) return { p50: null, p90: null, p99: null };
+  const sorted = samples.sort();
+  const at = (p: number) =>
+    round(sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]);
+  return { p50: at(0.5), p90: at(0.9), p99: at(0.99) };
 }
 
 function round(ms: number): number {

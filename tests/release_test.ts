@@ -116,6 +116,8 @@ Deno.test("compileArgs() gives the exact deno compile arguments per program and 
       "--allow-env=LB_ADMIN_TOKEN",
       "--unstable-no-legacy-abort",
       "--unstable-net",
+      "--include",
+      "lib/worker_thread.ts",
       "--exclude-unused-npm",
       "--frozen",
       "--no-check",
@@ -281,21 +283,26 @@ Deno.test("parseCommandLine() takes targets, --out-dir and a --tag that must mat
 
 Deno.test("the binaries' module graphs read nothing at run time that deno compile would miss", async () => {
   // deno compile embeds the static module graph (the dashboard is lib/dashboard.ts, a module).
-  // A dynamic import, a Worker or a file located through import.meta would need --include.
-  for (const program of PROGRAMS) {
-    const info = await run(Deno.execPath(), ["info", "--json", program.entry]);
+  // A dynamic import, a Worker or a file located through import.meta would need --include:
+  // the worker threads' module is the one such file, started by lib/workers.ts.
+  const workerStarter = /\/lib\/workers\.ts$/;
+  assert.deepEqual(LOAD_BALANCER.include, ["lib/worker_thread.ts"]);
+  const workersSource = await Deno.readTextFile(new URL("lib/workers.ts", ROOT));
+  assert.match(workersSource, /new URL\("\.\/worker_thread\.ts", import\.meta\.url\)/);
+  for (const program of [...PROGRAMS.map((p) => p.entry), ...LOAD_BALANCER.include]) {
+    const info = await run(Deno.execPath(), ["info", "--json", program]);
     assert.equal(info.code, 0, info.stderr);
     const graph = JSON.parse(info.stdout) as {
       modules: { specifier: string; local?: string; dependencies?: { isDynamic?: boolean }[] }[];
     };
     const local = graph.modules.filter((m) => m.specifier.startsWith("file:") && m.local);
     assert.ok(local.length > 0);
-    if (program === LOAD_BALANCER) {
+    if (program === LOAD_BALANCER.entry) {
       assert.ok(local.some((m) => m.specifier.endsWith("/lib/dashboard.ts")), "dashboard module");
     }
     for (const module of local) {
       assert.ok(!module.dependencies?.some((d) => d.isDynamic), `${module.specifier}: import()`);
-      if (!/\.(ts|js)$/.test(module.local!)) continue;
+      if (!/\.(ts|js)$/.test(module.local!) || workerStarter.test(module.specifier)) continue;
       const source = await Deno.readTextFile(module.local!);
       for (const pattern of [/new Worker\s*\(/, /import\.meta\.(url|dirname|filename|resolve)/]) {
         assert.doesNotMatch(source, pattern, `${module.specifier} may need --include`);
@@ -385,6 +392,12 @@ Deno.test({
       assert.ok(!includesPackage(lb, "yaml"), "test-only yaml is embedded");
       const title = /<title>[^<]*<\/title>/.exec(DASHBOARD_HTML)![0];
       assert.ok(Buffer.from(lb.buffer).includes(title), "the dashboard page is not embedded");
+      assert.ok(
+        Buffer.from(lb.buffer).includes(
+          "Messages that arrive before the module has been evaluated",
+        ),
+        "the worker threads' module is not embedded",
+      );
 
       const backend = await Deno.readFile(`${dir}/${names[1]}`);
       const backendMeta: Yaml = compileMetadata(backend);

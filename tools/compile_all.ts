@@ -15,6 +15,8 @@
  * Each binary carries only the permissions its program needs (`deno compile` bakes them in: the
  * user cannot widen them). The dashboard needs no `--include`: it is the TypeScript module
  * `lib/dashboard.ts`, statically imported, so it is part of the module graph like any other code.
+ * The worker threads' module (`--workers`) is loaded by `new Worker`, which deno compile cannot
+ * follow: it is named with `--include`.
  */
 
 import { resolve } from "node:path";
@@ -44,6 +46,8 @@ export interface Program {
   permissions: readonly string[];
   /** Whether `deno.json`'s unstable features are passed as `--unstable-*` flags. */
   unstable: boolean;
+  /** Modules loaded other than by static import (worker threads), embedded with `--include`. */
+  include: readonly string[];
 }
 
 /**
@@ -56,12 +60,14 @@ export const PROGRAMS: readonly Program[] = [
     entry: "main.ts",
     permissions: ["--allow-net", "--allow-read", "--allow-write", "--allow-env=LB_ADMIN_TOKEN"],
     unstable: true,
+    include: ["lib/worker_thread.ts"],
   },
   {
     name: "backend",
     entry: "backend.ts",
     permissions: ["--allow-net", "--allow-env=PORT"],
     unstable: false,
+    include: [],
   },
 ];
 
@@ -102,6 +108,7 @@ export function compileArgs(program: Program, target: Target, options: CompileOp
     target,
     ...program.permissions,
     ...unstable.map((feature) => `--unstable-${feature}`),
+    ...program.include.flatMap((module) => ["--include", module]),
     "--exclude-unused-npm",
     "--frozen",
     "--no-check",

@@ -1,0 +1,144 @@
+/// <reference no-default-lib="true" />
+/// <reference lib="deno.worker" />
+/**
+ * @module
+ * A worker thread of `--workers N`: a balancer that serves traffic on the main thread's port
+ * (SO_REUSEPORT: the kernel spreads new connections over the threads' listeners) and mirrors
+ * the main thread's backend list, health verdicts and admin switches (lib/workers.ts). Its own
+ * passive signals stay local (outlier ejection), except a refused connection, which it reports
+ * so that the main thread marks the backend down for every thread.
+ */
+
+import { type RunningBalancer, startBalancer } from "./balancer.ts";
+import { createLog, type Log } from "./log.ts";
+import type { Backend, BackendStatus } from "./pool.ts";
+import type { FromWorker, SyncedBackend, ToWorker } from "./worker_protocol.ts";
+
+let balancer: RunningBalancer | undefined;
+let log: Log | undefined;
+/** True while the main thread's verdicts are applied: those changes are not this thread's news. */
+let applying = false;
+/** What the main thread said last, per URL: only its changes are applied (see `apply`). */
+let lastSynced = new Map<string, SyncedBackend>();
+
+function post(message: FromWorker): void {
+  self.postMessage(message);
+}
+
+self.addEventListener("unhandledrejection", (event) => {
+  // As on the main thread: one request's failure must never end the thread.
+  event.preventDefault();
+  log?.error(`Unhandled rejection: ${event.reason?.stack ?? event.reason}`);
+});
+
+self.onmessage = async (event: MessageEvent<ToWorker>) => {
+  const message = event.data;
+  switch (message.type) {
+    case "start":
+      await start(message);
+      return;
+    case "sync":
+      apply(message.backends);
+      return;
+    case "stats":
+      if (balancer !== undefined) post(stats(balancer, message.id));
+      return;
+    case "reloadCertificate":
+      balancer?.reloadCertificate();
+      return;
+    case "shutdown": {
+      const left = balancer === undefined ? 0 : await balancer.shutdown(message.drainMs);
+      post({ type: "stopped", left });
+      return;
+    }
+  }
+};
+
+async function start(message: Extract<ToWorker, { type: "start" }>): Promise<void> {
+  const { config, index } = message;
+  log = prefixed(createLog(config.logLevel, undefined, config.logFormat), `[worker ${index}] `);
+  config.backends = message.backends.map(({ url, weight }) => ({ url, weight }));
+  try {
+    balancer = await startBalancer(config, log, message.version, {
+      reusePort: true,
+      worker: { onStatusChange },
+    });
+  } catch (error) {
+    post({ type: "failed", message: (error as Error).message });
+    return;
+  }
+  // Before any request can be handled (requests are later tasks): down backends stay unused.
+  apply(message.backends);
+  post({ type: "listening" });
+}
+
+/**
+ * Makes the pool match the main thread's list. Health and admin state are applied when the main
+ * thread's value changed since its last message, not whenever they differ: a backend this
+ * thread just found refusing connections stays down until the main thread has heard of it and
+ * later says it is up again, instead of flapping back up with a message sent meanwhile.
+ */
+function apply(backends: SyncedBackend[]): void {
+  const pool = balancer?.pool;
+  if (pool === undefined) return;
+  applying = true;
+  try {
+    pool.update(backends.map(({ url, weight }) => ({ url, weight })));
+    for (const synced of backends) {
+      const backend = pool.find(synced.url);
+      if (backend === undefined || backend.removing) continue;
+      const last = lastSynced.get(synced.url);
+      if (last?.admin !== synced.admin && backend.admin !== synced.admin) {
+        pool.setAdmin(backend, synced.admin, "main thread");
+      }
+      if (last?.state !== synced.state) pool.setHealth(backend, synced.state, "main thread");
+    }
+    lastSynced = new Map(backends.map((synced) => [synced.url, synced]));
+  } finally {
+    applying = false;
+  }
+}
+
+/** This thread's own status changes: a refused connection goes up, ejections are logged here. */
+function onStatusChange(backend: Backend, from: BackendStatus, to: BackendStatus, reason: string) {
+  if (applying) return;
+  if (to === "down") {
+    post({ type: "down", url: backend.url, reason: reason.replace(/^connection failed: /, "") });
+    return;
+  }
+  if (to === "ejected" || from === "ejected") {
+    log?.info(`${backend.url} [${to}] (${reason})`);
+    balancer?.metrics.stateTransition(backend.url, from, to);
+  }
+}
+
+function stats(running: RunningBalancer, id: number): FromWorker {
+  return {
+    type: "stats",
+    id,
+    metrics: running.metrics.render(),
+    backends: running.pool.backends.map((backend) => ({
+      url: backend.url,
+      inflight: backend.inflight,
+      requests: backend.requests,
+      errors: backend.failures + backend.serverErrors,
+      latencies: backend.latency.samples(),
+    })),
+  };
+}
+
+/** `log` with `prefix` before every message, so a line tells which thread wrote it. */
+function prefixed(base: Log, prefix: string): Log {
+  const wrap = (write: (m: string) => void) => (message: string) => write(prefix + message);
+  return {
+    debug: base.debugEnabled ? wrap(base.debug) : base.debug,
+    info: wrap(base.info),
+    warn: wrap(base.warn),
+    error: wrap(base.error),
+    debugEnabled: base.debugEnabled,
+  };
+}
+
+// Messages that arrive before the module has been evaluated are lost (Deno 2.9.6 dispatches
+// them to a scope with no handler yet): the main thread waits for this before sending "start".
+post({ type: "loaded" });

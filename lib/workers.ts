@@ -1,0 +1,360 @@
+/**
+ * @module
+ * `--workers N`: the main thread's balancer plus N-1 worker threads (lib/worker_thread.ts), all
+ * listening on one port with SO_REUSEPORT, so the kernel spreads connections over N event
+ * loops on N cores.
+ *
+ * Threads rather than processes: each Deno worker is an OS thread with its own V8 isolate and
+ * event loop, which is what uses a core, and it inherits the process's permissions, so neither
+ * `--allow-run` nor re-reading the command line is needed, a compiled binary works unchanged,
+ * and signals, logs and the PID stay those of one process (HAProxy moved from processes to
+ * threads for the same coherence). The cost: a fatal V8 error in one thread ends the process.
+ *
+ * The main thread owns the backend list (config reloads, admin API, DNS discovery), the health
+ * checks and alerts; it sends the list with each backend's verdicts to the workers whenever it
+ * changes, so a backend down for one thread is down for all. A worker that finds a backend
+ * refusing connections reports it, and the main thread marks it down for everyone.
+ */
+
+import type { Config } from "./config.ts";
+import type { BackendView } from "./admin.ts";
+import type { BalancerExtras, RunningBalancer } from "./balancer.ts";
+import type { Log } from "./log.ts";
+import { percentilesOf } from "./stats.ts";
+import {
+  type BackendCounters,
+  type FromWorker,
+  mergeExpositions,
+  type SyncedBackend,
+  type ToWorker,
+} from "./worker_protocol.ts";
+
+/** How often the main thread compares its backend list with what it last sent (ms). */
+const SYNC_CHECK_MS = 100;
+/** How long the admin API waits for a worker's figures before showing the others (ms). */
+const STATS_TIMEOUT_MS = 2000;
+/** How long a worker may take to start listening (ms). */
+const START_TIMEOUT_MS = 30_000;
+/** Wait before a crashed worker thread is replaced (ms), so a crash loop cannot spin. */
+const RESPAWN_DELAY_MS = 1000;
+
+/** `--workers`: a count, or `auto` for one per core. */
+export function resolveWorkerCount(workers: number | "auto" | undefined): number {
+  if (workers === "auto") return Math.max(1, navigator.hardwareConcurrency || 1);
+  return workers ?? 1;
+}
+
+/**
+ * Settings that must be equal in every thread but would otherwise be drawn at random in each:
+ * the sticky cookie's signing key (a cookie set by one thread must be honoured by all).
+ */
+export function shareRandomSettings(config: Config): void {
+  if (config.stickyCookie !== "" && !config.stickySecret) {
+    const bytes = crypto.getRandomValues(new Uint8Array(32));
+    config.stickySecret = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+}
+
+/** The module every worker thread runs. */
+export const WORKER_MODULE = new URL("./worker_thread.ts", import.meta.url);
+
+/**
+ * Why worker threads cannot start in this process, if they cannot: Deno checks read access to
+ * a worker's module when it loads it (`deno run --allow-net` alone is not enough).
+ */
+export function workerPermissionProblem(moduleUrl: URL = WORKER_MODULE): string | undefined {
+  if (moduleUrl.protocol !== "file:") return undefined;
+  const path = decodeURIComponent(moduleUrl.pathname);
+  if (Deno.permissions.querySync({ name: "read", path }).state === "granted") return undefined;
+  return `--workers: starting worker threads needs read access to ${path} ` +
+    "(run with --allow-read)";
+}
+
+/** One worker thread as the main thread tracks it. */
+interface WorkerHandle {
+  index: number;
+  worker: Worker;
+  /** Answers to stats requests, by request id. */
+  pending: Map<number, (answer: Extract<FromWorker, { type: "stats" }>) => void>;
+  /** Settles when the thread reports its drain result. */
+  stopped?: (left: number) => void;
+  /** Sends the start message once the thread can receive it. */
+  loaded?: () => void;
+  /** Settles when the thread listens, or failed to. */
+  started?: (failure: string | undefined) => void;
+  /** Whether it listens: only then does it answer requests for its figures. */
+  listening: boolean;
+}
+
+/** The worker threads of one balancer, driven from the main thread. */
+export class WorkerGroup {
+  readonly #count: number;
+  readonly #log: Log;
+  readonly #moduleUrl: URL;
+  #handles: WorkerHandle[] = [];
+  #balancer: RunningBalancer | undefined;
+  #workerConfig: Config | undefined;
+  #version = "dev";
+  #lastSent = "";
+  #syncTimer: ReturnType<typeof setInterval> | undefined;
+  #syncQueued = false;
+  #nextStatsId = 1;
+  #stopping = false;
+  readonly #respawns = new Set<ReturnType<typeof setTimeout>>();
+
+  /**
+   * @param count Worker threads besides the main thread.
+   * @param moduleUrl The worker's module (tests substitute one). @default lib/worker_thread.ts
+   */
+  constructor(count: number, log: Log, moduleUrl = WORKER_MODULE) {
+    this.#count = count;
+    this.#log = log;
+    this.#moduleUrl = moduleUrl;
+  }
+
+  /** What the main thread's `startBalancer` needs so that the workers stay coherent with it. */
+  get extras(): BalancerExtras {
+    return {
+      reusePort: true,
+      group: {
+        statusChanged: () => this.#queueSync(),
+        mergeMetrics: (own) => this.#mergeMetrics(own),
+        mergeBackends: (own) => this.#mergeBackends(own),
+      },
+    };
+  }
+
+  /**
+   * Starts the worker threads on `balancer`'s port and waits until all listen. Throws (after
+   * stopping those that started) when one cannot start.
+   */
+  async start(config: Config, balancer: RunningBalancer, version: string): Promise<void> {
+    this.#balancer = balancer;
+    this.#version = version;
+    // Workers serve traffic only: the main thread keeps admin, alerts, discovery and the
+    // redirect listener, and tells them the backends.
+    this.#workerConfig = {
+      ...config,
+      port: balancer.port,
+      backends: [],
+      admin: undefined,
+      alertWebhook: undefined,
+      redirectHttp: undefined,
+      discover: [],
+      demo: false,
+      workers: 1,
+    };
+    const failures = await Promise.all(
+      Array.from({ length: this.#count }, (_, i) => this.#spawn(i + 1)),
+    );
+    const failure = failures.find((f) => f !== undefined);
+    if (failure !== undefined) {
+      await this.shutdown(0);
+      throw new Error(`a worker thread could not start: ${failure}`);
+    }
+    this.#lastSent = JSON.stringify(this.#snapshot());
+    const timer = setInterval(() => this.#sync(), SYNC_CHECK_MS);
+    Deno.unrefTimer(timer);
+    this.#syncTimer = timer;
+    this.#log.info(
+      `Started ${this.#count + 1} workers (the main thread and ${this.#count} worker ` +
+        `thread${this.#count === 1 ? "" : "s"}) sharing :${balancer.port}`,
+    );
+  }
+
+  /** Tells every worker to re-read the TLS certificate files (the main thread does its own). */
+  reloadCertificate(): void {
+    for (const handle of this.#handles) this.#post(handle, { type: "reloadCertificate" });
+  }
+
+  /**
+   * Drains every worker for up to `drainMs` and ends the threads. Resolves to the number of
+   * requests the workers still had open at the deadline.
+   */
+  async shutdown(drainMs: number): Promise<number> {
+    this.#stopping = true;
+    clearInterval(this.#syncTimer);
+    for (const timer of this.#respawns) clearTimeout(timer);
+    const lefts = await Promise.all(this.#handles.map((handle) =>
+      new Promise<number>((resolve) => {
+        // A thread that does not answer is ended at the deadline all the same.
+        const timer = setTimeout(() => resolve(0), drainMs + 2000);
+        handle.stopped = (left) => {
+          clearTimeout(timer);
+          resolve(left);
+        };
+        this.#post(handle, { type: "shutdown", drainMs });
+      })
+    ));
+    for (const handle of this.#handles) handle.worker.terminate();
+    this.#handles = [];
+    return lefts.reduce((a, b) => a + b, 0);
+  }
+
+  #spawn(index: number): Promise<string | undefined> {
+    const worker = new Worker(this.#moduleUrl, { type: "module", name: `worker ${index}` });
+    const handle: WorkerHandle = { index, worker, pending: new Map(), listening: false };
+    this.#handles.push(handle);
+    worker.onmessage = (event: MessageEvent<FromWorker>) => this.#receive(handle, event.data);
+    worker.onerror = (event) => {
+      // Handled here, or the error would end the whole process.
+      event.preventDefault();
+      this.#log.error(`Worker thread ${index} failed: ${event.message}`);
+      this.#replace(handle);
+    };
+    const started = new Promise<string | undefined>((resolve) => {
+      const timer = setTimeout(() => resolve("did not start listening in time"), START_TIMEOUT_MS);
+      handle.started = (failure) => {
+        clearTimeout(timer);
+        handle.started = undefined;
+        resolve(failure);
+      };
+    });
+    handle.loaded = () =>
+      this.#post(handle, {
+        type: "start",
+        index,
+        config: this.#workerConfig!,
+        version: this.#version,
+        backends: this.#snapshot(),
+      });
+    return started;
+  }
+
+  /** Ends a failed thread and, unless shutting down, starts another in its place. */
+  #replace(handle: WorkerHandle): void {
+    handle.worker.terminate();
+    this.#handles = this.#handles.filter((h) => h !== handle);
+    handle.started?.(`worker thread ${handle.index} failed`);
+    handle.stopped?.(0);
+    if (this.#stopping) return;
+    const timer = setTimeout(async () => {
+      this.#respawns.delete(timer);
+      if (this.#stopping) return;
+      const failure = await this.#spawn(handle.index);
+      if (failure === undefined) this.#log.info(`Worker thread ${handle.index} restarted`);
+    }, RESPAWN_DELAY_MS);
+    this.#respawns.add(timer);
+  }
+
+  #receive(handle: WorkerHandle, message: FromWorker): void {
+    switch (message.type) {
+      case "loaded":
+        handle.loaded?.();
+        return;
+      case "listening":
+        handle.listening = true;
+        handle.started?.(undefined);
+        return;
+      case "failed":
+        handle.started?.(message.message);
+        return;
+      case "down": {
+        const backend = this.#balancer?.pool.find(message.url);
+        if (backend !== undefined) {
+          this.#balancer!.pool.reportConnectFailure(
+            backend,
+            `${message.reason} (seen by worker thread ${handle.index})`,
+          );
+        }
+        return;
+      }
+      case "stats":
+        handle.pending.get(message.id)?.(message);
+        handle.pending.delete(message.id);
+        return;
+      case "stopped":
+        handle.stopped?.(message.left);
+        return;
+    }
+  }
+
+  #post(handle: WorkerHandle, message: ToWorker): void {
+    try {
+      handle.worker.postMessage(message);
+    } catch {
+      // A terminated thread: its replacement gets the current state when it starts.
+    }
+  }
+
+  /** The main thread's backends as the workers must see them (removed ones are left out). */
+  #snapshot(): SyncedBackend[] {
+    return (this.#balancer?.pool.backends ?? [])
+      .filter((backend) => !backend.removing)
+      .map(({ url, weight, admin, state }) => ({ url, weight, admin, state }));
+  }
+
+  /** A status change: sync at the end of the current task rather than at the next check. */
+  #queueSync(): void {
+    if (this.#syncQueued) return;
+    this.#syncQueued = true;
+    queueMicrotask(() => {
+      this.#syncQueued = false;
+      this.#sync();
+    });
+  }
+
+  /** Sends the backend list to every worker when it differs from what was sent last. */
+  #sync(): void {
+    if (this.#balancer === undefined || this.#stopping) return;
+    const backends = this.#snapshot();
+    const text = JSON.stringify(backends);
+    if (text === this.#lastSent) return;
+    this.#lastSent = text;
+    for (const handle of this.#handles) this.#post(handle, { type: "sync", backends });
+  }
+
+  /** Every worker's figures; a thread that does not answer in time is left out. */
+  async #gather(): Promise<Extract<FromWorker, { type: "stats" }>[]> {
+    const listening = this.#handles.filter((handle) => handle.listening);
+    const answers = await Promise.all(
+      listening.map((handle) =>
+        new Promise<Extract<FromWorker, { type: "stats" }> | undefined>((resolve) => {
+          const id = this.#nextStatsId++;
+          const timer = setTimeout(() => {
+            handle.pending.delete(id);
+            this.#log.warn(`Worker thread ${handle.index} did not report its figures in time`);
+            resolve(undefined);
+          }, STATS_TIMEOUT_MS);
+          handle.pending.set(id, (answer) => {
+            clearTimeout(timer);
+            resolve(answer);
+          });
+          this.#post(handle, { type: "stats", id });
+        })
+      ),
+    );
+    return answers.filter((a) => a !== undefined);
+  }
+
+  async #mergeMetrics(own: string): Promise<string> {
+    const answers = await this.#gather();
+    return mergeExpositions([own, ...answers.map((a) => a.metrics)]);
+  }
+
+  /** Adds the workers' in-flight, request and error counts and latencies to each view. */
+  async #mergeBackends(own: BackendView[]): Promise<BackendView[]> {
+    const answers = await this.#gather();
+    const byUrl = new Map<string, BackendCounters[]>();
+    for (const answer of answers) {
+      for (const counters of answer.backends) {
+        const list = byUrl.get(counters.url) ?? [];
+        list.push(counters);
+        byUrl.set(counters.url, list);
+      }
+    }
+    return own.map((view) => {
+      const others = byUrl.get(view.url) ?? [];
+      const mine = this.#balancer?.pool.find(view.url)?.latency.samples() ?? [];
+      return {
+        ...view,
+        inflight: others.reduce((n, c) => n + c.inflight, view.inflight),
+        requests: others.reduce((n, c) => n + c.requests, view.requests),
+        errors: others.reduce((n, c) => n + c.errors, view.errors),
+        latencyMs: percentilesOf(
+          Float64Array.from([...mine, ...others.flatMap((c) => c.latencies)]),
+        ),
+      };
+    });
+  }
+}

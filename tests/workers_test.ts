@@ -1,0 +1,357 @@
+/**
+ * `--workers N` (lib/workers.ts, lib/worker_thread.ts): the balancer as a real process with a
+ * worker thread beside the main thread, both serving one port. Every request goes on a new
+ * connection (the kernel spreads connections over the threads' listeners), and the debug log
+ * tells which thread chose the backend (`[worker 1] Selected backend: ...`), so each test can
+ * check that both threads took part before it draws conclusions about their coherence.
+ */
+
+import assert from "node:assert/strict";
+import { type BalancerProcess, runMain, spawnBalancer } from "./process.ts";
+import { captureLog, delay, startTestBackend, type TestBackend, waitFor } from "./helpers.ts";
+import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
+import { mergeExpositions } from "../lib/worker_protocol.ts";
+import { WorkerGroup } from "../lib/workers.ts";
+import type { RunningBalancer } from "../lib/balancer.ts";
+import { testConfig } from "./helpers.ts";
+
+const REQUESTS = 40;
+
+/** Starts main.ts with two serving threads, debug logging and an admin listener. */
+async function startWorkers(backends: string[], extra: string[] = []) {
+  const lb = spawnBalancer([
+    `--backends=${backends.join(",")}`,
+    "--port=0",
+    "--host=127.0.0.1",
+    "--workers=2",
+    "--log-level=debug",
+    "--admin=127.0.0.1:0",
+    ...extra,
+  ], { permissions: ["--allow-read"] });
+  const port = await lb.port();
+  await lb.waitForLine(/Started 2 workers/);
+  const adminLine = await lb.waitForLine(/Admin listener started at 127\.0\.0\.1:\d+/);
+  const adminPort = Number(/:(\d+)$/.exec(adminLine)![1]);
+  return { lb, url: `http://127.0.0.1:${port}`, admin: `http://127.0.0.1:${adminPort}` };
+}
+
+/**
+ * `count` GETs, each on a new connection; returns the statuses and bodies. The client keeps no
+ * idle connection, so no two requests share one and both threads get a share.
+ */
+async function freshConnectionGets(
+  url: string,
+  count = REQUESTS,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: string }[]> {
+  const results = [];
+  for (let i = 0; i < count; i++) {
+    using client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+    const response = await fetch(url, { client, headers });
+    results.push({ status: response.status, body: await response.text() });
+  }
+  return results;
+}
+
+/** How many `Selected backend` lines each thread wrote since line `from`. */
+function selections(lb: BalancerProcess, from = 0): { main: number; worker: number } {
+  const lines = lb.lines.slice(from).filter((line) => line.includes("Selected backend:"));
+  const worker = lines.filter((line) => line.includes("[worker 1]")).length;
+  return { main: lines.length - worker, worker };
+}
+
+/** A backend that says which one it is; health checks get `health()`'s status. */
+function namedBackend(name: string, health: () => number = () => 200): Promise<TestBackend> {
+  return startTestBackend((req) =>
+    req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT
+      ? new Response("health\n", { status: health() })
+      : new Response(name)
+  );
+}
+
+async function adminGet(admin: string, path: string): Promise<string> {
+  const response = await fetch(admin + path);
+  return await response.text();
+}
+
+function metricSum(text: string, pattern: RegExp): number {
+  return text.split("\n").filter((line) => pattern.test(line))
+    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0);
+}
+
+Deno.test("--workers 2: both threads serve the port; admin figures add up over threads", async () => {
+  await using a = await namedBackend("a");
+  await using b = await namedBackend("b");
+  const { lb, url, admin } = await startWorkers([a.url, b.url]);
+  await using _lb = lb;
+  const results = await freshConnectionGets(url);
+  assert.deepEqual(results.filter((r) => r.status !== 200), []);
+  const seen = selections(lb);
+  assert.ok(
+    seen.main > 0 && seen.worker > 0,
+    `both threads chose backends: ${JSON.stringify(seen)}`,
+  );
+  assert.equal(a.received.length + b.received.length, REQUESTS);
+
+  // Each thread counted only its own requests: the totals prove the merge.
+  const metrics = await adminGet(admin, "/metrics");
+  assert.equal(metricSum(metrics, /^lb_requests_total\{.*code="2xx"\}/), REQUESTS);
+  assert.equal(metricSum(metrics, /^lb_request_duration_seconds_count\{/), REQUESTS);
+  assert.equal(metricSum(metrics, /^lb_backend_up\{/), 2, "gauges are not added up");
+  assert.equal(metricSum(metrics, /^lb_build_info\{/), 1);
+  const status = JSON.parse(await adminGet(admin, "/api/backends"));
+  const requests = status.backends.reduce(
+    (n: number, v: { requests: number }) => n + v.requests,
+    0,
+  );
+  assert.equal(requests, REQUESTS);
+  assert.ok(status.backends.every((v: { latencyMs: { p50: number } }) => v.latencyMs.p50 > 0));
+});
+
+Deno.test("--workers 2: a backend the health checks mark down is skipped by every thread", async () => {
+  let healthStatus = 500;
+  await using a = await namedBackend("a", () => healthStatus);
+  await using b = await namedBackend("b");
+  const { lb, url } = await startWorkers([a.url, b.url], [
+    "--health-interval=100ms",
+    "--fall=1",
+    "--rise=1",
+  ]);
+  await using _lb = lb;
+  await lb.waitForLine(new RegExp(`${a.url} \\[down\\]`));
+  const from = lb.lines.length;
+  const results = await freshConnectionGets(url);
+  assert.ok(results.every((r) => r.status === 200 && r.body === "b"));
+  assert.equal(a.received.length, 0, "no thread sent traffic to the backend marked down");
+  const seen = selections(lb, from);
+  assert.ok(
+    seen.main > 0 && seen.worker > 0,
+    `both threads chose backends: ${JSON.stringify(seen)}`,
+  );
+
+  // Back up: the worker thread, which runs no health checks, uses it again.
+  healthStatus = 200;
+  await lb.waitForLine(new RegExp(`${a.url} \\[up\\]`));
+  await delay(300);
+  const again = lb.lines.length;
+  await freshConnectionGets(url);
+  assert.ok(
+    lb.lines.slice(again).some((line) => line.includes(`[worker 1] Selected backend: ${a.url}`)),
+    "the worker thread sends to the backend again",
+  );
+});
+
+Deno.test("--workers 2: a refused connection seen by one thread takes the backend out for all", async () => {
+  await using b = await namedBackend("b");
+  // Listening, then closed: connections to it are refused.
+  const refusing = await namedBackend("gone");
+  const goneUrl = refusing.url;
+  await refusing.close();
+  // Health checks far apart: only the threads' own traffic can find out.
+  const { lb, url, admin } = await startWorkers([goneUrl, b.url], [
+    "--health-interval=1h",
+    "--fall=3",
+  ]);
+  await using _lb = lb;
+  // Requests until one thread has hit the refusing backend (round-robin: within a few).
+  const marked = (line: string) => line.includes(`${goneUrl} [down] (connection failed`);
+  for (let i = 0; i < 10 && !lb.lines.some(marked); i++) {
+    await freshConnectionGets(url, 1);
+  }
+  await lb.waitForLine(new RegExp(`${goneUrl} \\[down\\] \\(connection failed`));
+  await delay(300);
+  const retriesBefore = metricSum(await adminGet(admin, "/metrics"), /^lb_retries_total /);
+  // One thread found out the hard way; the other learned it from the main thread.
+  assert.equal(retriesBefore, 1);
+  const from = lb.lines.length;
+  const results = await freshConnectionGets(url);
+  assert.ok(results.every((r) => r.status === 200 && r.body === "b"));
+  const retriesAfter = metricSum(await adminGet(admin, "/metrics"), /^lb_retries_total /);
+  assert.equal(retriesAfter, retriesBefore, "no thread tried the refusing backend again");
+  const seen = selections(lb, from);
+  assert.ok(
+    seen.main > 0 && seen.worker > 0,
+    `both threads chose backends: ${JSON.stringify(seen)}`,
+  );
+});
+
+Deno.test("--workers 2: admin drain and sticky cookies hold in every thread", async () => {
+  await using a = await namedBackend("a");
+  await using b = await namedBackend("b");
+  const { lb, url, admin } = await startWorkers([a.url, b.url], ["--sticky-cookie=lb"]);
+  await using _lb = lb;
+
+  // A cookie set by one thread is honoured by both: they share the signing key.
+  using client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+  const first = await fetch(url, { client });
+  const pinnedTo = await first.text();
+  const cookie = first.headers.get("set-cookie")!.split(";")[0];
+  const from = lb.lines.length;
+  const pinned = await freshConnectionGets(url, REQUESTS, { cookie });
+  assert.deepEqual(new Set(pinned.map((r) => r.body)), new Set([pinnedTo]));
+  const seen = selections(lb, from);
+  assert.ok(
+    seen.main > 0 && seen.worker > 0,
+    `both threads chose backends: ${JSON.stringify(seen)}`,
+  );
+
+  const drained = await fetch(`${admin}/api/backends/drain`, {
+    method: "POST",
+    body: JSON.stringify({ url: a.url }),
+  });
+  await drained.body?.cancel();
+  assert.equal(drained.status, 200);
+  await delay(300);
+  const before = a.received.length;
+  const results = await freshConnectionGets(url);
+  assert.ok(results.every((r) => r.status === 200 && r.body === "b"));
+  assert.equal(a.received.length, before, "no thread sends to a drained backend");
+});
+
+Deno.test("--workers 2: SIGTERM lets requests in flight on both threads finish", async () => {
+  let arrived = 0;
+  await using slow = await startTestBackend(async (req) => {
+    if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("ok");
+    arrived++;
+    await delay(700);
+    return new Response("slow done");
+  });
+  const { lb, url } = await startWorkers([slow.url], ["--drain-timeout=10s"]);
+  await using _lb = lb;
+  const clients = Array.from(
+    { length: 12 },
+    () => Deno.createHttpClient({ poolMaxIdlePerHost: 0 }),
+  );
+  const pending = clients.map(async (client) => {
+    const response = await fetch(url, { client });
+    return { status: response.status, body: await response.text() };
+  });
+  assert.ok(await waitFor(() => arrived === 12, 10_000), `12 requests in flight (${arrived})`);
+  const seen = selections(lb);
+  assert.ok(
+    seen.main > 0 && seen.worker > 0,
+    `both threads hold requests: ${JSON.stringify(seen)}`,
+  );
+  lb.child.kill("SIGTERM");
+  const results = await Promise.all(pending);
+  for (const client of clients) client.close();
+  assert.deepEqual(results.filter((r) => r.status !== 200 || r.body !== "slow done"), []);
+  assert.equal(await lb.exited, 0);
+  assert.ok(lb.lines.some((line) => line.includes("Load balancer stopped")));
+  assert.ok(!lb.lines.some((line) => line.includes("cut off")));
+});
+
+Deno.test("--workers 2: a config reload reaches every thread", async () => {
+  await using a = await namedBackend("a");
+  await using b = await namedBackend("b");
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/lb.json`;
+  try {
+    await Deno.writeTextFile(file, JSON.stringify({ backends: [a.url] }));
+    const lb = spawnBalancer([
+      `--config=${file}`,
+      "--port=0",
+      "--host=127.0.0.1",
+      "--workers=2",
+      "--log-level=debug",
+    ], { permissions: ["--allow-read"] });
+    await using _lb = lb;
+    const url = `http://127.0.0.1:${await lb.port()}`;
+    await lb.waitForLine(/Started 2 workers/);
+    assert.ok((await freshConnectionGets(url, 4)).every((r) => r.body === "a"));
+    await Deno.writeTextFile(file, JSON.stringify({ backends: [b.url] }));
+    await lb.waitForLine(/Reloaded: 1 added, 1 removed/);
+    await delay(300);
+    const from = lb.lines.length;
+    const results = await freshConnectionGets(url);
+    assert.ok(results.every((r) => r.status === 200 && r.body === "b"), JSON.stringify(results));
+    const seen = selections(lb, from);
+    assert.ok(seen.main > 0 && seen.worker > 0, `both threads served: ${JSON.stringify(seen)}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--workers without read access to the worker module: one line, exit 2", async () => {
+  const { code, stderr } = await runMain(["--backends=http://127.0.0.1:9", "--workers=2"]);
+  assert.equal(code, 2);
+  assert.match(
+    stderr,
+    /^load-balancer: --workers: starting worker threads needs read access to \S+worker_thread\.ts \(run with --allow-read\)\n$/,
+  );
+});
+
+Deno.test("--workers auto starts one serving thread per core", async () => {
+  await using a = await namedBackend("a");
+  const cores = navigator.hardwareConcurrency;
+  const lb = spawnBalancer([
+    `--backends=${a.url}`,
+    "--port=0",
+    "--host=127.0.0.1",
+    "--workers=auto",
+  ], {
+    permissions: ["--allow-read"],
+  });
+  await using _lb = lb;
+  await lb.port();
+  if (cores > 1) await lb.waitForLine(new RegExp(`Started ${cores} workers`));
+  else assert.ok(!lb.lines.some((line) => line.includes("workers")));
+});
+
+Deno.test("a worker thread that crashes is replaced", async () => {
+  await using a = await namedBackend("a");
+  const log = captureLog();
+  const group = new WorkerGroup(1, log, new URL("./fixtures/crashing_worker.ts", import.meta.url));
+  const config = testConfig([a.url]);
+  const balancer = { port: 0, pool: { backends: [] } } as unknown as RunningBalancer;
+  try {
+    await group.start(config, balancer, "test");
+    assert.ok(
+      await waitFor(() => log.lines.some((l) => l.includes("Worker thread 1 restarted")), 10_000),
+      log.lines.join("\n"),
+    );
+    assert.ok(log.lines.some((l) => /ERROR Worker thread 1 failed: .*deliberate crash/.test(l)));
+  } finally {
+    await group.shutdown(0);
+  }
+});
+
+Deno.test("mergeExpositions adds counters, histograms and in-flight; other gauges take the max", () => {
+  const thread = (requests: number, inflight: number, up: number) =>
+    [
+      "# HELP lb_requests_total Requests.",
+      "# TYPE lb_requests_total counter",
+      `lb_requests_total{backend="http://a:1",code="2xx"} ${requests}`,
+      "# HELP lb_request_duration_seconds Durations.",
+      "# TYPE lb_request_duration_seconds histogram",
+      `lb_request_duration_seconds_bucket{backend="http://a:1",le="+Inf"} ${requests}`,
+      `lb_request_duration_seconds_sum{backend="http://a:1"} 0.5`,
+      `lb_request_duration_seconds_count{backend="http://a:1"} ${requests}`,
+      "# HELP lb_backend_inflight In flight.",
+      "# TYPE lb_backend_inflight gauge",
+      `lb_backend_inflight{backend="http://a:1"} ${inflight}`,
+      "# HELP lb_backend_up Up.",
+      "# TYPE lb_backend_up gauge",
+      `lb_backend_up{backend="http://a:1"} ${up}`,
+    ].join("\n") + "\n";
+  const merged = mergeExpositions([thread(3, 1, 1), thread(4, 2, 0)]);
+  assert.equal(
+    merged,
+    [
+      "# HELP lb_requests_total Requests.",
+      "# TYPE lb_requests_total counter",
+      `lb_requests_total{backend="http://a:1",code="2xx"} 7`,
+      "# HELP lb_request_duration_seconds Durations.",
+      "# TYPE lb_request_duration_seconds histogram",
+      `lb_request_duration_seconds_bucket{backend="http://a:1",le="+Inf"} 7`,
+      `lb_request_duration_seconds_sum{backend="http://a:1"} 1`,
+      `lb_request_duration_seconds_count{backend="http://a:1"} 7`,
+      "# HELP lb_backend_inflight In flight.",
+      "# TYPE lb_backend_inflight gauge",
+      `lb_backend_inflight{backend="http://a:1"} 3`,
+      "# HELP lb_backend_up Up.",
+      "# TYPE lb_backend_up gauge",
+      `lb_backend_up{backend="http://a:1"} 1`,
+    ].join("\n") + "\n",
+  );
+});
