@@ -291,6 +291,8 @@ const COLORS: Record<string, string> = {
   haproxy: "#1565c0",
   deno: "#ef6c00",
   "deno-workers": "#ffa726",
+  "deno-raw": "#8e24aa",
+  "deno-minimal-raw": "#ce93d8",
 };
 
 function escapeXml(text: string): string {

@@ -37,6 +37,8 @@ import {
   minimalForwarder,
   nginx,
   PROJECT_DIR,
+  rawBalancer,
+  rawMinimalForwarder,
   type RunningTarget,
   startBackend,
   type Target,
@@ -51,9 +53,13 @@ const USAGE = `Usage: deno run -A bench/run.ts [options]
   --warmup DUR       unmeasured load before each run (default 1s)
   --rounds N         interleaved rounds over all targets and profiles (default 2; --quick: 1)
   --quick            smoke run: --duration 2s --rounds 1 (about 75 s)
-  --targets LIST     subset of: direct,nginx,haproxy,deno,deno-workers,deno-minimal
-                     (default: all available except deno-minimal)
+  --targets LIST     subset of: direct,nginx,haproxy,deno,deno-workers,deno-minimal,
+                     deno-raw,deno-minimal-raw (default: all available except
+                     deno-minimal, deno-raw and deno-minimal-raw)
   --baseline         add deno-minimal: Deno.serve + fetch with no features (the floor)
+  --raw              add deno-raw and deno-minimal-raw: the same two on the experimental
+                     Deno.connect transport (bench/raw_transport.ts); opt-in only, also
+                     when named in --targets
   --profiles LIST    subset of: ${PROFILES.map((p) => p.id).join(",")} (default all)
   --workers N        worker count for the deno-workers target (default: cores)
   --deno-flags=F     extra \`deno run\` flags for this balancer (use the = form),
@@ -77,6 +83,8 @@ export interface BenchOptions {
   outDir: string;
   keep: boolean;
   baseline: boolean;
+  /** Add the experimental Deno.connect transport targets (deno-raw, deno-minimal-raw). */
+  raw: boolean;
   /** Extra `deno run` flags for this balancer. */
   denoFlags: string[];
 }
@@ -109,6 +117,7 @@ export function parseOptions(args: string[]): BenchOptions | "help" {
       out: { type: "string", default: new URL("results", import.meta.url).pathname },
       keep: { type: "boolean", default: false },
       baseline: { type: "boolean", default: false },
+      raw: { type: "boolean", default: false },
       "deno-flags": { type: "string", default: "" },
       help: { type: "boolean", default: false },
     },
@@ -144,6 +153,7 @@ export function parseOptions(args: string[]): BenchOptions | "help" {
     outDir: values.out!,
     keep: values.keep!,
     baseline: values.baseline!,
+    raw: values.raw!,
     denoFlags: values["deno-flags"]!.split(" ").filter(Boolean),
   };
 }
@@ -210,11 +220,11 @@ export async function main(args: string[]): Promise<number> {
   const available: Target[] = [direct, nginx, haproxy, thisBalancer({ denoFlags })];
   const workers = await workersSupport(opts.workers);
   if (workers.ok) {
-    // Spawning worker processes may need more than --allow-net; --unstable-net for reusePort.
+    // Worker threads need read access to their module (lib/worker_thread.ts).
     available.push(
       thisBalancer({
         args: ["--workers", String(opts.workers)],
-        denoFlags: ["--allow-all", "--unstable-net", ...opts.denoFlags],
+        denoFlags: ["--allow-net", "--allow-read", ...opts.denoFlags],
       }),
     );
     notes.push(
@@ -224,9 +234,14 @@ export async function main(args: string[]): Promise<number> {
   } else {
     notes.push(`${workers.reason}, so the multi-worker target was skipped.`);
   }
+  const raw = [rawBalancer(denoFlags), rawMinimalForwarder];
   const wanted = opts.targets ??
-    [...available.map((t) => t.id), ...(opts.baseline ? [minimalForwarder.id] : [])];
-  available.push(minimalForwarder);
+    [
+      ...available.map((t) => t.id),
+      ...(opts.baseline ? [minimalForwarder.id] : []),
+      ...(opts.raw ? raw.map((t) => t.id) : []),
+    ];
+  available.push(minimalForwarder, ...raw);
   const targets = available.filter((t) => wanted.includes(t.id));
   for (const id of opts.targets ?? []) {
     if (!available.some((t) => t.id === id)) {

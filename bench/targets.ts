@@ -273,6 +273,60 @@ export const minimalForwarder: Target = {
   },
 };
 
+/**
+ * Experiment (issue 6): this balancer with the Deno.connect transport ({@linkcode
+ * ./raw_transport.ts}) instead of fetch, same flags as {@linkcode thisBalancer}. Opt-in only.
+ */
+export function rawBalancer(denoFlags: string[] = ["--allow-net"]): Target {
+  return {
+    id: "deno-raw",
+    label: "this balancer, Deno.connect transport (experiment)",
+    description: `deno run ${
+      denoFlags.join(" ")
+    } bench/raw_balancer.ts (default features, --log-level warn, upstream over Deno.connect)`,
+    pinned: true,
+    async start({ dir, backends, cpus }) {
+      const port = freePort();
+      const proc = await start("raw balancer", [
+        Deno.execPath(),
+        "run",
+        ...denoFlags,
+        "bench/raw_balancer.ts",
+        `-backends=${backends.map((b) => `http://127.0.0.1:${b.port}`).join(",")}`,
+        `-port=${port}`,
+        "--host",
+        "127.0.0.1",
+        "--log-level",
+        "warn",
+      ], { cwd: PROJECT_DIR, cpus, logFile: `${dir}/output.log` });
+      await readyOrStop(`http://127.0.0.1:${port}/`, proc, 30000);
+      return { port, proc, rssPids: () => [proc.pid, ...descendants(proc.pid)] };
+    },
+  };
+}
+
+/** {@linkcode ./raw_minimal_forwarder.ts}: the minimal forwarder on the Deno.connect transport. */
+export const rawMinimalForwarder: Target = {
+  id: "deno-minimal-raw",
+  label: "Deno.serve + Deno.connect, no features",
+  description:
+    "deno run --allow-net bench/raw_minimal_forwarder.ts (baseline on the experimental transport)",
+  pinned: true,
+  async start({ dir, backends, cpus }) {
+    const port = freePort();
+    const proc = await start("minimal raw forwarder", [
+      Deno.execPath(),
+      "run",
+      "--allow-net",
+      "bench/raw_minimal_forwarder.ts",
+      String(port),
+      ...backends.map((b) => `http://127.0.0.1:${b.port}`),
+    ], { cwd: PROJECT_DIR, cpus, logFile: `${dir}/output.log` });
+    await readyOrStop(`http://127.0.0.1:${port}/`, proc, 30000);
+    return { port, proc, rssPids: () => [proc.pid] };
+  },
+};
+
 /** PIDs of the live descendants of `pid` (not `pid` itself). */
 function descendants(pid: number): number[] {
   return processTree(pid).map((s) => s.pid).filter((p) => p !== pid);

@@ -60,14 +60,15 @@ export const WORKER_MODULE = new URL("./worker_thread.ts", import.meta.url);
 
 /**
  * Why worker threads cannot start in this process, if they cannot: Deno checks read access to
- * a worker's module when it loads it (`deno run --allow-net` alone is not enough).
+ * a worker's module and every local module it imports when it loads them (`deno run
+ * --allow-net` alone is not enough), and the worker's modules are all in lib/.
  */
 export function workerPermissionProblem(moduleUrl: URL = WORKER_MODULE): string | undefined {
   if (moduleUrl.protocol !== "file:") return undefined;
-  const path = decodeURIComponent(moduleUrl.pathname);
-  if (Deno.permissions.querySync({ name: "read", path }).state === "granted") return undefined;
-  return `--workers: starting worker threads needs read access to ${path} ` +
-    "(run with --allow-read)";
+  const dir = decodeURIComponent(new URL(".", moduleUrl).pathname).replace(/\/$/, "");
+  if (Deno.permissions.querySync({ name: "read", path: dir }).state === "granted") return undefined;
+  return `--workers: starting worker threads needs read access to ${dir} ` +
+    `(run with --allow-read or --allow-read=${dir})`;
 }
 
 /** One worker thread as the main thread tracks it. */

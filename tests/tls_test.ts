@@ -247,7 +247,10 @@ async function eventually(condition: () => Promise<boolean>, timeoutMs = WAIT_MS
  * A real main.ts process terminating TLS with server-1's certificate (from ca-1), with
  * server-2's pair (from ca-2) ready to install, and `--allow-read` for `readable(live)`.
  */
-async function tlsProcess(readable: (live: Awaited<ReturnType<typeof liveFiles>>) => string) {
+async function tlsProcess(
+  readable: (live: Awaited<ReturnType<typeof liveFiles>>) => string,
+  extraArgs: string[] = [],
+) {
   const pki = await Pki.create();
   const disposables: AsyncDisposable[] = [pki];
   try {
@@ -260,6 +263,7 @@ async function tlsProcess(readable: (live: Awaited<ReturnType<typeof liveFiles>>
     const lb = spawnBalancer([
       ...[`--backends=${backend.url}`, "--port=0", "--host=127.0.0.1", "--health-interval=1m"],
       ...[`--tls-cert=${live.certPath}`, `--tls-key=${live.keyPath}`],
+      ...extraArgs,
     ], { permissions: [`--allow-read=${readable(live)}`] });
     disposables.unshift(lb);
     const port = await lb.port();
@@ -893,5 +897,38 @@ Deno.test({
         },
       );
     }
+  },
+});
+
+Deno.test({
+  name: "--workers 2 with TLS: both threads serve HTTPS and a certificate reload reaches both",
+  ...NEEDS_OPENSSL,
+  async fn() {
+    await using tls = await tlsProcess(
+      (live) => `${live.dir},lib`,
+      ["--workers=2", "--log-level=debug"],
+    );
+    const { lb, port, ca1, ca2, live, leaf2 } = tls;
+    await lb.waitForLine(/Started 2 workers/);
+    // New connections spread over both threads' listeners; the debug lines tell which served.
+    for (let i = 0; i < 20; i++) {
+      using client = Deno.createHttpClient({ caCerts: [ca1.cert], poolMaxIdlePerHost: 0 });
+      const response = await fetch(`https://127.0.0.1:${port}/`, { client });
+      assert.equal(response.status, 200);
+      await response.body?.cancel();
+    }
+    const selected = lb.lines.filter((line) => line.includes("Selected backend:"));
+    const byWorker = selected.filter((line) => line.includes("[worker 1]")).length;
+    assert.ok(byWorker > 0 && byWorker < selected.length, `both threads served: ${byWorker}`);
+
+    await live.install(leaf2.cert, leaf2.key);
+    lb.child.kill("SIGHUP");
+    await lb.waitForLine(/^(?!.*\[worker 1\]).*TLS certificate reloaded/, WAIT_MS);
+    await lb.waitForLine(/\[worker 1\] TLS certificate reloaded/, WAIT_MS);
+    // Every new connection, whichever thread accepts it, gets the new certificate.
+    for (let i = 0; i < 20; i++) {
+      assert.ok(await servesCertificateOf(port, ca2), `connection ${i + 1}: new certificate`);
+    }
+    assert.ok(!(await servesCertificateOf(port, ca1)));
   },
 });

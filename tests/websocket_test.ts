@@ -370,8 +370,15 @@ Deno.test("WebSocket: shutdown closes open relays with 1001 going away, backends
     client.socket.send("up");
     assert.equal(await client.next(), "up");
   }
+  const started = performance.now();
   const left = await balancer.shutdown(2000);
   assert.equal(left, 0, "no HTTP request was cut off");
+  // Relays are closed at the start (see the Deno.serve test below), so nothing waits for 2 s.
+  assert.ok(performance.now() - started < 1500, `shutdown took ${performance.now() - started}ms`);
+  await assert.rejects(
+    Deno.connect({ hostname: "127.0.0.1", port: balancer.port }),
+    Deno.errors.ConnectionRefused,
+  );
   for (const client of clients) {
     const closed = await client.closed();
     assert.equal(closed.code, 1001);
@@ -383,6 +390,50 @@ Deno.test("WebSocket: shutdown closes open relays with 1001 going away, backends
     assert.deepEqual(atBackend, { code: 1000, reason: "going away" });
   }
   assert.equal(balancer.pool.backends[0].inflight, 0);
+});
+
+/**
+ * Why the balancer cannot keep relays open through `--drain-timeout` (issue 5), pinned so that a
+ * Deno upgrade that changes it is noticed: in Deno 2.9.6 the only way to stop a `Deno.serve`
+ * listener is `shutdown()` (op_http_close), and it sends every WebSocket upgraded on that server
+ * a close frame, 1001 "Server shutting down", at once (denoland/deno#35105). A certificate
+ * reload's second SO_REUSEPORT listener does not help: shutting the first one down closes its
+ * WebSockets the same way. When this test fails, `shutdown()` in lib/balancer.ts can stop
+ * accepting first and close the relays at the deadline instead.
+ */
+Deno.test("Deno.serve's shutdown() still closes upgraded WebSockets at once (why relays close at the start of the drain)", async () => {
+  const serve = (port: number) =>
+    Deno.serve({ port, hostname: "127.0.0.1", reusePort: true, onListen: () => {} }, (req) => {
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      socket.onmessage = (event) => socket.send(event.data);
+      return response;
+    });
+  const old = serve(0);
+  let next: Deno.HttpServer | undefined;
+  let stopping: Promise<void> | undefined;
+  try {
+    const client = await openClient(`ws://127.0.0.1:${old.addr.port}/`);
+    client.socket.send("up");
+    assert.equal(await client.next(), "up");
+    // As a certificate reload does: a second listener on the port, then the first one stops.
+    next = serve(old.addr.port);
+    stopping = old.shutdown();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stillOpen = new Promise<"open">((r) => (timer = setTimeout(() => r("open"), 2000)));
+    const outcome = await Promise.race([client.closed(), stillOpen]);
+    clearTimeout(timer);
+    if (outcome === "open") {
+      await closeClient(client);
+      assert.fail(
+        "Deno.serve's shutdown() no longer closes upgraded WebSockets: lib/balancer.ts can keep " +
+          "relays open until --drain-timeout (issue 5)",
+      );
+    }
+    assert.equal(outcome.code, 1001);
+    assert.equal(outcome.reason, "Server shutting down");
+  } finally {
+    await Promise.all([stopping, old.shutdown(), next?.shutdown()].map((p) => p?.catch(() => {})));
+  }
 });
 
 Deno.test("WebSocket: a refused connect is retried on another backend", async () => {

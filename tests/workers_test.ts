@@ -277,7 +277,7 @@ Deno.test("--workers without read access to the worker module: one line, exit 2"
   assert.equal(code, 2);
   assert.match(
     stderr,
-    /^load-balancer: --workers: starting worker threads needs read access to \S+worker_thread\.ts \(run with --allow-read\)\n$/,
+    /^load-balancer: --workers: starting worker threads needs read access to (\S+\/lib) \(run with --allow-read or --allow-read=\1\)\n$/,
   );
 });
 
