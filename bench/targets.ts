@@ -222,33 +222,12 @@ export function thisBalancer(
       workers ? `, ${args.join(" ")}, not pinned` : ""
     })`,
     pinned: !workers,
-    async start({ dir, backends, cpus }) {
-      const port = freePort();
-      const argv = [
-        Deno.execPath(),
-        "run",
-        ...denoFlags,
-        "main.ts",
-        `-backends=${backends.map((b) => `http://127.0.0.1:${b.port}`).join(",")}`,
-        `-port=${port}`,
-        "--host",
-        "127.0.0.1",
-        "--log-level",
-        "warn",
-        ...args,
-      ];
-      const proc = await start("balancer", argv, {
-        cwd: PROJECT_DIR,
-        cpus,
-        logFile: `${dir}/output.log`,
-      });
-      await readyOrStop(`http://127.0.0.1:${port}/`, proc, 30000);
-      return {
-        port,
-        proc,
-        rssPids: () => [proc.pid, ...descendants(proc.pid)],
-      };
-    },
+    start: startDenoTarget(
+      "balancer",
+      denoFlags,
+      "main.ts",
+      (backends, port) => [...balancerArgs(backends, port), ...args],
+    ),
   };
 }
 
@@ -258,19 +237,12 @@ export const minimalForwarder: Target = {
   label: "Deno.serve + fetch, no features",
   description: "deno run --allow-net bench/minimal_forwarder.ts (baseline, not a correct proxy)",
   pinned: true,
-  async start({ dir, backends, cpus }) {
-    const port = freePort();
-    const proc = await start("minimal forwarder", [
-      Deno.execPath(),
-      "run",
-      "--allow-net",
-      "bench/minimal_forwarder.ts",
-      String(port),
-      ...backends.map((b) => `http://127.0.0.1:${b.port}`),
-    ], { cwd: PROJECT_DIR, cpus, logFile: `${dir}/output.log` });
-    await readyOrStop(`http://127.0.0.1:${port}/`, proc, 30000);
-    return { port, proc, rssPids: () => [proc.pid] };
-  },
+  start: startDenoTarget(
+    "minimal forwarder",
+    ["--allow-net"],
+    "bench/minimal_forwarder.ts",
+    forwarderArgs,
+  ),
 };
 
 /**
@@ -285,23 +257,7 @@ export function rawBalancer(denoFlags: string[] = ["--allow-net"]): Target {
       denoFlags.join(" ")
     } bench/raw_balancer.ts (default features, --log-level warn, upstream over Deno.connect)`,
     pinned: true,
-    async start({ dir, backends, cpus }) {
-      const port = freePort();
-      const proc = await start("raw balancer", [
-        Deno.execPath(),
-        "run",
-        ...denoFlags,
-        "bench/raw_balancer.ts",
-        `-backends=${backends.map((b) => `http://127.0.0.1:${b.port}`).join(",")}`,
-        `-port=${port}`,
-        "--host",
-        "127.0.0.1",
-        "--log-level",
-        "warn",
-      ], { cwd: PROJECT_DIR, cpus, logFile: `${dir}/output.log` });
-      await readyOrStop(`http://127.0.0.1:${port}/`, proc, 30000);
-      return { port, proc, rssPids: () => [proc.pid, ...descendants(proc.pid)] };
-    },
+    start: startDenoTarget("raw balancer", denoFlags, "bench/raw_balancer.ts", balancerArgs),
   };
 }
 
@@ -312,20 +268,63 @@ export const rawMinimalForwarder: Target = {
   description:
     "deno run --allow-net bench/raw_minimal_forwarder.ts (baseline on the experimental transport)",
   pinned: true,
-  async start({ dir, backends, cpus }) {
-    const port = freePort();
-    const proc = await start("minimal raw forwarder", [
-      Deno.execPath(),
-      "run",
-      "--allow-net",
-      "bench/raw_minimal_forwarder.ts",
-      String(port),
-      ...backends.map((b) => `http://127.0.0.1:${b.port}`),
-    ], { cwd: PROJECT_DIR, cpus, logFile: `${dir}/output.log` });
-    await readyOrStop(`http://127.0.0.1:${port}/`, proc, 30000);
-    return { port, proc, rssPids: () => [proc.pid] };
-  },
+  start: startDenoTarget(
+    "minimal raw forwarder",
+    ["--allow-net"],
+    "bench/raw_minimal_forwarder.ts",
+    forwarderArgs,
+  ),
 };
+
+/** The backends as `http://127.0.0.1:PORT` URLs, in order. */
+function backendUrls(backends: Backend[]): string[] {
+  return backends.map((b) => `http://127.0.0.1:${b.port}`);
+}
+
+/**
+ * Flags shared by `main.ts` and `bench/raw_balancer.ts`: loopback only, and log level warn so
+ * that logging does not take a share of the measured time.
+ */
+function balancerArgs(backends: Backend[], port: number): string[] {
+  return [
+    `-backends=${backendUrls(backends).join(",")}`,
+    `-port=${port}`,
+    "--host",
+    "127.0.0.1",
+    "--log-level",
+    "warn",
+  ];
+}
+
+/** The minimal forwarders take positional arguments: their port, then the backend URLs. */
+function forwarderArgs(backends: Backend[], port: number): string[] {
+  return [String(port), ...backendUrls(backends)];
+}
+
+/**
+ * The `start` of a target that is a Deno script: `deno run DENO_FLAGS SCRIPT SCRIPT_ARGS` from
+ * {@linkcode PROJECT_DIR} (so its `deno.json` applies) on a free port. Readiness may take 30 s,
+ * twice the default: Deno loads and compiles the script (and, on a cold cache, its npm packages)
+ * before it listens.
+ */
+function startDenoTarget(
+  name: string,
+  denoFlags: string[],
+  script: string,
+  scriptArgs: (backends: Backend[], port: number) => string[],
+): Target["start"] {
+  return async ({ dir, backends, cpus }) => {
+    const port = freePort();
+    const proc = await start(
+      name,
+      [Deno.execPath(), "run", ...denoFlags, script, ...scriptArgs(backends, port)],
+      { cwd: PROJECT_DIR, cpus, logFile: `${dir}/output.log` },
+    );
+    await readyOrStop(`http://127.0.0.1:${port}/`, proc, 30000);
+    // Children too, should a script start any (the forwarders start none, so theirs is one PID).
+    return { port, proc, rssPids: () => [proc.pid, ...descendants(proc.pid)] };
+  };
+}
 
 /** PIDs of the live descendants of `pid` (not `pid` itself). */
 function descendants(pid: number): number[] {

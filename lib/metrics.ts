@@ -173,6 +173,14 @@ abstract class Family<L extends string, C extends ChildBase> {
   }
 
   /**
+   * The child for `labels`, for the family methods that take `labels` last and optional: a
+   * family without labels has one child, found without any.
+   */
+  protected series(labels?: Labels<L>): C {
+    return this.labels(labels ?? ({} as Labels<L>));
+  }
+
+  /**
    * Forgets the series with these labels (e.g. a backend removed by a reload), so it is no
    * longer rendered. Handles kept by callers stop being exported. Returns whether it existed.
    */
@@ -229,11 +237,11 @@ abstract class Family<L extends string, C extends ChildBase> {
   }
 }
 
-/** One series of a {@linkcode Counter}. */
-export class CounterChild implements ChildBase {
+/** A series that holds one number: the children of {@linkcode Counter} and {@linkcode Gauge}. */
+abstract class ValueChild implements ChildBase {
   readonly labelValues: readonly string[];
   readonly labelText: string;
-  /** The current total. */
+  /** The current value (a counter's total). */
   value = 0;
 
   constructor(labelValues: readonly string[], labelText: string) {
@@ -241,6 +249,27 @@ export class CounterChild implements ChildBase {
     this.labelText = labelText;
   }
 
+  /** Adds `n` (default 1). */
+  abstract inc(n?: number): void;
+}
+
+/** The shared part of {@linkcode Counter} and {@linkcode Gauge}: one sample line per series. */
+abstract class ValueFamily<L extends string, C extends ValueChild> extends Family<L, C> {
+  /**
+   * Adds `n` to the series with `labels` (omit `labels` when the family has none).
+   * @throws Error from a counter when `n` is negative (see {@linkcode CounterChild.inc}).
+   */
+  inc(n = 1, labels?: Labels<L>): void {
+    this.series(labels).inc(n);
+  }
+
+  protected renderChild(child: C, out: string[]): void {
+    out.push(`${this.name}${child.labelText} ${formatValue(child.value)}`);
+  }
+}
+
+/** One series of a {@linkcode Counter}. */
+export class CounterChild extends ValueChild {
   /**
    * Adds `n` (default 1).
    * @throws Error when `n` is negative or not a number: a counter only goes up.
@@ -252,35 +281,16 @@ export class CounterChild implements ChildBase {
 }
 
 /** A value that only goes up (requests, retries), reset only by a restart. */
-export class Counter<L extends string = never> extends Family<L, CounterChild> {
+export class Counter<L extends string = never> extends ValueFamily<L, CounterChild> {
   readonly type = "counter" as const;
-
-  /** Adds `n` to the series with `labels` (omit `labels` when the family has none). */
-  inc(n = 1, labels?: Labels<L>): void {
-    this.labels(labels ?? ({} as Labels<L>)).inc(n);
-  }
 
   protected createChild(values: readonly string[], text: string): CounterChild {
     return new CounterChild(values, text);
   }
-
-  protected renderChild(child: CounterChild, out: string[]): void {
-    out.push(`${this.name}${child.labelText} ${formatValue(child.value)}`);
-  }
 }
 
 /** One series of a {@linkcode Gauge}. */
-export class GaugeChild implements ChildBase {
-  readonly labelValues: readonly string[];
-  readonly labelText: string;
-  /** The current value. */
-  value = 0;
-
-  constructor(labelValues: readonly string[], labelText: string) {
-    this.labelValues = labelValues;
-    this.labelText = labelText;
-  }
-
+export class GaugeChild extends ValueChild {
   /** Sets the value. */
   set(value: number): void {
     this.value = value;
@@ -298,30 +308,21 @@ export class GaugeChild implements ChildBase {
 }
 
 /** A value that goes up and down, set by the program. */
-export class Gauge<L extends string = never> extends Family<L, GaugeChild> {
+export class Gauge<L extends string = never> extends ValueFamily<L, GaugeChild> {
   readonly type = "gauge" as const;
 
   /** Sets the series with `labels` (omit `labels` when the family has none). */
   set(value: number, labels?: Labels<L>): void {
-    this.labels(labels ?? ({} as Labels<L>)).set(value);
-  }
-
-  /** Adds `n` to the series with `labels`. */
-  inc(n = 1, labels?: Labels<L>): void {
-    this.labels(labels ?? ({} as Labels<L>)).inc(n);
+    this.series(labels).set(value);
   }
 
   /** Subtracts `n` from the series with `labels`. */
   dec(n = 1, labels?: Labels<L>): void {
-    this.labels(labels ?? ({} as Labels<L>)).dec(n);
+    this.series(labels).dec(n);
   }
 
   protected createChild(values: readonly string[], text: string): GaugeChild {
     return new GaugeChild(values, text);
-  }
-
-  protected renderChild(child: GaugeChild, out: string[]): void {
-    out.push(`${this.name}${child.labelText} ${formatValue(child.value)}`);
   }
 }
 
@@ -381,7 +382,7 @@ export class Histogram<L extends string = never> extends Family<L, HistogramChil
 
   /** Records `value` in the series with `labels` (omit `labels` when the family has none). */
   observe(value: number, labels?: Labels<L>): void {
-    this.labels(labels ?? ({} as Labels<L>)).observe(value);
+    this.series(labels).observe(value);
   }
 
   protected createChild(values: readonly string[], text: string): HistogramChild {

@@ -35,6 +35,23 @@ function receiver(answer: (n: number) => Response | Promise<Response>) {
   return { url: `http://127.0.0.1:${server.addr.port}/hook`, received, server };
 }
 
+/**
+ * A receiver that holds every request until `release()`: a webhook that hangs. `answered()`
+ * counts the replies sent. Call `release()` before shutting the server down, or the shutdown
+ * waits for the held handlers.
+ */
+function hangingReceiver() {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  let answered = 0;
+  const hook = receiver(async () => {
+    await released;
+    answered++;
+    return new Response("late");
+  });
+  return { ...hook, release, answered: () => answered };
+}
+
 function recordingLog() {
   const warn: string[] = [];
   const info: string[] = [];
@@ -163,27 +180,20 @@ Deno.test("AlertWebhook counts a refused connection as a failed try", async () =
 });
 
 Deno.test("AlertWebhook.notify() returns before a hanging receiver answers", async () => {
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => release = resolve);
-  let answered = 0;
-  const hook = receiver(async () => {
-    await released;
-    answered++;
-    return new Response("ok");
-  });
+  const hook = hangingReceiver();
   const alerts = new AlertWebhook({ url: hook.url });
   try {
     assert.equal(alerts.notify(event), undefined);
     alerts.notify({ ...event, from: "down", to: "up" });
-    assert.equal(answered, 0, "notify() returned before any answer");
+    assert.equal(hook.answered(), 0, "notify() returned before any answer");
     await waitFor(() => hook.received.length === 1, "first request");
-    assert.equal(answered, 0);
+    assert.equal(hook.answered(), 0);
     assert.equal(alerts.pending, 1, "second event waits its turn: one sender, in order");
-    release();
-    await waitFor(() => hook.received.length === 2 && answered === 2, "both delivered");
+    hook.release();
+    await waitFor(() => hook.received.length === 2 && hook.answered() === 2, "both delivered");
     assert.deepEqual(hook.received.map((r) => JSON.parse(r.body).to), ["down", "up"]);
   } finally {
-    release();
+    hook.release();
     await alerts.close();
     await hook.server.shutdown();
   }
@@ -206,12 +216,7 @@ Deno.test("AlertWebhook delivers events in order even when one needs retries", a
 });
 
 Deno.test("AlertWebhook times out a try that gets no response", async () => {
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => release = resolve);
-  const hook = receiver(async () => {
-    await released;
-    return new Response("late");
-  });
+  const hook = hangingReceiver();
   const { warn, log } = recordingLog();
   const alerts = new AlertWebhook({ url: hook.url, log, maxAttempts: 1, timeoutMs: 50 });
   try {
@@ -219,19 +224,14 @@ Deno.test("AlertWebhook times out a try that gets no response", async () => {
     await waitFor(() => warn.some((l) => l.includes("giving up")), "give-up line");
     assert.match(warn[0], /try 1\/1 .* failed: no response within 50ms/);
   } finally {
-    release();
+    hook.release();
     await alerts.close();
     await hook.server.shutdown();
   }
 });
 
 Deno.test("AlertWebhook.close() aborts a hanging try after closeTimeoutMs and drops the queue", async () => {
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => release = resolve);
-  const hook = receiver(async () => {
-    await released;
-    return new Response("late");
-  });
+  const hook = hangingReceiver();
   const { warn, log } = recordingLog();
   const alerts = new AlertWebhook({ url: hook.url, log, closeTimeoutMs: 30 });
   try {
@@ -251,7 +251,7 @@ Deno.test("AlertWebhook.close() aborts a hanging try after closeTimeoutMs and dr
     assert.equal(alerts.dropped, 3);
     assert.equal(hook.received.length, 1);
   } finally {
-    release();
+    hook.release();
     await hook.server.shutdown();
   }
 });

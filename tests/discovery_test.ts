@@ -300,7 +300,17 @@ interface Zone {
   /** A records, name -> addresses (an --addn-hosts file: SIGHUP re-reads it). */
   hosts?: Record<string, string[]>;
   /** SRV records (in the config file: a change restarts dnsmasq on the same port). */
-  srv?: { name: string; target: string; port: number; weight: number; priority?: number }[];
+  srv?: SrvEntry[];
+}
+
+/** One SRV record as dnsmasq's `srv-host` takes it. */
+interface SrvEntry {
+  name: string;
+  target: string;
+  port: number;
+  weight: number;
+  /** A higher number is a backup. @default 0 */
+  priority?: number;
 }
 
 function assertLoopback(zone: Zone): void {
@@ -535,6 +545,23 @@ function poolView(pool: Pool): string[] {
   return pool.backends.map((b) => `${b.url}*${b.weight} ${b.status}`).sort();
 }
 
+/** The A record that {@linkcode appSrv} records point at: every test backend is on 127.0.0.1. */
+const APP_HOSTS = { "b.app.test": ["127.0.0.1"] };
+
+/**
+ * An SRV record of `_http._tcp.app.test` for `backend` (start dnsmasq with {@linkcode APP_HOSTS}
+ * too, so its target resolves). A higher `priority` number is a backup.
+ */
+function appSrv(backend: NamedBackend, weight = 1, priority?: number): SrvEntry {
+  return {
+    name: "_http._tcp.app.test",
+    target: "b.app.test",
+    port: backend.port,
+    weight,
+    priority,
+  };
+}
+
 const dnsTest = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, ignore: SKIP_REASON !== undefined, fn });
 
@@ -543,19 +570,9 @@ dnsTest("SRV discovery: dnsmasq's records become the pool, with their weights", 
   await using b = serveNamed("b");
   await using backup = serveNamed("backup");
   await using dns = await Dnsmasq.start({
-    hosts: { "b.app.test": ["127.0.0.1"] },
-    srv: [
-      { name: "_http._tcp.app.test", target: "b.app.test", port: a.port, weight: 3 },
-      { name: "_http._tcp.app.test", target: "b.app.test", port: b.port, weight: 1 },
-      // A higher priority number is a backup: not used while the others are in DNS.
-      {
-        name: "_http._tcp.app.test",
-        target: "b.app.test",
-        port: backup.port,
-        weight: 9,
-        priority: 1,
-      },
-    ],
+    hosts: APP_HOSTS,
+    // A higher priority number is a backup: not used while the others are in DNS.
+    srv: [appSrv(a, 3), appSrv(b, 1), appSrv(backup, 9, 1)],
   });
   const log = captureLog();
   await using lb = await startTestBalancer([], {
@@ -650,14 +667,7 @@ dnsTest(
     await using a = serveNamed("a");
     await using b = serveNamed("b");
     await using c = serveNamed("c");
-    const record = (backend: NamedBackend, weight: number) => ({
-      name: "_http._tcp.app.test",
-      target: "b.app.test",
-      port: backend.port,
-      weight,
-    });
-    const hosts = { "b.app.test": ["127.0.0.1"] };
-    await using dns = await Dnsmasq.start({ hosts, srv: [record(a, 1), record(b, 1)] });
+    await using dns = await Dnsmasq.start({ hosts: APP_HOSTS, srv: [appSrv(a), appSrv(b)] });
     await using lb = await startTestBalancer([], {
       discover: ["dns+srv://_http._tcp.app.test"],
       dnsServer: dns.address,
@@ -667,7 +677,7 @@ dnsTest(
     const traffic = new SequentialTraffic(lb.url);
     try {
       await traffic.more(30);
-      await dns.update({ hosts, srv: [record(b, 3), record(c, 1)] });
+      await dns.update({ hosts: APP_HOSTS, srv: [appSrv(b, 3), appSrv(c, 1)] });
       assert.ok(
         await waitFor(() =>
           poolView(pool).join() === [`${b.url}*3 up`, `${c.url}*1 up`].sort().join()
@@ -690,14 +700,7 @@ dnsTest(
   async () => {
     await using a = serveNamed("a");
     await using b = serveNamed("b");
-    const record = (backend: NamedBackend) => ({
-      name: "_http._tcp.app.test",
-      target: "b.app.test",
-      port: backend.port,
-      weight: 1,
-    });
-    const hosts = { "b.app.test": ["127.0.0.1"] };
-    await using dns = await Dnsmasq.start({ hosts, srv: [record(a), record(b)] });
+    await using dns = await Dnsmasq.start({ hosts: APP_HOSTS, srv: [appSrv(a), appSrv(b)] });
     const log = captureLog();
     await using lb = await startTestBalancer([], {
       discover: ["dns+srv://_http._tcp.app.test"],
@@ -720,12 +723,12 @@ dnsTest(
     assert.deepEqual(await countAnswers(lb.url, 10), { a: 5, b: 5 });
 
     // Back, but without the records: an empty answer, still the same streak.
-    await dns.update({ hosts });
+    await dns.update({ hosts: APP_HOSTS });
     await delay(1500);
     assert.equal(warnings().length, 1, log.lines.join("\n"));
     assert.deepEqual(poolView(pool), both);
 
-    await dns.update({ hosts, srv: [record(a)] });
+    await dns.update({ hosts: APP_HOSTS, srv: [appSrv(a)] });
     assert.ok(await waitFor(() => pool.backends.length === 1, WAIT_MS), poolView(pool).join());
     assert.ok(
       log.lines.includes("INFO DNS discovery dns+srv://_http._tcp.app.test: lookups work again"),
@@ -761,15 +764,8 @@ dnsTest(
     await using s = serveNamed("s");
     await using d = serveNamed("d");
     await using x = serveNamed("x");
-    const record = (backend: NamedBackend, weight: number) => ({
-      name: "_http._tcp.app.test",
-      target: "b.app.test",
-      port: backend.port,
-      weight,
-    });
-    const hosts = { "b.app.test": ["127.0.0.1"] };
     // DNS also lists the static backend (with another weight): the pool keeps it once, as configured.
-    await using dns = await Dnsmasq.start({ hosts, srv: [record(s, 5), record(d, 1)] });
+    await using dns = await Dnsmasq.start({ hosts: APP_HOSTS, srv: [appSrv(s, 5), appSrv(d, 1)] });
     const overrides = {
       discover: ["dns+srv://_http._tcp.app.test"],
       dnsServer: dns.address,
@@ -786,7 +782,7 @@ dnsTest(
     assert.deepEqual(poolView(pool), [`${d.url}*1 up`, `${s.url}*1 up`, `${x.url}*1 up`].sort());
 
     // DNS drops everything it listed: the static backends stay, the discovered one drains.
-    await dns.update({ hosts, srv: [record(x, 2)] });
+    await dns.update({ hosts: APP_HOSTS, srv: [appSrv(x, 2)] });
     assert.ok(await waitFor(() => pool.find(d.url) === undefined, WAIT_MS), poolView(pool).join());
     assert.deepEqual(poolView(pool), [`${s.url}*1 up`, `${x.url}*1 up`].sort());
 
@@ -807,10 +803,7 @@ dnsTest(
   "main.ts --discover --dns-server: a DNS-only balancer process, with --allow-net only",
   async () => {
     await using a = serveNamed("a");
-    await using dns = await Dnsmasq.start({
-      hosts: { "b.app.test": ["127.0.0.1"] },
-      srv: [{ name: "_http._tcp.app.test", target: "b.app.test", port: a.port, weight: 1 }],
-    });
+    await using dns = await Dnsmasq.start({ hosts: APP_HOSTS, srv: [appSrv(a)] });
     await using lb = spawnBalancer([
       "--discover=dns+srv://_http._tcp.app.test",
       `--dns-server=${dns.address}`,

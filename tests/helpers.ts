@@ -145,17 +145,27 @@ export async function getText(
   return { status: response.status, text: await response.text(), headers: response.headers };
 }
 
+/** What {@linkcode rawExchange} read, and who ended the connection. */
+export interface RawExchange {
+  bytes: Uint8Array;
+  /** The peer closed or reset the connection; false when `timeoutMs` ran out and we closed it. */
+  closed: boolean;
+}
+
 /**
- * Sends `data` to 127.0.0.1:port and returns every byte read until the peer closes or
- * `timeoutMs` passes (then the socket is closed by us).
+ * Sends `data` to 127.0.0.1:port and returns every byte read until the peer closes or resets
+ * the connection or `timeoutMs` passes (then the socket is closed by us), and which it was.
  */
-export async function rawExchangeBytes(
+export async function rawExchange(
   port: number,
   data: string | Uint8Array,
   timeoutMs = 2000,
-): Promise<Uint8Array> {
+): Promise<RawExchange> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  let timedOut = false;
+  let ended = false; // by the peer, or by our timer
   const timer = setTimeout(() => {
+    timedOut = true;
     try {
       conn.close();
     } catch { /* already closed */ }
@@ -164,20 +174,30 @@ export async function rawExchangeBytes(
   try {
     await writeAll(conn, typeof data === "string" ? new TextEncoder().encode(data) : data);
     const buffer = new Uint8Array(64 * 1024);
-    for (let i = 0; i < 100_000; i++) {
+    for (let i = 0; i < 100_000 && !ended; i++) {
       const n = await conn.read(buffer);
-      if (n === null) break;
-      chunks.push(buffer.slice(0, n));
+      if (n === null) ended = true;
+      else chunks.push(buffer.slice(0, n));
     }
   } catch {
     // closed by the timer or reset by the peer: return what arrived
+    ended = true;
   } finally {
     clearTimeout(timer);
     try {
       conn.close();
     } catch { /* already closed */ }
   }
-  return concat(chunks);
+  return { bytes: concat(chunks), closed: ended && !timedOut };
+}
+
+/** {@linkcode rawExchange}'s bytes only, for tests that do not ask who closed. */
+export async function rawExchangeBytes(
+  port: number,
+  data: string | Uint8Array,
+  timeoutMs = 2000,
+): Promise<Uint8Array> {
+  return (await rawExchange(port, data, timeoutMs)).bytes;
 }
 
 /** {@linkcode rawExchangeBytes} with the answer as text. */

@@ -48,6 +48,31 @@ function named(name: string): Promise<TestBackend> {
   return startTestBackend(() => new Response(name));
 }
 
+/** main.ts on the config file of `cfg` plus `args`, allowed to read the file's folder only. */
+function spawnOnConfig(cfg: { dir: string; path: string }, args: string[] = []): BalancerProcess {
+  return spawnBalancer(["--config", cfg.path, ...args], {
+    permissions: [`--allow-read=${cfg.dir}`],
+  });
+}
+
+/**
+ * Where both reload tests start: backends A, B and C, main.ts on a config file naming A and B,
+ * and a traffic loop for its port (not started). Disposing stops the balancer first, then
+ * removes the file and stops the backends.
+ */
+async function balancerOnAB() {
+  await using stack = new AsyncDisposableStack();
+  const a = stack.use(await named("A"));
+  const b = stack.use(await named("B"));
+  const c = stack.use(await named("C"));
+  const cfg = stack.use(await configDir());
+  await cfg.write(configText([a.url, b.url]));
+  const lb = stack.use(spawnOnConfig(cfg));
+  const traffic = new SequentialTraffic(`http://127.0.0.1:${await lb.port()}/`);
+  const owned = stack.move(); // every step worked: the caller's `await using` disposes now
+  return { a, b, c, cfg, lb, traffic, [Symbol.asyncDispose]: () => owned.disposeAsync() };
+}
+
 /** Polls an async condition every 50 ms until it holds; fails after WAIT_MS. */
 async function eventually(what: string, condition: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + WAIT_MS;
@@ -184,15 +209,8 @@ Deno.test("--admin off loopback without a token exits 2; a token from flag or en
 // Reload
 
 Deno.test("editing the config file reloads it by itself, SIGHUP too, with zero failed requests", async () => {
-  await using a = await named("A");
-  await using b = await named("B");
-  await using c = await named("C");
-  await using cfg = await configDir();
-  await cfg.write(configText([a.url, b.url]));
-  await using lb = spawnBalancer(["--config", cfg.path], {
-    permissions: [`--allow-read=${cfg.dir}`],
-  });
-  const traffic = new SequentialTraffic(`http://127.0.0.1:${await lb.port()}/`);
+  await using setup = await balancerOnAB();
+  const { a, b, c, cfg, lb, traffic } = setup;
   const admin = await adminPort(lb);
   try {
     await traffic.more(20);
@@ -261,15 +279,8 @@ Deno.test("editing the config file reloads it by itself, SIGHUP too, with zero f
 });
 
 Deno.test("a broken config file is kept out: the reload fails with the problem, traffic goes on", async () => {
-  await using a = await named("A");
-  await using b = await named("B");
-  await using c = await named("C");
-  await using cfg = await configDir();
-  await cfg.write(configText([a.url, b.url]));
-  await using lb = spawnBalancer(["--config", cfg.path], {
-    permissions: [`--allow-read=${cfg.dir}`],
-  });
-  const traffic = new SequentialTraffic(`http://127.0.0.1:${await lb.port()}/`);
+  await using setup = await balancerOnAB();
+  const { a, b, c, cfg, lb, traffic } = setup;
   try {
     await traffic.more(10);
     // Valid JSONC naming C, but one bad value: none of it may be applied.
@@ -324,9 +335,7 @@ Deno.test("--log-format json makes every stderr line a JSON object with time, le
   await using b = await named("B");
   await using cfg = await configDir();
   await cfg.write(configText([a.url, b.url], { fall: 1, healthInterval: "100ms" }));
-  await using lb = spawnBalancer(["--config", cfg.path, "--log-format", "json"], {
-    permissions: [`--allow-read=${cfg.dir}`],
-  });
+  await using lb = spawnOnConfig(cfg, ["--log-format", "json"]);
   const port = await lb.port();
   assert.equal((await fetch(`http://127.0.0.1:${port}/`).then((r) => r.text())).length, 1);
   await b.close();

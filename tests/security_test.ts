@@ -14,7 +14,14 @@
  */
 
 import assert from "node:assert/strict";
-import { delay, rawServer, readHead, startTestBackend, startTestBalancer } from "./helpers.ts";
+import {
+  delay,
+  rawExchange,
+  rawServer,
+  readHead,
+  startTestBackend,
+  startTestBalancer,
+} from "./helpers.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -69,7 +76,11 @@ async function attack(
     return new Response("reached");
   });
   await using lb = await startTestBalancer([backend.url], { ...overrides, retries: 0 });
-  const { bytes, closed } = await exchange(lb.port, request.replaceAll("PORT", String(lb.port)));
+  const { bytes, closed } = await rawExchange(
+    lb.port,
+    request.replaceAll("PORT", String(lb.port)),
+    WAIT_MS,
+  );
   const received = backend.received.map(({ method, path, headers }) => ({ method, path, headers }));
   return {
     responses: parseResponses(bytes),
@@ -79,44 +90,6 @@ async function attack(
     bodies,
     failures: lb.balancer.pool.backends[0].failures,
   };
-}
-
-/** Writes `data`, then reads until the peer closes or resets, or `WAIT_MS` passes. */
-async function exchange(
-  port: number,
-  data: string,
-): Promise<{ bytes: Uint8Array; closed: boolean }> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    conn.close();
-  }, WAIT_MS);
-  const chunks: Uint8Array[] = [];
-  try {
-    const bytes = encoder.encode(data);
-    for (let offset = 0; offset < bytes.length;) {
-      offset += await conn.write(bytes.subarray(offset));
-    }
-    const buffer = new Uint8Array(64 * 1024);
-    for (;;) {
-      const n = await conn.read(buffer);
-      if (n === null) break;
-      chunks.push(buffer.slice(0, n));
-    }
-  } catch {
-    // reset by the balancer (or closed by the timer): keep what arrived
-  } finally {
-    clearTimeout(timer);
-    if (!timedOut) conn.close();
-  }
-  const total = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    total.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return { bytes: total, closed: !timedOut };
 }
 
 /** Splits what came back into responses (Content-Length or chunked bodies). */
@@ -358,7 +331,11 @@ Deno.test("129 headers get 400 and close; 128 are accepted (hyper's limit)", asy
     await conn.write(encoder.encode("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
   });
   await using lb = await startTestBalancer([backend.url], { retries: 0 });
-  const { bytes } = await exchange(lb.port, `GET /128 HTTP/1.1\r\nHost: ok\r\n${headers(128)}\r\n`);
+  const { bytes } = await rawExchange(
+    lb.port,
+    `GET /128 HTTP/1.1\r\nHost: ok\r\n${headers(128)}\r\n`,
+    WAIT_MS,
+  );
   assert.deepEqual(parseResponses(bytes).map((r) => r.status), [200]);
   const forwarded = heads.filter((head) => head.startsWith("GET /128 "));
   assert.equal(forwarded.length, 1);
