@@ -381,7 +381,8 @@ function serve(
       open++;
       // Counted until the body is delivered: the handler returns at response headers, and a
       // streamed body cut off by shutdown would reach the client truncated.
-      info.completed.finally(() => open--).catch(() => {});
+      const closed = () => open--;
+      info.completed.then(closed, closed);
       // On TLS a body must leave with its headers, or it waits ~40 ms (see coalesceBody). HEAD
       // keeps its body as given: as bytes, an empty one would announce a false Content-Length.
       if (tls === undefined || req.method === "HEAD") return handler(req, info);

@@ -25,7 +25,7 @@ import {
   type RequestBody,
 } from "./body.ts";
 import { parseTarget } from "./target.ts";
-import { sendAttempt, type Transport } from "./upstream.ts";
+import { afterDelay, sendAttempt, type Transport } from "./upstream.ts";
 import type { LatencyObserver } from "./policies/p2c_ewma.ts";
 import { cookieHeader, getCookie, type StickyCookie } from "./policies/sticky.ts";
 import { backoffDelay, type RetryBudget } from "./retry_budget.ts";
@@ -193,8 +193,30 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   ): Promise<{ response: Response; backend: Backend }> {
     const tried = new Set<Backend>();
     retryBudget?.recordRequest(performance.now());
+    const clientGone = new AbortController();
+    const watch = afterDelay(CLIENT_WATCH_DELAY_MS, () => watchClient(req, clientGone));
     // A client failing to send its body (too large, too slow, malformed) cancels the attempt.
-    const signal = mayFailWhileSent(body) ? AbortSignal.any([req.signal, body.signal]) : req.signal;
+    const signal = mayFailWhileSent(body)
+      ? AbortSignal.any([clientGone.signal, body.signal])
+      : clientGone.signal;
+    try {
+      return await tryBackends(req, info, headers, body, context, trace, tried, signal);
+    } finally {
+      watch.cancel();
+    }
+  }
+
+  /** {@linkcode forward}'s loop: one attempt per backend until one answers or rules say stop. */
+  async function tryBackends(
+    req: Request,
+    info: Deno.ServeHandlerInfo,
+    headers: Headers,
+    body: RequestBody,
+    context: SelectContext,
+    trace: Trace,
+    tried: Set<Backend>,
+    signal: AbortSignal,
+  ): Promise<{ response: Response; backend: Backend }> {
     let failure: Failure | undefined;
     for (let attempt = 0; attempt <= options.retries; attempt++) {
       const backend = pickBackend(context, tried, attempt);
@@ -215,7 +237,9 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       if (result.ok) {
         // In flight until the body has been delivered, not just the headers: least-conn and
         // max-conns must see streaming responses as load.
-        info.completed.finally(() => pool.release(backend)).catch(() => {});
+        // then(f, f): one promise instead of finally()'s three plus a catch().
+        const release = () => pool.release(backend);
+        info.completed.then(release, release);
         const latency = performance.now() - started;
         backend.latency.record(latency);
         latencyObserver?.observe(backend, latency);
@@ -357,6 +381,22 @@ function relay(
     body = new ReadableStream({ start: (controller) => controller.close() });
   }
   return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
+}
+
+/**
+ * How long a request waits for response headers before the proxy starts watching for its
+ * client hanging up. Watching (`req.signal`) starts an async op per request, ~8 µs of CPU on
+ * Deno 2.9.6, while almost every request has its headers well within this; a client that hung
+ * up earlier is still seen the moment the watch starts, so its attempt is cancelled at most
+ * this much later.
+ */
+const CLIENT_WATCH_DELAY_MS = 100;
+
+/** Aborts `clientGone` when `req`'s client disconnects (at once if it already has). */
+function watchClient(req: Request, clientGone: AbortController): void {
+  const signal = req.signal;
+  if (signal.aborted) clientGone.abort();
+  else signal.addEventListener("abort", () => clientGone.abort(), { once: true });
 }
 
 /** Methods fetch refuses to send (the Fetch standard's forbidden methods), in upper case. */

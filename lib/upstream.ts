@@ -65,22 +65,25 @@ export async function sendAttempt(
   };
   const onClientAbort = () => abandon({ kind: "client-gone", detail: "client disconnected" });
   clientSignal.addEventListener("abort", onClientAbort);
-  const headerTimer = setTimeout(
-    () => abandon({ kind: "timeout", detail: `no response headers within ${options.timeout}ms` }),
+  const headerDeadline = afterDelay(
     options.timeout,
+    () => abandon({ kind: "timeout", detail: `no response headers within ${options.timeout}ms` }),
   );
-  const connectTimer = options.connectTimeout < options.timeout
-    ? setTimeout(async () => {
+  const connectDeadline = options.connectTimeout < options.timeout
+    ? afterDelay(options.connectTimeout, async () => {
       if (abandoned !== undefined || controller.signal.aborted) return;
       if (!(await canConnect(origin, options.connectTimeout))) {
         abandon({ kind: "connect", detail: `connect timeout after ${options.connectTimeout}ms` });
       }
-    }, options.connectTimeout)
+    })
     : undefined;
   try {
     const response = await fetch(url, {
       method: request.method,
-      headers: request.headers,
+      // As pairs, not the Headers object: fetch converts a Headers init through WebIDL's
+      // sequence conversion, which iterates it in quadratic time on Deno 2.9.6
+      // (denoland/deno#36063); pairs from forEach cost ~8 µs less per request at 6 headers.
+      headers: headerPairs(request.headers),
       body: request.body,
       redirect: "manual",
       signal: controller.signal,
@@ -94,10 +97,131 @@ export async function sendAttempt(
   } catch (error) {
     return { ok: false, failure: abandoned ?? classifyFetchError(error) };
   } finally {
-    clearTimeout(headerTimer);
-    clearTimeout(connectTimer);
+    headerDeadline.cancel();
+    connectDeadline?.cancel();
     clientSignal.removeEventListener("abort", onClientAbort);
   }
+}
+
+/** `headers` as name/value pairs, Set-Cookie values kept apart as iteration would give them. */
+function headerPairs(headers: Headers): [string, string][] {
+  const pairs: [string, string][] = [];
+  headers.forEach((value, name) => pairs.push([name, value]));
+  return pairs;
+}
+
+/** A pending deadline; `cancel()` removes it (a no-op once it has fired). */
+export interface Deadline {
+  cancel(): void;
+}
+
+/**
+ * Runs `fire` after `ms` unless cancelled first. Cheaper than setTimeout/clearTimeout (~3-4 µs
+ * a pair on Deno 2.9.6, plus the garbage), which the request path needed two or three of per
+ * attempt: deadlines of one duration fall due in the order they were added, so each duration
+ * keeps a linked list (insert and unlink are O(1)) and one timer serves all the lists, armed for
+ * the earliest head. It is cleared whenever every list is empty, so an idle balancer (or a
+ * finished test) has no timer pending.
+ */
+export function afterDelay(ms: number, fire: () => void): Deadline {
+  let list = DEADLINE_LISTS.get(ms);
+  if (list === undefined) {
+    list = new DeadlineList(ms);
+    DEADLINE_LISTS.set(ms, list);
+    LISTS.push(list);
+  }
+  const entry = list.add(fire);
+  // The new entry is due no sooner than its list's head, but maybe sooner than other lists'.
+  if (timerAt === undefined || entry.at < timerAt) arm(entry.at);
+  return entry;
+}
+
+/** Deadlines of one duration, oldest (first due) at the head. */
+class DeadlineList {
+  readonly #ms: number;
+  head: Entry | undefined;
+  #tail: Entry | undefined;
+
+  constructor(ms: number) {
+    this.#ms = ms;
+  }
+
+  add(fire: () => void): Entry {
+    const entry = new Entry(this, performance.now() + this.#ms, fire);
+    entry.prev = this.#tail;
+    if (this.#tail === undefined) this.head = entry;
+    else this.#tail.next = entry;
+    this.#tail = entry;
+    return entry;
+  }
+
+  unlink(entry: Entry): void {
+    if (entry.prev === undefined) this.head = entry.next;
+    else entry.prev.next = entry.next;
+    if (entry.next === undefined) this.#tail = entry.prev;
+    else entry.next.prev = entry.prev;
+    entry.prev = entry.next = entry.list = undefined;
+  }
+}
+
+class Entry implements Deadline {
+  prev: Entry | undefined;
+  next: Entry | undefined;
+  list: DeadlineList | undefined;
+  readonly at: number;
+  readonly fire: () => void;
+
+  constructor(list: DeadlineList, at: number, fire: () => void) {
+    this.list = list;
+    this.at = at;
+    this.fire = fire;
+  }
+
+  cancel(): void {
+    if (this.list === undefined) return;
+    this.list.unlink(this);
+    // Only an empty set of lists clears the timer: otherwise it fires early now and then and
+    // re-arms, which costs less than re-arming on every cancel.
+    if (timer !== undefined && LISTS.every((list) => list.head === undefined)) {
+      clearTimeout(timer);
+      timer = timerAt = undefined;
+    }
+  }
+}
+
+/** One list per distinct duration: the proxy uses three (timeout, connect, client watch). */
+const DEADLINE_LISTS = new Map<number, DeadlineList>();
+const LISTS: DeadlineList[] = [];
+let timer: ReturnType<typeof setTimeout> | undefined;
+/** When `timer` is due (performance.now() ms). */
+let timerAt: number | undefined;
+
+function arm(at: number): void {
+  if (timer !== undefined) clearTimeout(timer);
+  timerAt = at;
+  timer = setTimeout(expire, Math.max(1, at - performance.now()));
+}
+
+/** Fires every entry that is due, then re-arms for the earliest one left. */
+function expire(): void {
+  timer = timerAt = undefined;
+  const now = performance.now();
+  let next = Infinity;
+  for (const list of LISTS) {
+    while (list.head !== undefined && list.head.at <= now) {
+      const entry = list.head;
+      list.unlink(entry);
+      try {
+        entry.fire();
+      } catch (error) {
+        // One failing callback must not leave the others unfired or the timer unarmed.
+        reportError(error);
+      }
+    }
+    if (list.head !== undefined) next = Math.min(next, list.head.at);
+  }
+  // A callback may have added an entry (and armed the timer) meanwhile.
+  if (next !== Infinity && (timerAt === undefined || next < timerAt)) arm(next);
 }
 
 function clientGone(): AttemptResult {

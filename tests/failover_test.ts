@@ -14,6 +14,7 @@ import {
   startTestBalancer,
   waitFor,
 } from "./helpers.ts";
+import { afterDelay } from "../lib/upstream.ts";
 
 Deno.test("round-robin: K*N sequential requests give each of N backends exactly K", async () => {
   await using a = await startTestBackend(() => new Response("a"));
@@ -261,4 +262,20 @@ Deno.test("a connect that hangs past --connect-timeout is retried elsewhere, eve
   assert.ok(elapsed < 5000, `gave up on the hanging connect in ${elapsed}ms, not --timeout`);
   assert.equal(lb.balancer.pool.backends[0].state, "down");
   assert.equal(good.received.length, 1);
+});
+
+Deno.test("afterDelay() fires deadlines of mixed durations in due order, never cancelled ones", async () => {
+  const fired: number[] = [];
+  afterDelay(90, () => fired.push(90));
+  afterDelay(30, () => fired.push(30));
+  const cancelled = afterDelay(10, () => fired.push(10));
+  afterDelay(60, () => fired.push(60));
+  cancelled.cancel();
+  cancelled.cancel();
+  const started = performance.now();
+  assert.ok(await waitFor(() => fired.length === 3, 2000));
+  assert.deepEqual(fired, [30, 60, 90]);
+  assert.ok(performance.now() - started >= 80, "not before its time");
+  // A cancelled last deadline leaves no timer behind (the sanitizer checks).
+  afterDelay(5000, () => fired.push(5000)).cancel();
 });
