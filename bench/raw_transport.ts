@@ -27,8 +27,21 @@
  *   response byte is retried once on a new connection when the request is idempotent and its
  *   body is not a stream (the idle-connection race; Go's `shouldRetryRequest`).
  *
- * Not done (listed in the issue 6 report): TLS backends, HTTP/2, trailers (read and
- * dropped), idle timeouts of its own, response size limits beyond the head.
+ * Not done, and needed before it could be the default:
+ * - TLS backends (`Deno.connectTls` with the backend CA, client certificate, SNI) and HTTP/2 to
+ *   backends (Deno exposes no h2 framing); health checks and WebSockets would stay on fetch.
+ * - Limits: header count, chunk size, trailers (read and dropped), a body read timeout and an
+ *   idle timeout of its own (today only the backend closing ends an idle or slow connection).
+ * - Pool lifecycle: connection caps per origin with queueing, draining the pools of removed
+ *   backends, closing them on shutdown.
+ * - The idle-connection race beyond the one retry: write failures of an unsent head, an
+ *   `Idempotency-Key` opt-in, a load test against a backend with a short keep-alive timeout.
+ * - More response-framing hardening (bare LF policy, chunk-extension limits, fuzzing against
+ *   hyper's and llhttp's corpora), `Expect: 100-continue`, early responses during an upload,
+ *   DNS caching and IPv6, and metrics per connection.
+ * - A decoding contract: it decodes gzip/br as fetch would (`decode: "fetch"`) so that
+ *   lib/headers.ts stays right; passing compressed bodies through needs the transport to say
+ *   whether it decoded.
  */
 
 import type { AttemptOptions, AttemptRequest, AttemptResult, Transport } from "../lib/upstream.ts";
