@@ -15,6 +15,7 @@ import { RetryBudget } from "./retry_budget.ts";
 import { HealthChecker } from "./health.ts";
 import { createProxyHandler, type ProxyObserver } from "./proxy.ts";
 import type { Transport } from "./upstream.ts";
+import { createExactTransport } from "./upstream_exact.ts";
 import { LoadBalancerMetrics, NO_BACKEND } from "./metrics.ts";
 import { type AccessLog, createAccessLog } from "./access_log.ts";
 import { AlertWebhook } from "./alerts.ts";
@@ -220,10 +221,10 @@ export async function startBalancer(
     ? undefined
     : loadListenerCertificate(tlsFiles, log);
   // One client for requests and health checks, so both trust (and present) the same certificates.
-  const client = createBackendClient(
-    { ca: config.backendCa, cert: config.backendCert, key: config.backendKey },
-    { allowHost: true },
-  );
+  const backendTls = { ca: config.backendCa, cert: config.backendCert, key: config.backendKey };
+  const client = createBackendClient(backendTls, { allowHost: true });
+  // Paths fetch would rewrite (`/a/../b`) go through node:http instead: lib/upstream_exact.ts.
+  const exact = createExactTransport(backendTls);
   const health = new HealthChecker(pool, {
     interval: config.healthInterval,
     timeout: config.healthTimeout,
@@ -257,6 +258,7 @@ export async function startBalancer(
     maxBody: config.maxBody ?? OPS_DEFAULTS.maxBody,
     bodyTimeout: config.bodyTimeout ?? OPS_DEFAULTS.bodyTimeout,
     transport: extras.transport,
+    exactTransport: exact.send,
   }, log);
 
   const server = serve(config.port, config.host, handler, log, served, extras.reusePort);
@@ -338,6 +340,7 @@ export async function startBalancer(
       await redirect?.drain(performance.now());
       await admin?.drain(performance.now());
       client.close();
+      exact.close();
       await Promise.all([alerts?.close(), accessLog?.close()]);
       return left;
     },

@@ -168,7 +168,8 @@ const FETCH_DECODED_CODINGS = new Set(["gzip", "br"]);
  * Whether fetch has already decoded this response body. fetch decodes gzip and br unless the
  * request asked for `identity` or carried a Range header, but leaves `Content-Encoding` and the
  * compressed `Content-Length` in place; relaying those with the decoded bytes corrupts the
- * response.
+ * response. Only for fetch's responses: a transport that knows what it did says so instead
+ * (`decoded` in lib/upstream.ts's `AttemptResult`; node:http never decodes).
  */
 export function fetchDecodedBody(requestHeaders: Headers, responseHeaders: Headers): boolean {
   const coding = responseHeaders.get("content-encoding");

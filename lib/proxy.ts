@@ -25,7 +25,7 @@ import {
   type RequestBody,
 } from "./body.ts";
 import { parseTarget } from "./target.ts";
-import { afterDelay, sendAttempt, type Transport } from "./upstream.ts";
+import { afterDelay, fetchRewritesTarget, sendAttempt, type Transport } from "./upstream.ts";
 import type { LatencyObserver } from "./policies/p2c_ewma.ts";
 import { cookieHeader, getCookie, type StickyCookie } from "./policies/sticky.ts";
 import { backoffDelay, type RetryBudget } from "./retry_budget.ts";
@@ -76,6 +76,13 @@ export interface ProxyOptions {
   bodyTimeout?: number;
   /** How attempts reach backends. @default sendAttempt (fetch) */
   transport?: Transport;
+  /**
+   * How attempts reach backends when fetch would rewrite the request target (`/a/../b`,
+   * `%2e%2e`, `\`: see `fetchRewritesTarget`), so that the backend gets the path as the client
+   * sent it; lib/upstream_exact.ts (node:http) in the balancer. @default undefined: such
+   * requests take `transport` too, and backends see the path as fetch rewrote it.
+   */
+  exactTransport?: Transport;
 }
 
 /** How one client request ended, as far as the proxy is concerned. */
@@ -126,6 +133,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   };
   const { retryBudget, latencyObserver, sticky, observer } = options;
   const send = options.transport ?? sendAttempt;
+  const sendExact = options.exactTransport;
   const backoff = options.backoff ?? ((retry: number) => backoffDelay(retry));
   const bodyLimits: BodyLimits = {
     maxBody: options.maxBody ?? Infinity,
@@ -182,6 +190,15 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     return response;
   }
 
+  /**
+   * The transport for a request: {@linkcode ProxyOptions.exactTransport} when fetch would
+   * rewrite its target, else {@linkcode ProxyOptions.transport}. An ordinary path costs one
+   * regular-expression test (the benchmark's hot path); only a suspicious one is parsed.
+   */
+  function transportFor(path: string): Transport {
+    return sendExact !== undefined && fetchRewritesTarget(path) ? sendExact : send;
+  }
+
   /** Tries backends until one answers; returns the response and the backend that gave it. */
   async function forward(
     req: Request,
@@ -190,7 +207,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     body: RequestBody,
     context: SelectContext,
     trace: Trace,
-  ): Promise<{ response: Response; backend: Backend }> {
+  ): Promise<Answer> {
     const tried = new Set<Backend>();
     retryBudget?.recordRequest(performance.now());
     const clientGone = new AbortController();
@@ -200,7 +217,8 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       ? AbortSignal.any([clientGone.signal, body.signal])
       : clientGone.signal;
     try {
-      return await tryBackends(req, info, headers, body, context, trace, tried, signal);
+      const transport = transportFor(context.path);
+      return await tryBackends(req, info, headers, body, context, trace, tried, signal, transport);
     } finally {
       watch.cancel();
     }
@@ -216,7 +234,8 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     trace: Trace,
     tried: Set<Backend>,
     signal: AbortSignal,
-  ): Promise<{ response: Response; backend: Backend }> {
+    transport: Transport,
+  ): Promise<Answer> {
     let failure: Failure | undefined;
     for (let attempt = 0; attempt <= options.retries; attempt++) {
       const backend = pickBackend(context, tried, attempt);
@@ -227,7 +246,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       if (log.debugEnabled) log.debug(`Selected backend: ${backend.url}`);
       pool.acquire(backend);
       const started = performance.now();
-      const result = await send(
+      const result = await transport(
         backend.url,
         backend.url + context.path,
         { method: req.method, headers, body: body.forAttempt() },
@@ -249,7 +268,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
         } else {
           pool.reportSuccess(backend);
         }
-        return { response: result.response, backend };
+        return { response: result.response, backend, decoded: result.decoded };
       }
       pool.release(backend);
       // The client's doing: the backend is not blamed, and there is no retry.
@@ -327,7 +346,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
         const body = await prepareBody(req, bodyLimits);
         const answer = await forward(req, info, headers, body, context, trace);
         const setCookie = stickyCookieFor(context, answer.backend);
-        response = relay(answer.response, headers, req.method, setCookie);
+        response = relay(answer, headers, req.method, setCookie);
       }
       fromBackend = true;
     } catch (error) {
@@ -359,19 +378,28 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   }
 }
 
+/** What {@linkcode createProxyHandler}'s attempts ended with when a backend answered. */
+interface Answer {
+  response: Response;
+  backend: Backend;
+  /** The transport's word on decoding (AttemptResult); undefined: fetch's rules apply. */
+  decoded: boolean | undefined;
+}
+
 /** Turns the backend's response into the client's: same status and body, cleaned headers. */
 function relay(
-  upstream: Response,
+  answer: Answer,
   requestHeaders: Headers,
   method: string,
   setCookie: string | undefined,
 ): Response {
+  const upstream = answer.response;
   if (upstream.status < 200) {
     // fetch surfaces only 101 among 1xx; protocol switching is not relayed (Upgrade was stripped).
     upstream.body?.cancel();
     throw new BadGatewayError("unexpected 1xx response");
   }
-  const decoded = fetchDecodedBody(requestHeaders, upstream.headers);
+  const decoded = answer.decoded ?? fetchDecodedBody(requestHeaders, upstream.headers);
   const headers = downstreamResponseHeaders(upstream.headers, decoded);
   if (setCookie !== undefined) headers.append("set-cookie", setCookie);
   let body = upstream.body;

@@ -354,11 +354,12 @@ export function createBackendClient(
   files: BackendTlsFiles,
   options: Deno.CreateHttpClientOptions = {},
 ): Deno.HttpClient {
+  const pem = readBackendTls(files);
   const tls: Deno.CreateHttpClientOptions & Partial<Deno.TlsCertifiedKeyPem> = { ...options };
-  if (files.ca !== undefined) tls.caCerts = [readCaBundle(files.ca)];
-  if (files.cert !== undefined && files.key !== undefined) {
-    tls.cert = readPemFile(files.cert, "client certificate");
-    tls.key = readPemFile(files.key, "client key");
+  if (pem.ca !== undefined) tls.caCerts = [pem.ca];
+  if (pem.cert !== undefined && pem.key !== undefined) {
+    tls.cert = pem.cert;
+    tls.key = pem.key;
   }
   try {
     return Deno.createHttpClient(tls);
@@ -366,6 +367,31 @@ export function createBackendClient(
     const pair = tls.cert === undefined ? "" : `${files.cert} with ${files.key}: `;
     throw new TlsError(`${pair}${(error as Error).message}`);
   }
+}
+
+/** The contents of {@linkcode BackendTlsFiles}, PEM text. */
+export interface BackendTls {
+  /** CA bundle trusted besides the default roots. */
+  ca?: string;
+  /** Client certificate chain, only together with `key`. */
+  cert?: string;
+  key?: string;
+}
+
+/**
+ * Reads the backend TLS files, for every client that talks to backends (fetch's and
+ * lib/upstream_exact.ts's), so that they trust and present the same certificates. A client
+ * certificate is read only when both `cert` and `key` are given. Throws {@linkcode TlsError}
+ * when a file is unreadable or the CA bundle holds no usable certificate.
+ */
+export function readBackendTls(files: BackendTlsFiles): BackendTls {
+  const pem: BackendTls = {};
+  if (files.ca !== undefined) pem.ca = readCaBundle(files.ca);
+  if (files.cert !== undefined && files.key !== undefined) {
+    pem.cert = readPemFile(files.cert, "client certificate");
+    pem.key = readPemFile(files.key, "client key");
+  }
+  return pem;
 }
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;

@@ -23,9 +23,14 @@ export interface AttemptRequest {
   body: BodyInit | null;
 }
 
-/** An attempt either produced response headers or failed in a known way. */
+/**
+ * An attempt either produced response headers or failed in a known way. `decoded` says whether
+ * the transport already decoded the body from its Content-Encoding (the proxy must then drop
+ * that header and the length); left out, the proxy assumes fetch's rules (`fetchDecodedBody`
+ * in lib/headers.ts), which is what {@linkcode sendAttempt} gives.
+ */
 export type AttemptResult =
-  | { ok: true; response: Response }
+  | { ok: true; response: Response; decoded?: boolean }
   | { ok: false; failure: Failure };
 
 /**
@@ -101,6 +106,32 @@ export async function sendAttempt(
     connectDeadline?.cancel();
     clientSignal.removeEventListener("abort", onClientAbort);
   }
+}
+
+/**
+ * Characters that can make the WHATWG URL parser (fetch's) change a path or query: a dot
+ * segment (`/.`, `/%2e`, any case), and anything outside the characters it always leaves as
+ * they are (`\` becomes `/`; space, quotes, `<>`, `` ` ``, `{}` and non-ASCII are
+ * percent-encoded, `'` in the query too). Only a cheap first test: a match is confirmed by
+ * parsing. An ordinary path costs one regular-expression scan (~50 ns).
+ */
+const MAY_BE_REWRITTEN = /\/(?:\.|%2e)|[^A-Za-z0-9\-._~!$&()*+,;=:@/?%]/i;
+/** Origin the path is parsed against; only the part after it is compared. */
+const PARSE_ORIGIN = "http://h";
+
+/**
+ * Whether fetch would put a different request target on the wire than `pathAndQuery` (a
+ * path starting with `/`, then an optional query): the URL parser resolves `.`/`..` segments
+ * (also spelt `%2e`), turns `\` into `/` and percent-encodes some characters. The path is
+ * appended to an origin rather than resolved against one: `//x` must stay a path, not become
+ * a host.
+ */
+export function fetchRewritesTarget(pathAndQuery: string): boolean {
+  if (!MAY_BE_REWRITTEN.test(pathAndQuery)) return false;
+  // A fragment is never sent (lib/target.ts drops it before this is asked).
+  if (pathAndQuery.includes("#")) return true;
+  const written = PARSE_ORIGIN + pathAndQuery;
+  return URL.parse(written)?.href !== written;
 }
 
 /** `headers` as name/value pairs, Set-Cookie values kept apart as iteration would give them. */

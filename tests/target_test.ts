@@ -188,13 +188,12 @@ Deno.test("balancer drops a fragment from the request target", async () => {
   assert.equal(received[0].path, "/a?b");
 });
 
-Deno.test("balancer resolves dot segments and backslashes as fetch's URL parser does", async () => {
-  // Known limitation, pinned so a change is noticed: the upstream URL goes through fetch, whose
-  // WHATWG parser resolves `..`/`.` (also `%2e%2e`) and turns `\` into `/`. The balancer routes
-  // on nothing in the path, so the backend simply sees the normalised path.
+Deno.test("balancer forwards dot segments and backslashes unresolved (issue 5)", async () => {
+  // fetch's WHATWG parser would resolve `..`/`.` (also `%2e%2e`) and turn `\` into `/`; such
+  // targets go through node:http instead (lib/upstream_exact.ts, tests/exact_path_test.ts).
   const { status, received } = await throughBalancer(
     "GET /a/../b/%2e%2e/c/./d\\e?k=../v HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n",
   );
   assert.equal(status, 200);
-  assert.equal(received[0].path, "/c/d/e?k=../v");
+  assert.equal(received[0].path, "/a/../b/%2e%2e/c/./d\\e?k=../v");
 });
