@@ -312,7 +312,11 @@ export function svgChart(
   const rows = summaries.filter((s) => s.profile === profile && s.rounds > 0);
   const label = (id: string) => info.targets.find((t) => t.id === id)?.label ?? id;
   const profileLabel = info.profiles.find((p) => p.id === profile)?.label ?? profile;
-  const barH = 26, gap = 10, labelW = 200, panelW = 330, top = 78, left = 16;
+  // Labels are right-aligned before the bars: wide enough for the longest (~7 px a character
+  // at 13 px), or long target names run off the left edge.
+  const longest = Math.max(0, ...rows.map((s) => label(s.target).length));
+  const barH = 26, gap = 10, labelW = Math.max(200, Math.ceil(longest * 7.2) + 12);
+  const panelW = 330, top = 78, left = 16;
   const height = top + rows.length * (barH + gap) + 44;
   const width = left + labelW + 2 * panelW + 60;
   const parts: string[] = [];
