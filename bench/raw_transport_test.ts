@@ -9,89 +9,11 @@
 import assert from "node:assert/strict";
 import { createRawTransport, type RawTransport } from "./raw_transport.ts";
 import type { AttemptRequest, AttemptResult } from "../lib/upstream.ts";
+import { concat } from "../tests/helpers.ts";
+import { Wire } from "../tests/wire.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-/** Reads a backend connection: request heads and bodies, with its own buffer. */
-class Wire {
-  #buf = new Uint8Array(0);
-  constructor(readonly conn: Deno.TcpConn) {}
-
-  async #more(): Promise<boolean> {
-    const chunk = new Uint8Array(64 * 1024);
-    const n = await this.conn.read(chunk).catch(() => null);
-    if (n === null) return false;
-    const next = new Uint8Array(this.#buf.length + n);
-    next.set(this.#buf);
-    next.set(chunk.subarray(0, n), this.#buf.length);
-    this.#buf = next;
-    return true;
-  }
-
-  /** The next request head (without the blank line), or null when the peer closed. */
-  async head(): Promise<string | null> {
-    for (;;) {
-      const text = decoder.decode(this.#buf);
-      const end = text.indexOf("\r\n\r\n");
-      if (end !== -1) {
-        this.#buf = this.#buf.subarray(end + 4);
-        return text.slice(0, end);
-      }
-      if (!(await this.#more())) return null;
-    }
-  }
-
-  async bytes(n: number): Promise<Uint8Array> {
-    while (this.#buf.length < n) {
-      if (!(await this.#more())) throw new Error("peer closed mid-body");
-    }
-    const out = this.#buf.slice(0, n);
-    this.#buf = this.#buf.subarray(n);
-    return out;
-  }
-
-  /** The bytes received so far beyond what was consumed (waits for at least `min`). */
-  async peek(min: number): Promise<number> {
-    while (this.#buf.length < min) {
-      if (!(await this.#more())) break;
-    }
-    return this.#buf.length;
-  }
-
-  async chunked(): Promise<Uint8Array> {
-    const parts: Uint8Array[] = [];
-    for (;;) {
-      const line = await this.#line();
-      const size = parseInt(line, 16);
-      if (size === 0) {
-        await this.#line();
-        break;
-      }
-      parts.push(await this.bytes(size));
-      await this.bytes(2);
-    }
-    return concat(parts);
-  }
-
-  async #line(): Promise<string> {
-    for (;;) {
-      const lf = this.#buf.indexOf(10);
-      if (lf !== -1) {
-        const line = decoder.decode(this.#buf.subarray(0, lf - 1));
-        this.#buf = this.#buf.subarray(lf + 1);
-        return line;
-      }
-      if (!(await this.#more())) throw new Error("peer closed mid-line");
-    }
-  }
-
-  async write(text: string | Uint8Array): Promise<void> {
-    const bytes = typeof text === "string" ? encoder.encode(text) : text;
-    let offset = 0;
-    while (offset < bytes.length) offset += await this.conn.write(bytes.subarray(offset));
-  }
-}
 
 interface Backend {
   origin: string;
@@ -181,16 +103,6 @@ async function send(
 async function text(result: AttemptResult): Promise<string> {
   assert.ok(result.ok, result.ok ? "" : `${result.failure.kind}: ${result.failure.detail}`);
   return await result.response.text();
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
 }
 
 /** Runs `body` with a fresh transport and closes it (and its idle connections) after. */

@@ -216,88 +216,73 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     const signal = mayFailWhileSent(body)
       ? AbortSignal.any([clientGone.signal, body.signal])
       : clientGone.signal;
+    const transport = transportFor(context.path);
     try {
-      const transport = transportFor(context.path);
-      return await tryBackends(req, info, headers, body, context, trace, tried, signal, transport);
+      let failure: Failure | undefined;
+      for (let attempt = 0; attempt <= options.retries; attempt++) {
+        const backend = pickBackend(context, tried, attempt);
+        if (backend === undefined) break;
+        tried.add(backend);
+        trace.backend = backend;
+        trace.attempts++;
+        if (log.debugEnabled) log.debug(`Selected backend: ${backend.url}`);
+        pool.acquire(backend);
+        const started = performance.now();
+        const result = await transport(
+          backend.url,
+          backend.url + context.path,
+          { method: req.method, headers, body: body.forAttempt() },
+          signal,
+          attemptOptions,
+        );
+        if (result.ok) {
+          // In flight until the body has been delivered, not just the headers: least-conn and
+          // max-conns must see streaming responses as load.
+          // then(f, f): one promise instead of finally()'s three plus a catch().
+          const release = () => pool.release(backend);
+          info.completed.then(release, release);
+          const latency = performance.now() - started;
+          backend.latency.record(latency);
+          latencyObserver?.observe(backend, latency);
+          if (result.response.status >= 500) backend.serverErrors++;
+          if (options.ejectOn5xx && result.response.status >= 500) {
+            pool.reportFailure(backend, `HTTP ${result.response.status}`);
+          } else {
+            pool.reportSuccess(backend);
+          }
+          return { response: result.response, backend, decoded: result.decoded };
+        }
+        pool.release(backend);
+        // The client's doing: the backend is not blamed, and there is no retry.
+        if (body.clientError !== undefined) break;
+        failure = result.failure;
+        if (failure.kind === "client-gone") break;
+        backend.failures++;
+        latencyObserver?.observeFailure(backend);
+        if (failure.kind === "connect") pool.reportConnectFailure(backend, failure.detail);
+        pool.reportFailure(backend, failure.detail);
+        const retrying = attempt < options.retries &&
+          mayRetry(failure.kind, req.method, body.replayable) &&
+          // Before the budget: a retry with no untried backend left would take budget that
+          // another request could have used, and wait out a backoff, for nothing.
+          pool.hasCandidate(tried) &&
+          withinBudget();
+        log.warn(
+          `${backend.url} failed: ${failure.detail} (${req.method}, attempt ${attempt + 1}` +
+            `${retrying ? ", retrying" : ""})`,
+        );
+        if (!retrying) break;
+        observer?.retry();
+        await delay(backoff(attempt + 1));
+      }
+      await body.discard();
+      if (body.clientError !== undefined) throw body.clientError;
+      if (failure === undefined) throw new NoBackendError(options.retryAfterSeconds);
+      if (failure.kind === "timeout") throw new GatewayTimeoutError();
+      throw new BadGatewayError();
     } finally {
       watch.cancel();
     }
-  }
-
-  /** {@linkcode forward}'s loop: one attempt per backend until one answers or rules say stop. */
-  async function tryBackends(
-    req: Request,
-    info: Deno.ServeHandlerInfo,
-    headers: Headers,
-    body: RequestBody,
-    context: SelectContext,
-    trace: Trace,
-    tried: Set<Backend>,
-    signal: AbortSignal,
-    transport: Transport,
-  ): Promise<Answer> {
-    let failure: Failure | undefined;
-    for (let attempt = 0; attempt <= options.retries; attempt++) {
-      const backend = pickBackend(context, tried, attempt);
-      if (backend === undefined) break;
-      tried.add(backend);
-      trace.backend = backend;
-      trace.attempts++;
-      if (log.debugEnabled) log.debug(`Selected backend: ${backend.url}`);
-      pool.acquire(backend);
-      const started = performance.now();
-      const result = await transport(
-        backend.url,
-        backend.url + context.path,
-        { method: req.method, headers, body: body.forAttempt() },
-        signal,
-        attemptOptions,
-      );
-      if (result.ok) {
-        // In flight until the body has been delivered, not just the headers: least-conn and
-        // max-conns must see streaming responses as load.
-        // then(f, f): one promise instead of finally()'s three plus a catch().
-        const release = () => pool.release(backend);
-        info.completed.then(release, release);
-        const latency = performance.now() - started;
-        backend.latency.record(latency);
-        latencyObserver?.observe(backend, latency);
-        if (result.response.status >= 500) backend.serverErrors++;
-        if (options.ejectOn5xx && result.response.status >= 500) {
-          pool.reportFailure(backend, `HTTP ${result.response.status}`);
-        } else {
-          pool.reportSuccess(backend);
-        }
-        return { response: result.response, backend, decoded: result.decoded };
-      }
-      pool.release(backend);
-      // The client's doing: the backend is not blamed, and there is no retry.
-      if (body.clientError !== undefined) break;
-      failure = result.failure;
-      if (failure.kind === "client-gone") break;
-      backend.failures++;
-      latencyObserver?.observeFailure(backend);
-      if (failure.kind === "connect") pool.reportConnectFailure(backend, failure.detail);
-      pool.reportFailure(backend, failure.detail);
-      const retrying = attempt < options.retries &&
-        mayRetry(failure.kind, req.method, body.replayable) &&
-        // Before the budget: a retry with no untried backend left would take budget that
-        // another request could have used, and wait out a backoff, for nothing.
-        pool.hasCandidate(tried) &&
-        withinBudget();
-      log.warn(
-        `${backend.url} failed: ${failure.detail} (${req.method}, attempt ${attempt + 1}` +
-          `${retrying ? ", retrying" : ""})`,
-      );
-      if (!retrying) break;
-      observer?.retry();
-      await delay(backoff(attempt + 1));
-    }
-    await body.discard();
-    if (body.clientError !== undefined) throw body.clientError;
-    if (failure === undefined) throw new NoBackendError(options.retryAfterSeconds);
-    if (failure.kind === "timeout") throw new GatewayTimeoutError();
-    throw new BadGatewayError();
   }
 
   function withinBudget(): boolean {

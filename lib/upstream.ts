@@ -68,20 +68,15 @@ export async function sendAttempt(
     abandoned = failure;
     controller.abort();
   };
-  const onClientAbort = () => abandon({ kind: "client-gone", detail: "client disconnected" });
-  clientSignal.addEventListener("abort", onClientAbort);
-  const headerDeadline = afterDelay(
-    options.timeout,
-    () => abandon({ kind: "timeout", detail: `no response headers within ${options.timeout}ms` }),
+  // fetch does not say whether it has connected: a separate TCP connect tells.
+  const disarm = guardAttempt(
+    clientSignal,
+    options,
+    abandon,
+    async () =>
+      abandoned === undefined && !controller.signal.aborted &&
+      !(await canConnect(origin, options.connectTimeout)),
   );
-  const connectDeadline = options.connectTimeout < options.timeout
-    ? afterDelay(options.connectTimeout, async () => {
-      if (abandoned !== undefined || controller.signal.aborted) return;
-      if (!(await canConnect(origin, options.connectTimeout))) {
-        abandon({ kind: "connect", detail: `connect timeout after ${options.connectTimeout}ms` });
-      }
-    })
-    : undefined;
   try {
     const response = await fetch(url, {
       method: request.method,
@@ -102,10 +97,40 @@ export async function sendAttempt(
   } catch (error) {
     return { ok: false, failure: abandoned ?? classifyFetchError(error) };
   } finally {
+    disarm();
+  }
+}
+
+/**
+ * Arms what ends an attempt before its response headers, for every transport: the client
+ * hanging up (`client-gone`), no headers within `options.timeout` (`timeout`), and, when
+ * `options.connectTimeout` is shorter, a `connect` failure if `unreachable()` says so once the
+ * connect timeout has passed. Returns the function that disarms them all.
+ */
+export function guardAttempt(
+  clientSignal: AbortSignal,
+  options: AttemptOptions,
+  abandon: (failure: Failure) => void,
+  unreachable: () => boolean | Promise<boolean>,
+): () => void {
+  const onClientAbort = () => abandon({ kind: "client-gone", detail: "client disconnected" });
+  clientSignal.addEventListener("abort", onClientAbort);
+  const headerDeadline = afterDelay(
+    options.timeout,
+    () => abandon({ kind: "timeout", detail: `no response headers within ${options.timeout}ms` }),
+  );
+  const connectDeadline = options.connectTimeout < options.timeout
+    ? afterDelay(options.connectTimeout, async () => {
+      if (await unreachable()) {
+        abandon({ kind: "connect", detail: `connect timeout after ${options.connectTimeout}ms` });
+      }
+    })
+    : undefined;
+  return () => {
     headerDeadline.cancel();
     connectDeadline?.cancel();
     clientSignal.removeEventListener("abort", onClientAbort);
-  }
+  };
 }
 
 /**

@@ -23,10 +23,10 @@ import { isIP, type Socket } from "node:net";
 import { classifyFetchError, type Failure } from "./retry.ts";
 import { type BackendTlsFiles, readBackendTls } from "./tls.ts";
 import {
-  afterDelay,
   type AttemptOptions,
   type AttemptRequest,
   type AttemptResult,
+  guardAttempt,
   type Transport,
 } from "./upstream.ts";
 
@@ -137,9 +137,7 @@ function exchange(
   const settle = (result: AttemptResult) => {
     if (settled) return;
     settled = true;
-    headerDeadline.cancel();
-    connectDeadline?.cancel();
-    clientSignal.removeEventListener("abort", onClientAbort);
+    disarm();
     resolve(result);
   };
   const abandon = (failure: Failure) => {
@@ -148,20 +146,8 @@ function exchange(
     bodyReader?.cancel().catch(() => {});
     req?.destroy();
   };
-  const onClientAbort = () => abandon({ kind: "client-gone", detail: "client disconnected" });
-  clientSignal.addEventListener("abort", onClientAbort);
-  const headerDeadline = afterDelay(
-    options.timeout,
-    () => abandon({ kind: "timeout", detail: `no response headers within ${options.timeout}ms` }),
-  );
   // Unlike fetch, node:http says when the connection is made: no separate probe is needed.
-  const connectDeadline = options.connectTimeout < options.timeout
-    ? afterDelay(options.connectTimeout, () => {
-      if (!connected) {
-        abandon({ kind: "connect", detail: `connect timeout after ${options.connectTimeout}ms` });
-      }
-    })
-    : undefined;
+  const disarm = guardAttempt(clientSignal, options, abandon, () => !connected);
 
   const body = request.body;
   let bytes: Uint8Array | undefined;

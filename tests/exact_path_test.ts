@@ -23,6 +23,7 @@ import {
   writeAll,
 } from "./helpers.ts";
 import { installed, Pki } from "./pki.ts";
+import { headEnd, Wire } from "./wire.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -98,79 +99,6 @@ interface Seen {
   connection: number;
   /** Set when the balancer closed that connection while the backend held the request. */
   closed: boolean;
-}
-
-/** Where the blank line ending a head starts in `bytes` (a byte offset), or -1. */
-function headEnd(bytes: Uint8Array): number {
-  for (let i = 0; i + 3 < bytes.length; i++) {
-    if (bytes[i] === 13 && bytes[i + 1] === 10 && bytes[i + 2] === 13 && bytes[i + 3] === 10) {
-      return i;
-    }
-  }
-  return -1;
-}
-
-/** Buffered reads of one connection: request heads, bodies by length or chunked. */
-class Wire {
-  #buf: Uint8Array = new Uint8Array(0);
-  constructor(readonly conn: Deno.Conn) {}
-
-  async more(): Promise<boolean> {
-    const chunk = new Uint8Array(64 * 1024);
-    const n = await this.conn.read(chunk).catch(() => null);
-    if (n === null) return false;
-    this.#buf = concat([this.#buf, chunk.subarray(0, n)]);
-    return true;
-  }
-
-  async head(): Promise<string | null> {
-    for (let i = 0; i < 10_000; i++) {
-      const end = headEnd(this.#buf);
-      if (end !== -1) {
-        const text = decoder.decode(this.#buf.subarray(0, end));
-        this.#buf = this.#buf.subarray(end + 4);
-        return text;
-      }
-      if (!(await this.more())) return null;
-    }
-    return null;
-  }
-
-  async bytes(n: number): Promise<Uint8Array> {
-    for (let i = 0; i < 100_000 && this.#buf.length < n; i++) {
-      if (!(await this.more())) throw new Error("peer closed mid-body");
-    }
-    const out = this.#buf.slice(0, n);
-    this.#buf = this.#buf.subarray(n);
-    return out;
-  }
-
-  async chunked(): Promise<Uint8Array> {
-    const parts: Uint8Array[] = [];
-    for (let i = 0; i < 100_000; i++) {
-      const size = parseInt(await this.#line(), 16);
-      if (size === 0) {
-        await this.#line();
-        break;
-      }
-      parts.push(await this.bytes(size));
-      await this.bytes(2);
-    }
-    return concat(parts);
-  }
-
-  async #line(): Promise<string> {
-    for (let i = 0; i < 10_000; i++) {
-      const lf = this.#buf.indexOf(10);
-      if (lf !== -1) {
-        const line = decoder.decode(this.#buf.subarray(0, lf)).replace(/\r$/, "");
-        this.#buf = this.#buf.subarray(lf + 1);
-        return line;
-      }
-      if (!(await this.more())) break;
-    }
-    throw new Error("peer closed mid-line");
-  }
 }
 
 /**
