@@ -73,7 +73,10 @@ export async function main(args: string[]): Promise<number> {
     for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, resolve);
   });
   const reload = () => {
-    if (balancer !== undefined) reloadConfig(args, balancer, demoSpecs, log);
+    if (balancer === undefined) return;
+    reloadConfig(args, balancer, demoSpecs, log, (next) => {
+      if (workers !== undefined) shareRandomSettings(next, config);
+    });
   };
   const reloadCertificate = () => {
     balancer?.reloadCertificate();
@@ -133,6 +136,8 @@ function reloadConfig(
   balancer: RunningBalancer,
   demoSpecs: BackendSpec[],
   log: Log,
+  /** Carries over what the running process drew at start-up (`--workers`' sticky key). */
+  carryOver: (next: Config) => void,
 ): void {
   let next: Config;
   try {
@@ -145,6 +150,7 @@ function reloadConfig(
     return;
   }
   next.backends.push(...demoSpecs);
+  carryOver(next);
   const change = balancer.reload(next);
   log.info(
     `Reloaded: ${change.added.length} added, ${change.removed.length} removed, ` +

@@ -261,7 +261,15 @@ export async function startBalancer(
     exactTransport: exact.send,
   }, log);
 
-  const server = serve(config.port, config.host, handler, log, served, extras.reusePort);
+  const server = serve(
+    config.port,
+    config.host,
+    handler,
+    log,
+    served,
+    extras.reusePort,
+    worker !== undefined,
+  );
   const redirect = config.redirectHttp === undefined || served === undefined
     ? undefined
     : serve(config.redirectHttp, config.host, redirectToHttps(server.http.addr.port), log);
@@ -358,12 +366,20 @@ function serve(
   log: Log,
   tls?: CertifiedKey,
   reusePort = false,
+  joiningOwnProcess = false,
 ) {
   let open = 0;
   let http: Deno.HttpServer<Deno.NetAddr>;
   /** Shutdowns of listeners replaced by a certificate reload, still finishing their requests. */
   const retiring: Promise<void>[] = [];
   try {
+    // SO_REUSEPORT (TLS, --workers) would let this bind succeed next to another process already
+    // on the port, silently sharing its connections (an old instance left running, or anyone
+    // running as the same user): a plain bind first must succeed, as it would without it. A
+    // worker thread joins the main thread's listener, which is the point.
+    if ((tls !== undefined || reusePort) && !joiningOwnProcess && port !== 0) {
+      Deno.listen({ hostname, port }).close();
+    }
     http = listen(port, tls);
   } catch (error) {
     throw new Error(`cannot listen on ${hostname}:${port}: ${(error as Error).message}`);

@@ -113,6 +113,7 @@ export function guardAttempt(
   abandon: (failure: Failure) => void,
   unreachable: () => boolean | Promise<boolean>,
 ): () => void {
+  let disarmed = false;
   const onClientAbort = () => abandon({ kind: "client-gone", detail: "client disconnected" });
   clientSignal.addEventListener("abort", onClientAbort);
   const headerDeadline = afterDelay(
@@ -121,12 +122,14 @@ export function guardAttempt(
   );
   const connectDeadline = options.connectTimeout < options.timeout
     ? afterDelay(options.connectTimeout, async () => {
-      if (await unreachable()) {
+      // The probe takes time: the response may have come meanwhile, and must not be cut off.
+      if (await unreachable() && !disarmed) {
         abandon({ kind: "connect", detail: `connect timeout after ${options.connectTimeout}ms` });
       }
     })
     : undefined;
   return () => {
+    disarmed = true;
     headerDeadline.cancel();
     connectDeadline?.cancel();
     clientSignal.removeEventListener("abort", onClientAbort);

@@ -114,3 +114,17 @@ export function mergeExpositions(texts: readonly string[]): string {
   }
   return out.join("\n") + "\n";
 }
+
+/**
+ * `text` without its gauges: what a thread that is gone (or did not answer in time) still
+ * contributes to a merge. Its counters must stay in the totals, or they would go backwards (a
+ * reset to Prometheus); its gauges describe a moment that has passed.
+ */
+export function countersOnly(text: string): string {
+  const gauges = new Set<string>();
+  for (const match of text.matchAll(/^# TYPE (\S+) gauge$/gm)) gauges.add(match[1]);
+  return text.split("\n").filter((line) => {
+    const name = line.startsWith("#") ? line.split(" ")[2] : /^[^{ ]+/.exec(line)?.[0];
+    return name === undefined || !gauges.has(name);
+  }).join("\n");
+}

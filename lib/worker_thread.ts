@@ -20,6 +20,8 @@ let log: Log | undefined;
 let applying = false;
 /** What the main thread said last, per URL: only its changes are applied (see `apply`). */
 let lastSynced = new Map<string, SyncedBackend>();
+/** The newest list that arrived while the balancer was still starting, applied once it runs. */
+let syncedWhileStarting: SyncedBackend[] | undefined;
 
 function post(message: FromWorker): void {
   self.postMessage(message);
@@ -38,7 +40,8 @@ self.onmessage = async (event: MessageEvent<ToWorker>) => {
       await start(message);
       return;
     case "sync":
-      apply(message.backends);
+      if (balancer === undefined) syncedWhileStarting = message.backends;
+      else apply(message.backends);
       return;
     case "stats":
       if (balancer !== undefined) post(stats(balancer, message.id));
@@ -68,7 +71,10 @@ async function start(message: Extract<ToWorker, { type: "start" }>): Promise<voi
     return;
   }
   // Before any request can be handled (requests are later tasks): down backends stay unused.
+  // Starting may have awaited (the sticky cookie's keys): a newer list may have come meanwhile.
   apply(message.backends);
+  if (syncedWhileStarting !== undefined) apply(syncedWhileStarting);
+  syncedWhileStarting = undefined;
   post({ type: "listening" });
 }
 

@@ -23,6 +23,7 @@ import type { Log } from "./log.ts";
 import { percentilesOf } from "./stats.ts";
 import {
   type BackendCounters,
+  countersOnly,
   type FromWorker,
   mergeExpositions,
   type SyncedBackend,
@@ -46,13 +47,18 @@ export function resolveWorkerCount(workers: number | "auto" | undefined): number
 
 /**
  * Settings that must be equal in every thread but would otherwise be drawn at random in each:
- * the sticky cookie's signing key (a cookie set by one thread must be honoured by all).
+ * the sticky cookie's signing key (a cookie set by one thread must be honoured by all). On a
+ * reload, pass the `running` settings: the key drawn at start-up stays (a new one would be a
+ * restart-only change, and would unpin every client).
  */
-export function shareRandomSettings(config: Config): void {
-  if (config.stickyCookie !== "" && !config.stickySecret) {
-    const bytes = crypto.getRandomValues(new Uint8Array(32));
-    config.stickySecret = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+export function shareRandomSettings(config: Config, running?: Config): void {
+  if (config.stickyCookie === "" || config.stickySecret) return;
+  if (running?.stickySecret) {
+    config.stickySecret = running.stickySecret;
+    return;
   }
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  config.stickySecret = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** The module every worker thread runs. */
@@ -83,8 +89,12 @@ interface WorkerHandle {
   loaded?: () => void;
   /** Settles when the thread listens, or failed to. */
   started?: (failure: string | undefined) => void;
+  /** Whether its module has been evaluated: before, messages to it are lost. */
+  evaluated: boolean;
   /** Whether it listens: only then does it answer requests for its figures. */
   listening: boolean;
+  /** The metrics it reported last, carried when it does not answer (or is gone). */
+  lastMetrics?: string;
 }
 
 /** The worker threads of one balancer, driven from the main thread. */
@@ -101,6 +111,8 @@ export class WorkerGroup {
   #syncQueued = false;
   #nextStatsId = 1;
   #stopping = false;
+  /** Counters of threads that were replaced, so that merged counters never go backwards. */
+  #retiredCounters = "";
   readonly #respawns = new Set<ReturnType<typeof setTimeout>>();
 
   /**
@@ -153,7 +165,6 @@ export class WorkerGroup {
       await this.shutdown(0);
       throw new Error(`a worker thread could not start: ${failure}`);
     }
-    this.#lastSent = JSON.stringify(this.#snapshot());
     const timer = setInterval(() => this.#sync(), SYNC_CHECK_MS);
     Deno.unrefTimer(timer);
     this.#syncTimer = timer;
@@ -178,6 +189,8 @@ export class WorkerGroup {
     for (const timer of this.#respawns) clearTimeout(timer);
     const lefts = await Promise.all(this.#handles.map((handle) =>
       new Promise<number>((resolve) => {
+        // One still loading would lose the message (see "loaded"): it serves nothing yet.
+        if (!handle.evaluated) return resolve(0);
         // A thread that does not answer is ended at the deadline all the same.
         const timer = setTimeout(() => resolve(0), drainMs + 2000);
         handle.stopped = (left) => {
@@ -194,7 +207,13 @@ export class WorkerGroup {
 
   #spawn(index: number): Promise<string | undefined> {
     const worker = new Worker(this.#moduleUrl, { type: "module", name: `worker ${index}` });
-    const handle: WorkerHandle = { index, worker, pending: new Map(), listening: false };
+    const handle: WorkerHandle = {
+      index,
+      worker,
+      pending: new Map(),
+      evaluated: false,
+      listening: false,
+    };
     this.#handles.push(handle);
     worker.onmessage = (event: MessageEvent<FromWorker>) => this.#receive(handle, event.data);
     worker.onerror = (event) => {
@@ -211,7 +230,10 @@ export class WorkerGroup {
         resolve(failure);
       };
     });
-    handle.loaded = () =>
+    handle.loaded = () => {
+      handle.evaluated = true;
+      // Shutting down meanwhile (a respawn that finished loading late): it must not start.
+      if (this.#stopping) return handle.started?.("shutting down");
       this.#post(handle, {
         type: "start",
         index,
@@ -219,6 +241,7 @@ export class WorkerGroup {
         version: this.#version,
         backends: this.#snapshot(),
       });
+    };
     return started;
   }
 
@@ -226,6 +249,12 @@ export class WorkerGroup {
   #replace(handle: WorkerHandle): void {
     handle.worker.terminate();
     this.#handles = this.#handles.filter((h) => h !== handle);
+    if (handle.lastMetrics !== undefined) {
+      this.#retiredCounters = mergeExpositions([
+        this.#retiredCounters,
+        countersOnly(handle.lastMetrics),
+      ]);
+    }
     handle.started?.(`worker thread ${handle.index} failed`);
     handle.stopped?.(0);
     if (this.#stopping) return;
@@ -233,7 +262,15 @@ export class WorkerGroup {
       this.#respawns.delete(timer);
       if (this.#stopping) return;
       const failure = await this.#spawn(handle.index);
-      if (failure === undefined) this.#log.info(`Worker thread ${handle.index} restarted`);
+      if (failure === undefined) {
+        this.#log.info(`Worker thread ${handle.index} restarted`);
+        return;
+      }
+      if (this.#stopping) return;
+      // Not listening: end it and try again, rather than run a thread short without a word.
+      this.#log.error(`Worker thread ${handle.index} could not restart: ${failure}`);
+      const stuck = this.#handles.find((h) => h.index === handle.index && !h.listening);
+      if (stuck !== undefined) this.#replace(stuck);
     }, RESPAWN_DELAY_MS);
     this.#respawns.add(timer);
   }
@@ -245,6 +282,9 @@ export class WorkerGroup {
         return;
       case "listening":
         handle.listening = true;
+        // The list as it is now: changes made while the thread started may have reached it
+        // before it could apply them, and #sync sends only changes.
+        this.#post(handle, { type: "sync", backends: this.#snapshot() });
         handle.started?.(undefined);
         return;
       case "failed":
@@ -261,6 +301,7 @@ export class WorkerGroup {
         return;
       }
       case "stats":
+        handle.lastMetrics = message.metrics;
         handle.pending.get(message.id)?.(message);
         handle.pending.delete(message.id);
         return;
@@ -273,8 +314,13 @@ export class WorkerGroup {
   #post(handle: WorkerHandle, message: ToWorker): void {
     try {
       handle.worker.postMessage(message);
-    } catch {
-      // A terminated thread: its replacement gets the current state when it starts.
+    } catch (error) {
+      // Say why (a value that cannot be copied to a thread, say) rather than time out later.
+      this.#log.error(
+        `Could not send "${message.type}" to worker thread ${handle.index}: ${
+          (error as Error).message
+        }`,
+      );
     }
   }
 
@@ -306,11 +352,15 @@ export class WorkerGroup {
   }
 
   /** Every worker's figures; a thread that does not answer in time is left out. */
-  async #gather(): Promise<Extract<FromWorker, { type: "stats" }>[]> {
+  async #gather(): Promise<
+    { handle: WorkerHandle; stats: Extract<FromWorker, { type: "stats" }> }[]
+  > {
     const listening = this.#handles.filter((handle) => handle.listening);
     const answers = await Promise.all(
       listening.map((handle) =>
-        new Promise<Extract<FromWorker, { type: "stats" }> | undefined>((resolve) => {
+        new Promise<
+          { handle: WorkerHandle; stats: Extract<FromWorker, { type: "stats" }> } | undefined
+        >((resolve) => {
           const id = this.#nextStatsId++;
           const timer = setTimeout(() => {
             handle.pending.delete(id);
@@ -319,7 +369,7 @@ export class WorkerGroup {
           }, STATS_TIMEOUT_MS);
           handle.pending.set(id, (answer) => {
             clearTimeout(timer);
-            resolve(answer);
+            resolve({ handle, stats: answer });
           });
           this.#post(handle, { type: "stats", id });
         })
@@ -330,7 +380,14 @@ export class WorkerGroup {
 
   async #mergeMetrics(own: string): Promise<string> {
     const answers = await this.#gather();
-    return mergeExpositions([own, ...answers.map((a) => a.metrics)]);
+    const answered = new Set(answers.map((a) => a.handle));
+    const silent = this.#handles.filter((h) => !answered.has(h) && h.lastMetrics !== undefined);
+    return mergeExpositions([
+      own,
+      ...answers.map((a) => a.stats.metrics),
+      ...silent.map((h) => countersOnly(h.lastMetrics!)),
+      this.#retiredCounters,
+    ]);
   }
 
   /** Adds the workers' in-flight, request and error counts and latencies to each view. */
@@ -338,7 +395,7 @@ export class WorkerGroup {
     const answers = await this.#gather();
     const byUrl = new Map<string, BackendCounters[]>();
     for (const answer of answers) {
-      for (const counters of answer.backends) {
+      for (const counters of answer.stats.backends) {
         const list = byUrl.get(counters.url) ?? [];
         list.push(counters);
         byUrl.set(counters.url, list);

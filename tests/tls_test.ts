@@ -23,7 +23,7 @@ import {
   startTestBalancer,
   waitFor,
 } from "./helpers.ts";
-import { spawnBalancer } from "./process.ts";
+import { runMain, spawnBalancer } from "./process.ts";
 import { installed, type Issued, openssl, Pki, run } from "./pki.ts";
 
 /** Generous: the machine is shared and loaded; a reload or a watch event may take seconds. */
@@ -816,5 +816,27 @@ Deno.test({
     };
     assert.ok(await eventually(allNew), "20 new connections in a row get the new certificate");
     assert.ok(!(await servesCertificateOf(port, ca1)));
+  },
+});
+
+Deno.test({
+  name: "TLS: a second balancer on the same port is refused, though the listener uses SO_REUSEPORT",
+  ...NEEDS_OPENSSL,
+  async fn() {
+    await using tls = await tlsProcess((live) => live.dir);
+    const { code, stderr } = await runMain([
+      "--backends=http://127.0.0.1:9",
+      `--port=${tls.port}`,
+      "--host=127.0.0.1",
+      `--tls-cert=${tls.live.certPath}`,
+      `--tls-key=${tls.live.keyPath}`,
+    ], { permissions: [`--allow-read=${tls.live.dir}`] });
+    assert.equal(code, 1);
+    assert.match(
+      stderr,
+      new RegExp(`load-balancer: cannot listen on 127\\.0\\.0\\.1:${tls.port}: `),
+    );
+    // The first one still serves every connection.
+    assert.ok(await servesCertificateOf(tls.port, tls.ca1));
   },
 });

@@ -11,8 +11,9 @@ import { type BalancerProcess, runMain, spawnBalancer } from "./process.ts";
 import { captureLog, delay, startTestBackend, type TestBackend, waitFor } from "./helpers.ts";
 import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
 import { mergeExpositions } from "../lib/worker_protocol.ts";
-import { WorkerGroup } from "../lib/workers.ts";
-import type { RunningBalancer } from "../lib/balancer.ts";
+import { shareRandomSettings, WorkerGroup } from "../lib/workers.ts";
+import { type RunningBalancer, startBalancer } from "../lib/balancer.ts";
+import { quietLog } from "../lib/log.ts";
 import { testConfig } from "./helpers.ts";
 
 const REQUESTS = 40;
@@ -298,22 +299,69 @@ Deno.test("--workers auto starts one serving thread per core", async () => {
   else assert.ok(!lb.lines.some((line) => line.includes("workers")));
 });
 
-Deno.test("a worker thread that crashes is replaced", async () => {
-  await using a = await namedBackend("a");
+Deno.test("a crashed worker thread is replaced, and its counters stay in the merged metrics", async () => {
   const log = captureLog();
   const group = new WorkerGroup(1, log, new URL("./fixtures/crashing_worker.ts", import.meta.url));
-  const config = testConfig([a.url]);
   const balancer = { port: 0, pool: { backends: [] } } as unknown as RunningBalancer;
+  const merged = async () => await group.extras.group!.mergeMetrics("");
   try {
-    await group.start(config, balancer, "test");
+    await group.start(testConfig([]), balancer, "test");
+    const before = await merged();
+    assert.equal(metricSum(before, /^lb_requests_total\{/), 5);
+    assert.equal(metricSum(before, /^lb_backend_inflight\{/), 1);
+
+    group.reloadCertificate(); // the fixture's cue to crash
     assert.ok(
       await waitFor(() => log.lines.some((l) => l.includes("Worker thread 1 restarted")), 10_000),
       log.lines.join("\n"),
     );
     assert.ok(log.lines.some((l) => /ERROR Worker thread 1 failed: .*deliberate crash/.test(l)));
+    // The replacement counts from zero: the old thread's 5 requests are carried, so the total
+    // does not go backwards (Prometheus would read a reset); its in-flight gauge is not.
+    const after = await merged();
+    assert.equal(metricSum(after, /^lb_requests_total\{/), 10);
+    assert.equal(metricSum(after, /^lb_backend_inflight\{/), 1);
   } finally {
     await group.shutdown(0);
   }
+});
+
+Deno.test("a change made while a worker thread starts reaches it", async () => {
+  // With a sticky cookie, starting a thread awaits (its keys): a sync sent meanwhile used to be
+  // dropped, and the thread kept sending traffic to a backend disabled in that instant.
+  await using a = await namedBackend("a");
+  await using b = await namedBackend("b");
+  const config = testConfig([a.url, b.url], { stickyCookie: "lb", healthInterval: 3_600_000 });
+  shareRandomSettings(config);
+  const group = new WorkerGroup(1, quietLog);
+  const balancer = await startBalancer(config, quietLog, "test", group.extras);
+  try {
+    const starting = group.start(config, balancer, "test");
+    balancer.pool.setAdmin(balancer.pool.find(b.url)!, "disabled", "test");
+    await starting;
+    await delay(300);
+    const results = await freshConnectionGets(`http://127.0.0.1:${balancer.port}/`, 60);
+    assert.ok(results.every((r) => r.status === 200 && r.body === "a"), JSON.stringify(results));
+    assert.equal(b.received.length, 0, "no thread sent traffic to the disabled backend");
+  } finally {
+    await Promise.all([group.shutdown(1000), balancer.shutdown(1000)]);
+  }
+});
+
+Deno.test("--workers: a port another process holds is refused, one line, exit 1", async () => {
+  await using a = await namedBackend("a");
+  // A plain listener: without the check, SO_REUSEPORT would let the balancer share it silently.
+  using holder = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (holder.addr as Deno.NetAddr).port;
+  const { code, stderr } = await runMain(
+    [`--backends=${a.url}`, `--port=${port}`, "--host=127.0.0.1", "--workers=2"],
+    { permissions: ["--allow-read"] },
+  );
+  assert.equal(code, 1);
+  assert.match(
+    stderr,
+    new RegExp(`(^|\\n)load-balancer: cannot listen on 127\\.0\\.0\\.1:${port}: .+\\n$`),
+  );
 });
 
 Deno.test("mergeExpositions adds counters, histograms and in-flight; other gauges take the max", () => {
