@@ -255,6 +255,8 @@ Deno.test("--workers 2: a config reload reaches every thread", async () => {
       "--host=127.0.0.1",
       "--workers=2",
       "--log-level=debug",
+      // Its key is drawn at start-up for all threads: a reload must keep it, not report it.
+      "--sticky-cookie=lb",
     ], { permissions: ["--allow-read"] });
     await using _lb = lb;
     const url = `http://127.0.0.1:${await lb.port()}`;
@@ -268,6 +270,7 @@ Deno.test("--workers 2: a config reload reaches every thread", async () => {
     assert.ok(results.every((r) => r.status === 200 && r.body === "b"), JSON.stringify(results));
     const seen = selections(lb, from);
     assert.ok(seen.main > 0 && seen.worker > 0, `both threads served: ${JSON.stringify(seen)}`);
+    assert.ok(!lb.lines.some((line) => line.includes("need a restart")), lb.lines.join("\n"));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
