@@ -8,7 +8,7 @@
 import type { Config } from "./config.ts";
 import { OPS_DEFAULTS } from "./config_file.ts";
 import type { Log } from "./log.ts";
-import { Pool, type StatusChangeListener } from "./pool.ts";
+import { Pool, type PoolOptions, type StatusChangeListener } from "./pool.ts";
 import { createPolicy, latencyObserverOf } from "./policies/mod.ts";
 import { generateSecret, StickyCookie } from "./policies/sticky.ts";
 import { RetryBudget } from "./retry_budget.ts";
@@ -81,7 +81,10 @@ export interface BalancerExtras {
    * health checks (the main thread's verdicts arrive as pool changes), no start-up lines, and
    * backend status changes go to this listener instead of the log, metrics and alerts.
    */
-  worker?: { onStatusChange: StatusChangeListener };
+  worker?: {
+    onStatusChange: StatusChangeListener;
+    onHealthChange: NonNullable<PoolOptions["onHealthChange"]>;
+  };
   /**
    * Set on the main thread of `--workers` (lib/workers.ts): told of every status change, and
    * asked to merge the worker threads' figures into what the admin API shows.
@@ -195,6 +198,7 @@ export async function startBalancer(
       alerts?.notify({ backend: backend.url, from, to, reason, time: new Date() });
       extras.group?.statusChanged();
     }),
+    onHealthChange: worker?.onHealthChange,
     onAdd: (backend) => {
       if (worker === undefined) log.info(`Configured server: ${backend.url}`);
       sticky?.cookie.prepare([backend]).catch(() => {});

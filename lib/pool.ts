@@ -132,6 +132,11 @@ export interface PoolOptions {
   policy: Policy;
   /** Told about every status flip (logging, alerts, metrics). @default none */
   onStatusChange?: StatusChangeListener;
+  /**
+   * Told about every health flip, also while the status shows the operator's switch (a backend
+   * draining or disabled): worker threads report what they found out. @default none
+   */
+  onHealthChange?: (backend: Backend, to: HealthState, reason: string) => void;
   /** Told when a backend joins the pool after start-up (sticky tokens). @default none */
   onAdd?: (backend: Backend) => void;
   /** Ramp time of a backend that becomes available (ms); 0 is off. @default 0 */
@@ -389,6 +394,7 @@ export class Pool {
     const now = this.#now();
     if (to === "up") backend.availableSince = now;
     this.#refresh(now);
+    this.#options.onHealthChange?.(backend, to, reason);
     this.#announce(backend, before, reason);
   }
 

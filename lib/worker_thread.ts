@@ -11,7 +11,7 @@
 
 import { type RunningBalancer, startBalancer } from "./balancer.ts";
 import { createLog, type Log } from "./log.ts";
-import type { Backend, BackendStatus } from "./pool.ts";
+import type { Backend, BackendStatus, HealthState } from "./pool.ts";
 import type { FromWorker, SyncedBackend, ToWorker } from "./worker_protocol.ts";
 
 let balancer: RunningBalancer | undefined;
@@ -64,7 +64,7 @@ async function start(message: Extract<ToWorker, { type: "start" }>): Promise<voi
   try {
     balancer = await startBalancer(config, log, message.version, {
       reusePort: true,
-      worker: { onStatusChange },
+      worker: { onStatusChange, onHealthChange },
     });
   } catch (error) {
     post({ type: "failed", message: (error as Error).message });
@@ -105,13 +105,19 @@ function apply(backends: SyncedBackend[]): void {
   }
 }
 
-/** This thread's own status changes: a refused connection goes up, ejections are logged here. */
+/**
+ * This thread's own health verdicts: only a refused connection (no health checks run here) makes
+ * one, and it goes to the main thread, which decides for every thread. Told also while the
+ * backend is draining or disabled, when its status does not change.
+ */
+function onHealthChange(backend: Backend, to: HealthState, reason: string) {
+  if (applying || to !== "down") return;
+  post({ type: "down", url: backend.url, reason: reason.replace(/^connection failed: /, "") });
+}
+
+/** This thread's own status changes: its ejections are logged and counted here. */
 function onStatusChange(backend: Backend, from: BackendStatus, to: BackendStatus, reason: string) {
   if (applying) return;
-  if (to === "down") {
-    post({ type: "down", url: backend.url, reason: reason.replace(/^connection failed: /, "") });
-    return;
-  }
   if (to === "ejected" || from === "ejected") {
     log?.info(`${backend.url} [${to}] (${reason})`);
     balancer?.metrics.stateTransition(backend.url, from, to);

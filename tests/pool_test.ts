@@ -102,6 +102,21 @@ Deno.test("Pool.reportConnectFailure() marks a backend down at once, without `fa
   assert.deepEqual(reasons, ["connection failed: connection refused"]);
 });
 
+Deno.test("Pool tells onHealthChange of health flips the status hides (draining, disabled)", () => {
+  const health: string[] = [];
+  const { pool, events, b } = setup([1, 1], {
+    onHealthChange: (backend, to, reason) => health.push(`${name(pool, backend)}:${to} ${reason}`),
+  });
+  pool.setAdmin(b[0], "draining", "test");
+  events.length = 0;
+  pool.reportConnectFailure(b[0], "connection refused");
+  // The status stays "draining", so no status change; the health change is still told.
+  assert.deepEqual(events, []);
+  assert.deepEqual(health, ["b0:down connection failed: connection refused"]);
+  pool.setHealth(b[0], "up", "main thread");
+  assert.deepEqual(health.at(-1), "b0:up main thread");
+});
+
 Deno.test("Pool.reportFailure() ejects after `consecutiveFailures`, until the time passes", () => {
   const { pool, clock, events, b } = setup([1, 1, 1], {
     outlier: { consecutiveFailures: 3, baseEjectionMs: 1_000 },
