@@ -16,6 +16,7 @@ import { fetchRewritesTarget } from "../lib/upstream.ts";
 import {
   captureLog,
   concat,
+  delay,
   rawExchange,
   refusingUrl,
   startTestBalancer,
@@ -24,6 +25,7 @@ import {
 } from "./helpers.ts";
 import { installed, Pki } from "./pki.ts";
 import { headEnd, Wire } from "./wire.ts";
+import { createExactTransport } from "../lib/upstream_exact.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -474,4 +476,42 @@ Deno.test({
       assert.equal(backend.seen.at(-1)!.line, `GET ${path} HTTP/1.1`);
     }
   },
+});
+
+Deno.test("the exact transport closes a kept-alive backend connection once it has been idle", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const transport = createExactTransport({}, { idleTimeoutMs: 200 });
+  // Part of the attempt options' contract; this transport does not use it.
+  using client = Deno.createHttpClient({});
+  try {
+    const accepted = listener.accept();
+    const origin = `http://127.0.0.1:${listener.addr.port}`;
+    const sending = transport.send(
+      origin,
+      `${origin}/a/../b`,
+      {
+        method: "GET",
+        headers: new Headers({ host: "example.test" }),
+        body: null,
+      },
+      new AbortController().signal,
+      { timeout: 5000, connectTimeout: 1000, client },
+    );
+    using conn = await accepted;
+    const wire = new Wire(conn);
+    assert.match((await wire.head())!, /^GET \/a\/\.\.\/b HTTP\/1\.1\r\n/);
+    await wire.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    const result = await sending;
+    assert.ok(result.ok);
+    assert.equal(await result.response.text(), "ok");
+    // Kept alive, then closed by the balancer's side after the idle time (bounded wait).
+    const closed = await Promise.race([
+      wire.more().then((more) => !more),
+      delay(5000).then(() => false),
+    ]);
+    assert.ok(closed, "the idle connection was closed");
+  } finally {
+    transport.close();
+    listener.close();
+  }
 });
