@@ -16,7 +16,6 @@ import { fetchRewritesTarget } from "../lib/upstream.ts";
 import {
   captureLog,
   concat,
-  delay,
   rawExchange,
   refusingUrl,
   startTestBalancer,
@@ -505,10 +504,12 @@ Deno.test("the exact transport closes a kept-alive backend connection once it ha
     assert.ok(result.ok);
     assert.equal(await result.response.text(), "ok");
     // Kept alive, then closed by the balancer's side after the idle time (bounded wait).
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const closed = await Promise.race([
       wire.more().then((more) => !more),
-      delay(5000).then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), 5000))),
     ]);
+    clearTimeout(timer);
     assert.ok(closed, "the idle connection was closed");
   } finally {
     transport.close();
