@@ -17,6 +17,7 @@ import {
   captureLog,
   concat,
   rawExchange,
+  rawServer,
   refusingUrl,
   startTestBalancer,
   waitFor,
@@ -120,14 +121,7 @@ function reply(status: number, headers: [string, string][], body: string | Uint8
 
 /** A keep-alive backend on a raw socket (TLS with `tls`) recording every request but health checks. */
 function recordingBackend(answer: Answer = OK, tls?: { cert: string; key: string }) {
-  const listener = tls === undefined
-    ? Deno.listen({ hostname: "127.0.0.1", port: 0 })
-    : Deno.listenTls({ hostname: "127.0.0.1", port: 0, ...tls });
-  const conns = new Set<Deno.Conn>();
   const seen: Seen[] = [];
-  const served: Promise<void>[] = [];
-  let accepted = 0;
-
   async function serveConnection(conn: Deno.Conn, id: number): Promise<void> {
     const wire = new Wire(conn);
     for (let i = 0; i < 1000; i++) {
@@ -159,35 +153,22 @@ function recordingBackend(answer: Answer = OK, tls?: { cert: string; key: string
     }
   }
 
-  const accepting = (async () => {
-    for await (const conn of listener) {
-      conns.add(conn);
-      served.push(
-        serveConnection(conn, ++accepted).catch(() => {}).finally(() => {
-          conns.delete(conn);
-          try {
-            conn.close();
-          } catch { /* closed already */ }
-        }),
-      );
+  const server = rawServer(async (conn, id) => {
+    try {
+      await serveConnection(conn, id);
+    } finally {
+      try {
+        conn.close();
+      } catch { /* closed already */ }
     }
-  })().catch(() => {});
+  }, tls);
 
   return {
-    url: `${tls === undefined ? "http" : "https"}://127.0.0.1:${listener.addr.port}`,
+    url: server.url,
     seen,
     /** Request lines seen, in order. */
     lines: () => seen.map((s) => s.line),
-    async [Symbol.asyncDispose]() {
-      listener.close();
-      for (const conn of conns) {
-        try {
-          conn.close();
-        } catch { /* closed already */ }
-      }
-      await accepting;
-      await Promise.all(served);
-    },
+    [Symbol.asyncDispose]: () => server[Symbol.asyncDispose](),
   };
 }
 

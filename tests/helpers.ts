@@ -210,18 +210,30 @@ export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void>
   for (let offset = 0; offset < data.length;) offset += await conn.write(data.subarray(offset));
 }
 
-/** A TCP server on 127.0.0.1 that runs `onConnection` for each connection; closes them all. */
-export function rawServer(onConnection: (conn: Deno.Conn) => Promise<void>) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+/**
+ * A TCP server on 127.0.0.1 (TLS with `tls`) that runs `onConnection` for each connection,
+ * numbered from 1. A connection stays open until its handler closes it or the server is disposed
+ * (a black-hole backend just returns); disposing closes the listener and every connection, then
+ * waits for the handlers.
+ */
+export function rawServer(
+  onConnection: (conn: Deno.Conn, id: number) => Promise<void>,
+  tls?: { cert: string; key: string },
+) {
+  const listener = tls === undefined
+    ? Deno.listen({ hostname: "127.0.0.1", port: 0 })
+    : Deno.listenTls({ hostname: "127.0.0.1", port: 0, ...tls });
   const conns = new Set<Deno.Conn>();
+  const handlers: Promise<void>[] = [];
   const accepting = (async () => {
     for await (const conn of listener) {
       conns.add(conn);
-      onConnection(conn).catch(() => {});
+      handlers.push(onConnection(conn, conns.size).catch(() => {}));
     }
   })().catch(() => {});
   return {
-    url: `http://127.0.0.1:${listener.addr.port}`,
+    url: `${tls === undefined ? "http" : "https"}://127.0.0.1:${listener.addr.port}`,
+    /** Connections accepted so far. */
     connections: () => conns.size,
     async [Symbol.asyncDispose]() {
       listener.close();
@@ -231,6 +243,7 @@ export function rawServer(onConnection: (conn: Deno.Conn) => Promise<void>) {
         } catch { /* closed already */ }
       }
       await accepting;
+      await Promise.all(handlers);
     },
   };
 }
