@@ -6,21 +6,16 @@
  */
 
 import type { MachineInfo } from "./system.ts";
+import type { WrkResult } from "./wrk.ts";
 
-/** One measured (round, profile, target) run. */
-export interface RunRecord {
+/** One measured (round, profile, target) run: what wrk saw, and what the harness measured. */
+export interface RunRecord extends Omit<WrkResult, "bytes"> {
   round: number;
   profile: string;
   target: string;
   /** False when the target failed to start or wrk failed; `error` says why. */
   ok: boolean;
   error?: string;
-  requests: number;
-  durationSeconds: number;
-  requestsPerSecond: number;
-  latencyUs: { p50: number; p90: number; p99: number; max: number; mean: number };
-  errors: { connect: number; read: number; write: number; timeout: number; status: number };
-  errorCount: number;
   /** CPU seconds of the balancer's process tree during the run; null for `direct`. */
   cpuSeconds: number | null;
   /** `cpuSeconds` per request in microseconds; null for `direct`. */

@@ -309,7 +309,8 @@ class StreamedBody implements RequestBody {
   }
 }
 
-function concatBytes(chunks: Uint8Array[]): Uint8Array<ArrayBuffer> {
+/** Joins byte chunks into one array. */
+export function concatBytes(chunks: Uint8Array[]): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
   let offset = 0;
   for (const chunk of chunks) {

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import {
+  balancerWithBClosed,
   delay,
   getText,
   rawRequest,
@@ -43,33 +44,17 @@ Deno.test("a backend killed mid-run costs zero failed GETs", async () => {
 });
 
 Deno.test("a down backend is readmitted after `rise` passing health checks", async () => {
-  await using a = await startTestBackend(() => new Response("a"));
-  const b = await startTestBackend(() => new Response("b"));
-  const port = b.port;
-  await using lb = await startTestBalancer([a.url, b.url], {
-    healthInterval: 50,
-    healthTimeout: 500,
-    rise: 2,
-    fall: 1,
-  });
-  const backendB = lb.balancer.pool.backends[1];
-  await b.close();
+  await using setup = await balancerWithBClosed();
+  const { lb, backendB } = setup;
   assert.ok(await waitFor(() => backendB.state === "down"), "killed backend marked down");
   for (let i = 0; i < 4; i++) assert.equal((await getText(lb.url)).text, "a");
 
   // Same port again: the pool knows the backend by address.
-  const listener = Deno.serve(
-    { port, hostname: "127.0.0.1", onListen() {} },
-    () => new Response("b again"),
-  );
-  try {
-    assert.ok(await waitFor(() => backendB.state === "up"), "restarted backend readmitted");
-    const texts = new Set<string>();
-    for (let i = 0; i < 4; i++) texts.add((await getText(lb.url)).text);
-    assert.ok(texts.has("b again"), "traffic returns to the readmitted backend");
-  } finally {
-    await listener.shutdown();
-  }
+  setup.restartB("b again");
+  assert.ok(await waitFor(() => backendB.state === "up"), "restarted backend readmitted");
+  const texts = new Set<string>();
+  for (let i = 0; i < 4; i++) texts.add((await getText(lb.url)).text);
+  assert.ok(texts.has("b again"), "traffic returns to the readmitted backend");
 });
 
 Deno.test("fall: an up backend failing health checks goes down only after `fall` in a row", async () => {

@@ -673,15 +673,36 @@ Deno.test("balancer relays a 1 MiB request body and its 1 MiB echo intact", asyn
   assert.equal(await sha256(echo), expected);
 });
 
-Deno.test("balancer retries a POST with Content-Length on another backend after a refusal", async () => {
-  const payload = randomBytes(10 * 1024);
+/**
+ * A backend keeping the last POST body it received (answering 201 "stored") behind a balancer
+ * whose first attempt goes to a refusing address, with one retry: an upload that must be sent
+ * again. Disposing stops both.
+ */
+async function storeBehindRefusal() {
   let received: Uint8Array | undefined;
-  await using backend = await startTestBackend(async (req) => {
+  const backend = await startTestBackend(async (req) => {
     if (req.method === "POST") received = new Uint8Array(await req.arrayBuffer());
     return new Response("stored", { status: 201 });
   });
+  const lb = await startTestBalancer([refusingUrl(), backend.url], { retries: 1 });
+  return {
+    backend,
+    lb,
+    get received() {
+      return received;
+    },
+    async [Symbol.asyncDispose]() {
+      await lb[Symbol.asyncDispose]();
+      await backend[Symbol.asyncDispose]();
+    },
+  };
+}
+
+Deno.test("balancer retries a POST with Content-Length on another backend after a refusal", async () => {
+  const payload = randomBytes(10 * 1024);
   // The refusing backend comes first, so round-robin sends the first attempt there.
-  await using lb = await startTestBalancer([refusingUrl(), backend.url], { retries: 1 });
+  await using store = await storeBehindRefusal();
+  const { backend, lb } = store;
   const response = await fetch(`${lb.url}/store`, { method: "POST", body: payload });
   assert.equal(response.status, 201);
   assert.equal(await response.text(), "stored");
@@ -690,6 +711,7 @@ Deno.test("balancer retries a POST with Content-Length on another backend after 
   assert.equal(good.requests, 1);
   assert.equal(backend.received.length, 1);
   assert.equal(backend.received[0].headers.get("content-length"), String(payload.length));
+  const received = store.received;
   assert.ok(received !== undefined);
   assert.equal(await sha256(received), await sha256(payload));
 });
@@ -698,16 +720,13 @@ Deno.test("balancer retries a streamed 1 MiB POST on another backend after a ref
   // Above REPLAY_LIMIT the body streams; fetch reads ahead of it while still connecting, so
   // the retry has to resend what the refused attempt already consumed.
   const payload = randomBytes(1024 * 1024);
-  let received: Uint8Array | undefined;
-  await using backend = await startTestBackend(async (req) => {
-    if (req.method === "POST") received = new Uint8Array(await req.arrayBuffer());
-    return new Response("stored", { status: 201 });
-  });
-  await using lb = await startTestBalancer([refusingUrl(), backend.url], { retries: 1 });
+  await using store = await storeBehindRefusal();
+  const { lb } = store;
   const response = await fetch(`${lb.url}/store`, { method: "POST", body: payload });
   assert.equal(await response.text(), "stored");
   assert.equal(response.status, 201);
   assert.equal(lb.balancer.pool.backends[0].failures, 1, "the refusing backend was tried first");
+  const received = store.received;
   assert.ok(received !== undefined);
   assert.equal(received.length, payload.length);
   assert.equal(await sha256(received), await sha256(payload));
@@ -715,17 +734,14 @@ Deno.test("balancer retries a streamed 1 MiB POST on another backend after a ref
 
 Deno.test("balancer retries a chunked POST on another backend after a refusal", async () => {
   const parts = [randomBytes(70_000), randomBytes(70_000), randomBytes(5)];
-  let received: Uint8Array | undefined;
-  await using backend = await startTestBackend(async (req) => {
-    if (req.method === "POST") received = new Uint8Array(await req.arrayBuffer());
-    return new Response("stored", { status: 201 });
-  });
-  await using lb = await startTestBalancer([refusingUrl(), backend.url], { retries: 1 });
+  await using store = await storeBehindRefusal();
+  const { lb } = store;
   const body = ReadableStream.from(parts);
   const response = await fetch(`${lb.url}/store`, { method: "POST", body });
   assert.equal(await response.text(), "stored");
   assert.equal(response.status, 201);
   assert.equal(lb.balancer.pool.backends[0].failures, 1, "the refusing backend was tried first");
+  const received = store.received;
   assert.ok(received !== undefined);
   assert.equal(await sha256(received), await sha256(concat(parts)));
 });

@@ -10,6 +10,7 @@ import { type Log, quietLog } from "../lib/log.ts";
 import { type RunningBalancer, startBalancer } from "../lib/balancer.ts";
 import type { BackendSpec } from "../lib/pool.ts";
 import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
+import { concatBytes as concat } from "../lib/body.ts";
 
 /** A backend started by a test. */
 export interface TestBackend extends AsyncDisposable {
@@ -119,6 +120,44 @@ export async function startTestBalancer(
     balancer,
     [Symbol.asyncDispose]: async () => {
       await balancer.shutdown(1000);
+    },
+  };
+}
+
+/**
+ * Backends "a" and "b" behind an in-process balancer with fast health checks (every 50 ms, rise
+ * 2, fall 1; `overrides` on top), then "b" closed. `restartB(body)` starts a backend answering
+ * `body` on b's port: the pool knows a backend by its address, so that is "b" coming back.
+ * Disposing stops everything.
+ */
+export async function balancerWithBClosed(overrides: Partial<Config> = {}) {
+  const a = await startTestBackend(() => new Response("a"));
+  const b = await startTestBackend(() => new Response("b"));
+  const lb = await startTestBalancer([a.url, b.url], {
+    healthInterval: 50,
+    healthTimeout: 500,
+    rise: 2,
+    fall: 1,
+    ...overrides,
+  });
+  await b.close();
+  const restarted: Deno.HttpServer[] = [];
+  return {
+    lb,
+    /** The pool's record of "b". */
+    backendB: lb.balancer.pool.backends[1],
+    restartB(body: string): void {
+      restarted.push(
+        Deno.serve(
+          { port: b.port, hostname: "127.0.0.1", onListen() {} },
+          () => new Response(body),
+        ),
+      );
+    },
+    async [Symbol.asyncDispose]() {
+      for (const server of restarted) await server.shutdown();
+      await lb[Symbol.asyncDispose]();
+      await a[Symbol.asyncDispose]();
     },
   };
 }
@@ -260,16 +299,8 @@ export async function readHead(conn: Deno.Conn): Promise<string> {
   return text;
 }
 
-/** Joins byte chunks. */
-export function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
-}
+/** Joins byte chunks: the proxy's own helper, under the name the tests use. */
+export { concat };
 
 /** Resolves after `ms`. */
 export function delay(ms: number): Promise<void> {

@@ -10,6 +10,7 @@ import { P2cEwmaPolicy } from "../lib/policies/p2c_ewma.ts";
 import { Pool } from "../lib/pool.ts";
 import { createProxyHandler } from "../lib/proxy.ts";
 import {
+  balancerWithBClosed,
   delay,
   getText,
   rawServer,
@@ -172,10 +173,10 @@ Deno.test("ejection: a backend answering 500 is ejected, then serves again after
 
 /**
  * `count` servers that read a request head, note its path (health checks aside), and close
- * without answering.
+ * without answering. Disposing the list stops them all.
  */
 function resetters(count: number) {
-  return Array.from({ length: count }, () => {
+  const servers = Array.from({ length: count }, () => {
     const paths: string[] = [];
     const server = rawServer(async (conn) => {
       const path = (await readHead(conn)).split(" ")[1];
@@ -183,6 +184,11 @@ function resetters(count: number) {
       conn.close();
     });
     return { server, paths };
+  });
+  return Object.assign(servers, {
+    async [Symbol.asyncDispose]() {
+      for (const { server } of servers) await server[Symbol.asyncDispose]();
+    },
   });
 }
 
@@ -199,11 +205,7 @@ function attemptsByPath(servers: { paths: string[] }[]) {
 }
 
 Deno.test("retry budget: 20 % caps retries when every backend resets", async () => {
-  const servers = resetters(4);
-  await using _0 = servers[0].server;
-  await using _1 = servers[1].server;
-  await using _2 = servers[2].server;
-  await using _3 = servers[3].server;
+  await using servers = resetters(4);
   const urls = servers.map((s) => s.server.url);
   const requests = 100;
   {
@@ -242,11 +244,7 @@ Deno.test("retry budget: 20 % caps retries when every backend resets", async () 
 });
 
 Deno.test("retries: each attempt of a request goes to a backend not yet tried", async () => {
-  const servers = resetters(4);
-  await using _0 = servers[0].server;
-  await using _1 = servers[1].server;
-  await using _2 = servers[2].server;
-  await using _3 = servers[3].server;
+  await using servers = resetters(4);
   await using lb = await startTestBalancer(servers.map((s) => s.server.url), {
     retries: 3,
     retryBudgetMin: 1_000, // no budget limit in effect
@@ -386,48 +384,29 @@ Deno.test("max-conns 1: a third concurrent request gets 503 at once, not queued"
 });
 
 Deno.test("slow start: a backend that comes back gets a small share at first", async () => {
-  await using a = await startTestBackend(() => new Response("a"));
-  const b = await startTestBackend(() => new Response("b"));
-  const port = b.port;
-  await using lb = await startTestBalancer([a.url, b.url], {
-    slowStart: 1_000,
-    healthInterval: 50,
-    healthTimeout: 500,
-    rise: 2,
-    fall: 1,
-  });
-  const backendB = lb.balancer.pool.backends[1];
-  await b.close();
+  await using setup = await balancerWithBClosed({ slowStart: 1_000 });
+  const { lb, backendB } = setup;
   assert.ok(await waitFor(() => backendB.state === "down"), "closed backend marked down");
 
-  const revived = Deno.serve(
-    { port, hostname: "127.0.0.1", onListen() {} },
-    () => new Response("b"),
-  );
-  try {
-    assert.ok(await waitFor(() => backendB.state === "up"), "restarted backend readmitted");
-    // For its first 200 ms it has 1 step of 10 (weight 1 against a's 10): about 2 of 20.
-    // Round-robin's leftover score may add one turn. An equal share would be 10.
-    const texts: string[] = [];
-    for (let i = 0; i < 20; i++) texts.push((await getText(lb.url)).text);
-    const early = texts.filter((t) => t === "b").length;
-    assert.ok(early < 10, `${early} of the first 20 went to the newcomer`);
+  setup.restartB("b");
+  assert.ok(await waitFor(() => backendB.state === "up"), "restarted backend readmitted");
+  // For its first 200 ms it has 1 step of 10 (weight 1 against a's 10): about 2 of 20.
+  // Round-robin's leftover score may add one turn. An equal share would be 10.
+  const texts: string[] = [];
+  for (let i = 0; i < 20; i++) texts.push((await getText(lb.url)).text);
+  const early = texts.filter((t) => t === "b").length;
+  assert.ok(early < 10, `${early} of the first 20 went to the newcomer`);
 
-    // After the ramp it is a full member again.
-    await delay(1_050);
-    texts.length = 0;
-    for (let i = 0; i < 20; i++) texts.push((await getText(lb.url)).text);
-    const late = texts.filter((t) => t === "b").length;
-    assert.ok(late >= 8, `${late} of 20 after the ramp`);
-  } finally {
-    await revived.shutdown();
-  }
+  // After the ramp it is a full member again.
+  await delay(1_050);
+  texts.length = 0;
+  for (let i = 0; i < 20; i++) texts.push((await getText(lb.url)).text);
+  const late = texts.filter((t) => t === "b").length;
+  assert.ok(late >= 8, `${late} of 20 after the ramp`);
 });
 
 Deno.test("retry budget: no retry is spent when no untried backend is left", async () => {
-  const servers = resetters(2);
-  await using _0 = servers[0].server;
-  await using _1 = servers[1].server;
+  await using servers = resetters(2);
   await using lb = await startTestBalancer(servers.map((s) => s.server.url), {
     retries: 3,
     retryBudget: 100,
