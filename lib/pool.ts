@@ -13,6 +13,7 @@
 
 import { OutlierDetector, type OutlierOptions, panicMode } from "./outlier.ts";
 import { LatencyWindow } from "./stats.ts";
+import type { Failure } from "./retry.ts";
 
 /** Health as active checks (and refused connects) established it. */
 export type HealthState = "up" | "down";
@@ -139,6 +140,8 @@ export interface PoolOptions {
   onHealthChange?: (backend: Backend, to: HealthState, reason: string) => void;
   /** Told when a backend joins the pool after start-up (sticky tokens). @default none */
   onAdd?: (backend: Backend) => void;
+  /** Told when a removed backend has left the pool (its connections can close). @default none */
+  onRemove?: (backend: Backend) => void;
   /** Ramp time of a backend that becomes available (ms); 0 is off. @default 0 */
   slowStartMs?: number;
   /** Concurrent requests one backend may have; a full backend is skipped. @default Infinity */
@@ -287,6 +290,7 @@ export class Pool {
     this.#backends = this.#backends.filter((b) => b !== backend);
     this.#outlier?.forget(backend);
     this.#refresh(this.#now());
+    this.#options.onRemove?.(backend);
   }
 
   /** Backends currently offered to the policy. Rebuilt on changes, not per request. */
@@ -366,6 +370,29 @@ export class Pool {
    */
   setHealth(backend: Backend, to: HealthState, reason: string): void {
     if (backend.state !== to) this.#setHealth(backend, to, reason);
+  }
+
+  /**
+   * An attempt got an answer with `status` after `latencyMs`: recorded, and told to outlier
+   * detection as a success, or as a failure when it is a 5xx and `failOn5xx`.
+   */
+  attemptAnswered(backend: Backend, status: number, latencyMs: number, failOn5xx: boolean): void {
+    backend.latency.record(latencyMs);
+    if (status >= 500) {
+      backend.serverErrors++;
+      if (failOn5xx) return this.reportFailure(backend, `HTTP ${status}`);
+    }
+    this.reportSuccess(backend);
+  }
+
+  /**
+   * An attempt failed by the backend's doing (never pass a client's hang-up): counted, told to
+   * outlier detection, and a failed connect marks the backend down at once.
+   */
+  attemptFailed(backend: Backend, failure: Failure): void {
+    backend.failures++;
+    if (failure.kind === "connect") this.reportConnectFailure(backend, failure.detail);
+    this.reportFailure(backend, failure.detail);
   }
 
   /** An attempt got a response that counts as success for outlier detection. */

@@ -16,7 +16,6 @@ import {
 import { downstreamResponseHeaders, fetchDecodedBody, upstreamRequestHeaders } from "./headers.ts";
 import type { Log } from "./log.ts";
 import type { Backend, Pool, SelectContext } from "./pool.ts";
-import { type Failure, mayRetry } from "./retry.ts";
 import {
   type BodyLimits,
   declaresBody,
@@ -25,7 +24,15 @@ import {
   type RequestBody,
 } from "./body.ts";
 import { parseTarget } from "./target.ts";
-import { afterDelay, fetchRewritesTarget, sendAttempt, type Transport } from "./upstream.ts";
+import {
+  afterDelay,
+  type AttemptOptions,
+  type AttemptResult,
+  fetchRewritesTarget,
+  sendAttempt,
+  type Transport,
+} from "./upstream.ts";
+import { type AttemptLoopOptions, runAttempts } from "./attempt_loop.ts";
 import type { LatencyObserver } from "./policies/p2c_ewma.ts";
 import { cookieHeader, getCookie, type StickyCookie } from "./policies/sticky.ts";
 import { backoffDelay, type RetryBudget } from "./retry_budget.ts";
@@ -46,6 +53,8 @@ export interface ProxyOptions {
   timeout: number;
   /** Time to establish a backend connection. @default 3000 */
   connectTimeout: number;
+  /** Longest pause between two reads of a response body (native transport). @default 60000 */
+  readTimeout?: number;
   /** Seconds a 503 tells clients to wait (Retry-After). @default 1 */
   retryAfterSeconds: number;
   /** Scheme the client used to reach the balancer, sent as X-Forwarded-Proto. @default "http" */
@@ -126,12 +135,13 @@ export type Handler = (req: Request, info: Deno.ServeHandlerInfo) => Promise<Res
 
 /** Creates the proxy handler over `pool`. */
 export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log): Handler {
-  const attemptOptions = {
+  const attemptOptions: AttemptOptions = {
     client: options.client,
     timeout: options.timeout,
     connectTimeout: options.connectTimeout,
+    readTimeout: options.readTimeout,
   };
-  const { retryBudget, latencyObserver, sticky, observer } = options;
+  const { sticky, observer } = options;
   const send = options.transport ?? sendAttempt;
   const sendExact = options.exactTransport;
   const backoff = options.backoff ?? ((retry: number) => backoffDelay(retry));
@@ -141,15 +151,22 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   };
 
   const trustedProxies = options.trustedProxies ?? [];
-  const webSocketOptions: WebSocketProxyOptions = {
+  const loopOptions: AttemptLoopOptions = {
     pool,
-    relays: options.webSockets ?? new WebSocketRelays(),
     retries: options.retries,
+    backoff,
+    retryBudget: options.retryBudget,
+    latencyObserver: options.latencyObserver,
+    ejectOn5xx: options.ejectOn5xx,
+    observer: options.observer,
+    log,
+  };
+  const webSocketOptions: WebSocketProxyOptions = {
+    relays: options.webSockets ?? new WebSocketRelays(),
     connectTimeout: options.connectTimeout,
     client: options.client,
-    backoff,
     retryAfterSeconds: options.retryAfterSeconds,
-    log,
+    loop: loopOptions,
   };
 
   /**
@@ -208,8 +225,6 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     context: SelectContext,
     trace: Trace,
   ): Promise<Answer> {
-    const tried = new Set<Backend>();
-    retryBudget?.recordRequest(performance.now());
     const clientGone = new AbortController();
     const watch = afterDelay(CLIENT_WATCH_DELAY_MS, () => watchClient(req, clientGone));
     // A client failing to send its body (too large, too slow, malformed) cancels the attempt.
@@ -217,79 +232,59 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       ? AbortSignal.any([clientGone.signal, body.signal])
       : clientGone.signal;
     const transport = transportFor(context.path);
+    const method = req.method;
     try {
-      let failure: Failure | undefined;
-      for (let attempt = 0; attempt <= options.retries; attempt++) {
-        const backend = pickBackend(context, tried, attempt);
-        if (backend === undefined) break;
-        tried.add(backend);
-        trace.backend = backend;
-        trace.attempts++;
-        if (log.debugEnabled) log.debug(`Selected backend: ${backend.url}`);
-        pool.acquire(backend);
-        const started = performance.now();
-        const result = await transport(
-          backend.url,
-          backend.url + context.path,
-          { method: req.method, headers, body: body.forAttempt() },
-          signal,
-          attemptOptions,
-        );
-        if (result.ok) {
-          // In flight until the body has been delivered, not just the headers: least-conn and
-          // max-conns must see streaming responses as load.
-          // then(f, f): one promise instead of finally()'s three plus a catch().
-          const release = () => pool.release(backend);
-          info.completed.then(release, release);
-          const latency = performance.now() - started;
-          backend.latency.record(latency);
-          latencyObserver?.observe(backend, latency);
-          if (result.response.status >= 500) backend.serverErrors++;
-          if (options.ejectOn5xx && result.response.status >= 500) {
-            pool.reportFailure(backend, `HTTP ${result.response.status}`);
-          } else {
-            pool.reportSuccess(backend);
-          }
-          return { response: result.response, backend, decoded: result.decoded };
-        }
-        pool.release(backend);
-        // The client's doing: the backend is not blamed, and there is no retry.
-        if (body.clientError !== undefined) break;
-        failure = result.failure;
-        if (failure.kind === "client-gone") break;
-        backend.failures++;
-        latencyObserver?.observeFailure(backend);
-        if (failure.kind === "connect") pool.reportConnectFailure(backend, failure.detail);
-        pool.reportFailure(backend, failure.detail);
-        const retrying = attempt < options.retries &&
-          mayRetry(failure.kind, req.method, body.replayable) &&
-          // Before the budget: a retry with no untried backend left would take budget that
-          // another request could have used, and wait out a backoff, for nothing.
-          pool.hasCandidate(tried) &&
-          withinBudget();
-        log.warn(
-          `${backend.url} failed: ${failure.detail} (${req.method}, attempt ${attempt + 1}` +
-            `${retrying ? ", retrying" : ""})`,
-        );
-        if (!retrying) break;
-        observer?.retry();
-        await delay(backoff(attempt + 1));
+      const result = await runAttempts<AttemptAnswer>({
+        method,
+        label: "",
+        pick: (tried, attempt) => pickBackend(context, tried, attempt),
+        send: async (backend) => {
+          const sent = await transport(
+            backend.url,
+            backend.url + context.path,
+            {
+              method,
+              headers,
+              body: body.forAttempt(),
+              onBodyFailure: (detail) => bodyFailed(backend, method, detail),
+            },
+            signal,
+            attemptOptions,
+          );
+          return sent.ok
+            ? { ok: true, value: sent, status: sent.response.status }
+            : { ok: false, failure: sent.failure };
+        },
+        replayable: () => body.replayable,
+        clientFailed: () => body.clientError !== undefined,
+        trace,
+      }, loopOptions);
+      if (result.ok) {
+        const { backend, value } = result;
+        // In flight until the body has been delivered, not just the headers: least-conn and
+        // max-conns must see streaming responses as load.
+        // then(f, f): one promise instead of finally()'s three plus a catch().
+        const release = () => pool.release(backend);
+        info.completed.then(release, release);
+        return { response: value.response, backend, decoded: value.decoded };
       }
       await body.discard();
       if (body.clientError !== undefined) throw body.clientError;
-      if (failure === undefined) throw new NoBackendError(options.retryAfterSeconds);
-      if (failure.kind === "timeout") throw new GatewayTimeoutError();
+      if (result.failure === undefined) throw new NoBackendError(options.retryAfterSeconds);
+      if (result.failure.kind === "timeout") throw new GatewayTimeoutError();
       throw new BadGatewayError();
     } finally {
       watch.cancel();
     }
   }
 
-  function withinBudget(): boolean {
-    if (retryBudget === undefined || retryBudget.tryAcquireRetry(performance.now())) return true;
-    log.debug("Retry budget exhausted: not retrying");
-    observer?.budgetExhausted();
-    return false;
+  /**
+   * A response body broke off after its headers by the backend's doing (read timeout, reset,
+   * bad framing): the client's connection was aborted, and the backend is blamed.
+   */
+  function bodyFailed(backend: Backend, method: string, detail: string): void {
+    log.warn(`${backend.url} failed: ${detail} (${method}, response body)`);
+    pool.attemptFailed(backend, { kind: "maybe-sent", detail });
   }
 
   return async function proxyHandler(req, info) {
@@ -363,6 +358,9 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   }
 }
 
+/** An attempt's result when the backend answered. */
+type AttemptAnswer = Extract<AttemptResult, { ok: true }>;
+
 /** What {@linkcode createProxyHandler}'s attempts ended with when a backend answered. */
 interface Answer {
   response: Response;
@@ -434,8 +432,4 @@ function refuseUnsendableMethod(method: string): void {
 function rawTarget(url: string): string {
   const start = url.indexOf("/", url.indexOf("://") + 3);
   return start === -1 ? "/" : url.slice(start);
-}
-
-function delay(ms: number): Promise<void> {
-  return ms <= 0 ? Promise.resolve() : new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -14,6 +14,13 @@ export interface AttemptOptions {
   timeout: number;
   /** Time allowed to establish a connection (ms); see {@linkcode sendAttempt}. */
   connectTimeout: number;
+  /**
+   * Longest pause between two reads of a response body (ms), as nginx's `proxy_read_timeout`:
+   * when it passes, the body errors (the client connection is aborted, never a truncated body
+   * passed off as complete) and {@linkcode AttemptRequest.onBodyFailure} is told. fetch has no
+   * such timeout and ignores it. @default 60000
+   */
+  readTimeout?: number;
 }
 
 /** The request to send: method, headers and a body fetch may consume once. */
@@ -21,6 +28,12 @@ export interface AttemptRequest {
   method: string;
   headers: Headers;
   body: BodyInit | null;
+  /**
+   * Told when the response body fails after its headers were returned, by the backend's doing
+   * (read timeout, reset, malformed chunk): the proxy counts it against the backend. Not told
+   * when the client goes away. @default none
+   */
+  onBodyFailure?: (detail: string) => void;
 }
 
 /**

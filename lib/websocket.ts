@@ -14,8 +14,9 @@
 
 import { BadGatewayError, BadRequestError, HttpError, NoBackendError } from "./errors.ts";
 import type { Log } from "./log.ts";
-import type { Backend, Pool } from "./pool.ts";
-import { type Failure, mayRetry } from "./retry.ts";
+import type { Backend } from "./pool.ts";
+import type { Failure } from "./retry.ts";
+import { type AttemptLoopOptions, runAttempts } from "./attempt_loop.ts";
 
 /** RFC 6455 §7.4.1: the endpoint is going away (server shutdown). */
 export const CLOSE_GOING_AWAY = 1001;
@@ -195,6 +196,11 @@ export class Relay {
     };
   }
 
+  /** The subprotocol the backend chose ("" for none). */
+  get protocol(): string {
+    return this.#upstream.protocol;
+  }
+
   /** Joins the client's socket (from `Deno.upgradeWebSocket`); frames flow from now on. */
   attach(client: WebSocket): void {
     this.#client = client;
@@ -345,20 +351,16 @@ export function classifyOpenError(message: string): OpenResult {
 
 /** What the WebSocket path needs from the proxy. */
 export interface WebSocketProxyOptions {
-  pool: Pool;
   /** Where open relays are registered (shutdown closes them). */
   relays: WebSocketRelays;
-  /** Extra attempts after the first, each on a backend not yet tried. */
-  retries: number;
   /** Time to connect and complete the backend handshake, per attempt (ms). */
   connectTimeout: number;
   /** Client for backend connections. @default none */
   client?: Deno.HttpClient;
-  /** Wait before retry number n (ms). @default none */
-  backoff?: (retry: number) => number;
   /** Seconds a 503 tells clients to wait (Retry-After). @default 1 */
   retryAfterSeconds?: number;
-  log: Log;
+  /** The attempt loop's settings, shared with HTTP requests (pool, retries, budget, log). */
+  loop: AttemptLoopOptions;
 }
 
 /** Per-request record of attempts, read by the proxy for its outcome. */
@@ -386,75 +388,67 @@ export async function proxyWebSocket(
 ): Promise<Response> {
   const problem = handshakeProblem(req.headers);
   if (problem !== undefined) throw problem;
-  const { pool, log } = options;
+  const { pool, log } = options.loop;
   const protocols = requestedProtocols(req.headers)!;
   const upstreamHeaders = handshakeHeaders(headers);
-  const tried = new Set<Backend>();
-  let failure: Failure | undefined;
-  for (let attempt = 0; attempt <= options.retries; attempt++) {
-    const backend = pick(tried, attempt);
-    if (backend === undefined) break;
-    tried.add(backend);
-    trace.backend = backend;
-    trace.attempts++;
-    pool.acquire(backend);
-    const result = await openUpstream(
-      backendWebSocketUrl(backend.url, pathAndQuery),
-      protocols,
-      upstreamHeaders,
-      req.signal,
-      { client: options.client, timeout: options.connectTimeout },
-    );
-    if (result.ok) return accept(req, result.socket, backend, options);
-    pool.release(backend);
-    if ("status" in result) throw refusedHandshake(backend, result.status, log);
-    failure = result.failure;
-    if (failure.kind === "client-gone") break;
-    backend.failures++;
-    if (failure.kind === "connect") pool.reportConnectFailure(backend, failure.detail);
-    pool.reportFailure(backend, failure.detail);
+  const result = await runAttempts<Relay | number>({
     // The handshake is a GET and no frame has been sent: safe to try elsewhere.
-    const retrying = attempt < options.retries && mayRetry(failure.kind, "GET", true) &&
-      pool.hasCandidate(tried);
-    log.warn(
-      `${backend.url} failed: WebSocket ${failure.detail} (attempt ${attempt + 1}` +
-        `${retrying ? ", retrying" : ""})`,
-    );
-    if (!retrying) break;
-    const wait = options.backoff?.(attempt + 1) ?? 0;
-    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    method: "GET",
+    label: "WebSocket ",
+    pick,
+    send: async (backend) => {
+      const opened = await openUpstream(
+        backendWebSocketUrl(backend.url, pathAndQuery),
+        protocols,
+        upstreamHeaders,
+        req.signal,
+        { client: options.client, timeout: options.connectTimeout },
+      );
+      // The relay queues the backend's messages from now on: one sent right after the handshake
+      // would be lost while the loop hands the socket over (events arrive as microtasks).
+      if (opened.ok) return { ok: true, value: new Relay(opened.socket), status: 101 };
+      // The backend answered the handshake, with another status than 101.
+      if ("status" in opened) return { ok: true, value: opened.status, status: opened.status };
+      return opened;
+    },
+    replayable: () => true,
+    clientFailed: () => false,
+    trace,
+  }, options.loop);
+  if (!result.ok) {
+    if (result.failure === undefined) throw new NoBackendError(options.retryAfterSeconds ?? 1);
+    throw new BadGatewayError("WebSocket upgrade failed");
   }
-  if (failure === undefined) throw new NoBackendError(options.retryAfterSeconds ?? 1);
-  throw new BadGatewayError("WebSocket upgrade failed");
+  const { backend, value } = result;
+  if (typeof value !== "number") return accept(req, value, backend, options);
+  pool.release(backend);
+  throw refusedHandshake(backend, value, log);
 }
 
 /** Accepts the client's upgrade with the backend's subprotocol and starts relaying. */
 function accept(
   req: Request,
-  upstream: WebSocket,
+  relay: Relay,
   backend: Backend,
   options: WebSocketProxyOptions,
 ): Response {
-  const relay = new Relay(upstream);
   let upgrade: Deno.WebSocketUpgrade;
   try {
-    upgrade = Deno.upgradeWebSocket(req, { protocol: upstream.protocol || undefined });
+    upgrade = Deno.upgradeWebSocket(req, { protocol: relay.protocol || undefined });
   } catch (error) {
     relay.abandon();
-    relay.settled.then(() => options.pool.release(backend));
+    relay.settled.then(() => options.loop.pool.release(backend));
     throw new BadRequestError(`WebSocket handshake refused: ${(error as Error).message}`);
   }
   relay.attach(upgrade.socket);
   options.relays.add(relay);
-  options.pool.reportSuccess(backend);
-  relay.ended.then(() => options.pool.release(backend));
+  relay.ended.then(() => options.loop.pool.release(backend));
   return upgrade.response;
 }
 
 /** The error for a backend that answered the handshake with `status` instead of 101. */
 function refusedHandshake(backend: Backend, status: number, log: Log): HttpError {
   log.warn(`${backend.url} refused the WebSocket handshake: HTTP ${status}`);
-  if (status >= 500) backend.serverErrors++;
   // A 4xx is the backend's verdict on this client (auth, origin, path): the client gets it. Any
   // other answer means the backend is not speaking WebSocket there: a gateway error.
   return status >= 400 && status < 500
