@@ -8,6 +8,8 @@ import {
   formatJson,
   LineWriter,
 } from "../lib/access_log.ts";
+import { getText, startTestBackend, waitFor } from "./helpers.ts";
+import { denoRun } from "./process.ts";
 
 const record: AccessRecord = {
   time: new Date("2026-11-25T13:20:59.123Z"),
@@ -296,4 +298,72 @@ Deno.test("createAccessLog('stdout') writes to standard output and leaves it ope
   log.write({ ...record, path: "/access-log-test-line" });
   await log.close();
   Deno.stdout.writeSync(new TextEncoder().encode("")); // still open
+});
+
+/**
+ * Follows one output stream of a child process line by line until it ends. tests/process.ts's
+ * spawnBalancer reads stderr only (and discards stdout), so the stdout test below reads both.
+ */
+function followLines(stream: ReadableStream<Uint8Array>) {
+  const lines: string[] = [];
+  const done = (async () => {
+    let partial = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      const parts = (partial + chunk).split("\n");
+      partial = parts.pop()!;
+      lines.push(...parts);
+    }
+    if (partial !== "") lines.push(partial);
+  })();
+  return {
+    lines,
+    done,
+    /** The first line matching `pattern`, waiting up to `timeoutMs` for it. */
+    async line(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+      const found = () => lines.find((line) => pattern.test(line));
+      await waitFor(() => found() !== undefined, timeoutMs);
+      const line = found();
+      if (line === undefined) {
+        throw new Error(`no line matching ${pattern} within ${timeoutMs}ms:\n${lines.join("\n")}`);
+      }
+      return line;
+    },
+  };
+}
+
+Deno.test("--access-log stdout writes each request's line to the process's standard output", async () => {
+  await using backend = await startTestBackend(() => new Response("witnessed"));
+  const child = denoRun("main.ts", [
+    `--backends=${backend.url}`,
+    "--port=0",
+    "--host=127.0.0.1",
+    "--access-log=stdout",
+  ]).spawn();
+  const stdout = followLines(child.stdout);
+  const stderr = followLines(child.stderr);
+  try {
+    const started = await stderr.line(/Load balancer started at :\d+/);
+    const port = Number(/started at :(\d+)/.exec(started)![1]);
+    const answer = await getText(`http://127.0.0.1:${port}/access-log-witness?q=1`, {
+      method: "DELETE",
+    });
+    assert.equal(answer.status, 200);
+    assert.equal(answer.text, "witnessed");
+
+    const line = await stdout.line(/access-log-witness/);
+    const m = COMBINED.exec(line);
+    assert.ok(m, `not a combined access-log line: ${line}`);
+    assert.equal(m[1], "127.0.0.1");
+    assert.equal(m[3], "DELETE /access-log-witness?q=1 HTTP/1.1");
+    assert.equal(m[4], "200");
+    assert.equal(m[5], "9");
+    assert.equal(m[8], backend.url);
+    // Standard output carries the access log and nothing else; the log stays on stderr.
+    assert.deepEqual(stdout.lines, [line]);
+    assert.ok(!stderr.lines.some((l) => l.includes("access-log-witness")), stderr.lines.join("\n"));
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await Promise.all([stdout.done, stderr.done]);
+  }
 });

@@ -440,6 +440,8 @@ Deno.test("with a token, requests without it or with a wrong one get 401 and are
     ["/api/backends", {}, "no"],
     ["/api/backends", { token: wrong }, "wrong"],
     ["/api/backends", { token: TOKEN.slice(0, -1) }, "wrong"],
+    // The token with more after it: a comparison that stops at the shorter length lets it in.
+    ["/api/backends", { token: `${TOKEN}0` }, "wrong"],
     ["/api/backends", { headers: { authorization: TOKEN } }, "wrong"],
     ["/api/backends", { headers: { authorization: `Basic ${btoa(`x:${TOKEN}`)}` } }, "wrong"],
     ["/metrics", {}, "no"],

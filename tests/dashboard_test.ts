@@ -5,6 +5,10 @@
  * The browser tests need Debian's Chromium at /usr/bin/chromium (`apt-get install chromium`).
  * Whether it can be launched is decided once at module load; when it cannot, the browser tests
  * report themselves as ignored with the reason in their names, never passing silently.
+ *
+ * The browser test takes the README's screenshot into a temporary file and checks it; only
+ * `deno task screenshot` (which sets UPDATE_SCREENSHOT=1) copies it over docs/dashboard.png, so
+ * a test run leaves the working tree as it found it.
  */
 import assert from "node:assert/strict";
 import { type BrowserContext, chromium, type Page } from "playwright-core";
@@ -23,7 +27,11 @@ const CHROMIUM_ARGS = [
   "--disable-component-update",
   "--disable-sync",
 ];
+/** The README's screenshot, rewritten only when the environment asks (`deno task screenshot`). */
 const SCREENSHOT = new URL("../docs/dashboard.png", import.meta.url);
+const UPDATE_SCREENSHOT = Deno.env.get("UPDATE_SCREENSHOT") === "1";
+/** Width of the browser's viewport, and so of the screenshot. */
+const VIEWPORT = { width: 1360, height: 660 };
 /** Longest wait for the page to show a change (it polls every second). */
 const WAIT_MS = 5000;
 
@@ -35,7 +43,7 @@ async function openBrowser(): Promise<BrowserContext & AsyncDisposable> {
       executablePath: CHROMIUM,
       headless: true,
       args: CHROMIUM_ARGS,
-      viewport: { width: 1360, height: 660 },
+      viewport: VIEWPORT,
       timeout: 30_000,
     });
     return Object.assign(context, {
@@ -68,6 +76,44 @@ async function browserUnavailable(): Promise<string> {
 const skipReason = await browserUnavailable();
 if (skipReason !== "") console.log(`dashboard browser tests skipped: ${skipReason}`);
 const skipped = skipReason === "" ? "" : ` (skipped: ${skipReason})`;
+
+if (UPDATE_SCREENSHOT && skipReason !== "") {
+  // Asked for explicitly: an ignored test must not look like an updated screenshot.
+  Deno.test("UPDATE_SCREENSHOT=1: the screenshot can be taken", () => {
+    assert.fail(`cannot take the screenshot: ${skipReason}`);
+  });
+}
+
+/** Width and height from a PNG's IHDR chunk; throws when `bytes` is not a PNG. */
+function pngSize(bytes: Uint8Array): { width: number; height: number } {
+  const signature = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+  assert.deepEqual([...bytes.subarray(0, 8)], signature, "not a PNG file");
+  assert.equal(new TextDecoder().decode(bytes.subarray(12, 16)), "IHDR");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return { width: view.getUint32(16), height: view.getUint32(20) };
+}
+
+/**
+ * Takes a full-page screenshot into a temporary file, checks it is a PNG of the viewport's width
+ * and at least its height, and copies it to docs/dashboard.png when UPDATE_SCREENSHOT=1.
+ */
+async function takeScreenshot(page: Page): Promise<void> {
+  const path = await Deno.makeTempFile({ prefix: "dashboard-", suffix: ".png" });
+  try {
+    await page.screenshot({ path, fullPage: true });
+    const bytes = await Deno.readFile(path);
+    const { width, height } = pngSize(bytes);
+    assert.equal(width, VIEWPORT.width);
+    assert.ok(height >= VIEWPORT.height, `screenshot is ${width}x${height}`);
+    assert.ok(bytes.length > 10_000, `a ${bytes.length}-byte screenshot is a blank page`);
+    if (UPDATE_SCREENSHOT) {
+      await Deno.copyFile(path, SCREENSHOT);
+      console.log(`updated ${SCREENSHOT.pathname} (${width}x${height})`);
+    }
+  } finally {
+    await Deno.remove(path);
+  }
+}
 
 /** A backend that answers after `latencyMs`, with a 500 for paths containing "fail". */
 function slowBackend(latencyMs: number): Promise<TestBackend> {
@@ -215,8 +261,7 @@ Deno.test({
 
         // Let the charts show the failure and the drain, then take the README's screenshot.
         await delay(4000);
-        await Deno.mkdir(new URL(".", SCREENSHOT), { recursive: true });
-        await page.screenshot({ path: SCREENSHOT.pathname, fullPage: true });
+        await takeScreenshot(page);
 
         await page.click(`${row(b.url)} button[data-action="enable"]`);
         await expectRowStatus(page, b.url, "up");

@@ -116,6 +116,34 @@ Deno.test("a black-hole backend (accepts, never answers) gives 504 after --timeo
   assert.equal(lb.balancer.pool.backends[0].state, "up", "slow is not down");
 });
 
+Deno.test("a timed-out POST is not retried: 504, and the second backend receives nothing", async () => {
+  await using hole = rawServer(async (conn) => {
+    await readHead(conn);
+    // never answer
+  });
+  await using good = await startTestBackend(async (req) => new Response(await req.text()));
+  await using lb = await startTestBalancer([hole.url, good.url], { timeout: 300, retries: 2 });
+  // Round-robin starts at the black hole. A retry would run the POST a second time while the
+  // first may still be running on the slow backend.
+  const post = await getText(lb.url, { method: "POST", body: "charge card" });
+  assert.equal(post.status, 504);
+  assert.deepEqual(good.received, [], "the timed-out POST was sent again");
+});
+
+Deno.test("a timed-out GET is not retried either: 504, and the second backend receives nothing", async () => {
+  await using hole = rawServer(async (conn) => {
+    await readHead(conn);
+    // never answer
+  });
+  await using good = await startTestBackend(() => new Response("good"));
+  await using lb = await startTestBalancer([hole.url, good.url], { timeout: 300, retries: 2 });
+  // Idempotent, but a timed-out request may still be running: repeating it multiplies the load
+  // on a backend that is already struggling.
+  const get = await getText(`${lb.url}/slow`);
+  assert.equal(get.status, 504);
+  assert.deepEqual(good.received, [], "the timed-out GET was sent again");
+});
+
 Deno.test("a reset before headers: GET is retried elsewhere, POST is not (502)", async () => {
   await using resetter = rawServer(async (conn) => {
     await readHead(conn);
@@ -187,10 +215,56 @@ Deno.test("20 clients hanging up mid-request cancel the upstream request and lea
   );
   for (const backend of lb.balancer.pool.backends) {
     assert.equal(backend.state, "up");
+    assert.equal(backend.status, "up", "a client hang-up does not eject a backend");
     assert.equal(backend.failures, 0, "a client hang-up is not a backend failure");
     assert.equal(backend.inflight, 0);
   }
   assert.equal(a.received.length + b.received.length, 20);
+});
+
+Deno.test("24 client hang-ups neither count as failures nor eject a backend (--eject-after 2)", async () => {
+  let cancelled = 0;
+  const slow = (req: Request) =>
+    new Promise<Response>((resolve) => {
+      const timer = setTimeout(() => resolve(new Response("slow")), 5000);
+      req.signal.addEventListener("abort", () => {
+        clearTimeout(timer);
+        cancelled++;
+        resolve(new Response("cancelled"));
+      });
+    });
+  await using a = await startTestBackend(slow);
+  await using b = await startTestBackend(slow);
+  // Two failures in a row eject; with two backends, one of them may be ejected (50 %).
+  await using lb = await startTestBalancer([a.url, b.url], {
+    ejectAfter: 2,
+    admin: { host: "127.0.0.1", port: 0 },
+  });
+  const HANG_UPS = 24;
+  await Promise.all(
+    Array.from(
+      { length: HANG_UPS },
+      () => rawRequest(lb.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 150),
+    ),
+  );
+  assert.ok(
+    await waitFor(() => cancelled === HANG_UPS, 5000),
+    `upstream requests cancelled: ${cancelled}`,
+  );
+  assert.equal(a.received.length + b.received.length, HANG_UPS);
+  for (const backend of lb.balancer.pool.backends) {
+    assert.equal(backend.status, "up", `${backend.url} ejected for client hang-ups`);
+    assert.equal(backend.ejectedUntil, 0);
+    assert.equal(backend.failures, 0, "a client hang-up is not a backend failure");
+  }
+  // What an operator sees says the same.
+  const api = await getText(`http://127.0.0.1:${lb.balancer.adminPort}/api/backends`);
+  assert.equal(api.status, 200, api.text);
+  const views: { url: string; status: string; errors: number }[] = JSON.parse(api.text).backends;
+  assert.deepEqual(
+    views.map(({ url, status, errors }) => ({ url, status, errors })),
+    [a.url, b.url].map((url) => ({ url, status: "up", errors: 0 })),
+  );
 });
 
 /**

@@ -266,9 +266,21 @@ Deno.test("malformed chunked framing closes the connection; the backend never ge
     );
     const what = JSON.stringify(body.slice(0, 30));
     assert.ok(outcome.closed, `${what}: connection left open`);
-    assert.ok(statuses(outcome).every((s) => s === 400), `${what}: ${outcome.raw.slice(0, 200)}`);
-    assert.ok(outcome.bodies.every((b) => b === "<broken>"), `${what}: ${outcome.bodies}`);
-    assert.ok(!paths(outcome).includes("/hidden"), what);
+    // hyper closes without an answer for the short bodies and lets the 400 out after the 64 KiB
+    // chunk: a 400 or nothing, never anything else and never two answers.
+    assert.match(
+      JSON.stringify(statuses(outcome)),
+      /^\[(400)?\]$/,
+      `${what}: ${outcome.raw.slice(0, 200)}`,
+    );
+    // The attempt is cancelled before its head is sent (fetch reads the body ahead while it
+    // connects: the backend gets nothing, as on Deno 2.9.6) or, by a transport that sends the
+    // head first, mid-body: either way no whole body and no hidden request.
+    assert.ok(
+      ["[]", '["/a"]'].includes(JSON.stringify(paths(outcome))),
+      `${what}: ${paths(outcome)}`,
+    );
+    assert.deepEqual(outcome.bodies, outcome.received.map(() => "<broken>"), what);
     assert.equal(outcome.failures, 0, `${what}: the backend was blamed`);
   }
 });
@@ -353,7 +365,7 @@ Deno.test("a 70 KiB header or request target gets 400 and the connection is clos
     // hyper answers 400 and resets the connection while bytes are still unread, so the answer
     // may be lost on the way: a 400 or nothing, and the connection is gone either way.
     assert.ok(outcome.closed);
-    assert.ok(statuses(outcome).every((s) => s === 400), outcome.raw.slice(0, 200));
+    assert.match(JSON.stringify(statuses(outcome)), /^\[(400)?\]$/, outcome.raw.slice(0, 200));
     assert.deepEqual(outcome.received, []);
   }
 });
@@ -537,7 +549,8 @@ Deno.test("an Upgrade the backend refuses, followed by pipelined bytes, opens no
     const what = upgrade.split("\r\n")[1];
     assert.ok(!statuses(outcome).includes(101), `${what}: ${outcome.raw.slice(0, 300)}`);
     assert.equal(statuses(outcome).at(-1), 400, `${what}: ${outcome.raw.slice(0, 300)}`);
-    assert.ok(!paths(outcome).includes("/hidden"), what);
+    // The refused upgrade itself reached the backend, and nothing else did.
+    assert.deepEqual(paths(outcome), ["/up"], what);
     for (const request of outcome.received) {
       // Everything that arrived went through the proxy's header rules.
       assert.equal(request.headers.get("x-forwarded-for"), "127.0.0.1", what);
@@ -610,10 +623,12 @@ Deno.test("a 413 for a chunked body never lets the rest of it be read as a reque
     { maxBody: 50 },
   );
   assert.deepEqual(statuses(outcome), [413, 200], outcome.raw.slice(0, 300));
-  assert.ok(!paths(outcome).includes("/hidden"));
-  assert.equal(paths(outcome).at(-1), "/sentinel");
-  // If an attempt had started, the backend saw a broken body, never a complete one.
-  assert.ok(outcome.bodies.every((b) => b === "<broken>"), String(outcome.bodies));
+  // The 413 cancels the attempt before its head is sent (fetch reads the body ahead while it
+  // connects: the backend sees the sentinel only) or, by a transport that sends the head first,
+  // mid-body: the backend saw a broken body, never a complete one.
+  const reached = JSON.stringify(paths(outcome));
+  assert.ok(['["/sentinel"]', '["/a","/sentinel"]'].includes(reached), reached);
+  assert.deepEqual(outcome.bodies, paths(outcome).slice(0, -1).map(() => "<broken>"));
 });
 
 Deno.test("bytes after a refused CONNECT are the next request and pass every check (hyper)", async () => {

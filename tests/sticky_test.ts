@@ -51,6 +51,39 @@ Deno.test("StickyCookie.decode() returns undefined for tampered, foreign or miss
   assert.equal(other.sticky.decode(value, other.candidates), undefined);
 });
 
+/** The base64url alphabet tokens are written in. */
+const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+Deno.test("StickyCookie.decode() rejects a token changed at any one position, or cut short", async () => {
+  const { sticky, candidates } = await prepared();
+  let tampered = 0;
+  for (const backend of candidates) {
+    const value = sticky.encode(backend)!;
+    assert.equal(value.length, 22);
+    assert.equal(sticky.decode(value, candidates), backend, "the untouched token is accepted");
+    // The token is the whole MAC (there is no separate backend part): every character counts.
+    for (let i = 0; i < value.length; i++) {
+      const at = ALPHABET.indexOf(value[i]);
+      // Two other characters: the next one (a one-bit change for most) and a distant one.
+      for (const shift of [1, 32]) {
+        const changed = value.slice(0, i) + ALPHABET[(at + shift) % 64] + value.slice(i + 1);
+        assert.notEqual(changed, value);
+        assert.equal(sticky.decode(changed, candidates), undefined, `position ${i}: ${changed}`);
+        tampered++;
+      }
+    }
+    // Cut short, and cut short then padded back to length (only a prefix of the MAC is right).
+    for (let kept = 0; kept < value.length; kept++) {
+      const prefix = value.slice(0, kept);
+      assert.equal(sticky.decode(prefix, candidates), undefined, `first ${kept} characters`);
+      const filler = value[kept] === "A" ? "B" : "A";
+      const padded: string = prefix + filler.repeat(value.length - kept);
+      assert.equal(sticky.decode(padded, candidates), undefined, `padded: ${padded}`);
+    }
+  }
+  assert.equal(tampered, 3 * 22 * 2);
+});
+
 Deno.test("StickyCookie.decode() returns undefined when the backend is not a candidate", async () => {
   const { sticky, candidates } = await prepared();
   const value = sticky.encode(candidates[1])!;
