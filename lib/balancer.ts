@@ -14,8 +14,8 @@ import { generateSecret, StickyCookie } from "./policies/sticky.ts";
 import { RetryBudget } from "./retry_budget.ts";
 import { HealthChecker } from "./health.ts";
 import { createProxyHandler, type ProxyObserver } from "./proxy.ts";
-import type { Transport } from "./upstream.ts";
-import { createExactTransport } from "./upstream_exact.ts";
+import { sendAttempt, type Transport } from "./upstream.ts";
+import { createNativeTransport } from "./upstream_native.ts";
 import { LoadBalancerMetrics, NO_BACKEND } from "./metrics.ts";
 import { type AccessLog, createAccessLog } from "./access_log.ts";
 import { AlertWebhook } from "./alerts.ts";
@@ -29,6 +29,7 @@ import {
   createBackendClient,
   formatCertificate,
   loadListenerCertificate,
+  readBackendTls,
   readReplacement,
   redirectToHttps,
 } from "./tls.ts";
@@ -69,7 +70,7 @@ export interface RunningBalancer {
 
 /** What embedders (tests, the benchmark) can plug in beyond the configuration. */
 export interface BalancerExtras {
-  /** How attempts reach backends. @default fetch (lib/upstream.ts) */
+  /** How attempts reach backends. @default the configured one (`transport`) */
   transport?: Transport;
   /**
    * Listen with SO_REUSEPORT, so that the worker threads of `--workers` can share the port.
@@ -147,6 +148,8 @@ const RESTART_ONLY: (keyof Config)[] = [
   "discoverInterval",
   "dnsServer",
   "workers",
+  "transport",
+  "readTimeout",
 ];
 
 /** Starts the balancer described by `config` (its `backends` must be final). */
@@ -175,6 +178,7 @@ export async function startBalancer(
   const alerts = config.alertWebhook
     ? new AlertWebhook({ url: config.alertWebhook, log })
     : undefined;
+  const onFetch = (config.transport ?? OPS_DEFAULTS.transport) === "fetch";
   // deno-lint-ignore prefer-const -- assigned once the pool exists; the gauges read it lazily
   let pool: Pool;
   const metrics = new LoadBalancerMetrics({
@@ -186,6 +190,7 @@ export async function startBalancer(
         inflight: b.inflight,
         weight: b.weight,
       })),
+    connections: onFetch ? undefined : (url) => native.stats(url),
   });
   let sticky: { cookie: StickyCookie; name: string } | undefined;
   pool = new Pool(mergeBackends(config.backends, discovered), {
@@ -203,6 +208,7 @@ export async function startBalancer(
       if (worker === undefined) log.info(`Configured server: ${backend.url}`);
       sticky?.cookie.prepare([backend]).catch(() => {});
     },
+    onRemove: (backend) => native.retire(backend.url),
     slowStartMs: config.slowStart,
     maxConns: config.maxConns === 0 ? Infinity : config.maxConns,
     outlier: config.ejectAfter === 0 ? undefined : {
@@ -224,11 +230,17 @@ export async function startBalancer(
   let served: CertifiedKey | undefined = tlsFiles === undefined
     ? undefined
     : loadListenerCertificate(tlsFiles, log);
-  // One client for requests and health checks, so both trust (and present) the same certificates.
-  const backendTls = { ca: config.backendCa, cert: config.backendCert, key: config.backendKey };
-  const client = createBackendClient(backendTls, { allowHost: true });
-  // Paths fetch would rewrite (`/a/../b`) go through node:http instead: lib/upstream_exact.ts.
-  const exact = createExactTransport(backendTls);
+  // One set of certificates for every client that talks to backends: requests (native or
+  // fetch) and health checks (fetch) trust and present the same ones.
+  const backendTlsFiles = {
+    ca: config.backendCa,
+    cert: config.backendCert,
+    key: config.backendKey,
+  };
+  const backendTls = readBackendTls(backendTlsFiles);
+  const client = createBackendClient(backendTlsFiles, { allowHost: true }, backendTls);
+  // Also serves fetch mode: paths fetch would rewrite (`/a/../b`) go through it, byte for byte.
+  const native = createNativeTransport({ tls: backendTls });
   const health = new HealthChecker(pool, {
     interval: config.healthInterval,
     timeout: config.healthTimeout,
@@ -261,8 +273,9 @@ export async function startBalancer(
     webSockets,
     maxBody: config.maxBody ?? OPS_DEFAULTS.maxBody,
     bodyTimeout: config.bodyTimeout ?? OPS_DEFAULTS.bodyTimeout,
-    transport: extras.transport,
-    exactTransport: exact.send,
+    readTimeout: config.readTimeout ?? OPS_DEFAULTS.readTimeout,
+    transport: extras.transport ?? (onFetch ? sendAttempt : native.send),
+    exactTransport: onFetch ? native.send : undefined,
   }, log);
 
   const server = serve(
@@ -352,7 +365,7 @@ export async function startBalancer(
       await redirect?.drain(performance.now());
       await admin?.drain(performance.now());
       client.close();
-      exact.close();
+      await native.close();
       await Promise.all([alerts?.close(), accessLog?.close()]);
       return left;
     },

@@ -126,6 +126,13 @@ export interface Config {
   dnsServer?: string;
   /** Worker processes sharing the port; "auto" = one per core. @default 1 */
   workers?: number | "auto";
+  /**
+   * How requests reach backends: `native` (the balancer's own HTTP/1.1 client) or `fetch`
+   * (Deno's, for backends that need HTTP/2). @default "native"
+   */
+  transport?: "native" | "fetch";
+  /** Longest pause between two reads of a response body (ms); native transport only. @default 60000 */
+  readTimeout?: number;
 }
 
 /** Defaults for every optional setting (durations in ms). */
@@ -177,6 +184,7 @@ Options (one or two leading dashes; --flag=value or --flag value):
   --retries N              extra attempts, each on another backend (default ${DEFAULTS.retries})
   --connect-timeout DUR    time to connect to a backend (default 3s)
   --timeout DUR            time to receive response headers (default 30s)
+  --read-timeout DUR       longest pause between two reads of a response body (default 60s)
   --drain-timeout DUR      time in-flight requests get on shutdown (default 10s)
   --log-level LEVEL        debug, info, warn or error (default ${DEFAULTS.logLevel})
   --log-format FORMAT      text or json (default text)
@@ -213,6 +221,7 @@ Options (one or two leading dashes; --flag=value or --flag value):
   --discover-interval DUR  time between DNS lookups (default 10s)
   --dns-server HOST:PORT   DNS server for discovery (default: the system resolver)
   --workers N              threads serving the port (SO_REUSEPORT); auto = one per core
+  --transport NAME         native (HTTP/1.1, default) or fetch (Deno's client, HTTP/2 backends)
   --demo                   start three demo backends in-process and balance across them
   --help                   print this help
   --version                print the version
@@ -231,6 +240,7 @@ const VALUE_FLAGS = [
   "retries",
   "connect-timeout",
   "timeout",
+  "read-timeout",
   "drain-timeout",
   "log-level",
   "log-format",
@@ -263,6 +273,7 @@ const VALUE_FLAGS = [
   "discover-interval",
   "dns-server",
   "workers",
+  "transport",
 ] as const;
 
 /** Settings the file holds as JSON numbers; their flag text is converted when it is digits. */

@@ -50,6 +50,8 @@ export type { AdminAddress } from "./config.ts";
 export const ACCESS_LOG_FORMATS = ["combined", "json"] as const;
 /** Process log formats. */
 export const LOG_FORMATS = ["text", "json"] as const;
+/** Upstream transports. */
+export const TRANSPORTS = ["native", "fetch"] as const;
 
 /** Defaults of the optional (operations, edge, scale-out) settings that have one. */
 export const OPS_DEFAULTS = {
@@ -62,6 +64,8 @@ export const OPS_DEFAULTS = {
   discover: [] as string[],
   discoverInterval: 10_000,
   workers: 1,
+  transport: "native",
+  readTimeout: 60_000,
 } satisfies Partial<Config>;
 
 /**
@@ -687,6 +691,8 @@ const FIELDS: { [K in keyof FileSettings]-?: Check<NonNullable<FileSettings[K]>>
   discoverInterval: duration(1),
   dnsServer,
   workers,
+  transport: oneOf(TRANSPORTS),
+  readTimeout: duration(1),
 };
 
 /** Every setting key a file may hold, in documentation order. */

@@ -416,15 +416,21 @@ function checkBuckets(name: string, buckets: readonly number[]): number[] {
   return bounds;
 }
 
-/** A gauge whose series come from a callback run at each scrape. */
-class GaugeFunc {
-  readonly type = "gauge" as const;
+/** A gauge or counter whose series come from a callback run at each scrape. */
+class SampledFamily {
+  readonly type: "gauge" | "counter";
   readonly name: string;
   readonly help: string;
   readonly #collect: () => Iterable<GaugeSample>;
 
-  constructor(name: string, help: string, collect: () => Iterable<GaugeSample>) {
+  constructor(
+    type: "gauge" | "counter",
+    name: string,
+    help: string,
+    collect: () => Iterable<GaugeSample>,
+  ) {
     checkMetricName(name);
+    this.type = type;
     this.name = name;
     this.help = help;
     this.#collect = collect;
@@ -435,7 +441,7 @@ class GaugeFunc {
    * series would make the whole scrape invalid, so it throws rather than render it.
    */
   render(out: string[]): void {
-    out.push(`# HELP ${this.name} ${escapeHelp(this.help)}`, `# TYPE ${this.name} gauge`);
+    out.push(`# HELP ${this.name} ${escapeHelp(this.help)}`, `# TYPE ${this.name} ${this.type}`);
     const lines = new Map<string, string>();
     for (const { labels = {}, value } of this.#collect()) {
       const names = Object.keys(labels);
@@ -507,7 +513,15 @@ export class Registry {
    * Errors thrown by `collect` propagate out of {@linkcode Registry.render}.
    */
   gaugeFunc(name: string, help: string, collect: () => Iterable<GaugeSample>): void {
-    this.#add(new GaugeFunc(name, help, collect));
+    this.#add(new SampledFamily("gauge", name, help, collect));
+  }
+
+  /**
+   * Registers a counter whose series `collect` returns at each scrape, for totals another
+   * component keeps (the transport's connects). Each value must never decrease.
+   */
+  counterFunc(name: string, help: string, collect: () => Iterable<GaugeSample>): void {
+    this.#add(new SampledFamily("counter", name, help, collect));
   }
 
   /** All families in the text exposition format 0.0.4, sorted by name, ending in a newline. */
@@ -556,6 +570,23 @@ export interface LoadBalancerMetricsOptions {
   backends?: () => Iterable<BackendSnapshot>;
   /** Buckets of `lb_request_duration_seconds`. @default DEFAULT_DURATION_BUCKETS */
   buckets?: readonly number[];
+  /**
+   * The upstream transport's connections to a backend, read at every scrape; undefined for a
+   * transport that does not say (fetch). @default none
+   */
+  connections?: (backend: string) => ConnectionStats | undefined;
+}
+
+/** What the native transport reports of its connections to one backend. */
+export interface ConnectionStats {
+  /** Connections open now, idle or carrying a request. */
+  open: number;
+  /** Open connections waiting in the keep-alive pool. */
+  idle: number;
+  /** Connections made since start-up. */
+  connects: number;
+  /** Requests sent on a kept-alive connection since start-up. */
+  reuses: number;
 }
 
 /** Status class label of `lb_requests_total`: the response's class, or `error` for none. */
@@ -658,6 +689,9 @@ export class LoadBalancerMetrics {
     r.gauge("lb_build_info", "Build information; the value is always 1.", ["version"])
       .set(1, { version: options.version });
     this.#registerBackendGauges(options.backends ?? (() => []));
+    if (options.connections !== undefined) {
+      this.#registerConnectionFamilies(options.backends ?? (() => []), options.connections);
+    }
   }
 
   /** Handles for recording requests to `backend` (a URL, or {@linkcode NO_BACKEND}); cached. */
@@ -694,6 +728,36 @@ export class LoadBalancerMetrics {
     gauge("lb_backend_up", "1 when the backend's status is up, else 0.", (b) => is(b, "up"));
     gauge("lb_backend_ejected", "1 while the backend is ejected, else 0.", (b) => is(b, "ejected"));
     gauge("lb_backend_weight", "Configured weight of the backend.", (b) => b.weight);
+  }
+
+  #registerConnectionFamilies(
+    backends: () => Iterable<BackendSnapshot>,
+    connections: (backend: string) => ConnectionStats | undefined,
+  ): void {
+    const family = (
+      kind: "gauge" | "counter",
+      name: string,
+      help: string,
+      field: keyof ConnectionStats,
+    ) => {
+      const collect = function* () {
+        for (const b of backends()) {
+          const stats = connections(b.url);
+          if (stats !== undefined) yield { labels: { backend: b.url }, value: stats[field] };
+        }
+      };
+      if (kind === "gauge") this.registry.gaugeFunc(name, help, collect);
+      else this.registry.counterFunc(name, help, collect);
+    };
+    family("gauge", "lb_backend_connections_open", "Open connections to the backend.", "open");
+    family("gauge", "lb_backend_connections_idle", "Kept-alive idle connections.", "idle");
+    family("counter", "lb_backend_connects_total", "Connections made to the backend.", "connects");
+    family(
+      "counter",
+      "lb_backend_connection_reuses_total",
+      "Requests sent on a kept-alive connection.",
+      "reuses",
+    );
   }
 }
 

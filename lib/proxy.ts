@@ -88,7 +88,7 @@ export interface ProxyOptions {
   /**
    * How attempts reach backends when fetch would rewrite the request target (`/a/../b`,
    * `%2e%2e`, `\`: see `fetchRewritesTarget`), so that the backend gets the path as the client
-   * sent it; lib/upstream_exact.ts (node:http) in the balancer. @default undefined: such
+   * sent it; the native transport when the balancer runs on fetch. @default undefined: such
    * requests take `transport` too, and backends see the path as fetch rewrote it.
    */
   exactTransport?: Transport;

@@ -353,8 +353,8 @@ export interface BackendTlsFiles {
 export function createBackendClient(
   files: BackendTlsFiles,
   options: Deno.CreateHttpClientOptions = {},
+  pem: BackendTls = readBackendTls(files),
 ): Deno.HttpClient {
-  const pem = readBackendTls(files);
   const tls: Deno.CreateHttpClientOptions & Partial<Deno.TlsCertifiedKeyPem> = { ...options };
   if (pem.ca !== undefined) tls.caCerts = [pem.ca];
   if (pem.cert !== undefined && pem.key !== undefined) {
@@ -380,7 +380,7 @@ export interface BackendTls {
 
 /**
  * Reads the backend TLS files, for every client that talks to backends (fetch's and
- * lib/upstream_exact.ts's), so that they trust and present the same certificates. A client
+ * lib/upstream_native.ts's), so that they trust and present the same certificates. A client
  * certificate is read only when both `cert` and `key` are given. Throws {@linkcode TlsError}
  * when a file is unreadable or the CA bundle holds no usable certificate.
  */

@@ -55,11 +55,15 @@ export type FromWorker =
   | { type: "stopped"; left: number };
 
 /** Gauges whose per-thread values add up; every other gauge is the same fact seen N times. */
-const SUMMED_GAUGES = new Set(["lb_backend_inflight"]);
+const SUMMED_GAUGES = new Set([
+  "lb_backend_inflight",
+  "lb_backend_connections_open",
+  "lb_backend_connections_idle",
+]);
 
 /**
  * Merges the Prometheus texts of several threads into one: counters and histograms add up
- * (each thread counted its own requests), `lb_backend_inflight` adds up, and other gauges
+ * (each thread counted its own requests), in-flight and connection gauges add up, and other gauges
  * (up, ejected, weight, build info) take the highest value, so "ejected" means ejected by at
  * least one thread. Families keep the order in which they first appear.
  */

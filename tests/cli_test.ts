@@ -109,6 +109,13 @@ const BAD_INPUT: [string, string[], RegExp][] = [
   ["bad weight", ["--backends=http://a:1*x"], /weight "x"/],
   ["missing value", ["--backends=http://a:1", "--port"], /--port/],
   ["stray argument", ["--backends=http://a:1", "extra"], /unexpected argument extra/],
+  [
+    "malformed read timeout",
+    ["--backends=http://a:1", "--read-timeout=soon"],
+    /--read-timeout: "soon" is not a duration/,
+  ],
+  ["zero read timeout", ["--backends=http://a:1", "--read-timeout=0s"], /--read-timeout: /],
+  ["unknown transport", ["--backends=http://a:1", "--transport=h3"], /--transport: "h3"/],
 ];
 
 for (const [what, args, message] of BAD_INPUT) {

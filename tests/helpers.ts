@@ -90,6 +90,14 @@ export interface TestBalancer extends AsyncDisposable {
   readonly balancer: RunningBalancer;
 }
 
+/**
+ * The upstream transport the tests' balancers use: `native` (the default), or `fetch` when
+ * `LB_TEST_TRANSPORT=fetch` (`deno task test:fetch` runs the wire tests that apply that way).
+ */
+export const TEST_TRANSPORT: "native" | "fetch" = Deno.env.get("LB_TEST_TRANSPORT") === "fetch"
+  ? "fetch"
+  : "native";
+
 /** Config for tests: fast defaults, port 0, loopback only. Override anything. */
 export function testConfig(backends: string[], overrides: Partial<Config> = {}): Config {
   const specs: BackendSpec[] = backends.map((url) => ({ url, weight: 1 }));
@@ -100,6 +108,7 @@ export function testConfig(backends: string[], overrides: Partial<Config> = {}):
     host: "127.0.0.1",
     healthInterval: 60_000,
     demo: false,
+    transport: TEST_TRANSPORT,
     ...overrides,
   };
 }

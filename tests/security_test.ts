@@ -506,8 +506,8 @@ Deno.test("spoofed X-Forwarded-* and Forwarded from an untrusted client are repl
 
 Deno.test("dot segments, encoded or not, and backslashes reach the backend exactly as sent", async () => {
   // fetch's WHATWG URL parser would resolve `.`/`..` (also `%2e`/`%2E`) and turn `\` into `/`;
-  // requests whose target it would change go through node:http (lib/upstream_exact.ts), which
-  // writes the request line as given. Deciding what `..` means is the backend's business: a
+  // the native transport (lib/upstream_native.ts) writes the request line as given, also for
+  // such requests under `--transport fetch`. Deciding what `..` means is the backend's business: a
   // balancer that resolves it differently from the backend is a path-confusion risk.
   const cases = [
     "/a/../b",

@@ -190,7 +190,7 @@ Deno.test("balancer drops a fragment from the request target", async () => {
 
 Deno.test("balancer forwards dot segments and backslashes unresolved (issue 5)", async () => {
   // fetch's WHATWG parser would resolve `..`/`.` (also `%2e%2e`) and turn `\` into `/`; such
-  // targets go through node:http instead (lib/upstream_exact.ts, tests/exact_path_test.ts).
+  // targets go through the native transport (lib/upstream_native.ts, tests/exact_path_test.ts).
   const { status, received } = await throughBalancer(
     "GET /a/../b/%2e%2e/c/./d\\e?k=../v HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n",
   );

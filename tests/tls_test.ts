@@ -669,7 +669,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "HTTPS backends that offer HTTP/2 are spoken to in HTTP/2",
+  name: "with --transport fetch, HTTPS backends that offer HTTP/2 are spoken to in HTTP/2",
   ...NEEDS_OPENSSL,
   async fn() {
     const http2 = await import("node:http2");
@@ -689,6 +689,7 @@ Deno.test({
     try {
       await using lb = await startTestBalancer([`https://127.0.0.1:${port}`], {
         backendCa: ca.certPath,
+        transport: "fetch",
       });
       // The client's Host travels as a host header (:authority names the backend).
       using hostClient = Deno.createHttpClient({ allowHost: true });

@@ -1,0 +1,122 @@
+/**
+ * The native transport as the balancer uses it (issue 12): `--read-timeout` cutting off a
+ * stalled response body, the backend blamed and the next request unaffected; the per-backend
+ * connection figures in /metrics; a removed backend's kept-alive connections closed. Real
+ * balancers in-process, hand-written backends on 127.0.0.1 with ports from the OS.
+ */
+
+import assert from "node:assert/strict";
+import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
+import {
+  captureLog,
+  rawExchange,
+  rawServer,
+  startTestBalancer,
+  testConfig,
+  waitFor,
+} from "./helpers.ts";
+import { Wire } from "./wire.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/**
+ * A backend that answers `/stall` with headers announcing `length` bytes, sends `sent` of them
+ * and then nothing, and answers anything else with `ok` (keep-alive).
+ */
+function stallingBackend(length: number, sent: number) {
+  return rawServer(async (conn) => {
+    const wire = new Wire(conn);
+    for (let i = 0; i < 100; i++) {
+      const head = await wire.head();
+      if (head === null) return;
+      if (head.startsWith("GET /stall ")) {
+        await conn.write(encoder.encode(
+          `HTTP/1.1 200 OK\r\ncontent-length: ${length}\r\n\r\n${"x".repeat(sent)}`,
+        ));
+        continue; // and never the rest: the balancer must give up on this connection
+      }
+      await conn.write(encoder.encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    }
+  });
+}
+
+function get(path: string): string {
+  return `GET ${path} HTTP/1.1\r\nHost: site.example\r\nConnection: close\r\n\r\n`;
+}
+
+Deno.test("--read-timeout: a streamed body that stalls aborts the client's connection and blames the backend", async () => {
+  await using backend = stallingBackend(100_000, 1000);
+  const log = captureLog();
+  await using lb = await startTestBalancer([backend.url], { readTimeout: 300, retries: 0 }, log);
+  const stalled = await rawExchange(lb.port, get("/stall"), 10_000);
+  const text = decoder.decode(stalled.bytes);
+  assert.ok(stalled.closed, "the balancer closed the connection (not our 10 s timer)");
+  assert.match(text, /^HTTP\/1\.1 200 /, "the headers were relayed");
+  const body = text.slice(text.indexOf("\r\n\r\n") + 4);
+  assert.ok(body.length < 100_000, `the body is cut short, not passed off whole (${body.length})`);
+  const backendRecord = lb.balancer.pool.backends[0];
+  assert.equal(backendRecord.failures, 1, "the backend's failure is counted");
+  assert.ok(log.lines.some((l) => /WARN .* failed: .*read timeout/i.test(l)), log.lines.join("\n"));
+  // The next request finds the balancer and the backend as before.
+  const next = await rawExchange(lb.port, get("/fine"), 10_000);
+  assert.match(decoder.decode(next.bytes), /^HTTP\/1\.1 200 [^]*\r\n\r\nok$/);
+});
+
+Deno.test("--read-timeout: a small body that stalls before it is complete gets 502, never a short 200", async () => {
+  await using backend = stallingBackend(5000, 1000);
+  const log = captureLog();
+  await using lb = await startTestBalancer([backend.url], { readTimeout: 300, retries: 0 }, log);
+  const stalled = await rawExchange(lb.port, get("/stall"), 10_000);
+  assert.match(decoder.decode(stalled.bytes), /^HTTP\/1\.1 502 /);
+  assert.equal(lb.balancer.pool.backends[0].failures, 1);
+  const next = await rawExchange(lb.port, get("/fine"), 10_000);
+  assert.match(decoder.decode(next.bytes), /^HTTP\/1\.1 200 [^]*\r\n\r\nok$/);
+});
+
+Deno.test("/metrics counts the native transport's connections per backend: connects, reuses, open, idle", async () => {
+  await using backend = stallingBackend(0, 0);
+  await using lb = await startTestBalancer([backend.url]);
+  for (let i = 0; i < 3; i++) {
+    const response = await fetch(`${lb.url}/n${i}`);
+    assert.equal(await response.text(), "ok");
+  }
+  const text = lb.balancer.metrics.render();
+  const value = (name: string) => {
+    const line = text.split("\n").find((l) => l.startsWith(`${name}{backend="${backend.url}"}`));
+    assert.ok(line !== undefined, `${name} is exported:\n${text}`);
+    return Number(line.split(" ").at(-1));
+  };
+  assert.equal(value("lb_backend_connects_total"), 1, "one connection carried all three");
+  assert.equal(value("lb_backend_connection_reuses_total"), 2);
+  assert.equal(value("lb_backend_connections_open"), 1);
+  assert.equal(value("lb_backend_connections_idle"), 1);
+  assert.match(text, /# TYPE lb_backend_connects_total counter/);
+});
+
+Deno.test("a backend removed by a reload has its kept-alive connection closed once it is idle", async () => {
+  // Connections by number: the ones that carried a proxied request (not a health check), and
+  // the ones the balancer closed.
+  const proxied = new Set<number>();
+  const closed = new Set<number>();
+  await using removed = rawServer(async (conn, id) => {
+    const wire = new Wire(conn);
+    for (let i = 0; i < 100; i++) {
+      const head = await wire.head();
+      if (head === null) {
+        closed.add(id);
+        return;
+      }
+      if (!head.includes(HEALTH_CHECK_USER_AGENT)) proxied.add(id);
+      await conn.write(encoder.encode("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nr"));
+    }
+  });
+  await using kept = stallingBackend(0, 0);
+  await using lb = await startTestBalancer([removed.url]);
+  assert.equal(await (await fetch(lb.url)).text(), "r");
+  assert.equal(proxied.size, 1);
+  const [connection] = proxied;
+  lb.balancer.reload(testConfig([kept.url]));
+  assert.ok(await waitFor(() => closed.has(connection), 5000), "the idle connection was closed");
+  assert.equal(await (await fetch(lb.url)).text(), "ok");
+});
