@@ -120,3 +120,38 @@ Deno.test("a backend removed by a reload has its kept-alive connection closed on
   assert.ok(await waitFor(() => closed.has(connection), 5000), "the idle connection was closed");
   assert.equal(await (await fetch(lb.url)).text(), "ok");
 });
+
+Deno.test("malformed backend answers give the client 502 and one log line naming the backend and why", async () => {
+  const answers: Record<string, [string, RegExp]> = {
+    "/cl-te": [
+      "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+      /Content-Length with Transfer-Encoding/i,
+    ],
+    "/status": ["HTTP/1.1 2x0 OK\r\ncontent-length: 0\r\n\r\n", /status line/i],
+    "/two-cl": [
+      "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+      /Content-Length/i,
+    ],
+  };
+  await using backend = rawServer(async (conn) => {
+    const wire = new Wire(conn);
+    const head = await wire.head();
+    const path = head?.split(" ")[1] ?? "";
+    const answer = answers[path]?.[0] ?? "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    await conn.write(encoder.encode(answer));
+    conn.close();
+  });
+  const log = captureLog();
+  await using lb = await startTestBalancer([backend.url], { retries: 0 }, log);
+  for (const [path, [, why]] of Object.entries(answers)) {
+    const lines = log.lines.length;
+    const response = await rawExchange(lb.port, get(path), 10_000);
+    assert.match(decoder.decode(response.bytes), /^HTTP\/1\.1 502 /, path);
+    const logged = log.lines.slice(lines).filter((l) => l.startsWith("WARN"));
+    assert.equal(logged.length, 1, `${path}: ${logged.join("\n")}`);
+    assert.ok(logged[0].includes(`${backend.url} failed: `), logged[0]);
+    assert.match(logged[0], why);
+  }
+  const fine = await rawExchange(lb.port, get("/fine"), 10_000);
+  assert.match(decoder.decode(fine.bytes), /^HTTP\/1\.1 200 [^]*\r\n\r\nok$/);
+});
