@@ -1,16 +1,20 @@
 /**
  * @module
- * Tests of the harness's pure parts: parsing wrk's summary and /proc lines, options, the
- * summary's medians and same-round ratios, and the Markdown and SVG output.
- * Run with `deno test bench/bench_test.ts` (no network, no processes).
+ * Tests of the harness's pure parts: parsing wrk's summary, /proc lines and raw HTTP answers,
+ * options, the summary's medians and same-round ratios, and the Markdown and SVG output; one
+ * loopback test of the gzip pass-through check. Run with `deno test --allow-net
+ * bench/bench_test.ts` (no processes started).
  */
 
 import assert from "node:assert/strict";
 import { parseWrkOutput } from "./wrk.ts";
-import { parseStat } from "./system.ts";
-import { parseOptions, parseSeconds } from "./run.ts";
+import { parseOpenFilesLimit, parseStat } from "./system.ts";
+import { parseOptions, parseSeconds, parseV8FlagSets } from "./run.ts";
+import { checkGzipPassThrough, parseHttpResponse } from "./http_check.ts";
 import { markdown, median, type RunInfo, type RunRecord, summarise, svgChart } from "./report.ts";
 import { analyse, type CpuProfile } from "./cpu_profile.ts";
+import { flagRows, flagsMarkdown, recommend, splitVariant } from "./v8_flags.ts";
+import { parseTraceGc } from "./gc_trace.ts";
 
 Deno.test("parseWrkOutput() reads the done() hook's JSON line and totals the errors", () => {
   const out = parseWrkOutput(
@@ -82,6 +86,8 @@ function record(
     latencyUs: { p50, p90: p50, p99: p50 * 2, max: p50 * 3, mean: p50 },
     errors: { connect: 0, read: 0, write: 0, timeout: 0, status: 0 },
     errorCount: 0,
+    responseBytes: 100,
+    gzipPassThrough: null,
     cpuSeconds: cpu === null ? null : (cpu * rps * 5) / 1e6,
     cpuUsPerRequest: cpu,
     cpuSystemPercent: cpu === null ? null : 50,
@@ -192,4 +198,179 @@ Deno.test("analyse() splits self and inclusive time along the stack", () => {
   assert.equal(outer.selfMs, 1);
   assert.equal(outer.totalMs, 3);
   assert.equal(byOrigin.get("idle"), 1);
+});
+
+Deno.test("parseOpenFilesLimit() reads soft and hard limits, unlimited as Infinity", () => {
+  const text = "Max processes             63432                63432                processes\n" +
+    "Max open files            1024                 unlimited            files     \n";
+  assert.deepEqual(parseOpenFilesLimit(text), { soft: 1024, hard: Infinity });
+  assert.throws(() => parseOpenFilesLimit("Max processes 1 1"), /Max open files/);
+});
+
+Deno.test("parseV8FlagSets() splits sets on ; and keeps none as no flags", () => {
+  assert.deepEqual(
+    parseV8FlagSets("none; --max-semi-space-size=2 ;--max-semi-space-size=1,--single-threaded-gc"),
+    ["", "--max-semi-space-size=2", "--max-semi-space-size=1,--single-threaded-gc"],
+  );
+  assert.throws(() => parseV8FlagSets("max-semi-space-size=2"), /not a V8 flag/);
+  assert.throws(() => parseV8FlagSets(" ; "), /expected flag sets/);
+  const opts = parseOptions(["--v8-flags", "none;--max-semi-space-size=4"]);
+  assert.ok(opts !== "help");
+  assert.deepEqual(opts.v8FlagSets, ["", "--max-semi-space-size=4"]);
+});
+
+const bytes = (text: string) => new TextEncoder().encode(text);
+
+Deno.test("parseHttpResponse() reads Content-Length, chunked and close-delimited bodies", () => {
+  const sized = parseHttpResponse(
+    bytes("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: 1\r\nx-a: 2\r\n\r\nabcdef"),
+  );
+  assert.equal(sized.status, 200);
+  assert.equal(sized.headers.get("x-a"), "1, 2");
+  assert.deepEqual(sized.body, bytes("abc"));
+  const chunked = parseHttpResponse(
+    bytes(
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    ),
+  );
+  assert.deepEqual(chunked.body, bytes("abcde"));
+  const closed = parseHttpResponse(bytes("HTTP/1.0 404 Not Found\r\n\r\nnope"));
+  assert.equal(closed.status, 404);
+  assert.deepEqual(closed.body, bytes("nope"));
+});
+
+Deno.test("parseHttpResponse() throws on a bad status line or a short body", () => {
+  assert.throws(() => parseHttpResponse(bytes("HTTP/2 200\r\n\r\n")), /bad status line/);
+  assert.throws(
+    () => parseHttpResponse(bytes("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab")),
+    /cut short: 2 of 9/,
+  );
+  assert.throws(() => parseHttpResponse(bytes("HTTP/1.1 200 OK\r\n")), /no complete/);
+});
+
+Deno.test("checkGzipPassThrough() tells the backend's bytes from a decoded body", async () => {
+  const gz = new Uint8Array([0x1f, 0x8b, 8, 0, 1, 2, 3]);
+  const answers = [
+    { encoding: "gzip", body: gz },
+    { encoding: null, body: bytes("decoded text") },
+  ];
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served = (async () => {
+    for (const { encoding, body } of answers) {
+      const conn = await listener.accept();
+      await conn.read(new Uint8Array(4096));
+      const head = `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n` +
+        (encoding === null ? "" : `Content-Encoding: ${encoding}\r\n`) + "\r\n";
+      await conn.write(bytes(head));
+      await conn.write(body);
+      conn.close();
+    }
+  })();
+  const port = (listener.addr as Deno.NetAddr).port;
+  const passed = await checkGzipPassThrough(port, "/gzip", gz);
+  assert.equal(passed.passThrough, true, passed.detail);
+  const altered = await checkGzipPassThrough(port, "/gzip", gz);
+  assert.equal(altered.passThrough, false);
+  assert.match(altered.detail, /12 bytes, Content-Encoding none, differs/);
+  await served;
+  listener.close();
+});
+
+Deno.test("markdown() adds the ratio and 2,000-connection tables when both profiles ran", () => {
+  const at = (r: RunRecord, profile: string, extra: Partial<RunRecord> = {}) => ({
+    ...r,
+    profile,
+    ...extra,
+  });
+  const timeouts = (n: number) => ({
+    errors: { connect: 0, read: 0, write: 0, timeout: n, status: 0 },
+    errorCount: n,
+  });
+  const records = [
+    ...RECORDS,
+    at(RECORDS[1], "c2000", timeouts(10)),
+    at(RECORDS[2], "c2000", { ...timeouts(30), requestsPerSecond: 25000 }),
+    at(RECORDS[2], "gzip", { gzipPassThrough: false, gzipDetail: "32,768 bytes" }),
+    at(RECORDS[1], "gzip", { gzipPassThrough: true, gzipDetail: "3,337 bytes" }),
+  ];
+  const info = {
+    ...INFO,
+    profiles: [
+      ...INFO.profiles,
+      { id: "gzip", label: "gzip" },
+      { id: "c2000", label: "small GET, 2,000 connections" },
+    ],
+  };
+  const md = markdown(summarise(records, info), info, MACHINE);
+  assert.match(md, /2,000 conns timeouts \(nginx: 10\)/);
+  // CPU ×5.50 at 50 connections, gzip not passed through, 2,000-connection req/s 25000/50000.
+  assert.match(
+    md,
+    /\| this balancer \| ×5\.50 \| – \| – \| – \| ×5\.00 \| \*\*no\*\* \| ×0\.50 \| 30 \|/,
+  );
+  assert.match(md, /\| this balancer \| 25,000 \| ×0\.50 \| 30 \| 0 \|/);
+  assert.match(md, /\*\*no\*\*: 32,768 bytes/);
+});
+
+Deno.test("splitVariant() separates a target id from its V8 flags", () => {
+  assert.deepEqual(splitVariant("deno[--a=1,--b]"), { target: "deno", flags: "--a=1,--b" });
+  assert.deepEqual(splitVariant("deno-fetch"), { target: "deno-fetch", flags: "" });
+});
+
+Deno.test("recommend() takes the smallest set within the CPU tolerance in every profile", () => {
+  const runs = (flags: string, rss: number, cpu: number, c2000Cpu = cpu): RunRecord[] => {
+    const id = flags === "" ? "deno" : `deno[${flags}]`;
+    return [
+      { ...record(1, id, 1000, cpu), peakRssMiB: rss },
+      { ...record(1, id, 1000, c2000Cpu), profile: "c2000", peakRssMiB: rss * 2 },
+    ];
+  };
+  const rows = flagRows([
+    ...runs("", 150, 100),
+    ...runs("--semi=1", 80, 110), // smallest, but 10% more CPU
+    ...runs("--semi=2", 90, 102),
+    ...runs("--semi=4", 85, 101, 104), // within 3% at 50 connections only
+  ]);
+  const semi2 = rows.find((r) => r.flags === "--semi=2" && r.profile === "c2000")!;
+  assert.equal(semi2.rssVsNone, 0.6);
+  assert.equal(semi2.cpuVsNone, 1.02);
+  assert.equal(recommend(rows, "deno", 0.03), "--semi=2");
+  assert.equal(recommend(rows, "deno", 0.001), "");
+  assert.match(
+    flagsMarkdown(rows, { title: "t", run: "r", tolerance: 0.03, profileLabels: new Map() }),
+    /Recommended for deno:\*\* `--v8-flags=--semi=2`/,
+  );
+});
+
+Deno.test("parseTraceGc() sums young and full collections with incremental steps", () => {
+  const text = [
+    "[1:0x1]   63 ms: Scavenge 3.3 (4.4) -> 3.2 (5.4) MB, pooled: 0.0 MB, 1.50 / 0.00 ms " +
+    "(average mu = 1.000, current mu = 1.000) allocation failure; ",
+    "listening on 127.0.0.1:3030",
+    "[1:0x1]   68 ms: Scavenge 3.3 (5.4) -> 3.3 (6.4) MB, pooled: 0.0 MB, 0.50 / 0.00 ms " +
+    "(average mu = 1.000, current mu = 1.000) allocation failure; ",
+    "[1:0x1] 1933 ms: Incremental Mark-Compact 92.0 (109.6) -> 72.0 (100.1) MB, pooled: 0.0 " +
+    "MB, 2.00 / 0.00 ms (+ 0.3 ms in 17 steps since start of marking, biggest step 0.1 ms, " +
+    "walltime since start of marking 232 ms) (average mu = 0.881) finalize incremental marking",
+  ].join("\n");
+  const totals = parseTraceGc(text);
+  assert.equal(totals.young, 2);
+  assert.equal(totals.youngMs, 2);
+  assert.equal(totals.full, 1);
+  assert.ok(Math.abs(totals.fullMs - 2.3) < 1e-9);
+});
+
+Deno.test("flagRows() pairs --trace-gc variants with the traced run without flags", () => {
+  assert.deepEqual(splitVariant("deno[--trace-gc]"), { target: "deno", flags: "" });
+  const traced = (flags: string, cpu: number, gc: number): RunRecord => ({
+    ...record(1, `deno[${flags === "" ? "" : `${flags},`}--trace-gc]`, 1000, cpu),
+    gcUsPerRequest: gc,
+    peakRssMiB: flags === "" ? 100 : 80,
+  });
+  // CPU per request says +20% (noise); GC time says 1 µs more on 100: +1%.
+  const rows = flagRows([traced("", 100, 1), traced("--semi=4", 120, 2)]);
+  const semi = rows.find((r) => r.flags === "--semi=4")!;
+  assert.equal(semi.cpuVsNone, 1.2);
+  assert.equal(semi.gcCostVsNone, 1.01);
+  assert.equal(recommend(rows, "deno", 0.03), "--semi=4");
 });

@@ -16,12 +16,25 @@ export interface RunRecord extends Omit<WrkResult, "bytes"> {
   /** False when the target failed to start or wrk failed; `error` says why. */
   ok: boolean;
   error?: string;
+  /** wrk's bytes received per answer (headers included). */
+  responseBytes: number;
+  /** gzip profile: whether a client got the backend's compressed bytes unchanged; else null. */
+  gzipPassThrough: boolean | null;
+  /** gzip profile: what that client received. */
+  gzipDetail?: string;
   /** CPU seconds of the balancer's process tree during the run; null for `direct`. */
   cpuSeconds: number | null;
   /** `cpuSeconds` per request in microseconds; null for `direct`. */
   cpuUsPerRequest: number | null;
   /** Share of `cpuSeconds` spent in the kernel (stime), percent. */
   cpuSystemPercent: number | null;
+  /**
+   * Main-thread garbage-collection time per request (µs) from `--trace-gc` lines in the
+   * target's log; null unless it ran with `--v8-flags=--trace-gc`.
+   */
+  gcUsPerRequest?: number | null;
+  /** Young and full collections during the run, with `--trace-gc`. */
+  gcCollections?: { young: number; full: number } | null;
   /** Sum of VmHWM over the balancer's serving processes (MiB); null for `direct`. */
   peakRssMiB: number | null;
   /** Connections the two backends accepted after the first second of the run (stub_status). */
@@ -48,6 +61,14 @@ export interface Summary {
   p50Us: number | null;
   p99Us: number | null;
   errorCount: number;
+  /** wrk timeouts summed over rounds (also counted in `errorCount`). */
+  timeouts: number;
+  /** Median of wrk's bytes per answer. */
+  responseBytes: number | null;
+  /** True when every round's check passed, false when one failed, null when not checked. */
+  gzipPassThrough: boolean | null;
+  /** The check's detail from the first round that failed it, else from the first round. */
+  gzipDetail: string | null;
   cpuUsPerRequest: number | null;
   cpuSpreadPercent: number | null;
   /** Median kernel share of the CPU time, percent. */
@@ -63,6 +84,8 @@ export interface Summary {
   cpuVsNginx: number | null;
   /** Median over rounds of (this p50 - direct p50) in the same round. */
   addedP50Us: number | null;
+  /** Median over rounds of this added p50 / nginx's added p50 in the same round. */
+  addedP50VsNginx: number | null;
   /** Highest busy percentage seen per CPU. */
   cpuBusyPercent: number[];
 }
@@ -114,10 +137,17 @@ export function summarise(records: RunRecord[], info: RunInfo): Summary[] {
           const b = base === undefined ? null : pick(base);
           return a === null || b === null || b === 0 ? [] : [a / b];
         });
-      const added = ok.flatMap((r) => {
-        const base = find(r.round, profile.id, "direct");
-        return base === undefined ? [] : [r.latencyUs.p50 - base.latencyUs.p50];
+      const addedIn = (r: RunRecord | undefined) => {
+        const base = r && find(r.round, profile.id, "direct");
+        return r === undefined || base === undefined ? null : r.latencyUs.p50 - base.latencyUs.p50;
+      };
+      const added = ok.flatMap((r) => addedIn(r) ?? []);
+      const addedRatios = ok.flatMap((r) => {
+        const [a, b] = [addedIn(r), addedIn(find(r.round, profile.id, "nginx"))];
+        return a === null || b === null || b <= 0 ? [] : [a / b];
       });
+      const checked = ok.filter((r) => r.gzipPassThrough !== null);
+      const failedCheck = checked.find((r) => r.gzipPassThrough === false);
       const cpu = ok.flatMap((r) => r.cpuUsPerRequest === null ? [] : [r.cpuUsPerRequest]);
       const rss = ok.flatMap((r) => r.peakRssMiB === null ? [] : [r.peakRssMiB]);
       const rps = ok.map((r) => r.requestsPerSecond);
@@ -131,6 +161,10 @@ export function summarise(records: RunRecord[], info: RunInfo): Summary[] {
         p50Us: median(ok.map((r) => r.latencyUs.p50)),
         p99Us: median(ok.map((r) => r.latencyUs.p99)),
         errorCount: ok.reduce((sum, r) => sum + r.errorCount, 0),
+        timeouts: ok.reduce((sum, r) => sum + r.errors.timeout, 0),
+        responseBytes: median(ok.map((r) => r.responseBytes)),
+        gzipPassThrough: checked.length === 0 ? null : failedCheck === undefined,
+        gzipDetail: (failedCheck ?? checked[0])?.gzipDetail ?? null,
         cpuUsPerRequest: median(cpu),
         cpuSpreadPercent: spread(cpu),
         balancerCoreUsPerRequest: median(
@@ -148,6 +182,9 @@ export function summarise(records: RunRecord[], info: RunInfo): Summary[] {
         rpsVsNginx: target.id === "nginx" ? null : median(ratios((r) => r.requestsPerSecond)),
         cpuVsNginx: target.id === "nginx" ? null : median(ratios((r) => r.cpuUsPerRequest)),
         addedP50Us: target.id === "direct" ? null : median(added),
+        addedP50VsNginx: target.id === "direct" || target.id === "nginx"
+          ? null
+          : median(addedRatios),
         cpuBusyPercent: ok.reduce<number[]>(
           (max, r) => r.cpuBusyPercent.map((v, i) => Math.max(v, max[i] ?? 0)),
           [],
@@ -241,27 +278,34 @@ export function markdown(
     lines.push("");
   }
 
+  lines.push(...ratioTable(summaries, label));
+  lines.push(...manyConnectionsTable(summaries, label));
+
   for (const profile of info.profiles) {
     const rows = summaries.filter((s) => s.profile === profile.id);
+    const gzip = rows.some((s) => s.gzipPassThrough !== null);
     lines.push(`## ${profile.label}`, "");
     lines.push(
-      "| target | requests/s | vs nginx | p50 | p99 | errors | CPU per request | vs nginx | peak RSS | backend connections opened (after 1 s) | CPU busy (per core) |",
-      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+      "| target | requests/s | vs nginx | p50 | p99 | errors | CPU per request | vs nginx | peak RSS | backend connections opened (after 1 s) | CPU busy (per core) |" +
+        (gzip ? " compressed bytes passed through | bytes per response |" : ""),
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |" +
+        (gzip ? " --- | ---: |" : ""),
     );
     for (const s of rows) {
       if (s.rounds === 0) {
-        lines.push(`| ${label(s.target)} | failed | | | | | | | | | |`);
+        lines.push(`| ${label(s.target)} | failed | | | | | | | | | |${gzip ? " | |" : ""}`);
         continue;
       }
       lines.push(
         `| ${label(s.target)} | ${cell(s.requestsPerSecond, fmtInt)}` +
           `${fmtSpread(s.rpsSpreadPercent)} | ${fmtRatio(s.rpsVsNginx)} | ${fmtUs(s.p50Us)} | ` +
-          `${fmtUs(s.p99Us)} | ${fmtInt(s.errorCount)} | ${fmtCpu(s.cpuUsPerRequest)}` +
+          `${fmtUs(s.p99Us)} | ${fmtErrors(s)} | ${fmtCpu(s.cpuUsPerRequest)}` +
           `${fmtSpread(s.cpuSpreadPercent)}${fmtSys(s.cpuSystemPercent)} | ` +
           `${fmtRatio(s.cpuVsNginx)} | ${fmtMiB(s.peakRssMiB)} | ${
             s.backendConnections ?? "–"
           } | ` +
-          `${s.cpuBusyPercent.map((p) => `${Math.round(p)}%`).join(" / ")} |`,
+          `${s.cpuBusyPercent.map((p) => `${Math.round(p)}%`).join(" / ")} |` +
+          (gzip ? ` ${fmtPassThrough(s)} | ${cell(s.responseBytes, fmtInt)} |` : ""),
       );
     }
     lines.push("");
@@ -276,6 +320,94 @@ export function markdown(
   return lines.join("\n");
 }
 
+/** Errors, with how many of them were wrk timeouts. */
+function fmtErrors(s: Summary): string {
+  return s.timeouts === 0
+    ? fmtInt(s.errorCount)
+    : `${fmtInt(s.errorCount)} (${fmtInt(s.timeouts)} timeouts)`;
+}
+
+function fmtPassThrough(s: Summary): string {
+  if (s.gzipPassThrough === null) return "–";
+  return s.gzipPassThrough ? "yes" : `**no**: ${s.gzipDetail ?? ""}`;
+}
+
+/**
+ * Issue 12's targets in one table: each profile's figure as a ratio to nginx in the same round
+ * (CPU per request; requests/s at 2,000 connections), plus the gzip check, timeouts, the
+ * largest peak RSS of any profile and all errors but the 2,000-connection timeouts.
+ */
+function ratioTable(summaries: Summary[], label: (id: string) => string): string[] {
+  const get = (profile: string, target: string) =>
+    summaries.find((s) => s.profile === profile && s.target === target);
+  const profiles = new Set(summaries.map((s) => s.profile));
+  if (!profiles.has("small") || !profiles.has("c2000")) return [];
+  const targets = [...new Set(summaries.map((s) => s.target))].filter((t) =>
+    t !== "direct" && t !== "nginx"
+  );
+  const nginxTimeouts = get("c2000", "nginx")?.timeouts;
+  const lines = [
+    "## Summary: ratios to nginx (same round, medians)",
+    "",
+    "| target | small GET CPU | added p50 at 1 connection | 64 KiB CPU | 1 MiB upload CPU | gzip CPU | gzip bytes passed through | 2,000 conns requests/s | 2,000 conns timeouts (nginx: " +
+    `${nginxTimeouts ?? "–"}) | largest peak RSS | errors (besides 2,000-conn timeouts) |`,
+    "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+  ];
+  for (const target of targets) {
+    const at = (profile: string) => get(profile, target);
+    const rss = summaries.filter((s) => s.target === target && s.peakRssMiB !== null)
+      .map((s) => s.peakRssMiB!);
+    const errors = summaries.filter((s) => s.target === target).reduce(
+      (sum, s) => sum + s.errorCount - (s.profile === "c2000" ? s.timeouts : 0),
+      0,
+    );
+    const gzip = at("gzip");
+    lines.push(
+      `| ${label(target)} | ${fmtRatio(at("small")?.cpuVsNginx ?? null)} | ` +
+        `${fmtRatio(at("small-c1")?.addedP50VsNginx ?? null)} | ` +
+        `${fmtRatio(at("64k")?.cpuVsNginx ?? null)} | ` +
+        `${fmtRatio(at("upload")?.cpuVsNginx ?? null)} | ` +
+        `${fmtRatio(gzip?.cpuVsNginx ?? null)} | ` +
+        `${gzip?.gzipPassThrough == null ? "–" : gzip.gzipPassThrough ? "yes" : "**no**"} | ` +
+        `${fmtRatio(at("c2000")?.rpsVsNginx ?? null)} | ${
+          at("c2000")?.rounds ? fmtInt(at("c2000")!.timeouts) : "–"
+        } | ${fmtMiB(rss.length === 0 ? null : Math.max(...rss))} | ${fmtInt(errors)} |`,
+    );
+  }
+  lines.push(
+    "",
+    "Timeouts and errors are totals over rounds; the other figures are medians. A ratio below " +
+      "1 is better than nginx for requests/s only.",
+    "",
+  );
+  return lines;
+}
+
+/** The 2,000-connection profile on its own: what the issue's targets name. */
+function manyConnectionsTable(summaries: Summary[], label: (id: string) => string): string[] {
+  const rows = summaries.filter((s) => s.profile === "c2000");
+  if (rows.length === 0) return [];
+  const lines = [
+    "## Summary: small GET, 2,000 connections",
+    "",
+    "| target | requests/s | vs nginx | wrk timeouts | other errors | p99 | peak RSS |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ];
+  for (const s of rows) {
+    lines.push(
+      s.rounds === 0
+        ? `| ${label(s.target)} | failed | | | | | |`
+        : `| ${label(s.target)} | ${cell(s.requestsPerSecond, fmtInt)}${
+          fmtSpread(s.rpsSpreadPercent)
+        } | ${fmtRatio(s.rpsVsNginx)} | ${fmtInt(s.timeouts)} | ${
+          fmtInt(s.errorCount - s.timeouts)
+        } | ${fmtUs(s.p99Us)} | ${fmtMiB(s.peakRssMiB)} |`,
+    );
+  }
+  lines.push("");
+  return lines;
+}
+
 function cell(value: number | null, format: (n: number) => string): string {
   return value === null ? "–" : format(value);
 }
@@ -284,9 +416,11 @@ const COLORS: Record<string, string> = {
   direct: "#9e9e9e",
   nginx: "#2e7d32",
   haproxy: "#1565c0",
+  go: "#00838f",
   deno: "#ef6c00",
+  "deno-fetch": "#8e24aa",
   "deno-workers": "#ffa726",
-  "deno-raw": "#8e24aa",
+  "deno-minimal": "#bcaaa4",
   "deno-minimal-raw": "#ce93d8",
 };
 

@@ -1,20 +1,23 @@
 /**
  * @module
- * Benchmarks this load balancer side by side with nginx and HAProxy on loopback, in the same
- * run (issue 6). Two nginx backends answer fixed bodies; each target in turn balances them while
- * wrk sends one of six load profiles; targets are interleaved and every measurement is repeated
- * for `--rounds`.
+ * Benchmarks this load balancer side by side with nginx, HAProxy and a Go
+ * `httputil.ReverseProxy` balancer on loopback, in the same run (issues 6 and 12). Two nginx
+ * backends answer fixed bodies; each target in turn balances them while wrk sends one of seven
+ * load profiles; targets are interleaved and every measurement is repeated for `--rounds`.
  *
- *     deno run -A bench/run.ts                 # full run (about 5 minutes)
- *     deno run -A bench/run.ts --quick         # smoke run (about 75 s)
+ *     deno run -A bench/run.ts                 # full run (about 12 minutes)
+ *     deno run -A bench/run.ts --quick         # smoke run (about 2 minutes)
  *     deno run -A bench/run.ts --duration 10s --rounds 3 --targets nginx,deno --profiles small
+ *     deno run -A bench/run.ts --targets deno --v8-flags "none;--max-semi-space-size=2"
  *
- * Per (round, profile, target) it records requests/s, p50/p99, errors (socket errors and
- * non-2xx/3xx), the balancer's CPU time per request (utime+stime of its process tree from
- * /proc, delta over the run), peak RSS (VmHWM), and the connections the backends accepted during
- * the run (stub_status `accepts`), which shows whether keep-alive to the backends works.
+ * Per (round, profile, target) it records requests/s, p50/p99, errors (socket errors, wrk
+ * timeouts and non-2xx/3xx), the balancer's CPU time per request (utime+stime of its process
+ * tree from /proc, delta over the run), peak RSS (VmHWM), the connections the backends accepted
+ * during the run (stub_status `accepts`), which shows whether keep-alive to the backends works,
+ * and for gzip whether a client got the backend's compressed bytes unchanged.
  * Writes `bench/results/latest.{json,md,svg}` and prints the Markdown to stdout; progress goes
- * to stderr. Needs root for apt-get only when wrk, nginx or haproxy is missing.
+ * to stderr. Needs root for apt-get only when wrk, nginx or haproxy is missing; without `go` the
+ * Go peer is skipped.
  */
 
 import { parseArgs } from "node:util";
@@ -25,6 +28,7 @@ import {
   ensureTools,
   peakRssKiB,
   pinSelf,
+  raiseFileLimit,
   run,
   stopAll,
   treeCpu,
@@ -32,41 +36,59 @@ import {
 } from "./system.ts";
 import {
   type Backend,
+  buildGoPeer,
+  type DenoTargetOptions,
   direct,
+  goPeer,
   haproxy,
   minimalForwarder,
   nginx,
   PROJECT_DIR,
-  rawBalancer,
   rawMinimalForwarder,
   type RunningTarget,
   startBackend,
   type Target,
   thisBalancer,
 } from "./targets.ts";
+import { checkGzipPassThrough } from "./http_check.ts";
+import { type GcTotals, parseTraceGc } from "./gc_trace.ts";
 import { type Profile, PROFILES, runWrk, writeScript } from "./wrk.ts";
 import { markdown, type RunInfo, type RunRecord, summarise, svgChart } from "./report.ts";
+
+/** Every target id, in the order targets appear in reports. */
+export const TARGET_IDS = [
+  "direct",
+  "nginx",
+  "haproxy",
+  "go",
+  "deno",
+  "deno-fetch",
+  "deno-workers",
+  "deno-minimal",
+  "deno-minimal-raw",
+];
 
 const USAGE = `Usage: deno run -A bench/run.ts [options]
 
   --duration DUR     measured time of each run, whole seconds (default 5s; --quick: 2s)
   --warmup DUR       unmeasured load before each run (default 1s)
   --rounds N         interleaved rounds over all targets and profiles (default 2; --quick: 1)
-  --quick            smoke run: --duration 2s --rounds 1 (about 75 s)
-  --targets LIST     subset of: direct,nginx,haproxy,deno,deno-workers,deno-minimal,
-                     deno-raw,deno-minimal-raw (default: all available except
-                     deno-minimal, deno-raw and deno-minimal-raw)
-  --baseline         add deno-minimal: Deno.serve + fetch with no features (the floor)
-  --raw              add deno-raw and deno-minimal-raw: the same two on the experimental
-                     Deno.connect transport (bench/raw_transport.ts); opt-in only, also
-                     when named in --targets
+  --quick            smoke run: --duration 2s --rounds 1 (about 2 minutes)
+  --targets LIST     subset of: ${TARGET_IDS.join(",")}
+                     (default: all available except deno-minimal)
+  --baseline         add deno-minimal: Deno.serve + fetch with no features
   --profiles LIST    subset of: ${PROFILES.map((p) => p.id).join(",")} (default all)
   --workers N        worker count for the deno-workers target (default: cores)
-  --deno-flags=F     extra \`deno run\` flags for this balancer (use the = form),
-                     e.g. --deno-flags="--v8-flags=--max-semi-space-size=4"
+  --deno-flags=F     extra \`deno run\` flags for the Deno targets (use the = form)
+  --v8-flags SETS    run every Deno target once per V8 flag set; sets are separated by
+                     ";", flags within a set by "," (as deno's --v8-flags takes them),
+                     "none" is no flags, e.g. "none;--max-semi-space-size=2". Variants get
+                     ids like deno[--max-semi-space-size=2]
   --balancer-cpu C   CPU list for the balancer under test (default 1)
   --load-cpu C       CPU list for wrk and the backends (default 0)
   --out DIR          where latest.{json,md,svg} go (default bench/results)
+  --snapshot         measure a copy of the working tree taken now, so that edits made
+                     by others during the run do not mix versions
   --keep             keep the temp dir with configs and logs
   --help             this text`;
 
@@ -83,10 +105,27 @@ export interface BenchOptions {
   outDir: string;
   keep: boolean;
   baseline: boolean;
-  /** Add the experimental Deno.connect transport targets (deno-raw, deno-minimal-raw). */
-  raw: boolean;
-  /** Extra `deno run` flags for this balancer. */
+  /** Extra `deno run` flags for the Deno targets. */
   denoFlags: string[];
+  /** V8 flag sets to run each Deno target with ("" = none); undefined = one plain run. */
+  v8FlagSets: string[] | undefined;
+  /** Run from a copy of the working tree (`--snapshot`). */
+  snapshot: boolean;
+  /** The code under test as the report names it; set by `--snapshot` for its copy. */
+  revision: string | undefined;
+}
+
+/** Parses `--v8-flags`: `;` between sets, `none` for no flags, blanks dropped. */
+export function parseV8FlagSets(text: string): string[] {
+  const sets = text.split(";").map((s) => s.trim()).filter(Boolean);
+  if (sets.length === 0) throw new Error(`--v8-flags: expected flag sets, got "${text}"`);
+  return sets.map((set) => {
+    if (set === "none") return "";
+    const flags = set.split(",").map((f) => f.trim());
+    const bad = flags.find((f) => !/^--[a-z0-9_-]+(=[^\s,;]+)?$/i.test(f));
+    if (bad !== undefined) throw new Error(`--v8-flags: "${bad}" is not a V8 flag like --x=1`);
+    return flags.join(",");
+  });
 }
 
 /** Whole seconds from `5`, `5s` or `1m` (wrk takes whole seconds only). */
@@ -117,8 +156,10 @@ export function parseOptions(args: string[]): BenchOptions | "help" {
       out: { type: "string", default: new URL("results", import.meta.url).pathname },
       keep: { type: "boolean", default: false },
       baseline: { type: "boolean", default: false },
-      raw: { type: "boolean", default: false },
       "deno-flags": { type: "string", default: "" },
+      "v8-flags": { type: "string" },
+      snapshot: { type: "boolean", default: false },
+      revision: { type: "string" },
       help: { type: "boolean", default: false },
     },
   });
@@ -153,8 +194,10 @@ export function parseOptions(args: string[]): BenchOptions | "help" {
     outDir: values.out!,
     keep: values.keep!,
     baseline: values.baseline!,
-    raw: values.raw!,
     denoFlags: values["deno-flags"]!.split(" ").filter(Boolean),
+    v8FlagSets: values["v8-flags"] === undefined ? undefined : parseV8FlagSets(values["v8-flags"]),
+    snapshot: values.snapshot!,
+    revision: values.revision,
   };
 }
 
@@ -188,14 +231,147 @@ async function workersSupport(workers: number): Promise<{ ok: boolean; reason: s
   return { ok: true, reason: "" };
 }
 
-/** The commit under test, flagged when the balancer's sources differ from it. */
-async function gitRevision(): Promise<string> {
-  const head = await run(["git", "rev-parse", "--short", "HEAD"], { cwd: PROJECT_DIR });
-  if (head.code !== 0) return "unknown (not a git checkout)";
-  const dirty = await run(["git", "status", "--porcelain", "--", "lib", "main.ts", "deno.json"], {
+/** Whether `main.ts --help` lists `--transport` (the native transport and its fetch fallback). */
+async function transportSupport(): Promise<boolean> {
+  const help = await run([Deno.execPath(), "run", "--allow-net", "main.ts", "--help"], {
     cwd: PROJECT_DIR,
   });
-  return `${head.stdout.trim()}${dirty.stdout.trim() === "" ? "" : " with uncommitted changes"}`;
+  return /--transport\b/.test(help.stdout + help.stderr);
+}
+
+/**
+ * The targets of this run, in {@linkcode TARGET_IDS} order, each Deno target once per V8 flag
+ * set. Builds the Go peer when it is wanted. Notes say what was skipped and why.
+ */
+async function chooseTargets(opts: BenchOptions, tmp: string, notes: string[]) {
+  const unavailable = new Map<string, string>();
+  const fixed = new Map<string, Target>([["direct", direct], ["nginx", nginx], [
+    "haproxy",
+    haproxy,
+  ]]);
+  if (opts.targets === undefined || opts.targets.includes("go")) {
+    say("Building the Go peer (bench/go_peer/main.go)...");
+    const built = await buildGoPeer(tmp);
+    if ("binary" in built) fixed.set("go", goPeer(built.binary));
+    else unavailable.set("go", `the Go peer was skipped: ${built.reason}`);
+  }
+  const deno = new Map<string, (o: DenoTargetOptions) => Target>();
+  if (await transportSupport()) {
+    deno.set("deno", (o) => thisBalancer({ ...o, transport: "native" }));
+    deno.set("deno-fetch", (o) => thisBalancer({ ...o, transport: "fetch" }));
+  } else {
+    deno.set("deno", (o) => thisBalancer({ ...o, transport: "default" }));
+    unavailable.set(
+      "deno-fetch",
+      "`main.ts --help` lists no `--transport` flag, so deno-fetch was skipped and deno ran " +
+        "main.ts's only transport",
+    );
+  }
+  if (opts.targets === undefined || opts.targets.includes("deno-workers")) {
+    const workers = await workersSupport(opts.workers);
+    if (workers.ok) {
+      deno.set("deno-workers", (o) => thisBalancer({ ...o, workers: opts.workers }));
+      notes.push(
+        `"this balancer, --workers ${opts.workers}" is not pinned: it may use every core, ` +
+          "which it shares with wrk and the backends; compare its requests/s, not its CPU " +
+          "per request.",
+      );
+    } else {
+      unavailable.set("deno-workers", `${workers.reason}, so the multi-worker target was skipped`);
+    }
+  }
+  deno.set("deno-minimal", minimalForwarder);
+  deno.set("deno-minimal-raw", rawMinimalForwarder);
+
+  const wanted = opts.targets ??
+    TARGET_IDS.filter((id) => id !== "deno-minimal" || opts.baseline);
+  const targets: Target[] = [];
+  for (const id of TARGET_IDS.filter((id) => wanted.includes(id))) {
+    const make = deno.get(id);
+    if (fixed.has(id)) targets.push(fixed.get(id)!);
+    else if (make !== undefined) {
+      for (const v8Flags of opts.v8FlagSets ?? [""]) {
+        targets.push(make({ denoFlags: opts.denoFlags, v8Flags }));
+      }
+    } else if (unavailable.has(id)) notes.push(`${capitalise(unavailable.get(id)!)}.`);
+  }
+  for (const id of wanted.filter((id) => !TARGET_IDS.includes(id))) {
+    notes.push(`Target "${id}" is unknown: skipped.`);
+  }
+  for (const note of notes) say(note);
+  return targets;
+}
+
+const capitalise = (text: string) => text[0].toUpperCase() + text.slice(1);
+
+/**
+ * The commit under test, flagged when the balancer's sources differ from it, with a fingerprint
+ * of the difference (tracked changes and untracked files), so that two runs can be told apart.
+ */
+async function gitRevision(): Promise<string> {
+  const git = (...args: string[]) => run(["git", ...args], { cwd: PROJECT_DIR });
+  const head = await git("rev-parse", "--short", "HEAD");
+  if (head.code !== 0) return "unknown (not a git checkout)";
+  const paths = ["lib", "main.ts", "deno.json"];
+  const dirty = await git("status", "--porcelain", "--", ...paths);
+  if (dirty.stdout.trim() === "") return head.stdout.trim();
+  const diff = await git("diff", "HEAD", "--", ...paths);
+  const untracked = await git("ls-files", "--others", "--exclude-standard", "--", ...paths);
+  let text = diff.stdout;
+  for (const file of untracked.stdout.split("\n").filter(Boolean)) {
+    text += file + (await Deno.readTextFile(`${PROJECT_DIR}${file}`).catch(() => ""));
+  }
+  const hash = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  const hex = [...new Uint8Array(hash).slice(0, 4)].map((b) => b.toString(16).padStart(2, "0"));
+  return `${head.stdout.trim()} with uncommitted changes (diff ${hex.join("")})`;
+}
+
+/**
+ * `--snapshot`: copies the working tree (without .git and dist) to a temporary directory and
+ * runs this harness from there with the same options, writing to the same `--out`. Others may
+ * edit the tree during a run of several minutes; every target then still runs the same code.
+ */
+async function runFromSnapshot(args: string[], opts: BenchOptions): Promise<number> {
+  const revision = `${await gitRevision()}, snapshot of ${new Date().toISOString()}`;
+  const dir = await Deno.makeTempDir({ prefix: "lb-bench-snapshot-" });
+  try {
+    const copy = await run([
+      "sh",
+      "-c",
+      'tar -C "$1" --exclude=./.git --exclude=./dist -cf - . | tar -C "$2" -xf -',
+      "copy",
+      PROJECT_DIR,
+      dir,
+    ]);
+    if (copy.code !== 0) throw new Error(`copying the tree failed: ${copy.stderr}`);
+    say(`Measuring a snapshot of the working tree in ${dir} (${revision})`);
+    const rest = args.filter((a) => !/^--?snapshot$/.test(a));
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        `${dir}/bench/run.ts`,
+        ...rest,
+        "--out",
+        opts.outDir,
+        "--revision",
+        revision,
+      ],
+      stdin: "null",
+    }).spawn();
+    // The child stops what it started on SIGTERM; pass ours on.
+    const forward = () => child.kill("SIGTERM");
+    Deno.addSignalListener("SIGINT", forward);
+    Deno.addSignalListener("SIGTERM", forward);
+    try {
+      return (await child.status).code;
+    } finally {
+      Deno.removeSignalListener("SIGINT", forward);
+      Deno.removeSignalListener("SIGTERM", forward);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
 }
 
 /** Runs the benchmark and returns the exit code. */
@@ -212,45 +388,24 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   const opts = options;
+  if (opts.snapshot) return await runFromSnapshot(args, opts);
   await ensureTools({ wrk: "wrk", nginx: "nginx", haproxy: "haproxy", taskset: "util-linux" }, say);
   await pinSelf(opts.loadCpus);
 
   const notes: string[] = [];
-  const denoFlags = ["--allow-net", ...opts.denoFlags];
-  const available: Target[] = [direct, nginx, haproxy, thisBalancer({ denoFlags })];
-  const workers = await workersSupport(opts.workers);
-  if (workers.ok) {
-    // Worker threads need read access to their module (lib/worker_thread.ts).
-    available.push(
-      thisBalancer({
-        args: ["--workers", String(opts.workers)],
-        denoFlags: ["--allow-net", "--allow-read", ...opts.denoFlags],
-      }),
-    );
-    notes.push(
-      `"this balancer, --workers ${opts.workers}" is not pinned: it may use every core, which ` +
-        "it shares with wrk and the backends; compare its requests/s, not its CPU per request.",
-    );
-  } else {
-    notes.push(`${workers.reason}, so the multi-worker target was skipped.`);
-  }
-  const raw = [rawBalancer(denoFlags), rawMinimalForwarder];
-  const wanted = opts.targets ??
-    [
-      ...available.map((t) => t.id),
-      ...(opts.baseline ? [minimalForwarder.id] : []),
-      ...(opts.raw ? raw.map((t) => t.id) : []),
-    ];
-  available.push(minimalForwarder, ...raw);
-  const targets = available.filter((t) => wanted.includes(t.id));
-  for (const id of opts.targets ?? []) {
-    if (!available.some((t) => t.id === id)) {
-      notes.push(`Target "${id}" is not available: skipped.`);
-    }
-  }
+  const fileLimit = await raiseFileLimit();
+  const tmp = await Deno.makeTempDir({ prefix: "lb-bench-" });
+  const targets = await chooseTargets(opts, tmp, notes);
   const profiles = opts.profiles === undefined
     ? PROFILES
     : PROFILES.filter((p) => opts.profiles!.includes(p.id));
+  const most = Math.max(...profiles.map((p) => p.connections));
+  if (fileLimit < 2 * most + 500) {
+    notes.push(
+      `Open files limit ${fileLimit} (hard limit reached): below the ~${2 * most + 500} ` +
+        `descriptors a balancer needs at ${most} connections; expect refused connections.`,
+    );
+  }
 
   const runs = opts.rounds * profiles.length * targets.length;
   const estimate = runs * (opts.durationSeconds + opts.warmupSeconds + 0.4) + 5;
@@ -260,16 +415,18 @@ export async function main(args: string[]): Promise<number> {
     } x ${opts.rounds} round(s); about ${(estimate / 60).toFixed(1)} min`,
   );
 
-  const tmp = await Deno.makeTempDir({ prefix: "lb-bench-" });
   const onSignal = () => {
     say("Interrupted: stopping everything started...");
-    stopAll().finally(() => Deno.exit(130));
+    stopAll()
+      .then(() => opts.keep ? undefined : Deno.remove(tmp, { recursive: true }))
+      .catch(() => {})
+      .finally(() => Deno.exit(130));
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
 
   const machine = await describeMachine();
-  const revision = await gitRevision();
+  const revision = opts.revision ?? await gitRevision();
   const loadBefore = Deno.loadavg()[0];
   const startedAt = new Date().toISOString();
   const records: RunRecord[] = [];
@@ -280,6 +437,7 @@ export async function main(args: string[]): Promise<number> {
     ];
     const scripts = new Map<string, string>();
     for (const p of profiles) scripts.set(p.id, await writeScript(p, tmp));
+    const gzipFile = await Deno.readFile(`${backends[0].dir}/www/gzip.gz`);
     for (let round = 1; round <= opts.rounds; round++) {
       for (const profile of profiles) {
         // Rotated each round so that no target always runs first (or right after another).
@@ -290,6 +448,7 @@ export async function main(args: string[]): Promise<number> {
             backends,
             script: scripts.get(profile.id)!,
             opts,
+            gzipFile,
           });
           records.push(record);
           say(progressLine(record));
@@ -329,6 +488,13 @@ export async function main(args: string[]): Promise<number> {
     "Uploads: the backend reads the whole 1 MiB body before answering (nginx mirror module " +
       "with mirror_request_body); gzip: the backend serves a pre-compressed file (gzip_static) " +
       "so it spends no CPU compressing.",
+    "Compressed bytes passed through: before each gzip run, one request with " +
+      "`Accept-Encoding: gzip` over a raw socket (bench/http_check.ts); yes when the body is " +
+      "byte for byte the backend's gzip file under `Content-Encoding: gzip`. \"bytes per " +
+      'response" is what wrk received per answer, headers included, over the whole run.',
+    "2,000 connections: wrk's default 2 s timeout (as in issue 12), one wrk thread on the load " +
+      'core. Timeouts are wrk\'s "Socket errors: ... timeout N": requests without an answer ' +
+      "after 2 s; they are counted in the errors too.",
   );
   const info: RunInfo = {
     startedAt,
@@ -358,14 +524,15 @@ export async function main(args: string[]): Promise<number> {
   );
   await Deno.writeTextFile(`${opts.outDir}/latest.md`, md);
   await Deno.writeTextFile(`${opts.outDir}/latest.svg`, svgChart(summaries, info, machine));
-  // The project's `deno fmt --check` covers bench/: format what was generated the same way.
+  // The project's `deno fmt --check` covers bench/: format what was generated the same way,
+  // with the deno.json above the output (not the snapshot's, whose options stop at its folder).
   await run([
     Deno.execPath(),
     "fmt",
     `${opts.outDir}/latest.json`,
     `${opts.outDir}/latest.md`,
     `${opts.outDir}/latest.svg`,
-  ], { cwd: PROJECT_DIR });
+  ], { cwd: opts.outDir });
   console.log(await Deno.readTextFile(`${opts.outDir}/latest.md`));
   say(`Wrote ${opts.outDir}/latest.{json,md,svg}`);
   return records.some((r) => !r.ok) ? 1 : 0;
@@ -377,6 +544,8 @@ interface MeasureContext {
   backends: Backend[];
   script: string;
   opts: BenchOptions;
+  /** The compressed body the backends serve for the gzip profile. */
+  gzipFile: Uint8Array;
 }
 
 /** Starts `target`, warms it up, measures one run of `profile`, and stops it. */
@@ -384,7 +553,7 @@ async function measure(
   target: Target,
   profile: Profile,
   round: number,
-  { tmp, backends, script, opts }: MeasureContext,
+  { tmp, backends, script, opts, gzipFile }: MeasureContext,
 ): Promise<RunRecord> {
   const base = { round, profile: profile.id, target: target.id };
   const dir = await Deno.makeTempDir({ dir: tmp, prefix: `${target.id}-${profile.id}-${round}-` });
@@ -395,10 +564,16 @@ async function measure(
       backends,
       cpus: target.pinned ? opts.balancerCpus : `${opts.loadCpus},${opts.balancerCpus}`,
     });
+    const gzip = profile.id === "gzip"
+      ? await checkGzipPassThrough(running.port, profile.path, gzipFile)
+      : undefined;
     if (opts.warmupSeconds > 0) {
       await runWrk(profile, script, running.port, opts.warmupSeconds, opts.loadCpus);
     }
     const pid = running.proc?.pid;
+    // With --trace-gc among its V8 flags, the collections logged during the run are counted.
+    const logFile = running.proc?.logFile;
+    const logBefore = logFile === undefined ? 0 : (await Deno.stat(logFile)).size;
     const acceptsBefore = await Promise.all(backends.map((b) => b.accepts()));
     const backendCpuBefore = backends.reduce((s, b) => s + treeCpuSeconds(b.proc.pid), 0);
     const cpuBefore = pid === undefined ? undefined : treeCpu(pid);
@@ -416,6 +591,7 @@ async function measure(
     );
     const wrk = await load;
     const coresAfter = cpuTimes();
+    const gc = logFile === undefined ? undefined : await gcDuringRun(logFile, logBefore);
     const cpuAfter = pid === undefined ? undefined : treeCpu(pid);
     const cpuUser = cpuAfter === undefined ? 0 : cpuAfter.user - cpuBefore!.user;
     const cpuSystem = cpuAfter === undefined ? 0 : cpuAfter.system - cpuBefore!.system;
@@ -425,7 +601,12 @@ async function measure(
     const rssKiB = running.rssPids().reduce((sum, p) => sum + peakRssKiB(p), 0);
     const acceptsAfter = await Promise.all(backends.map((b) => b.accepts()));
     await Deno.writeTextFile(`${dir}/wrk.txt`, wrk.text);
-    const requests = Math.max(1, wrk.requests);
+    if (wrk.requests === 0) {
+      throw new Error(
+        `no request completed in ${opts.durationSeconds} s (${wrk.errorCount} errors)`,
+      );
+    }
+    const requests = wrk.requests;
     return {
       ...base,
       ok: true,
@@ -435,9 +616,16 @@ async function measure(
       latencyUs: wrk.latencyUs,
       errors: wrk.errors,
       errorCount: wrk.errorCount,
+      responseBytes: wrk.bytes / requests,
+      gzipPassThrough: gzip?.passThrough ?? null,
+      gzipDetail: gzip?.detail,
       cpuSeconds,
       cpuUsPerRequest: cpuSeconds === null ? null : (cpuSeconds * 1e6) / requests,
       cpuSystemPercent: cpuSeconds ? (100 * cpuSystem) / cpuSeconds : null,
+      gcUsPerRequest: gc === undefined || gc.young + gc.full === 0
+        ? null
+        : ((gc.youngMs + gc.fullMs) * 1000) / requests,
+      gcCollections: gc === undefined ? null : { young: gc.young, full: gc.full },
       peakRssMiB: pid === undefined ? null : rssKiB / 1024,
       backendConnections: acceptsAfter.reduce((s, a, i) => s + (a - acceptsSettled[i] - 1), 0),
       backendConnectionsWholeRun: acceptsAfter.reduce(
@@ -459,9 +647,13 @@ async function measure(
       latencyUs: { p50: 0, p90: 0, p99: 0, max: 0, mean: 0 },
       errors: { connect: 0, read: 0, write: 0, timeout: 0, status: 0 },
       errorCount: 0,
+      responseBytes: 0,
+      gzipPassThrough: null,
       cpuSeconds: null,
       cpuUsPerRequest: null,
       cpuSystemPercent: null,
+      gcUsPerRequest: null,
+      gcCollections: null,
       peakRssMiB: null,
       backendConnections: 0,
       backendConnectionsWholeRun: 0,
@@ -472,6 +664,12 @@ async function measure(
   } finally {
     await running?.proc?.stop();
   }
+}
+
+/** `--trace-gc` totals of what `logFile` gained after byte `from` (its writer may lag a little). */
+async function gcDuringRun(logFile: string, from: number): Promise<GcTotals> {
+  const bytes = await Deno.readFile(logFile);
+  return parseTraceGc(new TextDecoder().decode(bytes.subarray(from)));
 }
 
 /**
@@ -493,14 +691,16 @@ function coreUs(
 }
 
 function progressLine(r: RunRecord): string {
-  const head = `round ${r.round} ${r.profile.padEnd(8)} ${r.target.padEnd(12)}`;
+  const head = `round ${r.round} ${r.profile.padEnd(8)} ${r.target.padEnd(16)}`;
   if (!r.ok) return `${head} FAILED: ${r.error?.split("\n")[0]}`;
   const cpu = r.cpuUsPerRequest === null ? "" : ` cpu ${r.cpuUsPerRequest.toFixed(1)}us/req` +
     (r.balancerCoreUsPerRequest === null ? "" : ` (core ${r.balancerCoreUsPerRequest.toFixed(1)})`);
   const rss = r.peakRssMiB === null ? "" : ` rss ${r.peakRssMiB.toFixed(1)}MiB`;
   return `${head} ${Math.round(r.requestsPerSecond).toString().padStart(6)} req/s` +
     ` p50 ${r.latencyUs.p50}us p99 ${r.latencyUs.p99}us err ${r.errorCount}${cpu}${rss}` +
-    ` conns ${r.backendConnections} busy ${r.cpuBusyPercent.join("/")}%`;
+    ` conns ${r.backendConnections} busy ${r.cpuBusyPercent.join("/")}%` +
+    (r.errors.timeout > 0 ? ` timeouts ${r.errors.timeout}` : "") +
+    (r.gzipPassThrough === null ? "" : ` gzip ${r.gzipPassThrough ? "passed" : "altered"}`);
 }
 
 if (import.meta.main) {

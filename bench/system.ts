@@ -29,6 +29,8 @@ export interface StartOptions {
   cpus?: string;
   /** File for stdout and stderr (appended). */
   logFile: string;
+  /** Environment variables added to the harness's own. @default {} */
+  env?: Record<string, string>;
 }
 
 /** Starts `argv`, pinned with taskset when `cpus` is given; output goes to `logFile`. */
@@ -37,6 +39,7 @@ export async function start(name: string, argv: string[], options: StartOptions)
   const child = new Deno.Command(full[0], {
     args: full.slice(1),
     cwd: options.cwd,
+    env: options.env,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -348,4 +351,27 @@ export async function describeMachine(): Promise<MachineInfo> {
 /** Pins the harness itself (all its threads) to `cpus`, so it stays off the balancer's core. */
 export async function pinSelf(cpus: string): Promise<void> {
   await run(["taskset", "-a", "-p", "-c", cpus, String(Deno.pid)]);
+}
+
+/** The `Max open files` line of `/proc/PID/limits`: soft and hard limits (Infinity = unlimited). */
+export function parseOpenFilesLimit(text: string): { soft: number; hard: number } {
+  const match = /^Max open files\s+(\S+)\s+(\S+)/m.exec(text);
+  if (match === null) throw new Error("no `Max open files` line");
+  const value = (v: string) => v === "unlimited" ? Infinity : Number(v);
+  return { soft: value(match[1]), hard: value(match[2]) };
+}
+
+/**
+ * Raises the harness's soft open-files limit to its hard limit (no privilege needed), so that
+ * every process it starts inherits it: 2,000 client connections need ~4,000 descriptors in a
+ * balancer and 2,000 in wrk. Returns the soft limit in effect.
+ */
+export async function raiseFileLimit(): Promise<number> {
+  const read = () => parseOpenFilesLimit(Deno.readTextFileSync("/proc/self/limits"));
+  const { soft, hard } = read();
+  if (soft < hard) {
+    const to = hard === Infinity ? "unlimited" : String(hard);
+    await run(["prlimit", "--pid", String(Deno.pid), `--nofile=${to}:${to}`]);
+  }
+  return read().soft;
 }

@@ -1,11 +1,12 @@
 /**
  * @module
- * The two nginx backends and the targets under test: direct (no balancer), nginx, HAProxy, this
- * balancer, and this balancer with `--workers` when `main.ts` has that flag. Each target starts
- * fresh for every run, so its peak RSS belongs to one profile.
+ * The two nginx backends and the targets under test: direct (no balancer), nginx, HAProxy, the
+ * Go peer, this balancer on each transport (and with `--workers` when `main.ts` has that flag),
+ * and the feature-less Deno forwarders. Each target starts fresh for every run, so its peak RSS
+ * belongs to one profile.
  */
 
-import { freePort, processTree, start, type Started, waitReady } from "./system.ts";
+import { freePort, processTree, run, start, type Started, waitReady, which } from "./system.ts";
 
 const BENCH_DIR = new URL(".", import.meta.url).pathname;
 /** The project folder: `main.ts` runs from here so that its `deno.json` applies. */
@@ -33,6 +34,8 @@ function userLine(): string {
 /** A running nginx backend. */
 export interface Backend {
   port: number;
+  /** Its directory; `www/gzip.gz` is the compressed body it serves for `/gzip`. */
+  dir: string;
   proc: Started;
   /** Connections nginx has accepted so far (stub_status `accepts`); the query itself is one. */
   accepts(): Promise<number>;
@@ -56,7 +59,7 @@ export async function startBackend(dir: string, cpus: string): Promise<Backend> 
     { cpus, logFile: `${dir}/output.log` },
   );
   await readyOrStop(`http://127.0.0.1:${port}/`, proc);
-  return { port, proc, accepts: () => stubStatusAccepts(port) };
+  return { port, dir, proc, accepts: () => stubStatusAccepts(port) };
 }
 
 /**
@@ -205,76 +208,176 @@ export const haproxy: Target = {
   },
 };
 
-/** This balancer with default features (health checks, retries, metrics...), log level warn. */
+/** What the Deno targets share: extra `deno run` flags and an optional V8 flags variant. */
+export interface DenoTargetOptions {
+  /** Extra `deno run` flags, after the target's own permissions. @default [] */
+  denoFlags?: string[];
+  /**
+   * V8 flags (comma-separated, as `deno run --v8-flags=` takes them). When set, the target's id
+   * and label carry them (`deno[--max-semi-space-size=2]`), so that variants can run side by
+   * side in one run. @default ""
+   */
+  v8Flags?: string;
+}
+
+/** `deno run` flags of a Deno target: permissions, then the extra flags, then `--v8-flags`. */
+function runFlags(permissions: string[], { denoFlags = [], v8Flags = "" }: DenoTargetOptions) {
+  return [...permissions, ...denoFlags, ...(v8Flags === "" ? [] : [`--v8-flags=${v8Flags}`])];
+}
+
+/** The id and label of a Deno target, with its V8 flags variant when it has one. */
+function named(id: string, label: string, { v8Flags = "" }: DenoTargetOptions) {
+  return v8Flags === ""
+    ? { id, label }
+    : { id: `${id}[${v8Flags}]`, label: `${label}, --v8-flags=${v8Flags}` };
+}
+
+/**
+ * This balancer with default features (health checks, retries, metrics...), log level warn.
+ * `transport`: `"native"` runs `main.ts` without `--transport` (native is its default),
+ * `"fetch"` passes `--transport fetch`, and `"default"` (for a `main.ts` that has no
+ * `--transport` flag yet) runs it without the flag under the plain `deno` id.
+ */
 export function thisBalancer(
-  { args = [], denoFlags = ["--allow-net"] }: {
-    /** Balancer flags after the defaults; non-empty means the `--workers` target. */
-    args?: string[];
-    /** Flags for `deno run` (permissions, `--v8-flags=...`). */
-    denoFlags?: string[];
+  { transport = "native", workers, ...options }: DenoTargetOptions & {
+    /** @default "native" */
+    transport?: "native" | "fetch" | "default";
+    /** Run with `--workers N`: the `deno-workers` target, not pinned. @default undefined */
+    workers?: number;
   } = {},
 ): Target {
-  const workers = args.length > 0;
+  const args = [
+    ...(transport === "fetch" ? ["--transport", "fetch"] : []),
+    ...(workers === undefined ? [] : ["--workers", String(workers)]),
+  ];
+  // Worker threads need read access to their module (lib/worker_thread.ts).
+  const permissions = workers === undefined ? ["--allow-net"] : ["--allow-net", "--allow-read"];
+  const flags = runFlags(permissions, options);
+  const { id, label } = named(
+    workers !== undefined ? "deno-workers" : transport === "fetch" ? "deno-fetch" : "deno",
+    workers !== undefined
+      ? `this balancer, --workers ${workers}`
+      : transport === "default"
+      ? "this balancer, 1 worker"
+      : `this balancer, ${transport} transport`,
+    options,
+  );
   return {
-    id: workers ? "deno-workers" : "deno",
-    label: workers ? `this balancer, ${args.join(" ")}` : "this balancer, 1 worker",
-    description: `deno run ${denoFlags.join(" ")} main.ts (default features, --log-level warn${
-      workers ? `, ${args.join(" ")}, not pinned` : ""
-    })`,
-    pinned: !workers,
+    id,
+    label,
+    description: `deno run ${flags.join(" ")} main.ts${
+      args.length === 0 ? "" : ` ${args.join(" ")}`
+    } (default features, --log-level warn${workers === undefined ? "" : ", not pinned"})`,
+    pinned: workers === undefined,
     start: startDenoTarget(
       "balancer",
-      denoFlags,
+      flags,
       "main.ts",
       (backends, port) => [...balancerArgs(backends, port), ...args],
     ),
   };
 }
 
-/** {@linkcode ./minimal_forwarder.ts}: Deno.serve + fetch with no features, the floor. */
-export const minimalForwarder: Target = {
-  id: "deno-minimal",
-  label: "Deno.serve + fetch, no features",
-  description: "deno run --allow-net bench/minimal_forwarder.ts (baseline, not a correct proxy)",
-  pinned: true,
-  start: startDenoTarget(
-    "minimal forwarder",
-    ["--allow-net"],
-    "bench/minimal_forwarder.ts",
-    forwarderArgs,
-  ),
-};
-
-/**
- * Experiment (issue 6): this balancer with the Deno.connect transport ({@linkcode
- * ./raw_transport.ts}) instead of fetch, same flags as {@linkcode thisBalancer}. Opt-in only.
- */
-export function rawBalancer(denoFlags: string[] = ["--allow-net"]): Target {
+/** {@linkcode ./minimal_forwarder.ts}: Deno.serve + fetch with no features. */
+export function minimalForwarder(options: DenoTargetOptions = {}): Target {
+  const flags = runFlags(["--allow-net"], options);
   return {
-    id: "deno-raw",
-    label: "this balancer, Deno.connect transport (experiment)",
+    ...named("deno-minimal", "Deno.serve + fetch, no features", options),
     description: `deno run ${
-      denoFlags.join(" ")
-    } bench/raw_balancer.ts (default features, --log-level warn, upstream over Deno.connect)`,
+      flags.join(" ")
+    } bench/minimal_forwarder.ts (baseline, not a correct proxy)`,
     pinned: true,
-    start: startDenoTarget("raw balancer", denoFlags, "bench/raw_balancer.ts", balancerArgs),
+    start: startDenoTarget("minimal forwarder", flags, "bench/minimal_forwarder.ts", forwarderArgs),
   };
 }
 
-/** {@linkcode ./raw_minimal_forwarder.ts}: the minimal forwarder on the Deno.connect transport. */
-export const rawMinimalForwarder: Target = {
-  id: "deno-minimal-raw",
-  label: "Deno.serve + Deno.connect, no features",
-  description:
-    "deno run --allow-net bench/raw_minimal_forwarder.ts (baseline on the experimental transport)",
-  pinned: true,
-  start: startDenoTarget(
-    "minimal raw forwarder",
-    ["--allow-net"],
-    "bench/raw_minimal_forwarder.ts",
-    forwarderArgs,
-  ),
-};
+/**
+ * {@linkcode ./raw_minimal_forwarder.ts}: Deno.serve + a Deno.connect keep-alive pool with no
+ * features, the platform's floor.
+ */
+export function rawMinimalForwarder(options: DenoTargetOptions = {}): Target {
+  const flags = runFlags(["--allow-net"], options);
+  return {
+    ...named("deno-minimal-raw", "Deno.serve + Deno.connect, no features", options),
+    description: `deno run ${
+      flags.join(" ")
+    } bench/raw_minimal_forwarder.ts (the platform's floor, not a correct proxy)`,
+    pinned: true,
+    start: startDenoTarget(
+      "minimal raw forwarder",
+      flags,
+      "bench/raw_minimal_forwarder.ts",
+      forwarderArgs,
+    ),
+  };
+}
+
+/** Where `go build` keeps its cache between runs (it takes ~15 s to build net/http cold). */
+function goCacheDir(): string {
+  const base = Deno.env.get("XDG_CACHE_HOME") ??
+    (Deno.env.get("HOME") ? `${Deno.env.get("HOME")}/.cache` : Deno.makeTempDirSync());
+  return `${base}/lb-bench-go`;
+}
+
+/**
+ * Builds {@linkcode ./go_peer/main.go} into `dir` with the Debian Go toolchain (offline, standard
+ * library only). Returns the binary's path, or why it could not be built.
+ */
+export async function buildGoPeer(dir: string): Promise<{ binary: string } | { reason: string }> {
+  if (await which("go") === undefined) {
+    return { reason: "no `go` on PATH (Debian package golang-go)" };
+  }
+  const cache = goCacheDir();
+  const binary = `${dir}/go-peer`;
+  const result = await run([
+    "env",
+    `GOCACHE=${cache}/build`,
+    `GOPATH=${cache}/path`,
+    "GOPROXY=off",
+    "GOFLAGS=",
+    "GO111MODULE=off",
+    "CGO_ENABLED=0",
+    "go",
+    "build",
+    "-o",
+    binary,
+    `${BENCH_DIR}go_peer/main.go`,
+  ]);
+  if (result.code !== 0) {
+    return { reason: `go build failed: ${result.stderr.trim().split("\n")[0]}` };
+  }
+  return { binary };
+}
+
+/**
+ * The original tool's design (issue 12): Go's `httputil.ReverseProxy`, round-robin, built by
+ * {@linkcode buildGoPeer}, run with GOMAXPROCS=1 so that it is comparable with the one-thread
+ * targets.
+ */
+export function goPeer(binary: string): Target {
+  return {
+    id: "go",
+    label: "Go httputil.ReverseProxy",
+    description: "bench/go_peer/main.go (round-robin, health checks, 128 idle conns per " +
+      "backend), GOMAXPROCS=1",
+    pinned: true,
+    async start({ dir, backends, cpus }) {
+      const port = freePort();
+      const proc = await start(
+        "go peer",
+        [
+          binary,
+          `-backends=${backendUrls(backends).join(",")}`,
+          `-port=${port}`,
+          "-host=127.0.0.1",
+        ],
+        { cpus, logFile: `${dir}/output.log`, env: { GOMAXPROCS: "1" } },
+      );
+      await readyOrStop(`http://127.0.0.1:${port}/`, proc);
+      return { port, proc, rssPids: () => [proc.pid, ...descendants(proc.pid)] };
+    },
+  };
+}
 
 /** The backends as `http://127.0.0.1:PORT` URLs, in order. */
 function backendUrls(backends: Backend[]): string[] {
@@ -282,8 +385,8 @@ function backendUrls(backends: Backend[]): string[] {
 }
 
 /**
- * Flags shared by `main.ts` and `bench/raw_balancer.ts`: loopback only, and log level warn so
- * that logging does not take a share of the measured time.
+ * Flags of `main.ts`: loopback only, and log level warn so that logging does not take a share of
+ * the measured time.
  */
 function balancerArgs(backends: Backend[], port: number): string[] {
   return [

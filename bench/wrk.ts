@@ -19,6 +19,11 @@ export interface Profile {
   connections: number;
   /** Lua lines that set up the request (method, body, headers). */
   setup: string;
+  /**
+   * wrk's `--timeout`: a request slower than this counts as a timeout error (wrk's "Socket
+   * errors: ... timeout N"). @default 5
+   */
+  timeoutSeconds?: number;
 }
 
 /** Bytes uploaded per request in the `upload` profile. */
@@ -75,6 +80,15 @@ wrk.headers["Content-Type"] = "application/octet-stream"`,
     path: "/gzip",
     connections: 50,
     setup: `wrk.headers["Accept-Encoding"] = "gzip"`,
+  },
+  {
+    id: "c2000",
+    label: "small GET, 2,000 connections",
+    path: "/",
+    connections: 2000,
+    setup: "",
+    // wrk's default, as in issue 12's figures (nginx: 173 timeouts at 2,000 connections).
+    timeoutSeconds: 2,
   },
 ];
 
@@ -151,7 +165,7 @@ export async function runWrk(
     `-c${profile.connections}`,
     `-d${seconds}s`,
     "--timeout",
-    "5s",
+    `${profile.timeoutSeconds ?? 5}s`,
     "--latency",
     "-s",
     script,

@@ -68,13 +68,15 @@ Deno.test({
   },
 });
 
-Deno.test("deno task compile grants each binary the permissions compile:all does", () => {
+Deno.test("deno task compile grants each binary the permissions and V8 flags compile:all does", () => {
   const commands = denoJson.tasks.compile.split(" && ").map((c) => c.split(" "));
   assert.equal(commands.length, PROGRAMS.length);
   for (const [i, program] of PROGRAMS.entries()) {
     const args = commands[i];
     assert.equal(args.at(-1), program.entry);
     assert.deepEqual(args.filter((a) => /^--(allow|deny)-|^-A$/.test(a)), program.permissions);
+    const v8Flags = args.filter((a) => a.startsWith("--v8-flags="));
+    assert.deepEqual(v8Flags.flatMap((a) => a.slice(11).split(",")), program.v8Flags);
     // Without it deno compile embeds every npm package in the lockfile (playwright-core: 13 MB).
     assert.ok(args.includes("--exclude-unused-npm"), `${program.name}: --exclude-unused-npm`);
   }

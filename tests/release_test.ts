@@ -118,6 +118,7 @@ Deno.test("compileArgs() gives the exact deno compile arguments per program and 
       "--unstable-net",
       "--include",
       "lib/worker_thread.ts",
+      "--v8-flags=--max-semi-space-size=16",
       "--exclude-unused-npm",
       "--frozen",
       "--no-check",

@@ -1,7 +1,7 @@
 /**
  * @module
  * Buffered reads and writes on one raw connection, for tests whose backend speaks HTTP/1.1 by
- * hand (tests/exact_path_test.ts, bench/raw_transport_test.ts): request heads, bodies by length
+ * hand (tests/exact_path_test.ts, tests/upstream_native_test.ts): request heads, bodies by length
  * or chunked. Every loop is bounded, so a peer that misbehaves ends a test instead of hanging it.
  */
 

@@ -48,6 +48,8 @@ export interface Program {
   unstable: boolean;
   /** Modules loaded other than by static import (worker threads), embedded with `--include`. */
   include: readonly string[];
+  /** V8 flags baked into the binary (docs/performance.md says why these). */
+  v8Flags: readonly string[];
 }
 
 /**
@@ -61,6 +63,7 @@ export const PROGRAMS: readonly Program[] = [
     permissions: ["--allow-net", "--allow-read", "--allow-write", "--allow-env=LB_ADMIN_TOKEN"],
     unstable: true,
     include: ["lib/worker_thread.ts"],
+    v8Flags: ["--max-semi-space-size=16"],
   },
   {
     name: "backend",
@@ -68,6 +71,7 @@ export const PROGRAMS: readonly Program[] = [
     permissions: ["--allow-net", "--allow-env=PORT"],
     unstable: false,
     include: [],
+    v8Flags: [],
   },
 ];
 
@@ -109,6 +113,7 @@ export function compileArgs(program: Program, target: Target, options: CompileOp
     ...program.permissions,
     ...unstable.map((feature) => `--unstable-${feature}`),
     ...program.include.flatMap((module) => ["--include", module]),
+    ...(program.v8Flags.length === 0 ? [] : [`--v8-flags=${program.v8Flags.join(",")}`]),
     "--exclude-unused-npm",
     "--frozen",
     "--no-check",
