@@ -69,18 +69,20 @@ export async function runAttempts<T>(
   options: AttemptLoopOptions,
 ): Promise<LoopResult<T>> {
   const { pool, log, retryBudget } = options;
-  const tried = new Set<Backend>();
-  retryBudget?.recordRequest(performance.now());
+  // Made on the first failure: most requests never need one.
+  let tried: Set<Backend> | undefined;
+  // One clock read serves the budget and the first attempt's latency (reads cost an op each).
+  let started = performance.now();
+  retryBudget?.recordRequest(started);
   let failure: Failure | undefined;
   for (let attempt = 0; attempt <= options.retries; attempt++) {
-    const backend = plan.pick(tried, attempt);
+    const backend = plan.pick(tried ?? NOTHING_TRIED, attempt);
     if (backend === undefined) break;
-    tried.add(backend);
     plan.trace.backend = backend;
     plan.trace.attempts++;
     if (log.debugEnabled) log.debug(`Selected backend: ${backend.url}`);
     pool.acquire(backend);
-    const started = performance.now();
+    if (attempt > 0) started = performance.now();
     const outcome = await plan.send(backend);
     if (outcome.ok) {
       const latency = performance.now() - started;
@@ -89,6 +91,7 @@ export async function runAttempts<T>(
       return { ok: true, value: outcome.value, backend };
     }
     pool.release(backend);
+    (tried ??= new Set()).add(backend);
     failure = outcome.failure;
     // The client's doing (a body it failed to send, a hang-up): no backend is blamed, no retry.
     if (plan.clientFailed() || failure.kind === "client-gone") break;
@@ -110,6 +113,8 @@ export async function runAttempts<T>(
   }
   return { ok: false, failure };
 }
+
+const NOTHING_TRIED: ReadonlySet<Backend> = new Set();
 
 function withinBudget(options: AttemptLoopOptions): boolean {
   const budget = options.retryBudget;

@@ -386,6 +386,7 @@ function serve(
   joiningOwnProcess = false,
 ) {
   let open = 0;
+  const closed = () => open--;
   let http: Deno.HttpServer<Deno.NetAddr>;
   /** Shutdowns of listeners replaced by a certificate reload, still finishing their requests. */
   const retiring: Promise<void>[] = [];
@@ -417,7 +418,6 @@ function serve(
       open++;
       // Counted until the body is delivered: the handler returns at response headers, and a
       // streamed body cut off by shutdown would reach the client truncated.
-      const closed = () => open--;
       info.completed.then(closed, closed);
       // On TLS a body must leave with its headers, or it waits ~40 ms (see coalesceBody). HEAD
       // keeps its body as given: as bytes, an empty one would announce a false Content-Length.

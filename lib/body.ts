@@ -63,7 +63,8 @@ export function mayFailWhileSent(body: RequestBody): boolean {
   return body.signal !== NEVER_ABORTED;
 }
 
-const EMPTY: RequestBody = {
+/** The body of a request without one: what {@linkcode prepareBody} gives when `req.body` is null. */
+export const NO_BODY: RequestBody = {
   forAttempt: () => null,
   replayable: true,
   discard: () => Promise.resolve(),
@@ -79,8 +80,15 @@ const EMPTY: RequestBody = {
  * prior knowledge) a body may come with neither header, so `false` proves nothing there.
  */
 export function declaresBody(headers: Headers): boolean {
-  if (headers.has("transfer-encoding")) return true;
-  return headers.has("content-length") && declaredLength(headers) !== 0;
+  return announcesBody(headers.get("transfer-encoding"), headers.get("content-length"));
+}
+
+/** {@linkcode declaresBody} from the two header values (null: absent). */
+export function announcesBody(
+  transferEncoding: string | null,
+  contentLength: string | null,
+): boolean {
+  return transferEncoding !== null || (contentLength !== null && lengthOf(contentLength) !== 0);
 }
 
 /**
@@ -90,7 +98,10 @@ export function declaresBody(headers: Headers): boolean {
  */
 export function declaredLength(headers: Headers): number | undefined {
   const value = headers.get("content-length");
-  if (value === null) return undefined;
+  return value === null ? undefined : lengthOf(value);
+}
+
+function lengthOf(value: string): number | undefined {
   const length = Number(value.split(",")[0].trim());
   return Number.isSafeInteger(length) && length >= 0 ? length : undefined;
 }
@@ -105,7 +116,7 @@ export async function prepareBody(
   req: Request,
   limits: BodyLimits = UNLIMITED,
 ): Promise<RequestBody> {
-  if (req.body === null) return EMPTY;
+  if (req.body === null) return NO_BODY;
   const length = declaredLength(req.headers);
   if (length !== undefined && length > limits.maxBody) {
     throw new ContentTooLargeError(limits.maxBody);
@@ -113,7 +124,7 @@ export async function prepareBody(
   const client = new ClientBody(req.body.getReader(), limits);
   if (length !== undefined && length <= REPLAY_LIMIT) {
     const bytes = await client.readAll();
-    return { ...EMPTY, forAttempt: () => bytes };
+    return { ...NO_BODY, forAttempt: () => bytes };
   }
   if (!declaresBody(req.headers)) {
     // Deno.serve gives a bodiless POST a stream (one empty chunk, then done); streaming that
@@ -121,7 +132,7 @@ export async function prepareBody(
     // rather than assume.
     let first = await client.read();
     while (!first.done && first.value.length === 0) first = await client.read();
-    if (first.done) return EMPTY;
+    if (first.done) return NO_BODY;
     return new StreamedBody(client, first.value);
   }
   return new StreamedBody(client);

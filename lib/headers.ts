@@ -42,28 +42,195 @@ export function stripHopByHop(headers: Headers): void {
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const HOP_BY_HOP_NAMES: ReadonlySet<string> = new Set(HOP_BY_HOP);
 
+/** Header fields as name/value pairs, in order; a name may repeat (Set-Cookie). */
+export type HeaderPairs = [string, string][];
+
+/**
+ * The lower-case names a `Connection` value lists (RFC 9110 §7.6.1) besides the fixed hop-by-hop
+ * ones; undefined when it lists no other, as `keep-alive` does.
+ */
+function namedByConnection(connection: string | null): Set<string> | undefined {
+  // What nearly every backend and browser sends names nothing more.
+  if (connection === null || connection === "keep-alive") return undefined;
+  let named: Set<string> | undefined;
+  for (const token of connection.split(",")) {
+    const name = token.trim().toLowerCase();
+    // A token that is not a valid header name names nothing.
+    if (name === "" || HOP_BY_HOP_NAMES.has(name) || !HEADER_NAME.test(name)) continue;
+    (named ??= new Set()).add(name);
+  }
+  return named;
+}
+
 /**
  * A copy of `source` without hop-by-hop headers and those its `Connection` names: the same
  * result as `new Headers(source)` then {@linkcode stripHopByHop}, built with `forEach`. Deno
  * 2.9.6 copies and iterates a Headers object in quadratic time (denoland/deno#36063: 72 µs for
- * 24 headers against 3 µs with forEach), and this runs twice per request.
+ * 24 headers against 3 µs with forEach).
  */
 export function copyWithoutHopByHop(source: Headers): Headers {
-  const connection = source.get("connection");
-  let named: Set<string> | undefined;
-  if (connection !== null) {
-    named = new Set();
-    for (const name of connection.split(",")) {
-      const trimmed = name.trim();
-      if (trimmed !== "" && HEADER_NAME.test(trimmed)) named.add(trimmed.toLowerCase());
+  const copy = new Headers();
+  appendEndToEnd(fieldsOf(source), copy, false, undefined);
+  return copy;
+}
+
+/** `headers` as pairs in `forEach` order: lower-case names, each Set-Cookie on its own. */
+function fieldsOf(headers: Headers): HeaderPairs {
+  const pairs: HeaderPairs = [];
+  headers.forEach((value, name) => pairs.push([name, value]));
+  return pairs;
+}
+
+/**
+ * Appends `fields` to `to` without hop-by-hop ones, those their `Connection` names, and
+ * `except` (a lower-case name the caller sets itself). With `decoded` (fetch decoded the body),
+ * `Content-Encoding` and `Content-Length` are dropped and a strong ETag is weakened, as
+ * {@linkcode downstreamResponseHeaders} says. Returns the Content-Length passed on, or null.
+ */
+function appendEndToEnd(
+  fields: HeaderPairs,
+  to: Headers,
+  decoded: boolean,
+  except: string | undefined,
+): string | null {
+  let connection: string | null = null;
+  for (let i = 0; i < fields.length; i++) {
+    const name = fields[i][0];
+    if (name.length === 10 && name.toLowerCase() === "connection") {
+      connection = connection === null ? fields[i][1] : `${connection},${fields[i][1]}`;
     }
   }
-  const copy = new Headers();
-  // forEach yields lower-case names, and each Set-Cookie on its own.
-  source.forEach((value, name) => {
-    if (!HOP_BY_HOP_NAMES.has(name) && !named?.has(name)) copy.append(name, value);
-  });
-  return copy;
+  const named = namedByConnection(connection);
+  let length: string | null = null;
+  for (let i = 0; i < fields.length; i++) {
+    const name = fields[i][0].toLowerCase();
+    let value = fields[i][1];
+    if (HOP_BY_HOP_NAMES.has(name) || named?.has(name) || name === except) continue;
+    if (name === "content-length") {
+      if (decoded) continue;
+      length = value;
+    } else if (decoded) {
+      if (name === "content-encoding") continue;
+      if (name === "etag" && !value.startsWith("W/")) value = `W/${value}`;
+    }
+    to.append(name, value);
+  }
+  return length;
+}
+
+/**
+ * What the proxy reads from a client's request headers, gathered in one `forEach`
+ * ({@linkcode readClientHeaders}): on Deno 2.9.6 each `get()` on a served request's headers is
+ * an op call and each `has()` lower-cases the whole list, while `forEach` reads it once.
+ */
+export class ClientHeaders {
+  /**
+   * The fields that may go upstream as they are: all but the hop-by-hop ones and those the proxy
+   * writes itself (Host, X-Forwarded-*, Forwarded, X-Request-Id). Fields the `Connection`
+   * header names are still among them: {@linkcode upstreamRequestHeaders} removes those.
+   */
+  readonly fields: HeaderPairs = [];
+  host: string | null = null;
+  connection: string | null = null;
+  upgrade: string | null = null;
+  transferEncoding: string | null = null;
+  contentLength: string | null = null;
+  requestId: string | null = null;
+  forwardedFor: string | null = null;
+  forwardedProto: string | null = null;
+  forwardedHost: string | null = null;
+  forwarded: string | null = null;
+  /** Whether the client sent Accept-Encoding (it is among `fields`). */
+  acceptEncoding = false;
+}
+
+/** Reads `headers` once into a {@linkcode ClientHeaders}. */
+export function readClientHeaders(headers: Headers): ClientHeaders {
+  const client = new ClientHeaders();
+  headers.forEach(readClientField, client);
+  return client;
+}
+
+/** How {@linkcode readClientField} treats a request field; others go upstream untouched. */
+const Read = {
+  Keep: 0,
+  Drop: 1,
+  Host: 2,
+  Connection: 3,
+  Upgrade: 4,
+  TransferEncoding: 5,
+  ContentLength: 6,
+  RequestId: 7,
+  ForwardedFor: 8,
+  ForwardedProto: 9,
+  ForwardedHost: 10,
+  Forwarded: 11,
+  AcceptEncoding: 12,
+} as const;
+type Read = typeof Read[keyof typeof Read];
+
+const REQUEST_FIELDS = new Map<string, Read>();
+for (const name of HOP_BY_HOP_NAMES) REQUEST_FIELDS.set(name, Read.Drop);
+for (
+  const [name, read] of [
+    ["host", Read.Host],
+    ["connection", Read.Connection],
+    ["upgrade", Read.Upgrade],
+    ["transfer-encoding", Read.TransferEncoding],
+    ["content-length", Read.ContentLength],
+    ["x-request-id", Read.RequestId],
+    ["x-forwarded-for", Read.ForwardedFor],
+    ["x-forwarded-proto", Read.ForwardedProto],
+    ["x-forwarded-host", Read.ForwardedHost],
+    ["forwarded", Read.Forwarded],
+    ["accept-encoding", Read.AcceptEncoding],
+  ] as const
+) REQUEST_FIELDS.set(name, read);
+
+/** `forEach` callback of {@linkcode readClientHeaders} (one function for every request). */
+function readClientField(this: ClientHeaders, value: string, name: string): void {
+  switch (REQUEST_FIELDS.get(name) ?? Read.Keep) {
+    case Read.Keep:
+      this.fields.push([name, value]);
+      return;
+    case Read.Drop:
+      return;
+    case Read.Host:
+      this.host = value;
+      return;
+    case Read.Connection:
+      this.connection = value;
+      return;
+    case Read.Upgrade:
+      this.upgrade = value;
+      return;
+    case Read.TransferEncoding:
+      this.transferEncoding = value;
+      return;
+    case Read.ContentLength:
+      this.contentLength = value;
+      this.fields.push([name, value]);
+      return;
+    case Read.RequestId:
+      this.requestId = value;
+      return;
+    case Read.ForwardedFor:
+      this.forwardedFor = value;
+      return;
+    case Read.ForwardedProto:
+      this.forwardedProto = value;
+      return;
+    case Read.ForwardedHost:
+      this.forwardedHost = value;
+      return;
+    case Read.Forwarded:
+      this.forwarded = value;
+      return;
+    case Read.AcceptEncoding:
+      this.acceptEncoding = true;
+      this.fields.push([name, value]);
+      return;
+  }
 }
 
 // reg-name (letters, digits, - . _ ~), IPv4, or a bracketed IPv6 literal, then an optional port.
@@ -103,12 +270,14 @@ export interface ForwardedFacts {
   trustedPeer?: boolean;
   /** Also send an RFC 7239 `Forwarded` header (`forwarded`). @default false */
   forwarded?: boolean;
+  /** The `X-Request-Id` to send, replacing the client's. @default the client's, if any */
+  requestId?: string;
 }
 
 /**
  * Builds the upstream request headers from the client's: hop-by-hop removed, then the client's
  * Host kept (as HAProxy and Go's ReverseProxy do) and `X-Forwarded-For/-Proto/-Host` set from
- * what the balancer saw.
+ * what the balancer saw. Returns pairs with lower-case names, as both transports take them.
  *
  * From anyone but a trusted proxy, client-sent `X-Forwarded-*` are replaced and `Forwarded` is
  * replaced (or dropped when `forwarded` is off): they are as easy to forge as any header. From
@@ -116,31 +285,49 @@ export interface ForwardedFacts {
  * `its value, peer`, its `X-Forwarded-Proto/-Host` are kept (set when absent), and with
  * `forwarded` its `Forwarded` gets this hop's element appended (RFC 7239 §7.1).
  */
-export function upstreamRequestHeaders(incoming: Headers, facts: ForwardedFacts): Headers {
-  const headers = copyWithoutHopByHop(incoming);
+export function upstreamRequestHeaders(
+  incoming: Headers | ClientHeaders,
+  facts: ForwardedFacts,
+): HeaderPairs {
+  const client = incoming instanceof ClientHeaders ? incoming : readClientHeaders(incoming);
+  const named = namedByConnection(client.connection);
+  const headers = named === undefined
+    ? client.fields.slice()
+    : client.fields.filter((field) => !named.has(field[0]));
   const trusted = facts.trustedPeer === true;
-  const priorFor = trusted ? headers.get("x-forwarded-for") : null;
-  headers.set("x-forwarded-for", priorFor ? `${priorFor}, ${facts.clientIp}` : facts.clientIp);
-  if (!trusted || !headers.get("x-forwarded-proto")) headers.set("x-forwarded-proto", facts.proto);
+  const priorFor = trusted ? kept(named, client.forwardedFor, "x-forwarded-for") : null;
+  headers.push(["x-forwarded-for", priorFor ? `${priorFor}, ${facts.clientIp}` : facts.clientIp]);
+  const priorProto = trusted ? kept(named, client.forwardedProto, "x-forwarded-proto") : null;
+  headers.push(["x-forwarded-proto", priorProto || facts.proto]);
+  const priorHost = trusted ? kept(named, client.forwardedHost, "x-forwarded-host") : null;
   if (facts.host !== null) {
-    headers.set("host", facts.host);
-    if (!trusted || !headers.get("x-forwarded-host")) headers.set("x-forwarded-host", facts.host);
-  } else {
-    headers.delete("host");
-    if (!trusted) headers.delete("x-forwarded-host");
+    headers.push(["host", facts.host], ["x-forwarded-host", priorHost || facts.host]);
+  } else if (priorHost !== null) {
+    headers.push(["x-forwarded-host", priorHost]);
   }
   // Without `forwarded`, a trusted proxy's Forwarded is dropped too: passed on without this
   // hop's element, its last entry would claim to be the backend's direct peer.
-  const priorForwarded = trusted ? headers.get("forwarded") : null;
-  headers.delete("forwarded");
   if (facts.forwarded) {
+    const priorForwarded = trusted ? kept(named, client.forwarded, "forwarded") : null;
     const element = forwardedElement(facts);
-    headers.set("forwarded", priorForwarded ? `${priorForwarded}, ${element}` : element);
+    headers.push(["forwarded", priorForwarded ? `${priorForwarded}, ${element}` : element]);
   }
   // Without this, fetch asks for gzip/br on the client's behalf and then decodes the answer:
   // wasted work both ends for a client that never asked for compression.
-  if (!headers.has("accept-encoding")) headers.set("accept-encoding", "identity");
+  if (!client.acceptEncoding || named?.has("accept-encoding")) {
+    headers.push(["accept-encoding", "identity"]);
+  }
+  const requestId = facts.requestId ?? kept(named, client.requestId, "x-request-id");
+  if (requestId !== null) headers.push(["x-request-id", requestId]);
   return headers;
+}
+
+/**
+ * `value`, unless the Connection header names `name`: such a field is hop-by-hop (RFC 9110
+ * §7.6.1), so its value is not kept even from a trusted peer and the proxy's own replaces it.
+ */
+function kept(named: Set<string> | undefined, value: string | null, name: string): string | null {
+  return named?.has(name) ? null : value;
 }
 
 /**
@@ -169,14 +356,25 @@ const FETCH_DECODED_CODINGS = new Set(["gzip", "br"]);
  * request asked for `identity` or carried a Range header, but leaves `Content-Encoding` and the
  * compressed `Content-Length` in place; relaying those with the decoded bytes corrupts the
  * response. Only for fetch's responses: a transport that knows what it did says so instead
- * (`decoded` in lib/upstream.ts's `AttemptResult`; node:http never decodes).
+ * (`decoded` in lib/upstream.ts's `UpstreamResponse`; the native transport never decodes).
  */
-export function fetchDecodedBody(requestHeaders: Headers, responseHeaders: Headers): boolean {
+export function fetchDecodedBody(
+  requestHeaders: Headers | HeaderPairs,
+  responseHeaders: Headers,
+): boolean {
   const coding = responseHeaders.get("content-encoding");
   if (coding === null) return false;
   if (!FETCH_DECODED_CODINGS.has(coding.trim().toLowerCase())) return false;
-  if (requestHeaders.get("accept-encoding")?.trim().toLowerCase() === "identity") return false;
-  return !requestHeaders.has("range");
+  const request = requestHeaders instanceof Headers ? fieldsOf(requestHeaders) : requestHeaders;
+  if (fieldValue(request, "accept-encoding")?.trim().toLowerCase() === "identity") return false;
+  return fieldValue(request, "range") === null;
+}
+
+/** The value of the lower-case `name` among `fields` (repeats joined as Headers joins them). */
+function fieldValue(fields: HeaderPairs, name: string): string | null {
+  let value: string | null = null;
+  for (const [n, v] of fields) if (n === name) value = value === null ? v : `${value}, ${v}`;
+  return value;
 }
 
 /**
@@ -184,13 +382,32 @@ export function fetchDecodedBody(requestHeaders: Headers, responseHeaders: Heade
  * decoded the body, `Content-Encoding`/`Content-Length` dropped so they describe the bytes
  * actually sent, and a strong ETag weakened (it named the encoded representation).
  */
-export function downstreamResponseHeaders(upstream: Headers, decoded: boolean): Headers {
-  const headers = copyWithoutHopByHop(upstream);
-  if (decoded) {
-    headers.delete("content-encoding");
-    headers.delete("content-length");
-    const etag = headers.get("etag");
-    if (etag !== null && !etag.startsWith("W/")) headers.set("etag", `W/${etag}`);
-  }
+export function downstreamResponseHeaders(
+  upstream: Headers | HeaderPairs,
+  decoded: boolean,
+): Headers {
+  const headers = new Headers();
+  appendResponseHeaders(upstream, headers, decoded);
   return headers;
+}
+
+/**
+ * {@linkcode downstreamResponseHeaders}, appended to `to` (a new Response's headers: building
+ * the Response first and appending costs less than giving pairs to its constructor, which
+ * converts them through WebIDL), leaving out `except` too, a lower-case name the caller sets
+ * itself. `upstream` may be the fields as received (names in any case). Returns the
+ * Content-Length passed on, or null.
+ */
+export function appendResponseHeaders(
+  upstream: Headers | HeaderPairs,
+  to: Headers,
+  decoded: boolean,
+  except?: string,
+): string | null {
+  return appendEndToEnd(
+    upstream instanceof Headers ? fieldsOf(upstream) : upstream,
+    to,
+    decoded,
+    except,
+  );
 }

@@ -5,6 +5,7 @@
  * framing), its bytes, and bodies streamed with their declared length (enforced) or chunked.
  */
 
+import type { HeaderPairs } from "./headers.ts";
 import { isToken } from "./http1_parse.ts";
 
 const encoder = new TextEncoder();
@@ -52,7 +53,7 @@ export function targetOf(origin: string, url: string): string {
   return target === "" ? "/" : target;
 }
 
-/** Accumulates header lines during `Headers.forEach` (one instance: building is synchronous). */
+/** Accumulates header lines (one instance: building is synchronous). */
 class HeadBuilder {
   lines = "";
   host: string | null = null;
@@ -64,16 +65,28 @@ class HeadBuilder {
 
 const builder = new HeadBuilder();
 
-function addHeader(this: HeadBuilder, value: string, name: string): void {
+/** Adds one field to `b`, or notes it when the transport writes it itself. */
+function addHeader(b: HeadBuilder, field: string, value: string): void {
+  // Pairs, unlike a Headers object, guarantee neither a valid name nor its case: nothing else
+  // stands between them and the wire.
+  if (!isToken(field)) b.bad ??= "invalid header name";
+  const name = field.toLowerCase();
+  for (let i = 0; i < value.length; i++) {
+    const ch = value.charCodeAt(i);
+    if (ch < 32 || ch > 126) {
+      if (ch === 0 || ch === 10 || ch === 13) b.bad ??= `CR, LF or NUL in ${name}`;
+      else if (ch > 126) b.ascii = false;
+    }
+  }
   switch (name.length) {
     case 4:
       if (name === "host") {
-        this.host = value;
+        b.host = value;
         return;
       }
       break;
     case 6:
-      if (name === "expect" && value.toLowerCase() === "100-continue") this.expectContinue = true;
+      if (name === "expect" && value.toLowerCase() === "100-continue") b.expectContinue = true;
       break;
     case 10:
       // The transport frames and keeps connections itself.
@@ -81,7 +94,7 @@ function addHeader(this: HeadBuilder, value: string, name: string): void {
       break;
     case 14:
       if (name === "content-length") {
-        this.contentLength = value;
+        b.contentLength = value;
         return;
       }
       break;
@@ -89,26 +102,19 @@ function addHeader(this: HeadBuilder, value: string, name: string): void {
       if (name === "transfer-encoding") return;
       break;
   }
-  for (let i = 0; i < value.length; i++) {
-    const ch = value.charCodeAt(i);
-    if (ch < 32 || ch > 126) {
-      if (ch === 0 || ch === 10 || ch === 13) this.bad ??= `CR, LF or NUL in ${name}`;
-      else if (ch > 126) this.ascii = false;
-    }
-  }
-  this.lines += `${name}: ${value}\r\n`;
+  b.lines += `${name}: ${value}\r\n`;
 }
 
 /**
  * The request head: method and target as given, Host first, the caller's headers without
  * framing and connection fields, then this transport's framing. Returns a string naming the
- * problem for a request that cannot be written (control characters, a method that is not a
- * token): nothing is sent.
+ * problem for a request that cannot be written (control characters, a method or header name
+ * that is not a token): nothing is sent.
  */
 export function buildHead(
   method: string,
   target: string,
-  headers: Headers,
+  headers: HeaderPairs,
   body: RequestBody,
   authority: string,
 ): RequestHead | string {
@@ -124,7 +130,7 @@ export function buildHead(
   b.host = b.contentLength = b.bad = null;
   b.expectContinue = false;
   b.ascii = true;
-  headers.forEach(addHeader, b);
+  for (let i = 0; i < headers.length; i++) addHeader(b, headers[i][0], headers[i][1]);
   if (b.bad !== null) return b.bad;
   let length = 0;
   let framing: string;

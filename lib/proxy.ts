@@ -13,13 +13,20 @@ import {
   HttpError,
   NoBackendError,
 } from "./errors.ts";
-import { downstreamResponseHeaders, fetchDecodedBody, upstreamRequestHeaders } from "./headers.ts";
+import {
+  appendResponseHeaders,
+  fetchDecodedBody,
+  type HeaderPairs,
+  readClientHeaders,
+  upstreamRequestHeaders,
+} from "./headers.ts";
 import type { Log } from "./log.ts";
 import type { Backend, Pool, SelectContext } from "./pool.ts";
 import {
+  announcesBody,
   type BodyLimits,
-  declaresBody,
   mayFailWhileSent,
+  NO_BODY,
   prepareBody,
   type RequestBody,
 } from "./body.ts";
@@ -27,17 +34,17 @@ import { parseTarget } from "./target.ts";
 import {
   afterDelay,
   type AttemptOptions,
-  type AttemptResult,
   fetchRewritesTarget,
   sendAttempt,
   type Transport,
+  type UpstreamResponse,
 } from "./upstream.ts";
 import { type AttemptLoopOptions, runAttempts } from "./attempt_loop.ts";
 import type { LatencyObserver } from "./policies/p2c_ewma.ts";
 import { cookieHeader, getCookie, type StickyCookie } from "./policies/sticky.ts";
 import { backoffDelay, type RetryBudget } from "./retry_budget.ts";
 import { type Cidr, cidrContains } from "./cidr.ts";
-import { REQUEST_ID_HEADER, requestIdOf } from "./request_id.ts";
+import { REQUEST_ID_HEADER, requestIdFor } from "./request_id.ts";
 import {
   isWebSocketUpgrade,
   proxyWebSocket,
@@ -128,6 +135,8 @@ export interface ProxyObserver {
 interface Trace {
   backend: Backend | undefined;
   attempts: number;
+  /** The response's Content-Length, for the outcome; undefined when it has none. */
+  contentLength: number | undefined;
 }
 
 /** A `Deno.serve` handler. */
@@ -188,7 +197,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   /** Relays a WebSocket upgrade to a backend chosen like any request's; see lib/websocket.ts. */
   async function upgrade(
     req: Request,
-    headers: Headers,
+    headers: HeaderPairs,
     context: SelectContext,
     trace: Trace,
   ): Promise<Response> {
@@ -196,7 +205,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
       pickBackend(context, tried, attempt);
     const response = await proxyWebSocket(
       req,
-      headers,
+      new Headers(headers),
       context.path,
       pick,
       trace,
@@ -220,7 +229,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   async function forward(
     req: Request,
     info: Deno.ServeHandlerInfo,
-    headers: Headers,
+    headers: HeaderPairs,
     body: RequestBody,
     context: SelectContext,
     trace: Trace,
@@ -234,12 +243,12 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     const transport = transportFor(context.path);
     const method = req.method;
     try {
-      const result = await runAttempts<AttemptAnswer>({
+      const result = await runAttempts<UpstreamResponse>({
         method,
         label: "",
         pick: (tried, attempt) => pickBackend(context, tried, attempt),
-        send: async (backend) => {
-          const sent = await transport(
+        send: (backend) =>
+          transport(
             backend.url,
             backend.url + context.path,
             {
@@ -250,11 +259,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
             },
             signal,
             attemptOptions,
-          );
-          return sent.ok
-            ? { ok: true, value: sent, status: sent.response.status }
-            : { ok: false, failure: sent.failure };
-        },
+          ),
         replayable: () => body.replayable,
         clientFailed: () => body.clientError !== undefined,
         trace,
@@ -266,7 +271,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
         // then(f, f): one promise instead of finally()'s three plus a catch().
         const release = () => pool.release(backend);
         info.completed.then(release, release);
-        return { response: value.response, backend, decoded: value.decoded };
+        return { response: value, backend };
       }
       await body.discard();
       if (body.clientError !== undefined) throw body.clientError;
@@ -288,33 +293,40 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   }
 
   return async function proxyHandler(req, info) {
-    const trace: Trace = { backend: undefined, attempts: 0 };
+    const trace: Trace = { backend: undefined, attempts: 0, contentLength: undefined };
     const startedAt = performance.now();
-    const requestId = requestIdOf(req.headers);
+    // Read once: each lookup on a served request's headers would cost an op or a pass.
+    const client = readClientHeaders(req.headers);
+    const requestId = requestIdFor(client.requestId);
     let response: Response;
     let fromBackend = false;
     let path: string | undefined;
     let observed = { req, info };
     try {
-      const target = parseTarget(req);
+      const target = parseTarget(req, client.host);
       path = target.pathAndQuery;
-      refuseUnsendableMethod(req.method);
+      const method = req.method;
+      refuseUnsendableMethod(method);
       // Deno.serve hands GET/HEAD a null body even when bytes follow (it discards them), and
       // fetch could not send them anyway: refuse rather than drop data silently.
-      if ((req.method === "GET" || req.method === "HEAD") && declaresBody(req.headers)) {
+      if (
+        (method === "GET" || method === "HEAD") &&
+        announcesBody(client.transferEncoding, client.contentLength)
+      ) {
         throw new BadRequestError("a GET or HEAD request cannot carry a body");
       }
       const clientIp = (info.remoteAddr as Deno.NetAddr).hostname;
-      const headers = upstreamRequestHeaders(req.headers, {
+      const headers = upstreamRequestHeaders(client, {
         clientIp,
         proto: options.proto,
         host: target.host,
-        trustedPeer: trustedProxies.some((range) => cidrContains(range, clientIp)),
+        trustedPeer: trustedProxies.length > 0 &&
+          trustedProxies.some((range) => cidrContains(range, clientIp)),
         forwarded: options.forwarded,
+        requestId,
       });
-      headers.set(REQUEST_ID_HEADER, requestId);
       const context: SelectContext = { clientIp, headers: req.headers, path: target.pathAndQuery };
-      if (isWebSocketUpgrade(req)) {
+      if (client.upgrade !== null && isWebSocketUpgrade(req)) {
         // Once upgraded, the request's headers and remoteAddr throw "Request closed": the
         // observer gets copies taken before.
         observed = {
@@ -322,24 +334,27 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
           info: { remoteAddr: info.remoteAddr, completed: info.completed },
         };
         response = await upgrade(req, headers, context, trace);
+        response.headers.set(REQUEST_ID_HEADER, requestId);
       } else {
-        const body = await prepareBody(req, bodyLimits);
+        // Most requests have no body: no promise for them.
+        const body = req.body === null ? NO_BODY : await prepareBody(req, bodyLimits);
         const answer = await forward(req, info, headers, body, context, trace);
         const setCookie = stickyCookieFor(context, answer.backend);
-        response = relay(answer, headers, req.method, setCookie);
+        response = relay(answer.response, headers, method, setCookie, requestId, trace);
       }
       fromBackend = true;
     } catch (error) {
       response = errorResponse(error);
+      // Also on the balancer's own errors: the id is what a user quotes when reporting one.
+      response.headers.set(REQUEST_ID_HEADER, requestId);
+      const length = observer === undefined ? null : response.headers.get("content-length");
+      if (length !== null) trace.contentLength = Number(length);
     }
-    // Also on the balancer's own errors: the id is what a user quotes when reporting one.
-    response.headers.set(REQUEST_ID_HEADER, requestId);
     if (observer === undefined) return response;
-    const length = response.headers.get("content-length");
     observer.outcome(observed.req, observed.info, {
       status: response.status,
       path: path ?? rawTarget(req.url),
-      contentLength: length === null ? undefined : Number(length),
+      contentLength: trace.contentLength,
       fromBackend,
       backend: trace.backend,
       attempts: trace.attempts,
@@ -358,40 +373,56 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   }
 }
 
-/** An attempt's result when the backend answered. */
-type AttemptAnswer = Extract<AttemptResult, { ok: true }>;
-
 /** What {@linkcode createProxyHandler}'s attempts ended with when a backend answered. */
 interface Answer {
-  response: Response;
+  response: UpstreamResponse;
   backend: Backend;
-  /** The transport's word on decoding (AttemptResult); undefined: fetch's rules apply. */
-  decoded: boolean | undefined;
 }
 
-/** Turns the backend's response into the client's: same status and body, cleaned headers. */
+/**
+ * The client's response from the backend's: same status and body, the backend's end-to-end
+ * headers, and the balancer's X-Request-Id (replacing any the backend sent) and Set-Cookie.
+ * Built once, with the fields appended (see `appendResponseHeaders`).
+ */
 function relay(
-  answer: Answer,
-  requestHeaders: Headers,
+  upstream: UpstreamResponse,
+  requestHeaders: HeaderPairs,
   method: string,
   setCookie: string | undefined,
+  requestId: string,
+  trace: Trace,
 ): Response {
-  const upstream = answer.response;
+  let body = upstream.body;
   if (upstream.status < 200) {
     // fetch surfaces only 101 among 1xx; protocol switching is not relayed (Upgrade was stripped).
-    upstream.body?.cancel();
+    if (body instanceof ReadableStream) body.cancel().catch(() => {});
     throw new BadGatewayError("unexpected 1xx response");
   }
-  const decoded = answer.decoded ?? fetchDecodedBody(requestHeaders, upstream.headers);
-  const headers = downstreamResponseHeaders(upstream.headers, decoded);
-  if (setCookie !== undefined) headers.append("set-cookie", setCookie);
-  let body = upstream.body;
+  // Only fetch leaves `decoded` out, and it gives its own Headers.
+  const decoded = upstream.decoded ??
+    (upstream.headers instanceof Headers && fetchDecodedBody(requestHeaders, upstream.headers));
   if (body === null && decoded && method === "HEAD") {
     // A null body makes Deno.serve write `content-length: 0`, a lie about the decoded GET; an
     // empty stream makes it send no length at all.
     body = new ReadableStream({ start: (controller) => controller.close() });
   }
-  return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
+  try {
+    const response = new Response(body, {
+      status: upstream.status,
+      statusText: upstream.statusText,
+    });
+    const headers = response.headers;
+    const length = appendResponseHeaders(upstream.headers, headers, decoded, REQUEST_ID_HEADER);
+    trace.contentLength = length === null ? undefined : Number(length);
+    headers.append(REQUEST_ID_HEADER, requestId);
+    if (setCookie !== undefined) headers.append("set-cookie", setCookie);
+    return response;
+  } catch (error) {
+    // The transports return only what a Response can hold; should one not, the client gets a
+    // 502 rather than the balancer's own 500.
+    if (body instanceof ReadableStream) body.cancel().catch(() => {});
+    throw new BadGatewayError(`unusable response: ${(error as Error).message}`);
+  }
 }
 
 /**

@@ -29,6 +29,10 @@ export function isWellFormedRequestId(value: string): boolean {
  * otherwise a new random UUID.
  */
 export function requestIdOf(headers: Headers): string {
-  const sent = headers.get(REQUEST_ID_HEADER);
+  return requestIdFor(headers.get(REQUEST_ID_HEADER));
+}
+
+/** {@linkcode requestIdOf} from the `X-Request-Id` value the client sent (null: none). */
+export function requestIdFor(sent: string | null): string {
   return sent !== null && isWellFormedRequestId(sent) ? sent : crypto.randomUUID();
 }

@@ -19,15 +19,18 @@ export interface Target {
 }
 
 /**
- * Extracts the path/query and authority of `req`, or throws a 4xx {@linkcode HttpError}:
+ * Extracts the path/query and authority of `req` (`hostHeader`: its Host header, when the caller
+ * has read it already), or throws a 4xx {@linkcode HttpError}:
  * 400 for an invalid Host, or an absolute-form target naming another host than Host;
  * 405 for CONNECT (this is a reverse proxy, not a tunnel).
  */
-export function parseTarget(req: Request): Target {
+export function parseTarget(
+  req: Request,
+  hostHeader: string | null = req.headers.get("host"),
+): Target {
   if (req.method === "CONNECT") {
     throw new HttpError(405, "CONNECT is not supported", { allow: "GET, HEAD, POST, PUT, DELETE" });
   }
-  const hostHeader = req.headers.get("host");
   if (hostHeader !== null && !isValidHost(hostHeader)) {
     throw new BadRequestError("invalid Host header");
   }

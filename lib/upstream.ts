@@ -4,6 +4,7 @@
  * into either a response (headers received) or a classified {@linkcode Failure}.
  */
 
+import type { HeaderPairs } from "./headers.ts";
 import { classifyFetchError, type Failure } from "./retry.ts";
 
 /** Timeouts and transport for attempts. */
@@ -26,7 +27,8 @@ export interface AttemptOptions {
 /** The request to send: method, headers and a body fetch may consume once. */
 export interface AttemptRequest {
   method: string;
-  headers: Headers;
+  /** Fields to send, names in lower case (lib/headers.ts's `upstreamRequestHeaders`). */
+  headers: HeaderPairs;
   body: BodyInit | null;
   /**
    * Told when the response body fails after its headers were returned, by the backend's doing
@@ -37,18 +39,36 @@ export interface AttemptRequest {
 }
 
 /**
- * An attempt either produced response headers or failed in a known way. `decoded` says whether
- * the transport already decoded the body from its Content-Encoding (the proxy must then drop
- * that header and the length); left out, the proxy assumes fetch's rules (`fetchDecodedBody`
- * in lib/headers.ts), which is what {@linkcode sendAttempt} gives.
+ * A backend's answer in parts, from which the proxy builds the client's Response once: a
+ * Response per hop, and copying its headers into the next, cost more than the rest of the
+ * relay.
+ */
+export interface UpstreamResponse {
+  status: number;
+  statusText: string;
+  /** Header fields as received, names in any case; fetch's Headers for its responses. */
+  headers: HeaderPairs | Headers;
+  /** A body read whole, a stream, or none (HEAD, 204, 304). */
+  body: Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> | null;
+  /**
+   * Whether the transport already decoded the body from its Content-Encoding (the proxy must
+   * then drop that header and the length); left out, the proxy assumes fetch's rules
+   * (`fetchDecodedBody` in lib/headers.ts), which is what {@linkcode sendAttempt} gives.
+   */
+  decoded?: boolean;
+}
+
+/**
+ * An attempt either produced response headers (`value`, and its `status`) or failed in a known
+ * way: an outcome as lib/attempt_loop.ts's loop takes it, so a transport's is passed on as is.
  */
 export type AttemptResult =
-  | { ok: true; response: Response; decoded?: boolean }
+  | { ok: true; value: UpstreamResponse; status: number }
   | { ok: false; failure: Failure };
 
 /**
- * How attempts reach backends: {@linkcode sendAttempt} (fetch) by default; the benchmark plugs
- * in other transports behind the same signature to compare them (bench/raw_transport.ts).
+ * How attempts reach backends: the native transport (lib/upstream_native.ts) or
+ * {@linkcode sendAttempt} (fetch).
  */
 export type Transport = (
   origin: string,
@@ -93,10 +113,7 @@ export async function sendAttempt(
   try {
     const response = await fetch(url, {
       method: request.method,
-      // As pairs, not the Headers object: fetch converts a Headers init through WebIDL's
-      // sequence conversion, which iterates it in quadratic time on Deno 2.9.6
-      // (denoland/deno#36063); pairs from forEach cost ~8 µs less per request at 6 headers.
-      headers: headerPairs(request.headers),
+      headers: request.headers,
       body: request.body,
       redirect: "manual",
       signal: controller.signal,
@@ -106,7 +123,8 @@ export async function sendAttempt(
       await response.body?.cancel();
       return { ok: false, failure: abandoned };
     }
-    return { ok: true, response };
+    const { status, statusText, headers, body } = response;
+    return { ok: true, value: { status, statusText, headers, body }, status };
   } catch (error) {
     return { ok: false, failure: abandoned ?? classifyFetchError(error) };
   } finally {
@@ -175,13 +193,6 @@ export function fetchRewritesTarget(pathAndQuery: string): boolean {
   return URL.parse(written)?.href !== written;
 }
 
-/** `headers` as name/value pairs, Set-Cookie values kept apart as iteration would give them. */
-function headerPairs(headers: Headers): [string, string][] {
-  const pairs: [string, string][] = [];
-  headers.forEach((value, name) => pairs.push([name, value]));
-  return pairs;
-}
-
 /** A pending deadline; `cancel()` removes it (a no-op once it has fired). */
 export interface Deadline {
   cancel(): void;
@@ -193,16 +204,21 @@ export interface Deadline {
  * attempt: deadlines of one duration fall due in the order they were added, so each duration
  * keeps a linked list (insert and unlink are O(1)) and one timer serves all the lists, armed for
  * the earliest head. It is cleared whenever every list is empty, so an idle balancer (or a
- * finished test) has no timer pending.
+ * finished test) has no timer pending. `now` saves a clock read when the caller has one from
+ * the same synchronous run (an older one would break the lists' order).
  */
-export function afterDelay(ms: number, fire: () => void): Deadline {
+export function afterDelay(
+  ms: number,
+  fire: () => void,
+  now: number = performance.now(),
+): Deadline {
   let list = DEADLINE_LISTS.get(ms);
   if (list === undefined) {
     list = new DeadlineList(ms);
     DEADLINE_LISTS.set(ms, list);
     LISTS.push(list);
   }
-  const entry = list.add(fire);
+  const entry = list.add(fire, now);
   // The new entry is due no sooner than its list's head, but maybe sooner than other lists'.
   if (timerAt === undefined || entry.at < timerAt) arm(entry.at);
   return entry;
@@ -218,8 +234,8 @@ class DeadlineList {
     this.#ms = ms;
   }
 
-  add(fire: () => void): Entry {
-    const entry = new Entry(this, performance.now() + this.#ms, fire);
+  add(fire: () => void, now: number): Entry {
+    const entry = new Entry(this, now + this.#ms, fire);
     entry.prev = this.#tail;
     if (this.#tail === undefined) this.head = entry;
     else this.#tail.next = entry;

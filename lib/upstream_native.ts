@@ -14,9 +14,9 @@
  * posted (bytes or EOF arriving while idle discard the connection at once, and the posted read
  * is the next response's first read, as in Go's `persistConn`); the head (with a small body)
  * written with one `write`; the common exchange one async function (write, read, synchronous
- * parse); small Content-Length bodies read whole and returned as bytes; response fields
- * appended to the Response rather than given to its constructor (WebIDL's sequence conversion
- * costs ~5x more); deadlines on the shared `afterDelay` lists, their callbacks made once per
+ * parse); small Content-Length bodies read whole and returned as bytes; the answer returned
+ * in parts (status, fields as parsed, body), from which the proxy builds the one Response the
+ * client gets; deadlines on the shared `afterDelay` lists, their callbacks made once per
  * connection; no clock read per release (idle expiry counts sweeps).
  *
  * Decisions where HTTP or the issue leaves a choice:
@@ -41,6 +41,8 @@
  *   is closed after.
  * - Statuses whose Response cannot have a body (205 with content) get none; the connection is
  *   then closed.
+ * - The client's signal is listened to once an exchange has lasted 50 ms (listening is dear, and
+ *   most exchanges are over by then); a client that left sooner ends its attempt then.
  */
 
 import {
@@ -72,6 +74,7 @@ import {
   type AttemptResult,
   type Deadline,
   type Transport,
+  type UpstreamResponse,
 } from "./upstream.ts";
 
 /** TLS material for HTTPS backends, as PEM text. */
@@ -96,6 +99,12 @@ export interface NativeTransportOptions {
   maxIdlePerOrigin?: number;
   /** An idle connection unused this long (ms) is closed. @default 30000 */
   idleTimeout?: number;
+  /**
+   * Connects in progress per origin; further requests wait for a released connection or a free
+   * connect (within the connect timeout), so a burst does not overflow a backend's accept
+   * queue (nginx's is 511). @default 32
+   */
+  maxConnectingPerOrigin?: number;
 }
 
 /** Connection counts of one origin. */
@@ -137,12 +146,37 @@ const STREAM_READ_SIZE = 64 * 1024;
 const MAX_INTERIM = 32;
 /** How long `Expect: 100-continue` waits for the 100 before sending the body anyway (curl: 1 s). */
 const EXPECT_WAIT_MS = 1000;
+/**
+ * How long an exchange runs before it listens to its client's signal (see
+ * `Connection.watchClient`); shorter than the proxy's own wait before it watches the client
+ * (lib/proxy.ts), so a hang-up the proxy reports is never seen later for it.
+ */
+const CLIENT_LISTEN_DELAY_MS = 50;
 /** Read timeout when `AttemptOptions.readTimeout` is left out (nginx's proxy_read_timeout). */
 const DEFAULT_READ_TIMEOUT = 60_000;
 
 /** Request body write states of a {@linkcode Connection}. */
 const Write = { Writing: 0, Done: 1, Failed: 2, Skipped: 3 } as const;
 type Write = typeof Write[keyof typeof Write];
+
+/**
+ * Runs `fn` once the I/O that completed during the current turn of the event loop has been
+ * delivered. Deno runs due timers before it: after a long turn (a busy balancer), a connect that
+ * succeeded in time would otherwise lose to its own timeout. nginx, too, handles events before
+ * it expires timers.
+ */
+function afterPendingIo(fn: () => void): void {
+  setTimeout(fn, 0);
+}
+
+/** A waiter's turn to connect itself (see {@linkcode OriginPool.acquire}). */
+const DIAL = Symbol("dial");
+type Dial = typeof DIAL;
+
+/** A request waiting for a connection to one origin. */
+interface Waiter {
+  settle(turn: Connection | Failure | Dial): void;
+}
 
 /** The stale-connection outcome: a reused connection ended before any response byte. */
 const STALE = Symbol("stale");
@@ -151,8 +185,12 @@ const STALE = Symbol("stale");
 export function createNativeTransport(options: NativeTransportOptions = {}): NativeTransport {
   const maxIdle = options.maxIdlePerOrigin ?? 128;
   const idleTimeout = options.idleTimeout ?? 30_000;
+  const maxDialing = options.maxConnectingPerOrigin ?? 32;
   if (!Number.isInteger(maxIdle) || maxIdle < 0) {
     throw new RangeError(`maxIdlePerOrigin: expected a whole number >= 0, got ${maxIdle}`);
+  }
+  if (!Number.isInteger(maxDialing) || maxDialing < 1) {
+    throw new RangeError(`maxConnectingPerOrigin: expected a whole number >= 1, got ${maxDialing}`);
   }
   if (!(idleTimeout > 0) || !Number.isFinite(idleTimeout)) {
     throw new RangeError(`idleTimeout: expected milliseconds > 0, got ${idleTimeout}`);
@@ -161,7 +199,7 @@ export function createNativeTransport(options: NativeTransportOptions = {}): Nat
   if ((tls.cert === undefined) !== (tls.key === undefined)) {
     throw new RangeError("tls: cert and key go together");
   }
-  const state = new TransportState(maxIdle, idleTimeout, tls);
+  const state = new TransportState(maxIdle, idleTimeout, tls, maxDialing);
 
   return {
     send: (origin, url, request, clientSignal, attemptOptions) =>
@@ -210,6 +248,7 @@ class TransportState {
     readonly maxIdle: number,
     readonly idleTimeout: number,
     readonly tls: NativeTlsOptions,
+    readonly maxDialing: number,
   ) {
     this.#sweepEvery = Math.max(10, Math.min(1000, Math.round(idleTimeout / 4)));
     this.#sweepsToExpire = Math.ceil(idleTimeout / this.#sweepEvery);
@@ -253,6 +292,9 @@ class TransportState {
       c.failure ??= SHUTDOWN;
       c.close();
     }
+    for (const pool of this.pools.values()) {
+      for (const waiter of pool.waiters.splice(0)) waiter.settle(SHUTDOWN);
+    }
     this.pools.clear();
     await Promise.allSettled([...posted, ...this.connecting]);
   }
@@ -276,6 +318,10 @@ class OriginPool {
   reuses = 0;
   /** Set by retire(): connections close instead of returning to `idle`. */
   retired = false;
+  /** Connects in progress. */
+  dialing = 0;
+  /** Requests waiting for a connection while `maxDialing` connects are in progress, oldest first. */
+  readonly waiters: Waiter[] = [];
 
   constructor(readonly owner: TransportState, origin: string) {
     const url = new URL(origin);
@@ -297,15 +343,78 @@ class OriginPool {
     return c;
   }
 
+  /**
+   * A connection for one request: an idle one, a new one, or, while `maxDialing` connects are in
+   * progress, the first one released or a connect of its own once a connect ends. Bursts of
+   * requests thus never open more connections at once than the backend's accept queue can take
+   * (a SYN dropped there costs a connect timeout, and the backend is marked down for it).
+   */
+  async acquire(options: AttemptOptions, clientSignal: AbortSignal): Promise<Connection | Failure> {
+    const idle = this.take();
+    if (idle !== undefined) return idle;
+    if (this.dialing >= this.owner.maxDialing) {
+      const turn = await this.#wait(options, clientSignal);
+      if (turn !== DIAL) return turn;
+    }
+    this.dialing++;
+    let made: Connection | Failure | undefined;
+    try {
+      made = await connect(this, options, clientSignal);
+      return made;
+    } finally {
+      this.dialing--;
+      // A backend that refuses or does not answer would fail every waiter's connect the same way.
+      if (made !== undefined && !(made instanceof Connection) && made.kind === "connect") {
+        for (const waiter of this.waiters.splice(0)) waiter.settle(made);
+      } else {
+        this.waiters.shift()?.settle(DIAL);
+      }
+    }
+  }
+
+  /** Waits for a released connection or a free connect, within the connect timeout. */
+  #wait(options: AttemptOptions, clientSignal: AbortSignal): Promise<Connection | Failure | Dial> {
+    if (clientSignal.aborted) return Promise.resolve(CLIENT_GONE);
+    const limit = Math.min(options.connectTimeout, options.timeout);
+    const { promise, resolve } = Promise.withResolvers<Connection | Failure | Dial>();
+    const waiter: Waiter = {
+      settle: (turn) => {
+        deadline.cancel();
+        clientSignal.removeEventListener("abort", onClientAbort);
+        resolve(turn);
+      },
+    };
+    const leave = (failure: Failure) => {
+      const at = this.waiters.indexOf(waiter);
+      if (at === -1) return; // served meanwhile
+      this.waiters.splice(at, 1);
+      waiter.settle(failure);
+    };
+    const onClientAbort = () => leave(CLIENT_GONE);
+    const deadline = afterDelay(limit, () =>
+      afterPendingIo(() =>
+        leave({
+          kind: "connect",
+          detail: `no connection within ${limit}ms (${this.dialing} connects in progress)`,
+        })
+      ));
+    clientSignal.addEventListener("abort", onClientAbort);
+    this.waiters.push(waiter);
+    return promise;
+  }
+
   /** Back to `idle` with a read posted, or closed when it cannot carry another request. */
   release(c: Connection): void {
     const owner = this.owner;
-    if (
-      c.closed || this.retired || owner.closed || c.start !== c.end ||
-      this.idle.length >= owner.maxIdle
-    ) {
-      return c.close();
+    if (c.closed || this.retired || owner.closed || c.start !== c.end) return c.close();
+    const waiter = this.waiters.shift();
+    if (waiter !== undefined) {
+      // Handed straight to a request waiting for a connection: no idle round trip.
+      c.start = c.end = 0;
+      this.reuses++;
+      return waiter.settle(c);
     }
+    if (this.idle.length >= owner.maxIdle) return c.close();
     c.start = c.end = 0;
     c.idle = true;
     c.idleSince = owner.epoch;
@@ -351,6 +460,17 @@ class Connection {
       detail: `no response headers within ${this.headerTimeout}ms`,
     });
   readonly onClientAbort = () => this.abandon(CLIENT_GONE);
+  /** The current request's client signal, listened to once the exchange has lasted a while. */
+  #client: AbortSignal | undefined;
+  #listening = false;
+  #listen: Deadline | undefined;
+  readonly #startListening = () => {
+    this.#listen = undefined;
+    const client = this.#client!;
+    if (client.aborted) return this.onClientAbort();
+    client.addEventListener("abort", this.onClientAbort);
+    this.#listening = true;
+  };
   readonly onReadTimeout = () =>
     this.abandon({ kind: "maybe-sent", detail: `read timeout after ${this.readTimeout}ms` });
   /** The posted read settled: while still idle, that is EOF, a reset or stray bytes. */
@@ -367,6 +487,28 @@ class Connection {
     pool.open++;
     pool.connects++;
     pool.owner.all.add(this);
+  }
+
+  /**
+   * Has the current request end when `client` aborts. Adding and removing an abort listener
+   * is among the dearest steps of a request on Deno 2.9.6, and most exchanges are over long
+   * before a client could be missed, so listening starts only once this one has lasted
+   * {@linkcode CLIENT_LISTEN_DELAY_MS}: a client gone earlier is seen then.
+   */
+  watchClient(client: AbortSignal, now: number): void {
+    this.#client = client;
+    // An abort before now (during a connect) fires no event.
+    if (client.aborted) return this.onClientAbort();
+    this.#listen = afterDelay(CLIENT_LISTEN_DELAY_MS, this.#startListening, now);
+  }
+
+  /** Stops {@linkcode watchClient}: that client must not abandon the next request. */
+  unwatchClient(): void {
+    this.#listen?.cancel();
+    this.#listen = undefined;
+    if (this.#listening) this.#client!.removeEventListener("abort", this.onClientAbort);
+    this.#listening = false;
+    this.#client = undefined;
   }
 
   /** Ends the current request with `failure` (the first one given wins). */
@@ -496,13 +638,10 @@ async function send(
   // Nothing was sent: `connect` is the kind that says so (no Headers object can hold such a
   // value, so the proxy never gets here).
   if (typeof head === "string") return failed("connect", `request not sent: ${head}`);
-  let c = pool.take();
-  const reused = c !== undefined;
-  if (c === undefined) {
-    const made = await connect(pool, options, clientSignal);
-    if (!(made instanceof Connection)) return { ok: false, failure: made };
-    c = made;
-  }
+  // An idle connection is taken without the promise of acquire(): most requests find one.
+  const c = pool.take() ?? await pool.acquire(options, clientSignal);
+  if (!(c instanceof Connection)) return { ok: false, failure: c };
+  const reused = c.uses > 0;
   const result = await exchange(c, head, body, request, clientSignal, options);
   if (result !== STALE) return result;
   // The idle-connection race: the backend closed a kept-alive connection as the request went
@@ -534,13 +673,17 @@ async function connect(
   const limit = Math.min(options.connectTimeout, options.timeout);
   const controller = new AbortController();
   let timedOut = false;
-  const deadline = afterDelay(limit, () => {
-    timedOut = true;
-    controller.abort();
-  });
+  let settled = false;
+  const deadline = afterDelay(limit, () =>
+    afterPendingIo(() => {
+      if (settled) return;
+      timedOut = true;
+      controller.abort();
+    }));
   const onClientAbort = () => controller.abort();
   clientSignal.addEventListener("abort", onClientAbort);
   const dialing = dial(pool, owner.tls, controller.signal);
+  dialing.then(() => settled = true, () => settled = true);
   owner.connecting.add(dialing);
   try {
     const conn = await dialing;
@@ -665,10 +808,9 @@ async function exchange(
   c.streaming = false;
   c.headerTimeout = options.timeout;
   c.readTimeout = options.readTimeout ?? DEFAULT_READ_TIMEOUT;
-  const headerDeadline = afterDelay(options.timeout, c.onHeaderTimeout);
-  clientSignal.addEventListener("abort", c.onClientAbort);
-  // An abort before the listener was added (during a connect) fires no event.
-  if (clientSignal.aborted) c.onClientAbort();
+  const now = performance.now();
+  const headerDeadline = afterDelay(options.timeout, c.onHeaderTimeout, now);
+  c.watchClient(clientSignal, now);
   let response: ResponseHead;
   try {
     const inline = body === null ||
@@ -711,7 +853,7 @@ async function exchange(
     }
   } catch (error) {
     headerDeadline.cancel();
-    clientSignal.removeEventListener("abort", c.onClientAbort);
+    c.unwatchClient();
     c.close();
     c.gate?.(false);
     if (c.failure !== undefined) return { ok: false, failure: c.failure };
@@ -724,14 +866,13 @@ async function exchange(
   try {
     let answer = respond(c, response, request);
     if (answer instanceof Promise) answer = await answer;
-    result = { ok: true, response: answer, decoded: false };
+    result = { ok: true, value: answer, status: answer.status };
   } catch (error) {
     c.close();
     result = { ok: false, failure: c.failure ?? { kind: "maybe-sent", detail: describe(error) } };
   }
-  // Before the connection can go back to the pool: this request's client must not abandon
-  // the next one.
-  clientSignal.removeEventListener("abort", c.onClientAbort);
+  // Before the connection can go back to the pool.
+  c.unwatchClient();
   if (!c.streaming) finish(c, response.keepAlive);
   return result;
 }
@@ -853,7 +994,7 @@ function respond(
   c: Connection,
   head: ResponseHead,
   request: AttemptRequest,
-): Response | Promise<Response> {
+): UpstreamResponse | Promise<UpstreamResponse> {
   let body: Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> | null = null;
   switch (head.framing) {
     case Framing.Length:
@@ -882,25 +1023,21 @@ function toResponse(
   c: Connection,
   head: ResponseHead,
   body: Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> | null,
-): Response {
+): UpstreamResponse {
   if (head.status === 205 && body !== null) {
     // A Response with 205 cannot carry a body; RFC 9110 §15.3.6 says there is none.
     if (body instanceof ReadableStream || body.length > 0) c.abandon(UNUSABLE);
     body = null;
   }
-  try {
-    // Appended one by one, the fields cost ~1.6 µs for five; given as `init.headers` they go
-    // through WebIDL's sequence conversion, ~8 µs (measured on Deno 2.9.6). A bytes or stream
-    // body adds no Content-Type of its own, so nothing is duplicated.
-    const response = new Response(body, { status: head.status, statusText: head.statusText });
-    const headers = response.headers;
-    const fields = head.headers;
-    for (let i = 0; i < fields.length; i++) headers.append(fields[i][0], fields[i][1]);
-    return response;
-  } catch (error) {
-    if (body instanceof ReadableStream) c.abandon(UNUSABLE);
-    throw new MalformedResponse(describe(error));
-  }
+  // parseHead() admits only what a Response can hold: a status of 200-599 here, a reason
+  // phrase of field characters, token names, values without CR, LF or NUL.
+  return {
+    status: head.status,
+    statusText: head.statusText,
+    headers: head.headers,
+    body,
+    decoded: false,
+  };
 }
 
 /** Closes a connection whose response was fine but whose body is dropped. */

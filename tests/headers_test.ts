@@ -5,14 +5,16 @@
 
 import assert from "node:assert/strict";
 import {
+  appendResponseHeaders,
   copyWithoutHopByHop,
   downstreamResponseHeaders,
   fetchDecodedBody,
   HOP_BY_HOP,
   isValidHost,
+  readClientHeaders,
   stripHopByHop,
-  upstreamRequestHeaders,
 } from "../lib/headers.ts";
+import { upstreamHeadersOf } from "./helpers.ts";
 
 const FACTS = { clientIp: "127.0.0.1", proto: "http", host: "public.example:8080" };
 
@@ -124,7 +126,7 @@ Deno.test("upstreamRequestHeaders() replaces client-sent X-Forwarded-* and keeps
     "accept-encoding": "gzip",
     "cookie": "a=b",
   });
-  const headers = upstreamRequestHeaders(incoming, FACTS);
+  const headers = upstreamHeadersOf(incoming, FACTS);
   assert.equal(headers.get("host"), "public.example:8080");
   assert.equal(headers.get("x-forwarded-for"), "127.0.0.1");
   assert.equal(headers.get("x-forwarded-proto"), "http");
@@ -139,7 +141,7 @@ Deno.test("upstreamRequestHeaders() drops a client-sent Forwarded header", () =>
   // RFC 7239 Forwarded says the same as X-Forwarded-For; passing the client's on lets it
   // spoof its address to any backend that reads the standard header instead.
   const incoming = new Headers({ "host": "a", "forwarded": "for=6.6.6.6;proto=https" });
-  const headers = upstreamRequestHeaders(incoming, { ...FACTS, host: "a" });
+  const headers = upstreamHeadersOf(incoming, { ...FACTS, host: "a" });
   assert.equal(headers.has("forwarded"), false);
   assert.equal(headers.get("x-forwarded-for"), "127.0.0.1");
 });
@@ -153,7 +155,7 @@ Deno.test("upstreamRequestHeaders() cannot be made to drop its own headers via C
     "te": "trailers",
     "upgrade": "h2c",
   });
-  const headers = upstreamRequestHeaders(incoming, { ...FACTS, host: "a" });
+  const headers = upstreamHeadersOf(incoming, { ...FACTS, host: "a" });
   assert.equal(headers.get("x-forwarded-for"), "127.0.0.1");
   assert.equal(headers.get("x-forwarded-proto"), "http");
   assert.equal(headers.get("x-forwarded-host"), "a");
@@ -164,13 +166,13 @@ Deno.test("upstreamRequestHeaders() cannot be made to drop its own headers via C
 });
 
 Deno.test("upstreamRequestHeaders() asks for identity when the client named no encoding", () => {
-  const headers = upstreamRequestHeaders(new Headers({ host: "a" }), { ...FACTS, host: "a" });
+  const headers = upstreamHeadersOf(new Headers({ host: "a" }), { ...FACTS, host: "a" });
   assert.equal(headers.get("accept-encoding"), "identity");
 });
 
 Deno.test("upstreamRequestHeaders() sends no Host or X-Forwarded-Host without a host", () => {
   const incoming = new Headers({ "x-forwarded-host": "evil.example" });
-  const headers = upstreamRequestHeaders(incoming, { ...FACTS, host: null });
+  const headers = upstreamHeadersOf(incoming, { ...FACTS, host: null });
   assert.equal(headers.has("host"), false);
   assert.equal(headers.has("x-forwarded-host"), false);
 });
@@ -287,4 +289,93 @@ Deno.test("copyWithoutHopByHop() equals copying then stripHopByHop(), Set-Cookie
   assert.equal(copy.has("x-secret"), false);
   assert.equal(copy.has("connection"), false);
   assert.equal(source.get("x-secret"), "1", "the source is left alone");
+});
+
+Deno.test("appendResponseHeaders() takes fields as received: any case, Connection-named and `except` left out", () => {
+  const to = new Headers();
+  const length = appendResponseHeaders(
+    [
+      ["Server", "nginx"],
+      ["X-Secret", "1"],
+      ["Content-Length", "3"],
+      ["Connection", "keep-alive, X-Secret"],
+      ["Transfer-Encoding", "chunked"],
+      ["X-Request-Id", "backend's"],
+      ["Set-Cookie", "a=1"],
+      ["set-cookie", "b=2"],
+    ],
+    to,
+    false,
+    "x-request-id",
+  );
+  assert.equal(length, "3");
+  assert.deepEqual([...to], [
+    ["content-length", "3"],
+    ["server", "nginx"],
+    ["set-cookie", "a=1"],
+    ["set-cookie", "b=2"],
+  ]);
+});
+
+Deno.test("appendResponseHeaders() describes a decoded body truthfully and returns no length", () => {
+  const to = new Headers();
+  const pairs: [string, string][] = [
+    ["Content-Encoding", "gzip"],
+    ["Content-Length", "44"],
+    ["ETag", `"v1"`],
+  ];
+  assert.equal(appendResponseHeaders(pairs, to, true), null);
+  assert.deepEqual([...to], [["etag", `W/"v1"`]]);
+});
+
+Deno.test("readClientHeaders() keeps end-to-end fields and notes those the proxy reads or sets", () => {
+  const client = readClientHeaders(
+    new Headers({
+      host: "a.example",
+      connection: "keep-alive, X-Secret",
+      "keep-alive": "timeout=5",
+      upgrade: "websocket",
+      "transfer-encoding": "chunked",
+      "content-length": "5",
+      "x-request-id": "id-1",
+      "x-forwarded-for": "6.6.6.6",
+      "x-forwarded-proto": "https",
+      "x-forwarded-host": "b.example",
+      forwarded: "for=6.6.6.6",
+      "accept-encoding": "gzip",
+      "x-secret": "s",
+      cookie: "c=1",
+    }),
+  );
+  assert.deepEqual(client.fields, [
+    ["accept-encoding", "gzip"],
+    ["content-length", "5"],
+    ["cookie", "c=1"],
+    ["x-secret", "s"],
+  ]);
+  assert.equal(client.host, "a.example");
+  assert.equal(client.connection, "keep-alive, X-Secret");
+  assert.equal(client.upgrade, "websocket");
+  assert.equal(client.transferEncoding, "chunked");
+  assert.equal(client.contentLength, "5");
+  assert.equal(client.requestId, "id-1");
+  assert.equal(client.forwardedFor, "6.6.6.6");
+  assert.equal(client.forwardedProto, "https");
+  assert.equal(client.forwardedHost, "b.example");
+  assert.equal(client.forwarded, "for=6.6.6.6");
+  assert.equal(client.acceptEncoding, true);
+});
+
+Deno.test("upstreamRequestHeaders() sends the given request id in place of the client's", () => {
+  const incoming = new Headers({ host: "a", "x-request-id": "client-id" });
+  assert.equal(upstreamHeadersOf(incoming, FACTS).get("x-request-id"), "client-id");
+  const replaced = upstreamHeadersOf(incoming, { ...FACTS, requestId: "lb-id" });
+  assert.equal(replaced.get("x-request-id"), "lb-id");
+});
+
+Deno.test("fetchDecodedBody() reads request pairs as it reads Headers", () => {
+  const response = new Headers({ "content-encoding": "gzip" });
+  assert.equal(fetchDecodedBody([["accept-encoding", "gzip"]], response), true);
+  assert.equal(fetchDecodedBody([["accept-encoding", " Identity "]], response), false);
+  assert.equal(fetchDecodedBody([["range", "bytes=0-1"]], response), false);
 });

@@ -11,6 +11,7 @@ import { type RunningBalancer, startBalancer } from "../lib/balancer.ts";
 import type { BackendSpec } from "../lib/pool.ts";
 import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
 import { concatBytes as concat } from "../lib/body.ts";
+import { type ForwardedFacts, upstreamRequestHeaders } from "../lib/headers.ts";
 
 /** A backend started by a test. */
 export interface TestBackend extends AsyncDisposable {
@@ -377,4 +378,15 @@ export class SequentialTraffic {
     this.#stopped = true;
     await this.#done;
   }
+}
+
+/**
+ * `upstreamRequestHeaders()` read back as Headers, after checking that it wrote no field twice
+ * (Headers would join repeats, hiding a duplicate Host or X-Forwarded-For).
+ */
+export function upstreamHeadersOf(incoming: Headers, facts: ForwardedFacts): Headers {
+  const pairs = upstreamRequestHeaders(incoming, facts);
+  const names = pairs.map(([name]) => name);
+  if (new Set(names).size !== names.length) throw new Error(`a field written twice: ${names}`);
+  return new Headers(pairs);
 }

@@ -99,6 +99,21 @@ Deno.test("a malformed X-Request-Id is replaced, upstream and in the response", 
   assert.equal(backend.received[3].headers.get("x-request-id"), returned);
 });
 
+Deno.test("a backend's own X-Request-Id is replaced: the client gets exactly one, the balancer's", async () => {
+  await using backend = await startTestBackend(() =>
+    new Response("ok", { headers: { "x-request-id": "backend-id" } })
+  );
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await rawRequest(
+    lb.port,
+    "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: client-1\r\nConnection: close\r\n\r\n",
+  );
+  assert.match(raw, /^HTTP\/1\.1 200 /);
+  assert.deepEqual([...raw.matchAll(/\r\nx-request-id: ([^\r]*)/gi)].map((m) => m[1]), [
+    "client-1",
+  ]);
+});
+
 Deno.test("the balancer's own error responses carry the request id too", async () => {
   await using lb = await startTestBalancer([refusingUrl()], { retries: 0 });
   const failed = await fetch(lb.url, { headers: { "x-request-id": "err-1" } });

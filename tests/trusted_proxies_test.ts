@@ -5,9 +5,9 @@
  */
 
 import assert from "node:assert/strict";
-import { forwardedElement, upstreamRequestHeaders } from "../lib/headers.ts";
+import { forwardedElement } from "../lib/headers.ts";
 import { parseCommandLine } from "../lib/settings.ts";
-import { rawRequest, startTestBackend, startTestBalancer } from "./helpers.ts";
+import { rawRequest, startTestBackend, startTestBalancer, upstreamHeadersOf } from "./helpers.ts";
 
 const FACTS = { clientIp: "192.0.2.10", proto: "https", host: "lb.example" };
 const SPOOFED = {
@@ -19,7 +19,7 @@ const SPOOFED = {
 };
 
 Deno.test("upstreamRequestHeaders() from a trusted peer appends to X-Forwarded-For, keeps Proto/Host", () => {
-  const headers = upstreamRequestHeaders(new Headers(SPOOFED), { ...FACTS, trustedPeer: true });
+  const headers = upstreamHeadersOf(new Headers(SPOOFED), { ...FACTS, trustedPeer: true });
   assert.equal(headers.get("x-forwarded-for"), "203.0.113.5, 192.0.2.10");
   assert.equal(headers.get("x-forwarded-proto"), "http");
   assert.equal(headers.get("x-forwarded-host"), "public.example");
@@ -27,7 +27,7 @@ Deno.test("upstreamRequestHeaders() from a trusted peer appends to X-Forwarded-F
 });
 
 Deno.test("upstreamRequestHeaders() from a trusted peer without X-Forwarded-* sets them", () => {
-  const headers = upstreamRequestHeaders(new Headers({ host: "lb.example" }), {
+  const headers = upstreamHeadersOf(new Headers({ host: "lb.example" }), {
     ...FACTS,
     trustedPeer: true,
   });
@@ -37,7 +37,7 @@ Deno.test("upstreamRequestHeaders() from a trusted peer without X-Forwarded-* se
 });
 
 Deno.test("upstreamRequestHeaders() from anyone else replaces X-Forwarded-* and Forwarded", () => {
-  const headers = upstreamRequestHeaders(new Headers(SPOOFED), {
+  const headers = upstreamHeadersOf(new Headers(SPOOFED), {
     ...FACTS,
     trustedPeer: false,
     forwarded: true,
@@ -49,7 +49,7 @@ Deno.test("upstreamRequestHeaders() from anyone else replaces X-Forwarded-* and 
 });
 
 Deno.test("upstreamRequestHeaders() with `forwarded` appends to a trusted peer's Forwarded", () => {
-  const headers = upstreamRequestHeaders(new Headers(SPOOFED), {
+  const headers = upstreamHeadersOf(new Headers(SPOOFED), {
     ...FACTS,
     trustedPeer: true,
     forwarded: true,
@@ -62,7 +62,7 @@ Deno.test("upstreamRequestHeaders() with `forwarded` appends to a trusted peer's
 
 Deno.test("upstreamRequestHeaders() lets a trusted peer's Connection remove only its own headers", () => {
   // A header named in Connection is hop-by-hop (RFC 9110 §7.6.1): the proxy's value replaces it.
-  const headers = upstreamRequestHeaders(
+  const headers = upstreamHeadersOf(
     new Headers({ ...SPOOFED, connection: "X-Forwarded-For" }),
     { ...FACTS, trustedPeer: true },
   );

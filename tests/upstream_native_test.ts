@@ -22,7 +22,13 @@ import {
   type NativeTransport,
   type NativeTransportOptions,
 } from "../lib/upstream_native.ts";
-import type { AttemptOptions, AttemptRequest, AttemptResult } from "../lib/upstream.ts";
+import type { HeaderPairs } from "../lib/headers.ts";
+import type {
+  AttemptOptions,
+  AttemptRequest,
+  AttemptResult,
+  UpstreamResponse,
+} from "../lib/upstream.ts";
 import { concat, delay, rawServer, startTestBackend, waitFor } from "./helpers.ts";
 import { Pki } from "./pki.ts";
 import { Wire } from "./wire.ts";
@@ -47,7 +53,7 @@ function request(
   body: BodyInit | null = null,
   onBodyFailure?: (detail: string) => void,
 ): AttemptRequest {
-  return { method, headers: new Headers(headers), body, onBodyFailure };
+  return { method, headers: pairsOf(headers), body, onBodyFailure };
 }
 
 /** Sends `req` to `origin` + `target`. */
@@ -62,11 +68,23 @@ function send(
   return t.send(origin, origin + target, req, signal, { ...OPTIONS, ...options });
 }
 
+/** Header fields as pairs, lower-case names, as the proxy gives them to a transport. */
+function pairsOf(headers: HeadersInit): HeaderPairs {
+  return [...new Headers(headers)];
+}
+
+/** An answer as a Response with every field as received, to read its body and fields. */
+function asResponse(answer: UpstreamResponse): Response {
+  const { status, statusText, headers, body } = answer;
+  return new Response(body, { status, statusText, headers });
+}
+
 /** The response of a successful attempt (fails the test otherwise). */
 function ok(result: AttemptResult): Response {
   if (!result.ok) assert.fail(`attempt failed: ${result.failure.kind}: ${result.failure.detail}`);
-  assert.equal(result.decoded, false);
-  return result.response;
+  assert.equal(result.value.decoded, false);
+  assert.equal(result.status, result.value.status);
+  return asResponse(result.value);
 }
 
 /** An HTTP/1.1 response with a Content-Length. */
@@ -168,7 +186,7 @@ async function malformedDetail(result: AttemptResult, bodyFailures: string[]): P
     assert.equal(result.failure.kind, "maybe-sent");
     return result.failure.detail;
   }
-  await assert.rejects(result.response.arrayBuffer());
+  await assert.rejects(asResponse(result.value).arrayBuffer());
   assert.equal(bodyFailures.length, 1, "the backend is blamed once");
   return bodyFailures[0];
 }
@@ -284,7 +302,7 @@ Deno.test("buildHead() puts Host first and replaces the caller's framing with it
     "content-length": "7",
   });
   const framing = (method: string, body: Uint8Array | ReadableStream<Uint8Array> | null) => {
-    const head = buildHead(method, "/p", headers, body, "origin:80");
+    const head = buildHead(method, "/p", pairsOf(headers), body, "origin:80");
     assert.ok(typeof head !== "string");
     const lines = head.text.split("\r\n");
     assert.deepEqual(lines.slice(0, 3), [`${method} /p HTTP/1.1`, "host: example.test", "x-a: 1"]);
@@ -297,17 +315,17 @@ Deno.test("buildHead() puts Host first and replaces the caller's framing with it
   assert.equal(framing("GET", null), "");
   assert.equal(framing("PUT", null), "content-length: 0");
   assert.equal(framing("POST", streamOf(data(7))), "transfer-encoding: chunked");
-  const noHost = buildHead("GET", "/", new Headers(), null, "origin:8080");
+  const noHost = buildHead("GET", "/", [], null, "origin:8080");
   assert.ok(
     typeof noHost !== "string" && noHost.text.startsWith("GET / HTTP/1.1\r\nhost: origin:8080\r\n"),
   );
 });
 
 Deno.test("buildHead() refuses what cannot be written, and expects 100-continue only with a body", () => {
-  assert.equal(buildHead("GE T", "/", new Headers(), null, "h"), "method is not a token");
-  assert.match(String(buildHead("GET", "/a b", new Headers(), null, "h")), /space or control/);
-  assert.match(String(buildHead("GET", "/a\rb", new Headers(), null, "h")), /space or control/);
-  const expect = new Headers({ expect: "100-Continue" });
+  assert.equal(buildHead("GE T", "/", [], null, "h"), "method is not a token");
+  assert.match(String(buildHead("GET", "/a b", [], null, "h")), /space or control/);
+  assert.match(String(buildHead("GET", "/a\rb", [], null, "h")), /space or control/);
+  const expect = pairsOf({ expect: "100-Continue" });
   const withBody = buildHead("PUT", "/", expect, encoder.encode("x"), "h");
   const without = buildHead("PUT", "/", expect, null, "h");
   assert.ok(typeof withBody !== "string" && withBody.expectContinue);
@@ -315,7 +333,7 @@ Deno.test("buildHead() refuses what cannot be written, and expects 100-continue 
 });
 
 Deno.test("encodeHead() writes the target as UTF-8 and header values as bytes (Latin-1)", () => {
-  const head = buildHead("GET", "/caf\u00e9", new Headers({ "x-v": "caf\u00e9" }), null, "h");
+  const head = buildHead("GET", "/caf\u00e9", pairsOf({ "x-v": "caf\u00e9" }), null, "h");
   assert.ok(typeof head !== "string");
   assert.equal(head.ascii, false);
   const bytes = encodeHead(head, encoder.encode("!"), new Uint8Array(16));
@@ -323,7 +341,7 @@ Deno.test("encodeHead() writes the target as UTF-8 and header values as bytes (L
   assert.ok(text.startsWith("GET /caf\u00c3\u00a9 HTTP/1.1\r\n"), "UTF-8 target");
   assert.ok(text.includes("x-v: caf\u00e9\r\n"), "one byte per character");
   assert.ok(text.endsWith("\r\n\r\n!"));
-  const ascii = buildHead("GET", "/", new Headers(), null, "h");
+  const ascii = buildHead("GET", "/", [], null, "h");
   assert.ok(typeof ascii !== "string");
   const scratch = new Uint8Array(4096);
   assert.equal(encodeHead(ascii, null, scratch).buffer, scratch.buffer, "in the reused buffer");
@@ -502,34 +520,55 @@ Deno.test("send() writes the method and target exactly as received", async () =>
   assert.ok(!head.some((l) => /^(transfer-encoding|connection):/i.test(l)));
 });
 
-Deno.test("send() refuses a header value with CR, LF or NUL and sends nothing", async () => {
+Deno.test("send() refuses a header value with CR, LF or NUL, or a bad name, and sends nothing", async () => {
   await using server = rawServer(async (conn) => await untilClosed(new Wire(conn)));
   await using t = transport();
-  for (const value of ["a\r\nx-injected: 1", "a\nb", "a\0b"]) {
+  const cases: [HeaderPairs, RegExp][] = [
     // Headers cannot hold these; a caller's own header list could.
-    const headers = {
-      forEach(cb: (value: string, name: string) => void, self: unknown) {
-        cb.call(self, value, "x-bad");
-      },
-    } as unknown as Headers;
+    ...["a\r\nx-injected: 1", "a\nb", "a\0b"].map((value): [HeaderPairs, RegExp] => [
+      [["x-bad", value]],
+      /CR, LF or NUL in x-bad/,
+    ]),
+    ...["x bad", "x:y", "a\r\nb", ""].map((name): [HeaderPairs, RegExp] => [
+      [[name, "1"]],
+      /invalid header name/,
+    ]),
+    [[["host", "a\r\nx-injected: 1"]], /CR, LF or NUL in host/],
+  ];
+  for (const [headers, why] of cases) {
     const result = await t.send(
       server.url,
       `${server.url}/`,
-      {
-        method: "GET",
-        headers,
-        body: null,
-      },
+      { method: "GET", headers, body: null },
       NEVER,
       OPTIONS,
     );
     assert.equal(result.ok, false);
     if (!result.ok) {
       assert.equal(result.failure.kind, "connect");
-      assert.match(result.failure.detail, /CR, LF or NUL in x-bad/);
+      assert.match(result.failure.detail, why);
     }
   }
   assert.equal(server.connections(), 0);
+});
+
+Deno.test("buildHead() treats names in any case alike: one Host, the transport's own framing", () => {
+  const head = buildHead(
+    "POST",
+    "/",
+    [["Host", "a.test"], ["Content-Length", "9"], ["Connection", "close"], ["X-A", "1"]],
+    encoder.encode("abc"),
+    "origin:80",
+  );
+  assert.ok(typeof head !== "string");
+  assert.deepEqual(head.text.split("\r\n"), [
+    "POST / HTTP/1.1",
+    "host: a.test",
+    "x-a: 1",
+    "content-length: 3",
+    "",
+    "",
+  ]);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -818,7 +857,7 @@ Deno.test("send() survives random corruptions of valid answers: a response or a 
       continue;
     }
     try {
-      await result.response.arrayBuffer();
+      await asResponse(result.value).arrayBuffer();
       outcomes.ok++;
     } catch {
       outcomes.bodyFailed++;
@@ -1363,4 +1402,32 @@ Deno.test("createNativeTransport() refuses bad options, naming the value", () =>
   assert.throws(() => createNativeTransport({ maxIdlePerOrigin: -1 }), /maxIdlePerOrigin.*-1/);
   assert.throws(() => createNativeTransport({ idleTimeout: 0 }), /idleTimeout.*0/);
   assert.throws(() => createNativeTransport({ tls: { cert: "x" } }), /cert and key/);
+});
+
+Deno.test("send() keeps at most maxConnectingPerOrigin connects in progress; a failed one fails its waiters", async () => {
+  // A backend that accepts TCP but never answers the TLS handshake: each connect stays in
+  // progress until the connect timeout.
+  await using silent = rawServer(async () => {});
+  const origin = silent.url.replace("http:", "https:");
+  await using t = transport({ maxConnectingPerOrigin: 3 });
+  const results = await Promise.all(
+    Array.from({ length: 10 }, () => send(t, origin, "/", request(), { connectTimeout: 300 })),
+  );
+  assert.equal(silent.connections(), 3, "three connects, the other seven waited");
+  for (const result of results) {
+    assert.ok(!result.ok);
+    assert.equal(result.failure.kind, "connect");
+    // A dialer's timeout fails its waiters; a waiter's own deadline (the same 300 ms) may come first.
+    assert.match(result.failure.detail, /connect timeout after 300ms|no connection within 300ms/);
+  }
+});
+
+Deno.test("send() does not let a connect that succeeded in time lose to its timeout after a long turn", async () => {
+  await using backend = await startTestBackend(() => new Response("ok"));
+  await using t = transport();
+  const sending = send(t, backend.url, "/", request(), { connectTimeout: 50 });
+  // A busy event loop: the connect completes during this turn, and its timer is due at its end.
+  const until = performance.now() + 200;
+  while (performance.now() < until) { /* busy */ }
+  assert.equal(await ok(await sending).text(), "ok");
 });

@@ -100,8 +100,9 @@ export const MUTATIONS: readonly Mutation[] = [
     id: "hop-by-hop-connection",
     rule: "Every header the Connection header names is removed too.",
     file: "lib/headers.ts",
-    original: `!HOP_BY_HOP_NAMES.has(name) && !named?.has(name)`,
-    replacement: `!HOP_BY_HOP_NAMES.has(name)`,
+    // The one place both directions learn what Connection names: it learns nothing.
+    original: `(named ??= new Set()).add(name);`,
+    replacement: `named ??= new Set();`,
     tests: ["tests/headers_test.ts"],
   },
   // X-Forwarded-For (lib/headers.ts): a client cannot choose the address the backend sees.
@@ -109,8 +110,9 @@ export const MUTATIONS: readonly Mutation[] = [
     id: "xff-untrusted-appended",
     rule: "X-Forwarded-For is appended to only from a trusted proxy; anyone else's is replaced.",
     file: "lib/headers.ts",
-    original: `const priorFor = trusted ? headers.get("x-forwarded-for") : null;`,
-    replacement: `const priorFor = headers.get("x-forwarded-for");`,
+    original:
+      `const priorFor = trusted ? kept(named, client.forwardedFor, "x-forwarded-for") : null;`,
+    replacement: `const priorFor = kept(named, client.forwardedFor, "x-forwarded-for");`,
     tests: ["tests/headers_test.ts", "tests/trusted_proxies_test.ts"],
   },
   // Max body (lib/body.ts): 413 past maxBody, whether declared or streamed.
