@@ -101,8 +101,7 @@ export interface NativeTransportOptions {
   idleTimeout?: number;
   /**
    * Connects in progress per origin; further requests wait for a released connection or a free
-   * connect (within the connect timeout), so a burst does not overflow a backend's accept
-   * queue (nginx's is 511). @default 32
+   * connect, so a burst does not overflow a backend's accept queue (nginx's is 511). @default 32
    */
   maxConnectingPerOrigin?: number;
 }
@@ -353,7 +352,7 @@ class OriginPool {
     const idle = this.take();
     if (idle !== undefined) return idle;
     if (this.dialing >= this.owner.maxDialing) {
-      const turn = await this.#wait(options, clientSignal);
+      const turn = await this.#wait(clientSignal);
       if (turn !== DIAL) return turn;
     }
     this.dialing++;
@@ -372,32 +371,26 @@ class OriginPool {
     }
   }
 
-  /** Waits for a released connection or a free connect, within the connect timeout. */
-  #wait(options: AttemptOptions, clientSignal: AbortSignal): Promise<Connection | Failure | Dial> {
+  /**
+   * Waits for a released connection or a free connect. No deadline of its own: a wait in this
+   * queue is the balancer's congestion, not the backend's fault, and must not mark it down; every
+   * connect ends within the connect timeout and wakes the next waiter (a failed one all of them).
+   */
+  #wait(clientSignal: AbortSignal): Promise<Connection | Failure | Dial> {
     if (clientSignal.aborted) return Promise.resolve(CLIENT_GONE);
-    const limit = Math.min(options.connectTimeout, options.timeout);
     const { promise, resolve } = Promise.withResolvers<Connection | Failure | Dial>();
     const waiter: Waiter = {
       settle: (turn) => {
-        deadline.cancel();
         clientSignal.removeEventListener("abort", onClientAbort);
         resolve(turn);
       },
     };
-    const leave = (failure: Failure) => {
+    const onClientAbort = () => {
       const at = this.waiters.indexOf(waiter);
       if (at === -1) return; // served meanwhile
       this.waiters.splice(at, 1);
-      waiter.settle(failure);
+      waiter.settle(CLIENT_GONE);
     };
-    const onClientAbort = () => leave(CLIENT_GONE);
-    const deadline = afterDelay(limit, () =>
-      afterPendingIo(() =>
-        leave({
-          kind: "connect",
-          detail: `no connection within ${limit}ms (${this.dialing} connects in progress)`,
-        })
-      ));
     clientSignal.addEventListener("abort", onClientAbort);
     this.waiters.push(waiter);
     return promise;

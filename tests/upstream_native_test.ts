@@ -1417,8 +1417,7 @@ Deno.test("send() keeps at most maxConnectingPerOrigin connects in progress; a f
   for (const result of results) {
     assert.ok(!result.ok);
     assert.equal(result.failure.kind, "connect");
-    // A dialer's timeout fails its waiters; a waiter's own deadline (the same 300 ms) may come first.
-    assert.match(result.failure.detail, /connect timeout after 300ms|no connection within 300ms/);
+    assert.match(result.failure.detail, /connect timeout after 300ms/);
   }
 });
 
@@ -1427,7 +1426,8 @@ Deno.test("send() does not let a connect that succeeded in time lose to its time
   await using t = transport();
   const sending = send(t, backend.url, "/", request(), { connectTimeout: 50 });
   // A busy event loop: the connect completes during this turn, and its timer is due at its end.
-  const until = performance.now() + 200;
+  // (1 s, not just past the 50 ms: on a loaded machine the connect itself may take a while.)
+  const until = performance.now() + 1000;
   while (performance.now() < until) { /* busy */ }
   assert.equal(await ok(await sending).text(), "ok");
 });
