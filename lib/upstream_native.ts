@@ -66,6 +66,7 @@ import {
   writeAll,
   writeStream,
 } from "./http1_request.ts";
+import { concatBytes } from "./body.ts";
 import { type Failure, type FailureKind, isIdempotent } from "./retry.ts";
 import {
   afterDelay,
@@ -1100,21 +1101,11 @@ function decodeBuffered(c: Connection, decoder: ChunkedDecoder): Uint8Array<Arra
       else (parts ??= [single]).push(part);
     }
   }
-  if (parts !== undefined) return concat(parts, total);
+  if (parts !== undefined) return concatBytes(parts);
   return single ?? EMPTY;
 }
 
 const EMPTY = new Uint8Array(0);
-
-function concat(parts: Uint8Array[], total: number): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
 
 /**
  * A streamed response body (a large Content-Length, chunked, or close-delimited), pulled on

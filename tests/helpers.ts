@@ -390,3 +390,42 @@ export function upstreamHeadersOf(incoming: Headers, facts: ForwardedFacts): Hea
   if (new Set(names).size !== names.length) throw new Error(`a field written twice: ${names}`);
   return new Headers(pairs);
 }
+
+/**
+ * A listener whose accept queue is full: new connects hang (SYNs are dropped), the loopback
+ * stand-in for an unreachable host. Python's listen(0) and one parked connection make it.
+ */
+export async function hangingConnectUrl() {
+  const child = new Deno.Command("python3", {
+    args: [
+      "-c",
+      "import socket,sys,time\n" +
+      "s=socket.socket();s.bind(('127.0.0.1',0));s.listen(0)\n" +
+      "print(s.getsockname()[1],flush=True)\n" +
+      "sys.stdin.read()",
+    ],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let printed = "";
+  // The port may arrive in pieces on a loaded machine: read up to the newline.
+  for (let i = 0; i < 100 && !printed.includes("\n"); i++) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    printed += value;
+  }
+  await reader.cancel();
+  const port = Number(printed.trim());
+  if (!(port > 0)) throw new Error(`python3 listener printed no port: ${JSON.stringify(printed)}`);
+  // Fill the queue: this connection completes; the next ones hang in SYN-SENT.
+  const parked = await Deno.connect({ hostname: "127.0.0.1", port });
+  return {
+    url: `http://127.0.0.1:${port}`,
+    async [Symbol.asyncDispose]() {
+      parked.close();
+      await child.stdin.close();
+      await child.status;
+    },
+  };
+}

@@ -29,7 +29,14 @@ import type {
   AttemptResult,
   UpstreamResponse,
 } from "../lib/upstream.ts";
-import { concat, delay, rawServer, startTestBackend, waitFor } from "./helpers.ts";
+import {
+  concat,
+  delay,
+  hangingConnectUrl,
+  rawServer,
+  startTestBackend,
+  waitFor,
+} from "./helpers.ts";
 import { Pki } from "./pki.ts";
 import { Wire } from "./wire.ts";
 
@@ -965,43 +972,6 @@ Deno.test("send() ends the attempt as client-gone when the client signal aborts"
   });
   assert.equal(t.stats(server.url).open, 0);
 });
-
-/**
- * A listener on 127.0.0.1 whose accept queue is full, so connects hang in SYN-SENT (python3:
- * Deno cannot set the backlog). The same trick as tests/failover_test.ts.
- */
-async function hangingConnectUrl() {
-  const child = new Deno.Command("python3", {
-    args: [
-      "-c",
-      "import socket,sys\n" +
-      "s=socket.socket();s.bind(('127.0.0.1',0));s.listen(0)\n" +
-      "print(s.getsockname()[1],flush=True)\n" +
-      "sys.stdin.read()",
-    ],
-    stdin: "piped",
-    stdout: "piped",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let printed = "";
-  for (let i = 0; i < 100 && !printed.includes("\n"); i++) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    printed += value;
-  }
-  await reader.cancel();
-  const port = Number(printed.trim());
-  if (!(port > 0)) throw new Error(`python3 listener printed no port: ${JSON.stringify(printed)}`);
-  const parked = await Deno.connect({ hostname: "127.0.0.1", port });
-  return {
-    url: `http://127.0.0.1:${port}`,
-    async [Symbol.asyncDispose]() {
-      parked.close();
-      await child.stdin.close();
-      await child.status;
-    },
-  };
-}
 
 Deno.test("send() fails as connect after connectTimeout when the connect hangs", async () => {
   await using hanging = await hangingConnectUrl();

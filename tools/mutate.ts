@@ -35,6 +35,7 @@
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { concatBytes } from "../lib/body.ts";
 import { type Mutation, MUTATIONS } from "./mutations.ts";
 
 /** The flags of `deno task test` (deno.json), so a mutation is judged as CI would judge it. */
@@ -388,18 +389,8 @@ function collect(stream: ReadableStream<Uint8Array>) {
   return {
     done,
     cancel: () => reader.cancel().catch(() => {}),
-    text: () => new TextDecoder().decode(concat(chunks)),
+    text: () => new TextDecoder().decode(concatBytes(chunks)),
   };
-}
-
-function concat(chunks: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
 }
 
 /** How long output may keep coming after `deno test` exited, before its pipes are let go. */
