@@ -166,7 +166,9 @@ type Write = typeof Write[keyof typeof Write];
  * it expires timers.
  */
 function afterPendingIo(fn: () => void): void {
-  setTimeout(fn, 0);
+  // Two turns: a connect still waiting for its first poll when the timer fired completes in
+  // the turn after the one that starts it.
+  setTimeout(() => setTimeout(fn, 0), 0);
 }
 
 /** A waiter's turn to connect itself (see {@linkcode OriginPool.acquire}). */
