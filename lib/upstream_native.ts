@@ -165,10 +165,11 @@ type Write = typeof Write[keyof typeof Write];
  * succeeded in time would otherwise lose to its own timeout. nginx, too, handles events before
  * it expires timers.
  */
-function afterPendingIo(fn: () => void): void {
+function afterPendingIo(fn: () => void): () => void {
   // Two turns: a connect still waiting for its first poll when the timer fired completes in
   // the turn after the one that starts it.
-  setTimeout(() => setTimeout(fn, 0), 0);
+  let timer = setTimeout(() => timer = setTimeout(fn, 0), 0);
+  return () => clearTimeout(timer);
 }
 
 /** A waiter's turn to connect itself (see {@linkcode OriginPool.acquire}). */
@@ -670,12 +671,14 @@ async function connect(
   const controller = new AbortController();
   let timedOut = false;
   let settled = false;
-  const deadline = afterDelay(limit, () =>
-    afterPendingIo(() => {
+  let cancelLate: (() => void) | undefined;
+  const deadline = afterDelay(limit, () => {
+    cancelLate = afterPendingIo(() => {
       if (settled) return;
       timedOut = true;
       controller.abort();
-    }));
+    });
+  });
   const onClientAbort = () => controller.abort();
   clientSignal.addEventListener("abort", onClientAbort);
   const dialing = dial(pool, owner.tls, controller.signal);
@@ -695,6 +698,7 @@ async function connect(
   } finally {
     owner.connecting.delete(dialing);
     deadline.cancel();
+    cancelLate?.();
     clientSignal.removeEventListener("abort", onClientAbort);
   }
 }
