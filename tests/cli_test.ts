@@ -155,7 +155,10 @@ Deno.test("SIGTERM lets an in-flight slow request finish, then exits 0", async (
   });
   await using lb = spawnBalancer([`-backends=${slow.url}`, "-port=0", "-host=127.0.0.1"]);
   const port = await lb.port();
-  const pending = getText(`http://127.0.0.1:${port}/`);
+  // A client of its own: the shared one may hold an idle connection to an earlier test's
+  // balancer that had the same port, and send this request on it.
+  using client = Deno.createHttpClient({});
+  const pending = getText(`http://127.0.0.1:${port}/`, { client });
   await arrivedP;
   lb.child.kill("SIGTERM");
   await lb.waitForLine(/Shutting down/);

@@ -188,7 +188,7 @@ export function captureLog(): Log & { readonly lines: string[] } {
 /** GETs `url` and returns status and text; the body is always consumed. */
 export async function getText(
   url: string,
-  init?: RequestInit,
+  init?: RequestInit & { client?: Deno.HttpClient },
 ): Promise<{ status: number; text: string; headers: Headers }> {
   const response = await fetch(url, init);
   return { status: response.status, text: await response.text(), headers: response.headers };
