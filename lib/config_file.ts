@@ -31,17 +31,8 @@ import type { BackendSpec } from "./pool.ts";
 import { POLICY_NAMES } from "./policies/mod.ts";
 import { parseHashKey } from "./policies/hash.ts";
 
-/** One thing wrong with a configuration, at a JSON path such as `backends[1].url`. */
-export interface Problem {
-  /** Where: `port`, `backends[1].url`; empty for the file as a whole. */
-  path: string;
-  /** What, naming the value: `"ftp://x" is not an absolute http(s) URL`. */
-  message: string;
-  /** 1-based line of the value in the file, when known. */
-  line?: number;
-  /** 1-based column (UTF-16 code units) of the value in the file, when known. */
-  column?: number;
-}
+import type { Problem } from "./problem.ts";
+export type { Problem };
 
 /** Address of the admin listener, from `"HOST:PORT"` (`"[::1]:9090"` for IPv6). */
 export type { AdminAddress } from "./config.ts";
