@@ -387,11 +387,15 @@ export class Pool {
 
   /**
    * An attempt failed by the backend's doing (never pass a client's hang-up): counted, told to
-   * outlier detection, and a failed connect marks the backend down at once.
+   * outlier detection, and a refused or broken connect marks the backend down at once. A connect
+   * timeout only counts toward ejection: a saturated balancer times out connects to healthy
+   * backends, and marking them all down would turn a slowdown into an outage.
    */
   attemptFailed(backend: Backend, failure: Failure): void {
     backend.failures++;
-    if (failure.kind === "connect") this.reportConnectFailure(backend, failure.detail);
+    if (failure.kind === "connect" && failure.timedOut !== true) {
+      this.reportConnectFailure(backend, failure.detail);
+    }
     this.reportFailure(backend, failure.detail);
   }
 

@@ -18,6 +18,11 @@ export type FailureKind = "connect" | "maybe-sent" | "timeout" | "client-gone";
 export interface Failure {
   kind: FailureKind;
   detail: string;
+  /**
+   * A `connect` failure that is a timeout: the backend may be slow or the balancer's own loop
+   * busy, so unlike a refused connect it does not mark the backend down at once. @default false
+   */
+  timedOut?: boolean;
 }
 
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);

@@ -155,7 +155,11 @@ export function guardAttempt(
     ? afterDelay(options.connectTimeout, async () => {
       // The probe takes time: the response may have come meanwhile, and must not be cut off.
       if (await unreachable() && !disarmed) {
-        abandon({ kind: "connect", detail: `connect timeout after ${options.connectTimeout}ms` });
+        abandon({
+          kind: "connect",
+          detail: `connect timeout after ${options.connectTimeout}ms`,
+          timedOut: true,
+        });
       }
     })
     : undefined;

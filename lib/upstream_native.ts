@@ -693,7 +693,9 @@ async function connect(
     return new Connection(conn, pool);
   } catch (error) {
     if (clientSignal.aborted) return CLIENT_GONE;
-    if (timedOut) return { kind: "connect", detail: `connect timeout after ${limit}ms` };
+    if (timedOut) {
+      return { kind: "connect", detail: `connect timeout after ${limit}ms`, timedOut: true };
+    }
     return { kind: "connect", detail: describeConnectError(error) };
   } finally {
     owner.connecting.delete(dialing);

@@ -281,7 +281,10 @@ Deno.test("a connect that hangs past --connect-timeout is retried elsewhere, eve
   assert.equal(await response.text(), "once");
   const elapsed = performance.now() - started;
   assert.ok(elapsed < 5000, `gave up on the hanging connect in ${elapsed}ms, not --timeout`);
-  assert.equal(lb.balancer.pool.backends[0].state, "down");
+  // A timeout is no proof the backend is gone (a saturated balancer times out connects too): it
+  // counts as a failure, and ejection or health checks decide, not this one attempt.
+  assert.equal(lb.balancer.pool.backends[0].state, "up");
+  assert.equal(lb.balancer.pool.backends[0].failures, 1);
   assert.equal(good.received.length, 1);
 });
 

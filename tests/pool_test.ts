@@ -102,6 +102,21 @@ Deno.test("Pool.reportConnectFailure() marks a backend down at once, without `fa
   assert.deepEqual(reasons, ["connection failed: connection refused"]);
 });
 
+Deno.test("Pool.attemptFailed() marks down on a refused connect, never on a connect timeout", () => {
+  const { pool, events, b } = setup([1, 1]);
+  pool.attemptFailed(b[0], {
+    kind: "connect",
+    detail: "connect timeout after 3000ms",
+    timedOut: true,
+  });
+  assert.equal(b[0].state, "up");
+  assert.equal(b[0].failures, 1);
+  assert.deepEqual(events, []);
+  pool.attemptFailed(b[0], { kind: "connect", detail: "connection refused" });
+  assert.equal(b[0].state, "down");
+  assert.deepEqual(events, ["b0:up->down"]);
+});
+
 Deno.test("Pool tells onHealthChange of health flips the status hides (draining, disabled)", () => {
   const health: string[] = [];
   const { pool, events, b } = setup([1, 1], {

@@ -982,7 +982,7 @@ Deno.test("send() fails as connect after connectTimeout when the connect hangs",
   });
   assert.deepEqual(result, {
     ok: false,
-    failure: { kind: "connect", detail: "connect timeout after 200ms" },
+    failure: { kind: "connect", detail: "connect timeout after 200ms", timedOut: true },
   });
 });
 
