@@ -15,7 +15,7 @@ import { createLog, type Log } from "./lib/log.ts";
 import { type RunningBalancer, startBalancer } from "./lib/balancer.ts";
 import type { BackendSpec } from "./lib/pool.ts";
 import { startBackend } from "./backend.ts";
-import { watchFiles } from "./lib/tls.ts";
+import { watchFile, watchFiles } from "./lib/file_watch.ts";
 import {
   resolveWorkerCount,
   shareRandomSettings,
@@ -24,8 +24,6 @@ import {
 } from "./lib/workers.ts";
 
 const DEMO_BACKENDS = 3;
-/** File events come in bursts (2-3 per write, more for editors): wait for quiet. */
-const RELOAD_DEBOUNCE_MS = 200;
 
 /** Runs the balancer until SIGINT/SIGTERM; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {
@@ -42,6 +40,8 @@ export async function main(args: string[]): Promise<number> {
       return 0;
     }
     ({ config, configPath } = invocation);
+    // Warnings (a service no route uses) never stop start-up, but are said once.
+    for (const warning of invocation.warnings) console.error(`load-balancer: ${warning}`);
     if (invocation.kind === "check") {
       console.log(`load-balancer: ${configPath ?? "command line"}: ok`);
       return 0;
@@ -76,7 +76,7 @@ export async function main(args: string[]): Promise<number> {
     if (balancer === undefined) return;
     reloadConfig(args, balancer, demoSpecs, log, (next) => {
       if (workers !== undefined) shareRandomSettings(next, config);
-    });
+    }, (next) => workers?.reload(next));
   };
   const reloadCertificate = () => {
     balancer?.reloadCertificate();
@@ -89,7 +89,7 @@ export async function main(args: string[]): Promise<number> {
 
   const demo = config.demo ? await startDemoBackends(log) : { servers: [], specs: [] };
   demoSpecs = demo.specs;
-  config.backends.push(...demo.specs);
+  addDemoBackends(config, demo.specs);
   if (workers !== undefined) shareRandomSettings(config);
   try {
     balancer = await startBalancer(config, log, denoJson.version, workers?.extras);
@@ -106,10 +106,7 @@ export async function main(args: string[]): Promise<number> {
   const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
   const certWatcher = config.tlsCert === undefined || config.tlsKey === undefined
     ? undefined
-    : watchFiles([config.tlsCert, config.tlsKey], reloadCertificate, {
-      debounceMs: RELOAD_DEBOUNCE_MS,
-      log,
-    });
+    : watchFiles([config.tlsCert, config.tlsKey], reloadCertificate, { log });
 
   await stopRequested;
   log.info("Shutting down: draining in-flight requests...");
@@ -138,6 +135,8 @@ function reloadConfig(
   log: Log,
   /** Carries over what the running process drew at start-up (`--workers`' sticky key). */
   carryOver: (next: Config) => void,
+  /** Told once the main thread has applied `next` (the worker threads follow). */
+  onApplied: (next: Config) => void,
 ): void {
   let next: Config;
   try {
@@ -149,49 +148,44 @@ function reloadConfig(
     );
     return;
   }
-  next.backends.push(...demoSpecs);
+  if (next.demo) addDemoBackends(next, demoSpecs);
   carryOver(next);
-  const change = balancer.reload(next);
-  log.info(
-    `Reloaded: ${change.added.length} added, ${change.removed.length} removed, ` +
-      `${change.reweighted.length} reweighted`,
-  );
-  if (change.restartNeeded.length > 0) {
-    log.warn(`Reload ignored settings that need a restart: ${change.restartNeeded.join(", ")}`);
-  }
+  balancer.reload(next).then((change) => {
+    onApplied(next);
+    const services = change.servicesAdded.length + change.servicesRemoved.length === 0
+      ? ""
+      : `; services ${change.servicesAdded.length} added, ${change.servicesRemoved.length} removed`;
+    log.info(
+      `Reloaded: ${change.added.length} added, ${change.removed.length} removed, ` +
+        `${change.reweighted.length} reweighted${services}`,
+    );
+    if (change.restartNeeded.length > 0) {
+      log.warn(`Reload ignored settings that need a restart: ${change.restartNeeded.join(", ")}`);
+    }
+  }, (error) => {
+    log.error(`Reload failed, keeping the running configuration: ${(error as Error).message}`);
+  });
 }
 
 /**
- * Calls `onChange` (debounced) when `path` changes. Watches the directory, not the file: an
- * editor's atomic save replaces the file, and a watch on the old file would go quiet.
+ * `--demo`: the demo backends join the configuration. Without services of its own, the demo
+ * shows routing: `/api` goes to an `api` service on the last demo backend, the rest to `web`.
  */
-function watchFile(path: string, onChange: () => void, log: Log): { close(): void } {
-  const slash = path.lastIndexOf("/");
-  const dir = slash === -1 ? "." : path.slice(0, slash) || "/";
-  const name = path.slice(slash + 1);
-  let watcher: Deno.FsWatcher;
-  try {
-    watcher = Deno.watchFs(dir, { recursive: false });
-  } catch (error) {
-    log.warn(
-      `Not watching ${path} for changes (${(error as Error).message}); SIGHUP still reloads`,
-    );
-    return { close() {} };
+function addDemoBackends(config: Config, specs: BackendSpec[]): void {
+  const hasOwnRouting = config.services !== undefined || config.routes !== undefined ||
+    config.backends.length > 0 || (config.discover ?? []).length > 0;
+  if (hasOwnRouting || specs.length < 2) {
+    config.backends.push(...specs);
+    return;
   }
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  (async () => {
-    for await (const event of watcher) {
-      if (!event.paths.some((p) => p.endsWith(`/${name}`) || p === name)) continue;
-      clearTimeout(timer);
-      timer = setTimeout(onChange, RELOAD_DEBOUNCE_MS);
-    }
-  })().catch(() => {});
-  return {
-    close() {
-      clearTimeout(timer);
-      watcher.close();
-    },
+  config.services = {
+    web: { backends: specs.slice(0, -1) },
+    api: { backends: specs.slice(-1) },
   };
+  config.routes = [
+    { name: "api", pathPrefix: "/api", service: "api" },
+    { name: "web", service: "web" },
+  ];
 }
 
 /** `--demo`: three demo backends on ports the OS picks. */

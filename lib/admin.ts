@@ -1,11 +1,16 @@
 /**
  * @module
- * The admin listener's handler: backend status and control (JSON API), Prometheus metrics,
- * liveness/readiness for orchestrators, and the live dashboard page.
+ * The admin listener's handler: services, routes and backend status and control (JSON API),
+ * Prometheus metrics, liveness/readiness for orchestrators, and the live dashboard page.
+ *
+ * Every backend belongs to a service (its own pool and policy), so changes name the service:
+ * `"service"` in a POST body, `?service=` on a DELETE. With exactly one service it may be left
+ * out, so clients written before services keep working.
  *
  * Reads are GET; every change is POST or DELETE, so a crawler, a prefetch or an <img> tag can
  * never drain a backend. With a token configured, everything but the dashboard page itself and
  * the health probes needs `Authorization: Bearer TOKEN`; the page asks for the token and sends it.
+ * docs/admin_api.md is the reference.
  */
 
 import type { Log } from "./log.ts";
@@ -13,16 +18,36 @@ import type { AdminState, Backend, Pool } from "./pool.ts";
 import { parseBackend } from "./config.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
 
+/** One service as the admin API sees it: a named pool with its balancing policy. */
+export interface AdminService {
+  readonly name: string;
+  /** Name of the balancing policy, shown in the status. */
+  readonly policy: string;
+  readonly pool: Pool;
+}
+
+/** A route as the API shows it (lib/routes.ts `describeRoute`). */
+export interface RouteView {
+  /** The route's name (the `route` label of `lb_route_requests_total`). */
+  name: string;
+  /** What it matches, e.g. `host api.example.com, path /v1/*`. */
+  match: string;
+  /** What it does, e.g. `service api`, `redirect 308 https://...`, `respond 404`. */
+  action: string;
+}
+
 /** What the admin handler needs. */
 export interface AdminOptions {
-  pool: Pool;
-  /** Name of the balancing policy, shown in the status. */
-  policy: string;
+  /** The services now, in configuration order (read per request: a reload replaces them). */
+  services: () => readonly AdminService[];
+  /** The routes now, in match order, described. */
+  routes: () => readonly RouteView[];
   /** Renders Prometheus text. */
   metrics: () => string | Promise<string>;
   /**
    * Adds what other threads know to the backends' views (`--workers`: requests, in-flight and
-   * latencies of every worker thread). @default the views as they are
+   * latencies of every worker thread). Must return one view per view given, in the same order.
+   * @default the views as they are
    */
   mergeBackends?: (own: BackendView[]) => Promise<BackendView[]>;
   /** Required bearer token; empty = none. @default "" */
@@ -36,6 +61,8 @@ export interface AdminOptions {
 
 /** A backend as the API shows it. */
 export interface BackendView {
+  /** The service whose pool it is in; one URL may be in several services. */
+  service: string;
   url: string;
   weight: number;
   status: string;
@@ -46,9 +73,10 @@ export interface BackendView {
   lastCheck: { ok: boolean; at: string; detail: string } | null;
 }
 
-/** The API's view of one backend. */
-export function backendView(backend: Backend): BackendView {
+/** The API's view of one backend of `service`. */
+export function backendView(backend: Backend, service: string): BackendView {
   return {
+    service,
     url: backend.url,
     weight: backend.weight,
     status: backend.status,
@@ -70,9 +98,28 @@ const ACTIONS: Record<string, AdminState> = {
   disable: "disabled",
 };
 
+/** Where a change request named its service: the body's field or the query parameter. */
+type ServiceParameter = '"service"' | "?service=";
+
+/**
+ * What `/readyz` answers: ready while at least one service has an available backend (the
+ * balancer can serve some of its traffic), naming the services that have none. With no
+ * services at all every request is answered by a route itself, so it is ready.
+ */
+export function readiness(services: readonly AdminService[]): { status: number; body: string } {
+  const empty = services.filter((s) => s.pool.available.length === 0).map((s) => s.name);
+  // One service keeps the body it had before services existed.
+  const named = services.length === 1 ? "" : `: ${empty.join(", ")}`;
+  if (empty.length === 0) return { status: 200, body: "ready\n" };
+  if (empty.length === services.length) {
+    return { status: 503, body: `no backend available${named}\n` };
+  }
+  return { status: 200, body: `ready\nno backend available${named}\n` };
+}
+
 /** Creates the admin handler. */
 export function createAdminHandler(options: AdminOptions) {
-  const { pool, log } = options;
+  const { log } = options;
   const expected = options.token === "" ? undefined : `bearer ${options.token}`;
 
   function authorized(req: Request, info: Deno.ServeHandlerInfo, path: string): boolean {
@@ -99,8 +146,8 @@ export function createAdminHandler(options: AdminOptions) {
     const path = url.pathname;
     if (path === "/healthz") return onlyGet(req) ?? text("ok\n");
     if (path === "/readyz") {
-      return onlyGet(req) ??
-        (pool.available.length > 0 ? text("ready\n") : text("no backend available\n", 503));
+      const { status, body } = readiness(options.services());
+      return onlyGet(req) ?? text(body, status);
     }
     if (path === "/" || path === "/index.html") {
       return onlyGet(req) ?? new Response(options.dashboardHtml, {
@@ -121,11 +168,14 @@ export function createAdminHandler(options: AdminOptions) {
           headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
         });
     }
+    if (path === "/api/services") return onlyGet(req) ?? json(await servicesStatus());
     if (path === "/api/backends") {
       // HEAD wherever GET (RFC 9110 section 9.3.2); Deno.serve leaves the body out.
-      if (req.method === "GET" || req.method === "HEAD") return json(await status());
+      if (req.method === "GET" || req.method === "HEAD") {
+        return await backendsStatus(url.searchParams.get("service"));
+      }
       if (req.method === "POST") return await add(req);
-      if (req.method === "DELETE") return remove(url.searchParams.get("url"));
+      if (req.method === "DELETE") return remove(url.searchParams);
       return methodNotAllowed("GET, HEAD, POST, DELETE");
     }
     const action = /^\/api\/backends\/(drain|enable|disable|weight)$/.exec(path)?.[1];
@@ -136,20 +186,81 @@ export function createAdminHandler(options: AdminOptions) {
     return json({ error: "not found" }, 404);
   };
 
-  async function status() {
-    const own = pool.backends.map(backendView);
+  /**
+   * Every backend of `services` as views, merged with the other threads' figures, and how many
+   * each service has (counted before the merge awaits: the pools may change meanwhile).
+   */
+  async function viewsOf(
+    services: readonly AdminService[],
+  ): Promise<{ views: BackendView[]; counts: number[] }> {
+    const perService = services.map((s) => s.pool.backends.map((b) => backendView(b, s.name)));
+    const own = perService.flat();
+    const views = options.mergeBackends === undefined ? own : await options.mergeBackends(own);
+    return { views, counts: perService.map((list) => list.length) };
+  }
+
+  async function servicesStatus() {
+    const services = options.services();
+    const { views, counts } = await viewsOf(services);
+    let next = 0;
     return {
       time: new Date().toISOString(),
-      policy: options.policy,
-      backends: options.mergeBackends === undefined ? own : await options.mergeBackends(own),
+      services: services.map((service, i) => {
+        const backends = views.slice(next, next += counts[i]);
+        return {
+          name: service.name,
+          policy: service.policy,
+          available: service.pool.available.length,
+          backends,
+        };
+      }),
+      routes: options.routes(),
     };
+  }
+
+  async function backendsStatus(only: string | null): Promise<Response> {
+    let services = options.services();
+    if (only !== null) {
+      const found = services.find((s) => s.name === only);
+      if (found === undefined) return unknownService(only, services);
+      services = [found];
+    }
+    const { views: backends } = await viewsOf(services);
+    // `policy` only where it is one fact: old clients read it, and several services have several.
+    const policy = services.length === 1 ? { policy: services[0].policy } : {};
+    return json({ time: new Date().toISOString(), ...policy, backends });
+  }
+
+  /**
+   * The service a change request names, or the answer when it names none or an unknown one.
+   * With exactly one service, naming none means that one.
+   */
+  function serviceFor(name: unknown, where: ServiceParameter): AdminService | Response {
+    const services = options.services();
+    if (name === undefined || name === null) {
+      if (services.length === 1) return services[0];
+      if (services.length === 0) return json({ error: "no service is configured" }, 404);
+      return json({ error: `name the service with ${where}: one of ${listOf(services)}` }, 400);
+    }
+    if (typeof name !== "string") {
+      return json({ error: `${where} must be a service name: one of ${listOf(services)}` }, 400);
+    }
+    return services.find((s) => s.name === name) ?? unknownService(name, services);
+  }
+
+  /** The body a change request should send, with `service` when there are several. */
+  function shape(fields: string): string {
+    const service = options.services().length > 1 ? '"service": "name", ' : "";
+    return `send {${service}${fields}}`;
   }
 
   async function add(req: Request): Promise<Response> {
     const body = await readJson(req);
     if (body === undefined || typeof body.url !== "string") {
-      return json({ error: 'send {"url": "http://host:port", "weight": 1}' }, 400);
+      return json({ error: shape('"url": "http://host:port", "weight": 1') }, 400);
     }
+    const service = serviceFor(body.service, '"service"');
+    if (service instanceof Response) return service;
     let spec;
     try {
       spec = parseBackend(body.url);
@@ -162,57 +273,80 @@ export function createAdminHandler(options: AdminOptions) {
       }
       spec.weight = body.weight;
     }
+    const { pool, name } = service;
     const existing = pool.find(spec.url);
     if (existing !== undefined && !existing.removing) {
-      return json({ error: `backend ${spec.url} is already in the pool` }, 409);
+      return json({ error: `backend ${spec.url} is already in the pool of ${name}` }, 409);
     }
     const backend = pool.add(spec);
-    log.info(`Admin: added backend ${backend.url} (weight ${backend.weight})`);
-    return json({ backend: backendView(backend) }, 201);
+    log.info(`Admin: added backend ${backend.url} to ${name} (weight ${backend.weight})`);
+    return json({ backend: backendView(backend, name) }, 201);
   }
 
-  function remove(target: string | null): Response {
-    const backend = target === null ? undefined : findByUrl(target);
-    if (backend === undefined) return json({ error: "no such backend" }, 404);
-    pool.remove(backend.url);
-    log.info(`Admin: removing backend ${backend.url} (draining ${backend.inflight} in flight)`);
-    return json({ backend: backendView(backend) }, 202);
+  function remove(query: URLSearchParams): Response {
+    const target = query.get("url");
+    if (target === null) return json({ error: "no such backend" }, 404);
+    const service = serviceFor(query.get("service"), "?service=");
+    if (service instanceof Response) return service;
+    const backend = findByUrl(service.pool, target);
+    if (backend === undefined) return noSuchBackend(service);
+    service.pool.remove(backend.url);
+    log.info(
+      `Admin: removing backend ${backend.url} from ${service.name} ` +
+        `(draining ${backend.inflight} in flight)`,
+    );
+    return json({ backend: backendView(backend, service.name) }, 202);
   }
 
   async function change(action: string, req: Request): Promise<Response> {
     const body = await readJson(req);
     // No URL at all is a malformed request, not a backend that does not exist.
     if (typeof body?.url !== "string") {
-      return json({
-        error: `send {"url": "http://host:port"${action === "weight" ? ', "weight": 1' : ""}}`,
-      }, 400);
+      const weight = action === "weight" ? ', "weight": 1' : "";
+      return json({ error: shape(`"url": "http://host:port"${weight}`) }, 400);
     }
-    const backend = findByUrl(body.url);
-    if (backend === undefined) return json({ error: "no such backend" }, 404);
+    const service = serviceFor(body.service, '"service"');
+    if (service instanceof Response) return service;
+    const { pool, name } = service;
+    const backend = findByUrl(pool, body.url);
+    if (backend === undefined) return noSuchBackend(service);
     if (action === "weight") {
       if (!isWeight(body?.weight)) {
         return json({ error: "weight must be a whole number 0-1000000" }, 400);
       }
       pool.setWeight(backend, body.weight);
-      log.info(`Admin: weight of ${backend.url} set to ${body.weight}`);
+      log.info(`Admin: weight of ${backend.url} in ${name} set to ${body.weight}`);
     } else {
       if (backend.removing) return json({ error: "backend is being removed" }, 409);
       pool.setAdmin(backend, ACTIONS[action], `admin ${action}`);
-      log.info(`Admin: ${action} ${backend.url}`);
+      log.info(`Admin: ${action} ${backend.url} in ${name}`);
     }
-    return json({ backend: backendView(backend) });
+    return json({ backend: backendView(backend, name) });
   }
+}
 
-  /** Finds a backend by its URL as given, or as the origin it normalises to. */
-  function findByUrl(text: string): Backend | undefined {
-    const direct = pool.find(text);
-    if (direct !== undefined) return direct;
-    try {
-      return pool.find(parseBackend(text).url);
-    } catch {
-      return undefined;
-    }
+/** Finds a backend by its URL as given, or as the origin it normalises to. */
+function findByUrl(pool: Pool, text: string): Backend | undefined {
+  const direct = pool.find(text);
+  if (direct !== undefined) return direct;
+  try {
+    return pool.find(parseBackend(text).url);
+  } catch {
+    return undefined;
   }
+}
+
+function listOf(services: readonly AdminService[]): string {
+  return services.map((s) => s.name).join(", ");
+}
+
+function unknownService(name: string, services: readonly AdminService[]): Response {
+  const known = services.length === 0 ? "none is configured" : `services: ${listOf(services)}`;
+  return json({ error: `no such service ${JSON.stringify(name)} (${known})` }, 404);
+}
+
+function noSuchBackend(service: AdminService): Response {
+  return json({ error: `no such backend in ${service.name}` }, 404);
 }
 
 function isWeight(value: unknown): value is number {

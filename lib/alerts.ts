@@ -19,6 +19,8 @@
 export interface BackendStateEvent {
   /** The backend's URL. */
   backend: string;
+  /** The service the backend belongs to. @default omitted from the body */
+  service?: string;
   /** Status before, e.g. `up`. */
   from: string;
   /** Status after, e.g. `down`. */
@@ -64,6 +66,7 @@ export function alertBody(event: BackendStateEvent): string {
   return JSON.stringify({
     event: "backend_state_change",
     backend: event.backend,
+    ...(event.service === undefined ? {} : { service: event.service }),
     from: event.from,
     to: event.to,
     reason: event.reason,

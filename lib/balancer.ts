@@ -6,17 +6,12 @@
  */
 
 import type { Config } from "./config.ts";
-import { OPS_DEFAULTS } from "./config_file.ts";
 import type { Log } from "./log.ts";
-import { Pool, type PoolOptions, type StatusChangeListener } from "./pool.ts";
-import { createPolicy, latencyObserverOf } from "./policies/mod.ts";
-import { generateSecret, StickyCookie } from "./policies/sticky.ts";
-import { RetryBudget } from "./retry_budget.ts";
-import { HealthChecker } from "./health.ts";
-import { createProxyHandler, type ProxyObserver } from "./proxy.ts";
-import { sendAttempt, type Transport } from "./upstream.ts";
+import type { Pool, PoolOptions, StatusChangeListener } from "./pool.ts";
+import type { ProxyObserver } from "./proxy.ts";
+import type { Transport } from "./upstream.ts";
 import { createNativeTransport } from "./upstream_native.ts";
-import { LoadBalancerMetrics, NO_BACKEND } from "./metrics.ts";
+import { LoadBalancerMetrics, NO_BACKEND, NO_ROUTE } from "./metrics.ts";
 import { type AccessLog, createAccessLog } from "./access_log.ts";
 import { AlertWebhook } from "./alerts.ts";
 import { type BackendView, createAdminHandler } from "./admin.ts";
@@ -33,8 +28,23 @@ import {
   readReplacement,
   redirectToHttps,
 } from "./tls.ts";
-import { parseDiscoveryTarget } from "./config.ts";
-import { applyDiscoveryChange, DnsDiscovery, mergeBackends } from "./discovery.ts";
+import { DEFAULT_SERVICE, effectiveRoutes, RESTART_ONLY, serviceConfigs } from "./setting_table.ts";
+import { describeRoute, RouteTable } from "./routes.ts";
+import { Service, type ServiceDeps } from "./service.ts";
+import { createDispatcher, type RoutingState } from "./dispatch.ts";
+
+/** What a reload changed. */
+export interface ReloadChange {
+  /** Backends added, removed and reweighted (`service: URL` when there are several services). */
+  added: string[];
+  removed: string[];
+  reweighted: string[];
+  /** Services that appeared and disappeared. */
+  servicesAdded: string[];
+  servicesRemoved: string[];
+  /** Settings that differ but need a restart to apply (logged by the caller). */
+  restartNeeded: string[];
+}
 
 /** A running balancer. */
 export interface RunningBalancer {
@@ -44,16 +54,18 @@ export interface RunningBalancer {
   readonly adminPort: number | undefined;
   /** The plain-HTTP redirect listener's port, when one runs (`redirectHttp`). */
   readonly redirectPort: number | undefined;
+  /** The pool of the `default` service, else of the first service (one-service setups). */
   readonly pool: Pool;
+  /** The services now, by name; a reload replaces the map. */
+  readonly services: ReadonlyMap<string, Service>;
   readonly metrics: LoadBalancerMetrics;
   /**
-   * Applies a new configuration's backends without a restart: unchanged backends keep their
-   * state and counters, new ones join, removed ones drain. Returns the settings that differ but
-   * need a restart to apply (logged by the caller).
+   * Applies a new configuration without a restart, atomically for new requests: routes,
+   * services, backends, policies, health checks, timeouts, limits and header rules. Backends
+   * kept by URL keep their state and counters; removed ones drain. Requests in flight finish
+   * under the rules they started with.
    */
-  reload(
-    config: Config,
-  ): { added: string[]; removed: string[]; reweighted: string[]; restartNeeded: string[] };
+  reload(config: Config): Promise<ReloadChange>;
   /**
    * Stops accepting and lets in-flight requests finish for up to `drainMs`. Resolves to the
    * number of requests still open at the deadline (0 = clean); those end when the process exits.
@@ -83,8 +95,8 @@ export interface BalancerExtras {
    * backend status changes go to this listener instead of the log, metrics and alerts.
    */
   worker?: {
-    onStatusChange: StatusChangeListener;
-    onHealthChange: NonNullable<PoolOptions["onHealthChange"]>;
+    onStatusChange: (service: string) => StatusChangeListener;
+    onHealthChange: (service: string) => NonNullable<PoolOptions["onHealthChange"]>;
   };
   /**
    * Set on the main thread of `--workers` (lib/workers.ts): told of every status change, and
@@ -97,62 +109,7 @@ export interface BalancerExtras {
   };
 }
 
-/** Settings that take effect only at start-up; a reload that changes them says so. */
-const RESTART_ONLY: (keyof Config)[] = [
-  "port",
-  "host",
-  "policy",
-  "hashKey",
-  "stickyCookie",
-  "stickySecret",
-  "admin",
-  "adminToken",
-  "accessLog",
-  "accessLogFormat",
-  "alertWebhook",
-  "logFormat",
-  // The certificate files' contents reload (reloadCertificate); which files, and the rest of
-  // TLS, are read at start-up.
-  "tlsCert",
-  "tlsKey",
-  "redirectHttp",
-  "backendCa",
-  "backendCert",
-  "backendKey",
-  "logLevel",
-  "healthInterval",
-  "healthTimeout",
-  "healthPath",
-  "rise",
-  "fall",
-  "retries",
-  "connectTimeout",
-  "timeout",
-  // main.ts reads it once, at start-up; without this a changed value was silently ignored.
-  "drainTimeout",
-  "slowStart",
-  "maxConns",
-  "ejectAfter",
-  "ejectTime",
-  "ejectMaxTime",
-  "ejectMaxPercent",
-  "ejectOn5xx",
-  "panicThreshold",
-  "retryBudget",
-  "retryBudgetMin",
-  "trustedProxies",
-  "forwarded",
-  "maxBody",
-  "bodyTimeout",
-  "discover",
-  "discoverInterval",
-  "dnsServer",
-  "workers",
-  "transport",
-  "readTimeout",
-];
-
-/** Starts the balancer described by `config` (its `backends` must be final). */
+/** Starts the balancer described by `config` (its backends must be final). */
 export async function startBalancer(
   config: Config,
   log: Log,
@@ -160,70 +117,36 @@ export async function startBalancer(
   extras: BalancerExtras = {},
 ): Promise<RunningBalancer> {
   const worker = extras.worker;
+  const serviceSettings = serviceConfigs(config);
+  const named = (service: string) => service === DEFAULT_SERVICE ? "" : ` (service ${service})`;
   if (worker === undefined) {
-    for (const backend of config.backends) log.info(`Configured server: ${backend.url}`);
+    for (const settings of serviceSettings.values()) {
+      for (const backend of settings.backends) {
+        log.info(`Configured server: ${backend.url}${named(settings.name)}`);
+      }
+    }
   }
-  // Static backends as the config file names them now; discovery never removes these.
-  let staticUrls = new Set(config.backends.map((b) => b.url));
-  const discovery = (config.discover ?? []).length === 0 ? undefined : new DnsDiscovery({
-    targets: config.discover!.map((text) => parseDiscoveryTarget(text)!),
-    intervalMs: config.discoverInterval,
-    dnsServer: config.dnsServer,
-    onChange: (before, after) => applyDiscoveryChange(pool, staticUrls, before, after),
-  }, log);
-  // The first lookup is awaited so a DNS-only balancer has backends when it starts listening;
-  // they are in the pool from the start (full share), later changes come through onChange.
-  const discovered = await discovery?.initialLookup() ?? [];
-  const policy = createPolicy(config.policy, { hash: { key: config.hashKey } });
   const alerts = config.alertWebhook
     ? new AlertWebhook({ url: config.alertWebhook, log })
     : undefined;
-  const onFetch = (config.transport ?? OPS_DEFAULTS.transport) === "fetch";
-  // deno-lint-ignore prefer-const -- assigned once the pool exists; the gauges read it lazily
-  let pool: Pool;
+  let services = new Map<string, Service>();
   const metrics = new LoadBalancerMetrics({
     version,
-    backends: () =>
-      pool.backends.map((b) => ({
-        url: b.url,
-        status: b.status,
-        inflight: b.inflight,
-        weight: b.weight,
-      })),
-    connections: onFetch ? undefined : (url) => native.stats(url),
-  });
-  let sticky: { cookie: StickyCookie; name: string } | undefined;
-  pool = new Pool(mergeBackends(config.backends, discovered), {
-    rise: config.rise,
-    fall: config.fall,
-    policy,
-    onStatusChange: worker?.onStatusChange ?? ((backend, from, to, reason) => {
-      log.info(`${backend.url} [${to}] (${reason})`);
-      metrics.stateTransition(backend.url, from, to);
-      alerts?.notify({ backend: backend.url, from, to, reason, time: new Date() });
-      extras.group?.statusChanged();
-    }),
-    onHealthChange: worker?.onHealthChange,
-    onAdd: (backend) => {
-      if (worker === undefined) log.info(`Configured server: ${backend.url}`);
-      sticky?.cookie.prepare([backend]).catch(() => {});
+    backends: function* () {
+      for (const service of services.values()) {
+        for (const b of service.pool.backends) {
+          yield {
+            service: service.name,
+            url: b.url,
+            status: b.status,
+            inflight: b.inflight,
+            weight: b.weight,
+          };
+        }
+      }
     },
-    onRemove: (backend) => native.retire(backend.url),
-    slowStartMs: config.slowStart,
-    maxConns: config.maxConns === 0 ? Infinity : config.maxConns,
-    outlier: config.ejectAfter === 0 ? undefined : {
-      consecutiveFailures: config.ejectAfter,
-      baseEjectionMs: config.ejectTime,
-      maxEjectionMs: config.ejectMaxTime,
-      maxEjectedPercent: config.ejectMaxPercent,
-    },
-    panicThresholdPercent: config.panicThreshold,
+    connections: (url) => native.stats(url),
   });
-  if (config.stickyCookie !== "") {
-    const cookie = new StickyCookie(config.stickySecret || generateSecret());
-    await cookie.prepare(pool.backends);
-    sticky = { cookie, name: config.stickyCookie };
-  }
   const tlsFiles = config.tlsCert === undefined || config.tlsKey === undefined
     ? undefined
     : { cert: config.tlsCert, key: config.tlsKey };
@@ -239,44 +162,53 @@ export async function startBalancer(
   };
   const backendTls = readBackendTls(backendTlsFiles);
   const client = createBackendClient(backendTlsFiles, { allowHost: true }, backendTls);
-  // Also serves fetch mode: paths fetch would rewrite (`/a/../b`) go through it, byte for byte.
   const native = createNativeTransport({ tls: backendTls });
-  const health = new HealthChecker(pool, {
-    interval: config.healthInterval,
-    timeout: config.healthTimeout,
-    path: config.healthPath,
-    client,
-    onResult: (backend, ok) => metrics.healthCheck(backend.url, ok),
-  }, log);
   const accessLog = config.accessLog
     ? createAccessLog(config.accessLog, config.accessLogFormat ?? "combined", { log })
     : undefined;
   const webSockets = new WebSocketRelays();
-  const handler = createProxyHandler(pool, {
-    retries: config.retries,
-    timeout: config.timeout,
-    connectTimeout: config.connectTimeout,
-    retryAfterSeconds: Math.max(1, Math.ceil(config.healthInterval / 1000)),
-    proto: tlsFiles === undefined ? "http" : "https",
+  const deps: ServiceDeps = {
+    log,
     client,
-    ejectOn5xx: config.ejectOn5xx,
-    retryBudget: new RetryBudget({
-      ratio: config.retryBudget / 100,
-      minPerSecond: config.retryBudgetMin,
-    }),
-    latencyObserver: latencyObserverOf(policy),
-    sticky,
+    native,
+    transport: extras.transport,
     observer: createObserver(metrics, accessLog),
-    // Validated by the settings: every entry parses.
-    trustedProxies: (config.trustedProxies ?? []).map((text) => parseCidr(text)!),
-    forwarded: config.forwarded ?? false,
     webSockets,
-    maxBody: config.maxBody ?? OPS_DEFAULTS.maxBody,
-    bodyTimeout: config.bodyTimeout ?? OPS_DEFAULTS.bodyTimeout,
-    readTimeout: config.readTimeout ?? OPS_DEFAULTS.readTimeout,
-    transport: extras.transport ?? (onFetch ? sendAttempt : native.send),
-    exactTransport: onFetch ? native.send : undefined,
-  }, log);
+    proto: tlsFiles === undefined ? "http" : "https",
+    ...edgeSettings(config),
+    discoverInterval: config.discoverInterval ?? 10_000,
+    dnsServer: config.dnsServer,
+    runsHealthChecks: worker === undefined,
+    listeners: (service) => ({
+      onStatusChange: worker?.onStatusChange(service) ?? ((backend, from, to, reason) => {
+        log.info(`${backend.url} [${to}] (${reason})${named(service)}`);
+        metrics.stateTransition(service, backend.url, from, to);
+        alerts?.notify({
+          backend: backend.url,
+          service: service === DEFAULT_SERVICE ? undefined : service,
+          from,
+          to,
+          reason,
+          time: new Date(),
+        });
+        extras.group?.statusChanged();
+      }),
+      onHealthChange: worker?.onHealthChange(service),
+      onAdd: (backend) => {
+        if (worker === undefined) log.info(`Configured server: ${backend.url}${named(service)}`);
+      },
+      // Connections to an origin are shared by the services that name it: closed when none do.
+      onRemove: (backend) => {
+        if (!inAnyService(services, backend.url)) native.retire(backend.url);
+      },
+    }),
+    onHealthResult: (service, url, ok) => metrics.healthCheck(service, url, ok),
+  };
+  for (const settings of serviceSettings.values()) {
+    services.set(settings.name, await Service.start(settings, deps));
+  }
+  let routing: RoutingState = { table: new RouteTable(effectiveRoutes(config)), services };
+  const handler = createDispatcher({ state: () => routing, observer: deps.observer });
 
   const server = serve(
     config.port,
@@ -294,8 +226,9 @@ export async function startBalancer(
     config.admin.port,
     config.admin.host,
     createAdminHandler({
-      pool,
-      policy: config.policy,
+      services: () =>
+        [...services.values()].map((s) => ({ name: s.name, policy: s.policyName, pool: s.pool })),
+      routes: () => routing.table.routes.map(describeRoute),
       metrics: () => extras.group?.mergeMetrics(metrics.render()) ?? metrics.render(),
       mergeBackends: extras.group?.mergeBackends,
       token: config.adminToken ?? "",
@@ -314,25 +247,71 @@ export async function startBalancer(
   if (admin !== undefined) {
     log.info(`Admin listener started at ${config.admin!.host}:${admin.http.addr.port}`);
   }
-  if (worker === undefined) health.start();
-  discovery?.start();
   let current = config;
+  /** Reloads run one at a time: a second waits for the first to finish. */
+  let reloading: Promise<unknown> = Promise.resolve();
+
+  async function applyReload(next: Config): Promise<ReloadChange> {
+    const restartNeeded = RESTART_ONLY.filter((key) =>
+      JSON.stringify(next[key]) !== JSON.stringify(current[key])
+    );
+    const kept = { ...next, ...Object.fromEntries(restartNeeded.map((k) => [k, current[k]])) };
+    const table = new RouteTable(effectiveRoutes(kept));
+    Object.assign(deps, edgeSettings(kept));
+    const change: ReloadChange = {
+      added: [],
+      removed: [],
+      reweighted: [],
+      servicesAdded: [],
+      servicesRemoved: [],
+      restartNeeded,
+    };
+    const wanted = serviceConfigs(kept);
+    const label = (service: string, url: string) =>
+      wanted.size > 1 || services.size > 1 ? `${service}: ${url}` : url;
+    const built = new Map<string, Service>();
+    for (const settings of wanted.values()) {
+      const existing = services.get(settings.name);
+      if (existing === undefined) {
+        built.set(settings.name, await Service.start(settings, deps));
+        change.servicesAdded.push(settings.name);
+        change.added.push(...settings.backends.map((b) => label(settings.name, b.url)));
+        continue;
+      }
+      const backends = await existing.reconfigure(settings);
+      for (const key of ["added", "removed", "reweighted"] as const) {
+        change[key].push(...backends[key].map((url) => label(settings.name, url)));
+      }
+      built.set(settings.name, existing);
+    }
+    const retired = [...services.values()].filter((s) => !wanted.has(s.name));
+    // One assignment: a request sees the old routes and services or the new ones, never a mix.
+    services = built;
+    routing = { table, services: built };
+    for (const service of retired) {
+      change.servicesRemoved.push(service.name);
+      change.removed.push(...service.pool.backends.map((b) => label(service.name, b.url)));
+      await service.retire();
+    }
+    current = kept;
+    return change;
+  }
 
   return {
     port: server.http.addr.port,
     adminPort: admin?.http.addr.port,
     redirectPort: redirect?.http.addr.port,
-    pool,
+    get pool() {
+      return (services.get(DEFAULT_SERVICE) ?? services.values().next().value!).pool;
+    },
+    get services() {
+      return services;
+    },
     metrics,
     reload(next: Config) {
-      // Discovered backends are not in the file: a reload keeps them.
-      staticUrls = new Set(next.backends.map((b) => b.url));
-      const change = pool.update(mergeBackends(next.backends, discovery?.backends ?? []));
-      const restartNeeded = RESTART_ONLY.filter((key) =>
-        JSON.stringify(next[key]) !== JSON.stringify(current[key])
-      );
-      current = { ...next, ...Object.fromEntries(restartNeeded.map((k) => [k, current[k]])) };
-      return { ...change, restartNeeded };
+      const result = reloading.then(() => applyReload(next));
+      reloading = result.catch(() => {});
+      return result;
     },
     reloadCertificate() {
       if (tlsFiles === undefined || served === undefined) return "off";
@@ -354,8 +333,8 @@ export async function startBalancer(
     },
     async shutdown(drainMs: number): Promise<number> {
       const deadline = performance.now() + drainMs;
-      await discovery?.stop();
-      await health.stop();
+      await reloading;
+      await Promise.all([...services.values()].map((service) => service.stop()));
       // Deno.serve's shutdown() (2.9.6) closes every upgraded WebSocket at once, with 1001
       // "Server shutting down", when the listener stops: a WebSocket cannot outlive it. So the
       // balancer closes the relays itself first, 1001 "going away" to clients and a clean close
@@ -370,6 +349,24 @@ export async function startBalancer(
       return left;
     },
   };
+}
+
+/** The edge settings every service's proxy reads; a reload applies them to new requests. */
+function edgeSettings(config: Config) {
+  return {
+    // Validated by the settings: every entry parses.
+    trustedProxies: (config.trustedProxies ?? []).map((text) => parseCidr(text)!),
+    forwarded: config.forwarded ?? false,
+  };
+}
+
+/** Whether any service's pool still holds a backend with this URL (not being removed). */
+function inAnyService(services: ReadonlyMap<string, Service>, url: string): boolean {
+  for (const service of services.values()) {
+    const backend = service.pool.find(url);
+    if (backend !== undefined && !backend.removing) return true;
+  }
+  return false;
 }
 
 /**
@@ -474,11 +471,13 @@ function createObserver(
   return {
     outcome(req, info, outcome) {
       const seconds = (performance.now() - outcome.startedAt) / 1000;
-      const backendUrl = outcome.backend?.url ?? NO_BACKEND;
-      metrics.backend(backendUrl).record(
-        outcome.fromBackend || outcome.backend === undefined ? outcome.status : undefined,
-        seconds,
-      );
+      metrics.route(outcome.route ?? NO_ROUTE).record(outcome.status);
+      if (outcome.service !== undefined) {
+        metrics.backend(outcome.service, outcome.backend?.url ?? NO_BACKEND).record(
+          outcome.fromBackend || outcome.backend === undefined ? outcome.status : undefined,
+          seconds,
+        );
+      }
       if (accessLog === undefined) return;
       // Logged when the body has been delivered, so the duration covers the whole exchange.
       const time = new Date(Date.now() - (performance.now() - outcome.startedAt));

@@ -6,14 +6,18 @@
  * and it works on a machine with no internet.
  *
  * How the page works:
- * - It polls `GET /api/backends` once a second (a new poll starts 1 s after the previous one
+ * - It polls `GET /api/services` once a second (a new poll starts 1 s after the previous one
  *   started, never two at once) and sends `Authorization: Bearer <token>` when a token is kept
  *   in `sessionStorage`. A 401 shows a small token form; what the user types is stored there.
+ * - Backends are grouped by service: a heading per service with its policy and a table of its
+ *   backends, whose buttons name the service. A routes table (name, match, action) follows, in
+ *   match order. One backend URL in two services is two rows and two chart lines.
  * - Request and error rates are the deltas of the `requests` and `errors` counters between two
  *   polls divided by the time between the API's `time` stamps. A refresh sooner than 0.5 s after
  *   the previous sample (after a button press) updates the table but adds no chart point, so
  *   rates stay smooth.
- * - Charts keep one point per poll per backend in ring buffers covering the last 5 minutes.
+ * - Charts keep one point per poll per backend (per service) in ring buffers covering the last 5
+ *   minutes.
  * - Every string from the API reaches the DOM through `textContent` or `setAttribute`; the page
  *   never parses HTML at run time. A Content-Security-Policy (with hashes of the inline script
  *   and style) confines it to its own origin, so even a mistake could not load or send data
@@ -35,6 +39,9 @@ header {
 }
 h1 { font-size: 1.15rem; margin: 0 auto 0 0; }
 h2 { font-size: 0.95rem; margin: 0 0 0.4rem; }
+h2 .policy { font-weight: 600; font-size: 0.8rem; color: var(--accent); background: #dbeafe;
+  padding: 0.05rem 0.5rem; border-radius: 999px; margin-left: 0.5rem; }
+h2 .meta { font-weight: 400; font-size: 0.85rem; margin-left: 0.5rem; }
 .meta { color: var(--muted); }
 .meta b { color: var(--ink); font-weight: 600; }
 #conn { font-weight: 600; padding: 0.1rem 0.55rem; border-radius: 999px; }
@@ -69,7 +76,7 @@ th { color: var(--muted); font-weight: 600; font-size: 0.8rem; text-transform: u
 td.num, th.num { text-align: right; }
 tbody tr:last-child td { border-bottom: 0; }
 .stale tbody { opacity: 0.5; }
-.url { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.85rem; }
+.url, .route-text { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.85rem; }
 .swatch { display: inline-block; width: 0.7rem; height: 0.7rem; border-radius: 2px;
   margin-right: 0.45rem; vertical-align: -0.05rem; }
 .badge { display: inline-block; min-width: 5.2rem; text-align: center; padding: 0.08rem 0.5rem;
@@ -122,9 +129,10 @@ const SCRIPT = `
   const ACTIONS = [["drain", "Drain"], ["enable", "Enable"], ["disable", "Disable"]];
 
   const $ = (id) => document.getElementById(id);
-  const tbody = $("rows");
-  const series = new Map(); // url -> { color, ring, prev, rps, eps }
-  const rows = new Map(); // url -> { tr, cells, buttons }
+  const series = new Map(); // service + " " + url -> { color, ring, prev, rps, eps, label }
+  const rows = new Map(); // service + " " + url -> { tr, cells, buttons }
+  const groups = new Map(); // service -> { section, tbody, policy, summary, empty }
+  let routesKey = null;
   let nextColor = 0;
   let timer = 0;
   let polling = false;
@@ -206,11 +214,11 @@ const SCRIPT = `
     polling = true;
     const started = Date.now();
     try {
-      const response = await api("GET", "/api/backends");
+      const response = await api("GET", "/api/services");
       const data = await readJson(response);
       if (response.status === 401) {
         askForToken();
-      } else if (!response.ok || !data || !Array.isArray(data.backends)) {
+      } else if (!response.ok || !data || !Array.isArray(data.services)) {
         throw new Error("HTTP " + response.status);
       } else {
         update(data, Date.now());
@@ -225,22 +233,23 @@ const SCRIPT = `
     }
   }
 
-  async function act(action, url) {
+  async function act(action, service, url) {
+    const what = action + " " + url + " in " + service;
     try {
-      const response = await api("POST", "/api/backends/" + action, { url });
+      const response = await api("POST", "/api/backends/" + action, { service, url });
       const data = await readJson(response);
       if (response.status === 401) {
         askForToken();
-        showMessage("error", action + " " + url + ": the admin token is missing or wrong");
+        showMessage("error", what + ": the admin token is missing or wrong");
       } else if (!response.ok) {
         const reason = data && typeof data.error === "string" ? data.error : "HTTP " + response.status;
-        showMessage("error", action + " " + url + " failed: " + reason);
+        showMessage("error", what + " failed: " + reason);
       } else {
         const status = data && data.backend ? String(data.backend.status) : "?";
-        showMessage("info", action + " " + url + ": status is now " + status);
+        showMessage("info", what + ": status is now " + status);
       }
     } catch (error) {
-      showMessage("error", action + " " + url + " failed: " + String((error && error.message) || error));
+      showMessage("error", what + " failed: " + String((error && error.message) || error));
     }
     poll();
   }
@@ -250,34 +259,43 @@ const SCRIPT = `
   function update(data, now) {
     setConnection("live");
     $("token-form").hidden = true;
-    $("policy").textContent = String(data.policy ?? "?");
     $("last-poll").textContent = clockTime(now);
     $("last-poll").setAttribute("title", String(data.time ?? ""));
     const stamp = Date.parse(data.time);
     const at = Number.isFinite(stamp) ? stamp : now;
-    const seen = new Set();
-    for (const backend of data.backends) {
-      const url = String(backend.url);
-      seen.add(url);
-      sample(url, backend, at, now);
+    const services = data.services.filter((s) => s && Array.isArray(s.backends));
+    const several = services.length > 1;
+    const all = [];
+    for (const service of services) {
+      const name = String(service.name);
+      for (const backend of service.backends) {
+        const key = name + " " + String(backend.url);
+        all.push({ key, service: name, backend });
+        sample(key, several ? name + ": " + String(backend.url) : String(backend.url), backend, at, now);
+      }
     }
-    for (const url of [...series.keys()]) if (!seen.has(url)) series.delete(url);
-    renderRows(data.backends);
-    renderLegend(data.backends);
+    const seen = new Set(all.map((item) => item.key));
+    for (const key of [...series.keys()]) if (!seen.has(key)) series.delete(key);
+    renderServices(services);
+    renderRoutes(Array.isArray(data.routes) ? data.routes : []);
+    renderLegend(all);
     renderCharts(now);
-    const up = data.backends.filter((b) => b.status === "up").length;
-    const count = data.backends.length;
-    $("summary").textContent = count + (count === 1 ? " backend, " : " backends, ") + up + " up";
-    document.title = up + "/" + data.backends.length + " up \\u00b7 load balancer";
+    const up = all.filter((item) => item.backend.status === "up").length;
+    $("summary").textContent = plural(services.length, "service") + ", " +
+      plural(all.length, "backend") + ", " + up + " up";
+    document.title = up + "/" + all.length + " up \u00b7 load balancer";
   }
 
-  function sample(url, backend, at, now) {
-    let entry = series.get(url);
+  const plural = (n, word) => n + " " + word + (n === 1 ? "" : "s");
+
+  function sample(key, label, backend, at, now) {
+    let entry = series.get(key);
     if (!entry) {
       entry = { color: PALETTE[nextColor++ % PALETTE.length], ring: new Ring(CAPACITY), prev: null,
-        rps: null, eps: null };
-      series.set(url, entry);
+        rps: null, eps: null, label };
+      series.set(key, entry);
     }
+    entry.label = label;
     const requests = num(backend.requests);
     const errors = num(backend.errors);
     const prev = entry.prev;
@@ -298,31 +316,85 @@ const SCRIPT = `
 
   // ---- Rendering: table --------------------------------------------------------------------
 
-  function renderRows(backends) {
-    $("empty").hidden = backends.length > 0;
+  function renderServices(services) {
+    $("empty").hidden = services.length > 0;
+    const container = $("services");
     const wanted = new Set();
-    backends.forEach((backend, index) => {
-      const url = String(backend.url);
-      wanted.add(url);
-      let row = rows.get(url);
-      if (!row) {
-        row = createRow(url);
-        rows.set(url, row);
+    services.forEach((service, index) => {
+      const name = String(service.name);
+      wanted.add(name);
+      let group = groups.get(name);
+      if (!group) {
+        group = createGroup(name);
+        groups.set(name, group);
       }
-      // Move a row only when it is out of place, so a row being clicked is never detached.
-      if (tbody.children[index] !== row.tr) tbody.insertBefore(row.tr, tbody.children[index] || null);
-      fillRow(row, backend);
+      if (container.children[index] !== group.section) {
+        container.insertBefore(group.section, container.children[index] || null);
+      }
+      fillGroup(group, name, service);
     });
-    for (const [url, row] of rows) {
-      if (!wanted.has(url)) {
-        row.tr.remove();
-        rows.delete(url);
+    for (const [name, group] of groups) {
+      if (!wanted.has(name)) {
+        group.section.remove();
+        groups.delete(name);
+        for (const [key, row] of rows) {
+          if (row.service === name) rows.delete(key);
+        }
       }
     }
   }
 
-  function createRow(url) {
-    const tr = el("tr", { "data-url": url });
+  function createGroup(name) {
+    const section = el("section", { class: "service", "data-service": name });
+    const heading = section.appendChild(el("h2"));
+    heading.append(el("span", { class: "service-name" }, name));
+    const policy = heading.appendChild(el("span", { class: "policy" }));
+    const summary = heading.appendChild(el("span", { class: "meta service-summary" }));
+    const table = section.appendChild(el("div", { class: "scroll" })).appendChild(el("table"));
+    const head = table.appendChild(el("thead")).appendChild(el("tr"));
+    for (const [label, numeric] of [["Backend", false], ["Weight", true], ["Status", false],
+      ["In flight", true], ["Req/s", true], ["Err/s", true], ["p50 ms", true], ["p99 ms", true],
+      ["Last check", false], ["Actions", false]]) {
+      head.append(el("th", numeric ? { class: "num" } : {}, label));
+    }
+    const tbody = table.appendChild(el("tbody"));
+    const empty = section.appendChild(el("p", { class: "empty" }, "No backends."));
+    return { section, tbody, policy, summary, empty };
+  }
+
+  function fillGroup(group, name, service) {
+    group.policy.textContent = String(service.policy ?? "?");
+    const backends = service.backends;
+    const up = backends.filter((b) => b.status === "up").length;
+    group.summary.textContent = up + " of " + plural(backends.length, "backend") + " up, " +
+      String(num(service.available) ?? "?") + " available";
+    group.empty.hidden = backends.length > 0;
+    const wanted = new Set();
+    backends.forEach((backend, index) => {
+      const url = String(backend.url);
+      const key = name + " " + url;
+      wanted.add(key);
+      let row = rows.get(key);
+      if (!row) {
+        row = createRow(name, url, key);
+        rows.set(key, row);
+      }
+      // Move a row only when it is out of place, so a row being clicked is never detached.
+      if (group.tbody.children[index] !== row.tr) {
+        group.tbody.insertBefore(row.tr, group.tbody.children[index] || null);
+      }
+      fillRow(row, backend);
+    });
+    for (const [key, row] of rows) {
+      if (row.service === name && !wanted.has(key)) {
+        row.tr.remove();
+        rows.delete(key);
+      }
+    }
+  }
+
+  function createRow(service, url, key) {
+    const tr = el("tr", { "data-url": url, "data-service": service });
     const cells = {};
     for (const [name, numeric] of [["url", false], ["weight", true], ["status", false],
       ["inflight", true], ["rps", true], ["eps", true], ["p50", true], ["p99", true],
@@ -330,22 +402,40 @@ const SCRIPT = `
       cells[name] = tr.appendChild(el("td", { class: "c-" + name + (numeric ? " num" : "") }));
     }
     const swatch = el("span", { class: "swatch" });
-    swatch.style.background = series.get(url).color;
+    swatch.style.background = series.get(key).color;
     cells.url.append(swatch, el("span", { class: "url" }, url));
     cells.status.append(el("span", { class: "badge" }));
     const box = cells.actions.appendChild(el("div", { class: "actions" }));
     const buttons = {};
     for (const [action, label] of ACTIONS) {
       const button = el("button", { type: "button", "data-action": action,
-        "aria-label": label + " " + url }, label);
-      button.addEventListener("click", () => act(action, url));
+        "aria-label": label + " " + url + " in " + service }, label);
+      button.addEventListener("click", () => act(action, service, url));
       buttons[action] = box.appendChild(button);
     }
-    return { tr, cells, buttons };
+    return { tr, cells, buttons, key, service };
+  }
+
+  function renderRoutes(routes) {
+    const key = JSON.stringify(routes);
+    if (key === routesKey) return;
+    routesKey = key;
+    const tbody = $("routes");
+    tbody.replaceChildren();
+    routes.forEach((route, index) => {
+      const tr = el("tr", { "data-route": String(route.name) });
+      tr.append(el("td", { class: "num" }, String(index + 1)),
+        el("td", { class: "route-text" }, String(route.name ?? "")),
+        el("td", { class: "route-text" }, String(route.match ?? "")),
+        el("td", { class: "route-text" }, String(route.action ?? "")));
+      tbody.append(tr);
+    });
+    $("no-routes").hidden = routes.length > 0;
+    $("routes-table").hidden = routes.length === 0;
   }
 
   function fillRow(row, backend) {
-    const entry = series.get(String(backend.url));
+    const entry = series.get(row.key);
     const status = String(backend.status);
     const known = STATUSES.includes(status);
     row.tr.setAttribute("data-status", status);
@@ -380,19 +470,19 @@ const SCRIPT = `
     cell.append(result, when);
   }
 
-  function renderLegend(backends) {
-    const key = backends.map((b) => String(b.url)).join(" ");
+  function renderLegend(items) {
+    const key = items.map((item) => series.get(item.key).label).join(" ");
     if (key === legendKey) return;
     legendKey = key;
     const legend = $("legend");
     legend.replaceChildren();
-    for (const backend of backends) {
-      const url = String(backend.url);
+    for (const item of items) {
+      const entry = series.get(item.key);
       const swatch = el("span", { class: "swatch" });
-      swatch.style.background = series.get(url).color;
-      const item = el("li");
-      item.append(swatch, el("span", { class: "url" }, url));
-      legend.append(item);
+      swatch.style.background = entry.color;
+      const li = el("li");
+      li.append(swatch, el("span", { class: "url" }, entry.label));
+      legend.append(li);
     }
   }
 
@@ -507,7 +597,7 @@ const SCRIPT = `
     conn.textContent = { live: "live", lost: "connection lost", auth: "token needed",
       connecting: "connecting" }[state];
     conn.setAttribute("title", detail || "");
-    $("table").classList.toggle("stale", state === "lost");
+    $("services").classList.toggle("stale", state === "lost");
   }
 
   function askForToken() {
@@ -550,7 +640,6 @@ const SCRIPT = `
 const BODY = `
 <header>
   <h1>Load balancer</h1>
-  <span class="meta">policy <b id="policy">\u2013</b></span>
   <span class="meta" id="summary"></span>
   <span class="meta">last update <b id="last-poll">never</b></span>
   <span id="conn" data-state="connecting">connecting</span>
@@ -562,17 +651,15 @@ const BODY = `
     <button type="submit">Connect</button>
     <span id="token-note" class="meta"></span>
   </form>
+  <div id="services"></div>
+  <p id="empty" class="empty" hidden>No services.</p>
   <section>
-    <h2>Backends</h2>
-    <div class="scroll"><table id="table">
-      <thead><tr>
-        <th>Backend</th><th class="num">Weight</th><th>Status</th><th class="num">In flight</th>
-        <th class="num">Req/s</th><th class="num">Err/s</th><th class="num">p50 ms</th>
-        <th class="num">p99 ms</th><th>Last check</th><th>Actions</th>
-      </tr></thead>
-      <tbody id="rows"></tbody>
+    <h2>Routes <span class="meta">first match wins</span></h2>
+    <div class="scroll"><table id="routes-table" hidden>
+      <thead><tr><th class="num">#</th><th>Route</th><th>Match</th><th>Action</th></tr></thead>
+      <tbody id="routes"></tbody>
     </table></div>
-    <p id="empty" class="empty" hidden>No backends.</p>
+    <p id="no-routes" class="empty">No routes.</p>
   </section>
   <section>
     <h2>Last 5 minutes</h2>

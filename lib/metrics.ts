@@ -547,15 +547,17 @@ export class Registry {
 // ---------------------------------------------------------------------------------------------
 // The load balancer's metrics.
 
-/** What {@linkcode LoadBalancerMetrics} reads about each backend at scrape time. */
+/** What {@linkcode LoadBalancerMetrics} reads about each backend of each service at scrape time. */
 export interface BackendSnapshot {
+  /** The service whose pool holds the backend, used as the `service` label. */
+  service: string;
   /** The backend's URL, used as the `backend` label. */
   url: string;
   /** `up`, `down` or `ejected` (the pool's `BackendStatus`). */
   status: string;
-  /** Requests in flight to it now. */
+  /** Requests in flight to it now (from this service's pool). */
   inflight: number;
-  /** Configured weight. */
+  /** Configured weight in this service. */
   weight: number;
 }
 
@@ -564,15 +566,17 @@ export interface LoadBalancerMetricsOptions {
   /** Version exported as `lb_build_info{version}`. */
   version: string;
   /**
-   * Called at every scrape for the backend-state gauges, so they are never stale.
+   * Called at every scrape for the backend-state gauges, so they are never stale: every backend
+   * of every service (a URL in two services comes twice, once with each service).
    * @default no backends
    */
   backends?: () => Iterable<BackendSnapshot>;
   /** Buckets of `lb_request_duration_seconds`. @default DEFAULT_DURATION_BUCKETS */
   buckets?: readonly number[];
   /**
-   * The upstream transport's connections to a backend, read at every scrape; undefined for a
-   * transport that does not say (fetch). @default none
+   * The upstream transport's connections to a backend origin, read at every scrape; undefined
+   * for a transport that does not say (fetch). Connections are per origin, not per service, so
+   * two services sharing a backend URL show the same figures under each. @default none
    */
   connections?: (backend: string) => ConnectionStats | undefined;
 }
@@ -603,26 +607,37 @@ export function statusClass(status: number | undefined): StatusClass {
   return STATUS_CLASSES[Math.floor(status / 100) - 1];
 }
 
-/** Label value used when a request got no backend at all (for example all are down: 503). */
+/** `backend` label of a request routed to a service that had no backend for it (503). */
 export const NO_BACKEND = "none";
 
+/** `route` label of a request that no route matched. */
+export const NO_ROUTE = "none";
+
+/** One counter child per status class, made up front so recording never builds labels. */
+function classHandles(
+  child: (code: StatusClass) => CounterChild,
+): Record<StatusClass, CounterChild> {
+  const byClass = {} as Record<StatusClass, CounterChild>;
+  for (const code of STATUS_CLASSES) byClass[code] = child(code);
+  return byClass;
+}
+
 /**
- * Per-backend handles onto the request metrics, made once per backend so that recording a
- * request is a `Map.get` plus two additions.
+ * Per-backend handles onto the request metrics, made once per service and backend so that
+ * recording a request is two `Map.get`s plus two additions.
  */
 export class BackendRequestMetrics {
   readonly #byClass: Record<StatusClass, CounterChild>;
   readonly #duration: HistogramChild;
 
   constructor(
-    requests: Counter<"backend" | "code">,
-    duration: Histogram<"backend">,
+    requests: Counter<"service" | "backend" | "code">,
+    duration: Histogram<"service" | "backend">,
+    service: string,
     backend: string,
   ) {
-    const byClass = {} as Record<StatusClass, CounterChild>;
-    for (const code of STATUS_CLASSES) byClass[code] = requests.labels({ backend, code });
-    this.#byClass = byClass;
-    this.#duration = duration.labels({ backend });
+    this.#byClass = classHandles((code) => requests.labels({ service, backend, code }));
+    this.#duration = duration.labels({ service, backend });
   }
 
   /**
@@ -636,39 +651,72 @@ export class BackendRequestMetrics {
   }
 }
 
+/** Per-route handles onto `lb_route_requests_total`, made once per route name. */
+export class RouteRequestMetrics {
+  readonly #byClass: Record<StatusClass, CounterChild>;
+
+  constructor(requests: Counter<"route" | "code">, route: string) {
+    this.#byClass = classHandles((code) => requests.labels({ route, code }));
+  }
+
+  /**
+   * Counts one client request that this route matched (or that none did).
+   * @param status The status sent to the client, or undefined when none was sent.
+   */
+  record(status: number | undefined): void {
+    this.#byClass[statusClass(status)].inc();
+  }
+}
+
 /**
  * The balancer's metric families on one {@linkcode Registry}. Counters are recorded by the
  * proxy and health checker; backend state is read from `options.backends` at scrape time.
+ * Every backend family carries the `service` label: one backend URL may serve several services.
  */
 export class LoadBalancerMetrics {
   readonly registry: Registry = new Registry();
-  /** `lb_requests_total{backend,code}`: client requests by final backend and status class. */
-  readonly requests: Counter<"backend" | "code">;
-  /** `lb_request_duration_seconds{backend}`: arrival to response headers. */
-  readonly requestDuration: Histogram<"backend">;
+  /**
+   * `lb_requests_total{service,backend,code}`: requests proxied to a service, by final backend
+   * and status class. Requests answered by a route itself (redirect, fixed response) or matched
+   * by no route are not here, only in {@linkcode routeRequests}.
+   */
+  readonly requests: Counter<"service" | "backend" | "code">;
+  /** `lb_request_duration_seconds{service,backend}`: arrival to response headers. */
+  readonly requestDuration: Histogram<"service" | "backend">;
+  /** `lb_route_requests_total{route,code}`: every client request by the route that matched. */
+  readonly routeRequests: Counter<"route" | "code">;
   /** `lb_retries_total`: attempts after the first. */
   readonly retries: CounterChild;
   /** `lb_retry_budget_exhausted_total`: retries refused by the retry budget. */
   readonly retryBudgetExhausted: CounterChild;
-  /** `lb_health_checks_total{backend,result}`. */
-  readonly healthChecks: Counter<"backend" | "result">;
-  /** `lb_backend_state_transitions_total{backend,from,to}`. */
-  readonly stateTransitions: Counter<"backend" | "from" | "to">;
-  readonly #perBackend = new Map<string, BackendRequestMetrics>();
+  /** `lb_health_checks_total{service,backend,result}`. */
+  readonly healthChecks: Counter<"service" | "backend" | "result">;
+  /** `lb_backend_state_transitions_total{service,backend,from,to}`. */
+  readonly stateTransitions: Counter<"service" | "backend" | "from" | "to">;
+  /** Service -> backend -> handles: two `Map.get`s, no key string built per request. */
+  readonly #perBackend = new Map<string, Map<string, BackendRequestMetrics>>();
+  readonly #perRoute = new Map<string, RouteRequestMetrics>();
 
   constructor(options: LoadBalancerMetricsOptions) {
     const r = this.registry;
     this.requests = r.counter(
       "lb_requests_total",
-      "Client requests by the backend that answered last and the response status class " +
-        '("error": no response from it; backend "none": no backend was available).',
-      ["backend", "code"],
+      "Client requests proxied to a service, by the backend that answered last and the response " +
+        'status class ("error": no response from it; backend "none": the service had no backend ' +
+        "available). Requests a route answered itself or no route matched are not counted here.",
+      ["service", "backend", "code"],
     );
     this.requestDuration = r.histogram(
       "lb_request_duration_seconds",
       "Time from a request's arrival to its response headers, in seconds, retries included.",
-      ["backend"],
+      ["service", "backend"],
       options.buckets,
+    );
+    this.routeRequests = r.counter(
+      "lb_route_requests_total",
+      'Client requests by the route that matched (route "none": no route matched) and the ' +
+        'status class of the response ("error": none was sent).',
+      ["route", "code"],
     );
     this.retries = r.counter("lb_retries_total", "Attempts on another backend after a failure.")
       .labels({});
@@ -679,39 +727,64 @@ export class LoadBalancerMetrics {
     this.healthChecks = r.counter(
       "lb_health_checks_total",
       "Active health checks by result (pass or fail).",
-      ["backend", "result"],
+      ["service", "backend", "result"],
     );
     this.stateTransitions = r.counter(
       "lb_backend_state_transitions_total",
-      "Changes of a backend's status (up, down, ejected).",
-      ["backend", "from", "to"],
+      "Changes of a backend's status (up, down, ejected, draining, disabled) in a service.",
+      ["service", "backend", "from", "to"],
     );
     r.gauge("lb_build_info", "Build information; the value is always 1.", ["version"])
       .set(1, { version: options.version });
+    // Exported from the start, so an alert on unmatched requests has a series to watch.
+    this.route(NO_ROUTE);
     this.#registerBackendGauges(options.backends ?? (() => []));
     if (options.connections !== undefined) {
       this.#registerConnectionFamilies(options.backends ?? (() => []), options.connections);
     }
   }
 
-  /** Handles for recording requests to `backend` (a URL, or {@linkcode NO_BACKEND}); cached. */
-  backend(backend: string): BackendRequestMetrics {
-    let handles = this.#perBackend.get(backend);
+  /**
+   * Handles for recording requests proxied by `service` to `backend` (a URL, or
+   * {@linkcode NO_BACKEND} when the service had none available); cached.
+   */
+  backend(service: string, backend: string): BackendRequestMetrics {
+    let byBackend = this.#perBackend.get(service);
+    if (byBackend === undefined) {
+      byBackend = new Map();
+      this.#perBackend.set(service, byBackend);
+    }
+    let handles = byBackend.get(backend);
     if (handles === undefined) {
-      handles = new BackendRequestMetrics(this.requests, this.requestDuration, backend);
-      this.#perBackend.set(backend, handles);
+      handles = new BackendRequestMetrics(
+        this.requests,
+        this.requestDuration,
+        service,
+        backend,
+      );
+      byBackend.set(backend, handles);
     }
     return handles;
   }
 
-  /** Counts one health check of `backend`. */
-  healthCheck(backend: string, passed: boolean): void {
-    this.healthChecks.inc(1, { backend, result: passed ? "pass" : "fail" });
+  /** Handles for recording requests matched by the route `name` (or {@linkcode NO_ROUTE}); cached. */
+  route(name: string): RouteRequestMetrics {
+    let handles = this.#perRoute.get(name);
+    if (handles === undefined) {
+      handles = new RouteRequestMetrics(this.routeRequests, name);
+      this.#perRoute.set(name, handles);
+    }
+    return handles;
   }
 
-  /** Counts one status change of `backend`; fits the pool's status-change listener. */
-  stateTransition(backend: string, from: string, to: string): void {
-    this.stateTransitions.inc(1, { backend, from, to });
+  /** Counts one health check of `backend` in `service`. */
+  healthCheck(service: string, backend: string, passed: boolean): void {
+    this.healthChecks.inc(1, { service, backend, result: passed ? "pass" : "fail" });
+  }
+
+  /** Counts one status change of `backend` in `service` (the pool's status-change listener). */
+  stateTransition(service: string, backend: string, from: string, to: string): void {
+    this.stateTransitions.inc(1, { service, backend, from, to });
   }
 
   /** The exposition text; serve it with {@linkcode PROMETHEUS_CONTENT_TYPE}. */
@@ -722,7 +795,9 @@ export class LoadBalancerMetrics {
   #registerBackendGauges(backends: () => Iterable<BackendSnapshot>): void {
     const gauge = (name: string, help: string, value: (b: BackendSnapshot) => number) =>
       this.registry.gaugeFunc(name, help, function* () {
-        for (const b of backends()) yield { labels: { backend: b.url }, value: value(b) };
+        for (const b of backends()) {
+          yield { labels: { service: b.service, backend: b.url }, value: value(b) };
+        }
       });
     gauge("lb_backend_inflight", "Requests in flight to the backend.", (b) => b.inflight);
     gauge("lb_backend_up", "1 when the backend's status is up, else 0.", (b) => is(b, "up"));
@@ -743,19 +818,21 @@ export class LoadBalancerMetrics {
       const collect = function* () {
         for (const b of backends()) {
           const stats = connections(b.url);
-          if (stats !== undefined) yield { labels: { backend: b.url }, value: stats[field] };
+          if (stats === undefined) continue;
+          yield { labels: { service: b.service, backend: b.url }, value: stats[field] };
         }
       };
       if (kind === "gauge") this.registry.gaugeFunc(name, help, collect);
       else this.registry.counterFunc(name, help, collect);
     };
-    family("gauge", "lb_backend_connections_open", "Open connections to the backend.", "open");
-    family("gauge", "lb_backend_connections_idle", "Kept-alive idle connections.", "idle");
-    family("counter", "lb_backend_connects_total", "Connections made to the backend.", "connects");
+    const shared = " Per backend origin: services sharing the origin show the same figures.";
+    family("gauge", "lb_backend_connections_open", "Open connections." + shared, "open");
+    family("gauge", "lb_backend_connections_idle", "Kept-alive idle connections." + shared, "idle");
+    family("counter", "lb_backend_connects_total", "Connections made." + shared, "connects");
     family(
       "counter",
       "lb_backend_connection_reuses_total",
-      "Requests sent on a kept-alive connection.",
+      "Requests sent on a kept-alive connection." + shared,
       "reuses",
     );
   }

@@ -160,10 +160,10 @@ export interface PoolOptions {
 /** The set of backends with availability bookkeeping and policy-driven selection. */
 export class Pool {
   #backends: Backend[];
-  readonly #options: PoolOptions;
+  #options: PoolOptions;
   readonly #now: () => number;
-  readonly #outlier: OutlierDetector | undefined;
-  readonly #maxConns: number;
+  #outlier: OutlierDetector | undefined;
+  #maxConns: number;
   #available: Backend[] = [];
   /** When the available set must next be recomputed (an ejection ends, a ramp step). */
   #nextRefresh = Infinity;
@@ -177,6 +177,32 @@ export class Pool {
     // Backends present at start-up take their full share at once: slow start is for newcomers.
     this.#backends = specs.map((spec) => new Backend(spec, now - (options.slowStartMs ?? 0)));
     this.#refresh(now);
+  }
+
+  /**
+   * Applies new settings (a reload): backends keep their health, counters and in-flight
+   * requests. A changed ejection setting starts outlier counting afresh; ejections in force end
+   * when they were due.
+   */
+  reconfigure(
+    settings: Pick<
+      PoolOptions,
+      "rise" | "fall" | "policy" | "slowStartMs" | "maxConns" | "outlier" | "panicThresholdPercent"
+    >,
+  ): void {
+    const outlierChanged = JSON.stringify(settings.outlier) !==
+      JSON.stringify(this.#options.outlier);
+    this.#options = { ...this.#options, ...settings };
+    this.#maxConns = settings.maxConns ?? Infinity;
+    if (outlierChanged) {
+      this.#outlier = settings.outlier ? new OutlierDetector(settings.outlier) : undefined;
+    }
+    this.#refresh(this.#now());
+  }
+
+  /** The balancing policy in force. */
+  get policy(): Policy {
+    return this.#options.policy;
   }
 
   /** Every backend in the pool, in order, whatever its state. Replaced when the set changes. */

@@ -15,11 +15,13 @@ import {
 } from "./errors.ts";
 import {
   appendResponseHeaders,
+  type ClientHeaders,
   fetchDecodedBody,
   type HeaderPairs,
   readClientHeaders,
   upstreamRequestHeaders,
 } from "./headers.ts";
+import { applyRequestHeaderRules, type HeaderRules } from "./routes.ts";
 import type { Log } from "./log.ts";
 import type { Backend, Pool, SelectContext } from "./pool.ts";
 import {
@@ -30,7 +32,7 @@ import {
   prepareBody,
   type RequestBody,
 } from "./body.ts";
-import { parseTarget } from "./target.ts";
+import { parseTarget, type Target } from "./target.ts";
 import {
   afterDelay,
   type AttemptOptions,
@@ -109,6 +111,10 @@ export interface RequestOutcome {
   fromBackend: boolean;
   /** The last backend tried, if any. */
   backend: Backend | undefined;
+  /** The service the request was routed to; undefined when no service route matched. */
+  service: string | undefined;
+  /** The name of the route that matched, or undefined when none did. */
+  route: string | undefined;
   /** Attempts made (0 when no backend was tried). */
   attempts: number;
   /** `performance.now()` when the request arrived. */
@@ -131,26 +137,147 @@ export interface ProxyObserver {
   budgetExhausted(): void;
 }
 
-/** Per-request record of what `forward` did, read after it returns or throws. */
-interface Trace {
+/** Per-request record of what a service did, read after it returns or throws. */
+export interface Trace {
   backend: Backend | undefined;
   attempts: number;
   /** The response's Content-Length, for the outcome; undefined when it has none. */
   contentLength: number | undefined;
 }
 
+/** What the front of the request path read and decided before a service sees the request. */
+export interface RoutedRequest {
+  /** The client's headers, read once. */
+  readonly client: ClientHeaders;
+  /** The validated target as the client sent it. */
+  readonly target: Target;
+  /** Path and query sent to backends: the client's, or as the route rewrote it. */
+  readonly upstreamPath: string;
+  /** The X-Request-Id sent upstream and returned to the client. */
+  readonly requestId: string;
+  /** The route's changes to the upstream request's headers. @default none */
+  readonly requestHeaders?: HeaderRules;
+}
+
+/** Forwards routed requests to one service's backends. */
+export interface ServiceProxy {
+  /**
+   * Answers `req` from a backend (or a WebSocket relay), filling `trace`. Throws an
+   * {@linkcode HttpError} for the balancer's own answers (502, 503, 504, 4xx on the body).
+   */
+  handle(
+    req: Request,
+    info: Deno.ServeHandlerInfo,
+    routed: RoutedRequest,
+    trace: Trace,
+  ): Promise<Response>;
+}
+
 /** A `Deno.serve` handler. */
 export type Handler = (req: Request, info: Deno.ServeHandlerInfo) => Promise<Response>;
 
-/** Creates the proxy handler over `pool`. */
+/**
+ * Reads and validates what every request needs whatever its route: the target, the method, a
+ * body on GET/HEAD, the request id. Throws an {@linkcode HttpError} for a request to refuse.
+ */
+export function readRequest(
+  req: Request,
+  client: ClientHeaders,
+): Target {
+  const target = parseTarget(req, client.host);
+  const method = req.method;
+  refuseUnsendableMethod(method);
+  // Deno.serve hands GET/HEAD a null body even when bytes follow (it discards them), and
+  // fetch could not send them anyway: refuse rather than drop data silently.
+  if (
+    (method === "GET" || method === "HEAD") &&
+    announcesBody(client.transferEncoding, client.contentLength)
+  ) {
+    throw new BadRequestError("a GET or HEAD request cannot carry a body");
+  }
+  return target;
+}
+
+/**
+ * A handler that sends every request to one pool: the balancer's request path without routes
+ * (tests and embedders that wire a pool themselves).
+ */
 export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log): Handler {
+  const service = createServiceProxy(pool, options, log);
+  const observer = options.observer;
+  return async function proxyHandler(req, info) {
+    const trace: Trace = { backend: undefined, attempts: 0, contentLength: undefined };
+    const startedAt = performance.now();
+    const client = readClientHeaders(req.headers);
+    const requestId = requestIdFor(client.requestId);
+    let response: Response;
+    let fromBackend = false;
+    let path: string | undefined;
+    const observed = observer === undefined ? undefined : observable(req, info, client);
+    try {
+      const target = readRequest(req, client);
+      path = target.pathAndQuery;
+      response = await service.handle(req, info, {
+        client,
+        target,
+        upstreamPath: path,
+        requestId,
+      }, trace);
+      fromBackend = true;
+    } catch (error) {
+      response = balancerAnswer(error, requestId, trace);
+    }
+    observer?.outcome(observed!.req, observed!.info, {
+      status: response.status,
+      path: path ?? rawTarget(req.url),
+      contentLength: trace.contentLength,
+      fromBackend,
+      backend: trace.backend,
+      service: "default",
+      route: undefined,
+      attempts: trace.attempts,
+      startedAt,
+      requestId,
+    });
+    return response;
+  };
+}
+
+/**
+ * The request and info the observer may read after the response: the originals, or for a
+ * WebSocket upgrade copies taken now (once upgraded, their headers and remoteAddr throw
+ * "Request closed").
+ */
+export function observable(
+  req: Request,
+  info: Deno.ServeHandlerInfo,
+  client: ClientHeaders,
+): { req: Request; info: Deno.ServeHandlerInfo } {
+  if (client.upgrade === null || !isWebSocketUpgrade(req)) return { req, info };
+  return {
+    req: new Request(req.url, { method: req.method, headers: req.headers }),
+    info: { remoteAddr: info.remoteAddr, completed: info.completed },
+  };
+}
+
+/** The balancer's own answer for `error`, with the request id (what users quote in reports). */
+export function balancerAnswer(error: unknown, requestId: string, trace: Trace): Response {
+  const response = errorResponse(error);
+  response.headers.set(REQUEST_ID_HEADER, requestId);
+  const length = response.headers.get("content-length");
+  if (length !== null) trace.contentLength = Number(length);
+  return response;
+}
+
+/** Creates the proxy of one service, over its `pool`. */
+export function createServiceProxy(pool: Pool, options: ProxyOptions, log: Log): ServiceProxy {
   const attemptOptions: AttemptOptions = {
     client: options.client,
     timeout: options.timeout,
     connectTimeout: options.connectTimeout,
     readTimeout: options.readTimeout,
   };
-  const { sticky, observer } = options;
+  const { sticky } = options;
   const send = options.transport ?? sendAttempt;
   const sendExact = options.exactTransport;
   const backoff = options.backoff ?? ((retry: number) => backoffDelay(retry));
@@ -292,77 +419,39 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     pool.attemptFailed(backend, { kind: "maybe-sent", detail });
   }
 
-  return async function proxyHandler(req, info) {
-    const trace: Trace = { backend: undefined, attempts: 0, contentLength: undefined };
-    const startedAt = performance.now();
-    // Read once: each lookup on a served request's headers would cost an op or a pass.
-    const client = readClientHeaders(req.headers);
-    const requestId = requestIdFor(client.requestId);
-    let response: Response;
-    let fromBackend = false;
-    let path: string | undefined;
-    let observed = { req, info };
-    try {
-      const target = parseTarget(req, client.host);
-      path = target.pathAndQuery;
-      const method = req.method;
-      refuseUnsendableMethod(method);
-      // Deno.serve hands GET/HEAD a null body even when bytes follow (it discards them), and
-      // fetch could not send them anyway: refuse rather than drop data silently.
-      if (
-        (method === "GET" || method === "HEAD") &&
-        announcesBody(client.transferEncoding, client.contentLength)
-      ) {
-        throw new BadRequestError("a GET or HEAD request cannot carry a body");
-      }
-      const clientIp = (info.remoteAddr as Deno.NetAddr).hostname;
-      const headers = upstreamRequestHeaders(client, {
-        clientIp,
-        proto: options.proto,
-        host: target.host,
-        trustedPeer: trustedProxies.length > 0 &&
-          trustedProxies.some((range) => cidrContains(range, clientIp)),
-        forwarded: options.forwarded,
-        requestId,
-      });
-      const context: SelectContext = { clientIp, headers: req.headers, path: target.pathAndQuery };
-      if (client.upgrade !== null && isWebSocketUpgrade(req)) {
-        // Once upgraded, the request's headers and remoteAddr throw "Request closed": the
-        // observer gets copies taken before.
-        observed = {
-          req: new Request(req.url, { method: req.method, headers: req.headers }),
-          info: { remoteAddr: info.remoteAddr, completed: info.completed },
-        };
-        response = await upgrade(req, headers, context, trace);
-        response.headers.set(REQUEST_ID_HEADER, requestId);
-      } else {
-        // Most requests have no body: no promise for them.
-        const body = req.body === null ? NO_BODY : await prepareBody(req, bodyLimits);
-        const answer = await forward(req, info, headers, body, context, trace);
-        const setCookie = stickyCookieFor(context, answer.backend);
-        response = relay(answer.response, headers, method, setCookie, requestId, trace);
-      }
-      fromBackend = true;
-    } catch (error) {
-      response = errorResponse(error);
-      // Also on the balancer's own errors: the id is what a user quotes when reporting one.
-      response.headers.set(REQUEST_ID_HEADER, requestId);
-      const length = observer === undefined ? null : response.headers.get("content-length");
-      if (length !== null) trace.contentLength = Number(length);
-    }
-    if (observer === undefined) return response;
-    observer.outcome(observed.req, observed.info, {
-      status: response.status,
-      path: path ?? rawTarget(req.url),
-      contentLength: trace.contentLength,
-      fromBackend,
-      backend: trace.backend,
-      attempts: trace.attempts,
-      startedAt,
+  async function handle(
+    req: Request,
+    info: Deno.ServeHandlerInfo,
+    routed: RoutedRequest,
+    trace: Trace,
+  ): Promise<Response> {
+    const { client, target, requestId } = routed;
+    const method = req.method;
+    const clientIp = (info.remoteAddr as Deno.NetAddr).hostname;
+    let headers = upstreamRequestHeaders(client, {
+      clientIp,
+      proto: options.proto,
+      host: target.host,
+      trustedPeer: trustedProxies.length > 0 &&
+        trustedProxies.some((range) => cidrContains(range, clientIp)),
+      forwarded: options.forwarded,
       requestId,
     });
-    return response;
-  };
+    if (routed.requestHeaders !== undefined) {
+      headers = applyRequestHeaderRules(routed.requestHeaders, headers);
+    }
+    const context: SelectContext = { clientIp, headers: req.headers, path: routed.upstreamPath };
+    if (client.upgrade !== null && isWebSocketUpgrade(req)) {
+      const response = await upgrade(req, headers, context, trace);
+      response.headers.set(REQUEST_ID_HEADER, requestId);
+      return response;
+    }
+    // Most requests have no body: no promise for them.
+    const body = req.body === null ? NO_BODY : await prepareBody(req, bodyLimits);
+    const answer = await forward(req, info, headers, body, context, trace);
+    const setCookie = stickyCookieFor(context, answer.backend);
+    return relay(answer.response, headers, method, setCookie, requestId, trace);
+  }
 
   /** The Set-Cookie value that (re)pins the client to `backend`, when stickiness is on. */
   function stickyCookieFor(context: SelectContext, backend: Backend): string | undefined {
@@ -371,9 +460,11 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     if (value === undefined || getCookie(context.headers, sticky.name) === value) return undefined;
     return cookieHeader(sticky.name, value, { secure: options.proto === "https" });
   }
+
+  return { handle };
 }
 
-/** What {@linkcode createProxyHandler}'s attempts ended with when a backend answered. */
+/** What a service's attempts ended with when a backend answered. */
 interface Answer {
   response: UpstreamResponse;
   backend: Backend;
@@ -460,7 +551,7 @@ function refuseUnsendableMethod(method: string): void {
 }
 
 /** What follows the scheme and authority of `url`; only for logging refused requests. */
-function rawTarget(url: string): string {
+export function rawTarget(url: string): string {
   const start = url.indexOf("/", url.indexOf("://") + 3);
   return start === -1 ? "/" : url.slice(start);
 }

@@ -8,11 +8,11 @@ import { type Config, DEFAULTS, keyToFlag, parseFlags } from "./config.ts";
 import {
   checkSettings,
   ConfigFileError,
-  type FileSettings,
+  type ConfigSource,
   formatProblem,
+  locateProblem,
   mergeSettings,
-  OPS_DEFAULTS,
-  parseConfigText,
+  parseConfigSource,
   type Problem,
   validateFileSettings,
 } from "./config_file.ts";
@@ -22,11 +22,17 @@ import { ConfigError } from "./errors.ts";
 export type Invocation =
   | { kind: "help" }
   | { kind: "version" }
-  | { kind: "run" | "check"; config: Config; configPath?: string };
+  | {
+    kind: "run" | "check";
+    config: Config;
+    configPath?: string;
+    /** Problems that stop nothing (a service no route uses), one line each, to be printed. */
+    warnings: string[];
+  };
 
-/** Settings every run starts from. */
+/** Settings every run starts from (a fresh copy: lists in it may be changed). */
 export function defaultConfig(): Config {
-  return { ...DEFAULTS, ...OPS_DEFAULTS, backends: [], demo: false };
+  return { ...structuredClone(DEFAULTS), backends: [], demo: false };
 }
 
 /**
@@ -38,18 +44,29 @@ export function parseCommandLine(argv: readonly string[]): Invocation {
   const flags = parseFlags(argv);
   if (flags.kind === "help" || flags.kind === "version") return flags;
   const problems: string[] = [];
-  const file = flags.configPath === undefined ? {} : readFileSettings(flags.configPath, problems);
+  const source = flags.configPath === undefined
+    ? { settings: {}, locations: new Map() }
+    : readFileSettings(flags.configPath, problems);
   const { settings: given, problems: flagProblems } = validateFileSettings(flags.given);
   problems.push(...flagProblems.map(describeFlagProblem));
   if (problems.length === 0) {
-    const config = mergeSettings<Config>(defaultConfig(), file, given as Partial<Config>);
+    const config = mergeSettings<Config>(
+      defaultConfig(),
+      source.settings,
+      given as Partial<Config>,
+    );
     config.demo = flags.demo;
     if (!config.adminToken) config.adminToken = environmentToken();
-    problems.push(...checkSettings(config).map(describeMergedProblem));
+    const merged = checkSettings(config);
+    const describe = (p: Problem) => describeMergedProblem(p, source, flags.configPath);
+    problems.push(...merged.filter((p) => !p.warning).map(describe));
     const exposed = adminExposedWithoutToken(config);
     if (exposed !== undefined) problems.push(exposed);
     problems.push(...notYetSupported(config));
-    if (problems.length === 0) return { kind: flags.kind, config, configPath: flags.configPath };
+    if (problems.length === 0) {
+      const warnings = merged.filter((p) => p.warning).map((p) => `warning: ${describe(p)}`);
+      return { kind: flags.kind, config, configPath: flags.configPath, warnings };
+    }
   }
   throw new ConfigError(problems.join("\n"));
 }
@@ -101,9 +118,9 @@ function adminExposedWithoutToken(config: Config): string | undefined {
     "so that not everyone who reaches it controls the balancer";
 }
 
-function readFileSettings(path: string, problems: string[]): FileSettings {
+function readFileSettings(path: string, problems: string[]): ConfigSource {
   try {
-    return parseConfigText(Deno.readTextFileSync(path), path);
+    return parseConfigSource(Deno.readTextFileSync(path), path);
   } catch (error) {
     if (error instanceof ConfigFileError) {
       problems.push(...error.problems.map((p) => formatProblem(p, path)));
@@ -115,7 +132,7 @@ function readFileSettings(path: string, problems: string[]): FileSettings {
         : (error as Error).message;
       problems.push(`${path}: cannot read the file: ${reason}`);
     }
-    return {};
+    return { settings: {}, locations: new Map() };
   }
 }
 
@@ -125,8 +142,17 @@ function describeFlagProblem(problem: Problem): string {
   return `${keyToFlag(key)}: ${problem.message}`;
 }
 
-/** A problem of the merged settings, which may come from file or flags: name both. */
-function describeMergedProblem(problem: Problem): string {
+/** Keys only a file can set: their problems are placed in the file, by line and column. */
+const FILE_ONLY = /^(services|routes)(?![A-Za-z0-9])/;
+
+/**
+ * A problem of the merged settings. Services and routes come from the file only, so they get
+ * the file's `file:line:column`; any other key may come from file or flags: name both.
+ */
+function describeMergedProblem(problem: Problem, source: ConfigSource, file?: string): string {
+  if (FILE_ONLY.test(problem.path) && file !== undefined) {
+    return formatProblem(locateProblem(source.locations, problem), file);
+  }
   if (problem.path === "backends") return problem.message;
   return `${keyToFlag(problem.path)} (${problem.path}): ${problem.message}`;
 }

@@ -160,60 +160,11 @@ function readFailure(error: unknown): string {
   return (error as Error).message;
 }
 
-/** Options of {@linkcode watchFiles}. */
-export interface WatchOptions {
-  /**
-   * Quiet time after the last event before `onChange` runs. One save gives 2-3 events, and a
-   * certificate and its key are usually replaced one after the other. @default 200
-   */
-  debounceMs?: number;
-  /** Told when a directory cannot be watched. @default none */
-  log?: Log;
-}
-
 /**
- * Calls `onChange` (debounced) after changes in the directories holding `paths`. Directories
- * are watched, not files: renaming a new file over the old one (certbot, editors) silences a
- * watch on the file itself. Every event in them counts, not only those naming the files:
- * Kubernetes updates a mounted secret by swapping a `..data` symlink, and the only events name
- * that link. `onChange` must therefore be cheap when nothing it cares about changed.
+ * Certificate and key files are watched as the config file is (lib/file_watch.ts): their
+ * directories, the symlinks on the way (a Kubernetes Secret swaps a `..data` link), and a
+ * callback only when a file's content changed.
  */
-export function watchFiles(
-  paths: readonly string[],
-  onChange: () => void,
-  options: WatchOptions = {},
-): { close(): void } {
-  const dirs = new Set(paths.map((path) => {
-    const slash = path.lastIndexOf("/");
-    return slash === -1 ? "." : path.slice(0, slash) || "/";
-  }));
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const watchers: Deno.FsWatcher[] = [];
-  for (const dir of dirs) {
-    let watcher: Deno.FsWatcher;
-    try {
-      watcher = Deno.watchFs(dir, { recursive: false });
-    } catch (error) {
-      options.log?.warn(
-        `Not watching ${dir} for changes (${(error as Error).message}); SIGHUP still reloads`,
-      );
-      continue;
-    }
-    watchers.push(watcher);
-    (async () => {
-      for await (const _event of watcher) {
-        clearTimeout(timer);
-        timer = setTimeout(onChange, options.debounceMs ?? 200);
-      }
-    })().catch(() => {});
-  }
-  return {
-    close() {
-      clearTimeout(timer);
-      for (const watcher of watchers) watcher.close();
-    },
-  };
-}
 
 /**
  * The plain-HTTP listener's handler: every request gets `308 Permanent Redirect` (method and

@@ -12,6 +12,8 @@ import { formatValue } from "./metrics.ts";
 
 /** A backend as the main thread decides it: what every worker's pool must show. */
 export interface SyncedBackend {
+  /** The service whose pool holds it. */
+  service: string;
   url: string;
   weight: number;
   admin: AdminState;
@@ -20,6 +22,8 @@ export interface SyncedBackend {
 
 /** Per-backend counters one thread reports, for the admin API's merged view. */
 export interface BackendCounters {
+  /** The service whose pool holds the backend: one URL may be in several. */
+  service: string;
   url: string;
   inflight: number;
   requests: number;
@@ -39,6 +43,8 @@ export type ToWorker =
     backends: SyncedBackend[];
   }
   | { type: "sync"; backends: SyncedBackend[] }
+  /** The configuration was reloaded: routes and services as `config` gives them. */
+  | { type: "reload"; config: Config; backends: SyncedBackend[] }
   | { type: "stats"; id: number }
   | { type: "reloadCertificate" }
   | { type: "shutdown"; drainMs: number };
@@ -50,7 +56,7 @@ export type FromWorker =
   | { type: "listening" }
   | { type: "failed"; message: string }
   /** The worker saw `url` refuse a connection and marked it down; the main thread decides. */
-  | { type: "down"; url: string; reason: string }
+  | { type: "down"; service: string; url: string; reason: string }
   | { type: "stats"; id: number; metrics: string; backends: BackendCounters[] }
   | { type: "stopped"; left: number };
 

@@ -13,6 +13,7 @@ import { type RunningBalancer, startBalancer } from "./balancer.ts";
 import { createLog, type Log } from "./log.ts";
 import type { Backend, BackendStatus, HealthState } from "./pool.ts";
 import type { FromWorker, SyncedBackend, ToWorker } from "./worker_protocol.ts";
+import type { Config } from "./config.ts";
 
 let balancer: RunningBalancer | undefined;
 let log: Log | undefined;
@@ -46,6 +47,12 @@ self.onmessage = async (event: MessageEvent<ToWorker>) => {
     case "stats":
       if (balancer !== undefined) post(stats(balancer, message.id));
       return;
+    case "reload":
+      if (balancer === undefined) return;
+      fillBackends(message.config, message.backends);
+      await balancer.reload(message.config);
+      apply(message.backends);
+      return;
     case "reloadCertificate":
       balancer?.reloadCertificate();
       return;
@@ -60,7 +67,7 @@ self.onmessage = async (event: MessageEvent<ToWorker>) => {
 async function start(message: Extract<ToWorker, { type: "start" }>): Promise<void> {
   const { config, index } = message;
   log = prefixed(createLog(config.logLevel, undefined, config.logFormat), `[worker ${index}] `);
-  config.backends = message.backends.map(({ url, weight }) => ({ url, weight }));
+  fillBackends(config, message.backends);
   try {
     balancer = await startBalancer(config, log, message.version, {
       reusePort: true,
@@ -85,23 +92,39 @@ async function start(message: Extract<ToWorker, { type: "start" }>): Promise<voi
  * later says it is up again, instead of flapping back up with a message sent meanwhile.
  */
 function apply(backends: SyncedBackend[]): void {
-  const pool = balancer?.pool;
-  if (pool === undefined) return;
+  if (balancer === undefined) return;
   applying = true;
   try {
-    pool.update(backends.map(({ url, weight }) => ({ url, weight })));
-    for (const synced of backends) {
-      const backend = pool.find(synced.url);
-      if (backend === undefined || backend.removing) continue;
-      const last = lastSynced.get(synced.url);
-      if (last?.admin !== synced.admin && backend.admin !== synced.admin) {
-        pool.setAdmin(backend, synced.admin, "main thread");
+    for (const { name, pool } of balancer.services.values()) {
+      const mine = backends.filter((synced) => synced.service === name);
+      pool.update(mine.map(({ url, weight }) => ({ url, weight })));
+      for (const synced of mine) {
+        const backend = pool.find(synced.url);
+        if (backend === undefined || backend.removing) continue;
+        const last = lastSynced.get(syncKey(synced));
+        if (last?.admin !== synced.admin && backend.admin !== synced.admin) {
+          pool.setAdmin(backend, synced.admin, "main thread");
+        }
+        if (last?.state !== synced.state) pool.setHealth(backend, synced.state, "main thread");
       }
-      if (last?.state !== synced.state) pool.setHealth(backend, synced.state, "main thread");
     }
-    lastSynced = new Map(backends.map((synced) => [synced.url, synced]));
+    lastSynced = new Map(backends.map((synced) => [syncKey(synced), synced]));
   } finally {
     applying = false;
+  }
+}
+
+/** What identifies a synced backend: the same URL may serve two services. */
+function syncKey(synced: SyncedBackend): string {
+  return `${synced.service} ${synced.url}`;
+}
+
+/** Gives each service of a worker's `config` its backends from the main thread's list. */
+function fillBackends(config: Config, backends: readonly SyncedBackend[]): void {
+  for (const [name, service] of Object.entries(config.services ?? {})) {
+    service.backends = backends
+      .filter((synced) => synced.service === name)
+      .map(({ url, weight }) => ({ url, weight }));
   }
 }
 
@@ -110,18 +133,23 @@ function apply(backends: SyncedBackend[]): void {
  * one, and it goes to the main thread, which decides for every thread. Told also while the
  * backend is draining or disabled, when its status does not change.
  */
-function onHealthChange(backend: Backend, to: HealthState, reason: string) {
-  if (applying || to !== "down") return;
-  post({ type: "down", url: backend.url, reason: reason.replace(/^connection failed: /, "") });
+function onHealthChange(service: string) {
+  return (backend: Backend, to: HealthState, reason: string) => {
+    if (applying || to !== "down") return;
+    const why = reason.replace(/^connection failed: /, "");
+    post({ type: "down", service, url: backend.url, reason: why });
+  };
 }
 
-/** This thread's own status changes: its ejections are logged and counted here. */
-function onStatusChange(backend: Backend, from: BackendStatus, to: BackendStatus, reason: string) {
-  if (applying) return;
-  if (to === "ejected" || from === "ejected") {
-    log?.info(`${backend.url} [${to}] (${reason})`);
-    balancer?.metrics.stateTransition(backend.url, from, to);
-  }
+/** This thread's own status changes in `service`: its ejections are logged and counted here. */
+function onStatusChange(service: string) {
+  return (backend: Backend, from: BackendStatus, to: BackendStatus, reason: string) => {
+    if (applying) return;
+    if (to === "ejected" || from === "ejected") {
+      log?.info(`${backend.url} [${to}] (${reason})`);
+      balancer?.metrics.stateTransition(service, backend.url, from, to);
+    }
+  };
 }
 
 function stats(running: RunningBalancer, id: number): FromWorker {
@@ -129,13 +157,16 @@ function stats(running: RunningBalancer, id: number): FromWorker {
     type: "stats",
     id,
     metrics: running.metrics.render(),
-    backends: running.pool.backends.map((backend) => ({
-      url: backend.url,
-      inflight: backend.inflight,
-      requests: backend.requests,
-      errors: backend.failures + backend.serverErrors,
-      latencies: backend.latency.samples(),
-    })),
+    backends: [...running.services.values()].flatMap(({ name, pool }) =>
+      pool.backends.map((backend) => ({
+        service: name,
+        url: backend.url,
+        inflight: backend.inflight,
+        requests: backend.requests,
+        errors: backend.failures + backend.serverErrors,
+        latencies: backend.latency.samples(),
+      }))
+    ),
   };
 }
 

@@ -21,6 +21,7 @@ import type { BackendView } from "./admin.ts";
 import type { BalancerExtras, RunningBalancer } from "./balancer.ts";
 import type { Log } from "./log.ts";
 import { percentilesOf } from "./stats.ts";
+import { effectiveRoutes, serviceConfigs } from "./setting_table.ts";
 import {
   type BackendCounters,
   countersOnly,
@@ -146,17 +147,7 @@ export class WorkerGroup {
     this.#version = version;
     // Workers serve traffic only: the main thread keeps admin, alerts, discovery and the
     // redirect listener, and tells them the backends.
-    this.#workerConfig = {
-      ...config,
-      port: balancer.port,
-      backends: [],
-      admin: undefined,
-      alertWebhook: undefined,
-      redirectHttp: undefined,
-      discover: [],
-      demo: false,
-      workers: 1,
-    };
+    this.#workerConfig = workerConfigOf(config, balancer.port);
     const failures = await Promise.all(
       Array.from({ length: this.#count }, (_, i) => this.#spawn(i + 1)),
     );
@@ -291,9 +282,10 @@ export class WorkerGroup {
         handle.started?.(message.message);
         return;
       case "down": {
-        const backend = this.#balancer?.pool.find(message.url);
+        const pool = this.#balancer?.services.get(message.service)?.pool;
+        const backend = pool?.find(message.url);
         if (backend !== undefined) {
-          this.#balancer!.pool.reportConnectFailure(
+          pool!.reportConnectFailure(
             backend,
             `${message.reason} (seen by worker thread ${handle.index})`,
           );
@@ -324,11 +316,30 @@ export class WorkerGroup {
     }
   }
 
+  /**
+   * A reload was applied on the main thread: the worker threads apply the same routes and
+   * services, with the backends as the main thread has them now.
+   */
+  reload(config: Config): void {
+    if (this.#balancer === undefined) return;
+    this.#workerConfig = workerConfigOf(config, this.#balancer.port);
+    const backends = this.#snapshot();
+    this.#lastSent = JSON.stringify(backends);
+    for (const handle of this.#handles) {
+      if (handle.listening) {
+        this.#post(handle, { type: "reload", config: this.#workerConfig, backends });
+      }
+    }
+  }
+
   /** The main thread's backends as the workers must see them (removed ones are left out). */
   #snapshot(): SyncedBackend[] {
-    return (this.#balancer?.pool.backends ?? [])
-      .filter((backend) => !backend.removing)
-      .map(({ url, weight, admin, state }) => ({ url, weight, admin, state }));
+    const services = this.#balancer?.services.values() ?? [];
+    return [...services].flatMap(({ name, pool }) =>
+      pool.backends
+        .filter((backend) => !backend.removing)
+        .map(({ url, weight, admin, state }) => ({ service: name, url, weight, admin, state }))
+    );
   }
 
   /** A status change: sync at the end of the current task rather than at the next check. */
@@ -390,20 +401,26 @@ export class WorkerGroup {
     ]);
   }
 
-  /** Adds the workers' in-flight, request and error counts and latencies to each view. */
+  /**
+   * Adds the workers' in-flight, request and error counts and latencies to each view, matched
+   * by service and URL (one URL in two services is two pools, counted apart).
+   */
   async #mergeBackends(own: BackendView[]): Promise<BackendView[]> {
     const answers = await this.#gather();
-    const byUrl = new Map<string, BackendCounters[]>();
+    const key = (service: string, url: string) => `${service} ${url}`;
+    const byBackend = new Map<string, BackendCounters[]>();
     for (const answer of answers) {
       for (const counters of answer.stats.backends) {
-        const list = byUrl.get(counters.url) ?? [];
+        const id = key(counters.service, counters.url);
+        const list = byBackend.get(id) ?? [];
         list.push(counters);
-        byUrl.set(counters.url, list);
+        byBackend.set(id, list);
       }
     }
     return own.map((view) => {
-      const others = byUrl.get(view.url) ?? [];
-      const mine = this.#balancer?.pool.find(view.url)?.latency.samples() ?? [];
+      const others = byBackend.get(key(view.service, view.url)) ?? [];
+      const pool = this.#balancer?.services.get(view.service)?.pool;
+      const mine = pool?.find(view.url)?.latency.samples() ?? [];
       return {
         ...view,
         inflight: others.reduce((n, c) => n + c.inflight, view.inflight),
@@ -415,4 +432,30 @@ export class WorkerGroup {
       };
     });
   }
+}
+
+/**
+ * The settings of a worker thread: traffic only (the main thread keeps admin, alerts, discovery
+ * and the redirect listener, and tells the threads the backends), every service named
+ * explicitly with no backends of its own so that the main thread's list fills each.
+ */
+function workerConfigOf(config: Config, port: number): Config {
+  const services: NonNullable<Config["services"]> = {};
+  for (const settings of serviceConfigs(config).values()) {
+    const own = config.services?.[settings.name] ?? {};
+    services[settings.name] = { ...own, backends: [], discover: [] };
+  }
+  return {
+    ...config,
+    port,
+    backends: [],
+    services,
+    routes: effectiveRoutes(config),
+    admin: undefined,
+    alertWebhook: undefined,
+    redirectHttp: undefined,
+    discover: [],
+    demo: false,
+    workers: 1,
+  };
 }

@@ -5,10 +5,11 @@
  * Each test runs the balancer in-process with `admin: 127.0.0.1:0` over its own backends.
  */
 import assert from "node:assert/strict";
-import type { BackendView } from "../lib/admin.ts";
+import { type BackendView, createAdminHandler, type RouteView } from "../lib/admin.ts";
 import type { Config } from "../lib/config.ts";
 import type { Log } from "../lib/log.ts";
-import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
+import { NO_BACKEND, NO_ROUTE, PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
+import { type AdminHarness, startAdmin, startBackend } from "./admin_harness.ts";
 import {
   captureLog,
   getText,
@@ -30,6 +31,8 @@ import {
 const TOKEN = "0123456789abcdef0123";
 const ADMIN: Partial<Config> = { admin: { host: "127.0.0.1", port: 0 } };
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+/** The service a configuration without services runs as (lib/balancer.ts). */
+const SERVICE = "default";
 
 /** A balancer with the admin listener on 127.0.0.1:0. */
 function startAdminBalancer(
@@ -49,17 +52,23 @@ interface AdminAnswer {
 }
 
 /** One request to the admin listener; the body is always read. */
-async function admin(
+function admin(
   lb: TestBalancer,
+  path: string,
+  init: RequestInit & { token?: string } = {},
+): Promise<AdminAnswer> {
+  return call(`http://127.0.0.1:${lb.balancer.adminPort}`, path, init);
+}
+
+/** One request to the admin listener at `base`; the body is always read. */
+async function call(
+  base: string,
   path: string,
   init: RequestInit & { token?: string } = {},
 ): Promise<AdminAnswer> {
   const headers = new Headers(init.headers);
   if (init.token !== undefined) headers.set("authorization", `Bearer ${init.token}`);
-  const response = await fetch(`http://127.0.0.1:${lb.balancer.adminPort}${path}`, {
-    ...init,
-    headers,
-  });
+  const response = await fetch(`${base}${path}`, { ...init, headers });
   const text = await response.text();
   let json: Record<string, unknown> | undefined;
   try {
@@ -149,10 +158,12 @@ Deno.test("GET /api/backends shows each backend's weight, status, counters, late
       "lastCheck",
       "latencyMs",
       "requests",
+      "service",
       "status",
       "url",
       "weight",
     ]);
+    assert.equal(view.service, SERVICE);
     assert.equal(view.weight, 1);
     assert.equal(view.status, "up");
     assert.equal(view.inflight, 0);
@@ -540,8 +551,8 @@ Deno.test("GET /metrics is valid Prometheus text with requests, retries, checks 
   const families = parseExposition(answer.text);
   const value = (name: string, labels: Record<string, string> = {}) =>
     sampleValue(families, name, labels);
-  const g = { backend: good.url };
-  const r = { backend: refused };
+  const g = { service: SERVICE, backend: good.url };
+  const r = { service: SERVICE, backend: refused };
 
   assert.equal(families.get("lb_requests_total")!.type, "counter");
   assert.equal(value("lb_requests_total", { ...g, code: "2xx" }), 4);
@@ -588,14 +599,15 @@ Deno.test("GET /metrics shows lb_backend_ejected 1 while a backend is ejected", 
   for (let i = 0; i < 4; i++) statuses.push((await getText(`${lb.url}/`)).status);
   assert.deepEqual(statuses.sort(), [200, 200, 200, 500], "one 500, then bad is ejected");
   const families = parseExposition((await admin(lb, "/metrics")).text);
-  assert.equal(sampleValue(families, "lb_backend_ejected", { backend: bad.url }), 1);
-  assert.equal(sampleValue(families, "lb_backend_up", { backend: bad.url }), 0);
-  assert.equal(sampleValue(families, "lb_backend_ejected", { backend: good.url }), 0);
+  const b = { service: SERVICE, backend: bad.url };
+  assert.equal(sampleValue(families, "lb_backend_ejected", b), 1);
+  assert.equal(sampleValue(families, "lb_backend_up", b), 0);
   assert.equal(
-    sampleValue(families, "lb_requests_total", { backend: bad.url, code: "5xx" }),
-    1,
+    sampleValue(families, "lb_backend_ejected", { service: SERVICE, backend: good.url }),
+    0,
   );
-  const transition = { backend: bad.url, from: "up", to: "ejected" };
+  assert.equal(sampleValue(families, "lb_requests_total", { ...b, code: "5xx" }), 1);
+  const transition = { ...b, from: "up", to: "ejected" };
   assert.equal(sampleValue(families, "lb_backend_state_transitions_total", transition), 1);
   assert.equal((await viewOf(lb, bad.url))!.status, "ejected");
 });
@@ -724,4 +736,385 @@ Deno.test("accessLogFormat combined writes Apache combined lines plus backend an
   lines.forEach((line, i) => {
     assert.match(line, new RegExp(`^127\\.0\\.0\\.1 - - ${time} ${expected[i]}${tail}`));
   });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Services and routes: the handler on its own (tests/admin_harness.ts), over real pools
+
+const ROUTES: RouteView[] = [
+  { name: "api", match: "host api.example, path /v1/*", action: "service api" },
+  { name: "old", match: "path /old/*", action: "redirect 308 /new/" },
+  { name: "site", match: "any", action: "service web" },
+];
+
+/** Two services: `api` (two backends, round-robin) and `web` (one, least-conn). */
+function twoServices(options: { token?: string } = {}) {
+  const a1 = startBackend(() => new Response("a1"));
+  const a2 = startBackend(() => new Response("a2"));
+  const w1 = startBackend(() => new Response("w1"));
+  const h = startAdmin({
+    services: [
+      { name: "api", backends: [a1.url, a2.url] },
+      { name: "web", backends: [w1.url], policy: "least-conn" },
+    ],
+    routes: ROUTES,
+    token: options.token,
+  });
+  return {
+    h,
+    a1,
+    a2,
+    w1,
+    async [Symbol.asyncDispose]() {
+      await h[Symbol.asyncDispose]();
+      await Promise.all([a1.close(), a2.close(), w1.close()]);
+    },
+  };
+}
+
+function postTo(h: AdminHarness, path: string, body: unknown) {
+  return call(h.url, path, { method: "POST", body: JSON.stringify(body) });
+}
+
+interface ServiceStatus {
+  name: string;
+  policy: string;
+  available: number;
+  backends: BackendView[];
+}
+
+async function servicesOf(h: AdminHarness): Promise<ServiceStatus[]> {
+  const answer = await call(h.url, "/api/services");
+  assert.equal(answer.status, 200, answer.text);
+  return answer.json!.services as ServiceStatus[];
+}
+
+Deno.test("GET /api/services lists each service's policy, available count and backends, and the routes", async () => {
+  await using s = twoServices();
+  const { h, a1, a2, w1 } = s;
+  for (let i = 0; i < 4; i++) assert.equal(await h.send("api", "api"), 200);
+  assert.equal(await h.send("site", "web"), 200);
+
+  const answer = await call(h.url, "/api/services");
+  assert.equal(answer.status, 200);
+  assert.equal(answer.headers.get("content-type"), "application/json");
+  assert.deepEqual(Object.keys(answer.json!).sort(), ["routes", "services", "time"]);
+  assert.match(answer.json!.time as string, ISO_TIME);
+  assert.deepEqual(answer.json!.routes, ROUTES);
+  const services = answer.json!.services as ServiceStatus[];
+  assert.deepEqual(
+    services.map((x) => [x.name, x.policy, x.available, x.backends.map((b) => b.url)]),
+    [["api", "round-robin", 2, [a1.url, a2.url]], ["web", "least-conn", 1, [w1.url]]],
+  );
+  for (const service of services) {
+    for (const view of service.backends) {
+      assert.equal(view.service, service.name);
+      assert.equal(view.status, "up");
+    }
+  }
+  assert.deepEqual(services[0].backends.map((b) => b.requests), [2, 2]);
+  assert.deepEqual(services[1].backends.map((b) => b.requests), [1]);
+
+  // `available` follows the pool: a disabled backend is not available.
+  assert.equal(
+    (await postTo(h, "/api/backends/disable", { service: "api", url: a2.url })).status,
+    200,
+  );
+  assert.deepEqual((await servicesOf(h)).map((x) => x.available), [1, 1]);
+  const head = await call(h.url, "/api/services", { method: "HEAD" });
+  assert.deepEqual([head.status, head.text], [200, ""]);
+  const post = await call(h.url, "/api/services", { method: "POST", body: "{}" });
+  assert.deepEqual([post.status, post.headers.get("allow")], [405, "GET, HEAD"]);
+});
+
+Deno.test("GET /api/services needs the token like the rest of the API", async () => {
+  await using s = twoServices({ token: TOKEN });
+  const refused = await call(s.h.url, "/api/services");
+  assert.equal(refused.status, 401);
+  assert.deepEqual(s.h.log.lines, [
+    "WARN Admin: rejected GET /api/services from 127.0.0.1 (no token)",
+  ]);
+  const answer = await call(s.h.url, "/api/services", { token: TOKEN });
+  assert.equal(answer.status, 200);
+  assert.equal((answer.json!.services as ServiceStatus[]).length, 2);
+});
+
+Deno.test("GET /api/services reads the services per request: a reload that replaces them shows at once", async () => {
+  await using s = twoServices();
+  const { h, w1 } = s;
+  h.services = [h.service("web"), h.createService({ name: "static", backends: [w1.url] })];
+  h.routes = [ROUTES[2]];
+  const answer = await call(h.url, "/api/services");
+  const services = answer.json!.services as ServiceStatus[];
+  assert.deepEqual(services.map((x) => x.name), ["web", "static"]);
+  assert.deepEqual(answer.json!.routes, [ROUTES[2]]);
+  // One URL in two services: listed once under each.
+  assert.deepEqual(services.map((x) => x.backends.map((b) => [b.service, b.url])), [
+    [["web", w1.url]],
+    [["static", w1.url]],
+  ]);
+});
+
+Deno.test("GET /api/backends lists every backend with its service; policy only with one service", async () => {
+  await using s = twoServices();
+  const { h, a1, a2, w1 } = s;
+  const all = await call(h.url, "/api/backends");
+  assert.equal(all.status, 200);
+  assert.deepEqual(Object.keys(all.json!).sort(), ["backends", "time"], "no single policy to show");
+  assert.deepEqual((all.json!.backends as BackendView[]).map((b) => [b.service, b.url]), [
+    ["api", a1.url],
+    ["api", a2.url],
+    ["web", w1.url],
+  ]);
+  const web = await call(h.url, "/api/backends?service=web");
+  assert.equal(web.status, 200);
+  assert.equal(web.json!.policy, "least-conn", "one service named: its policy");
+  assert.deepEqual((web.json!.backends as BackendView[]).map((b) => b.url), [w1.url]);
+  const unknown = await call(h.url, "/api/backends?service=nope");
+  assert.equal(unknown.status, 404);
+  assert.equal(unknown.json!.error, 'no such service "nope" (services: api, web)');
+
+  h.services = [h.service("api")];
+  const one = await call(h.url, "/api/backends");
+  assert.equal(one.json!.policy, "round-robin", "old clients still find the policy");
+});
+
+Deno.test("with several services a change names its service: none is 400, an unknown one 404", async () => {
+  await using s = twoServices();
+  const { h, a1, w1 } = s;
+  const before = JSON.stringify(await servicesOf(h));
+  const changes: [string, string, unknown][] = [
+    ["POST", "/api/backends", { url: "http://127.0.0.1:1" }],
+    ["POST", "/api/backends/drain", { url: a1.url }],
+    ["POST", "/api/backends/enable", { url: a1.url }],
+    ["POST", "/api/backends/disable", { url: a1.url }],
+    ["POST", "/api/backends/weight", { url: a1.url, weight: 2 }],
+    ["DELETE", `/api/backends?url=${encodeURIComponent(a1.url)}`, undefined],
+  ];
+  for (const [method, path, body] of changes) {
+    const init = { method, body: body === undefined ? undefined : JSON.stringify(body) };
+    const omitted = await call(h.url, path, init);
+    assert.equal(omitted.status, 400, `${method} ${path}: ${omitted.text}`);
+    const where = method === "DELETE" ? "\\?service=" : '"service"';
+    assert.match(
+      omitted.json!.error as string,
+      new RegExp(`^name the service with ${where}: one of api, web$`),
+    );
+
+    const unknownPath = method === "DELETE" ? `${path}&service=nope` : path;
+    const unknownBody = body === undefined
+      ? undefined
+      : JSON.stringify({ ...body, service: "nope" });
+    const unknown = await call(h.url, unknownPath, { method, body: unknownBody });
+    assert.equal(unknown.status, 404, `${method} ${path}: ${unknown.text}`);
+    assert.equal(unknown.json!.error, 'no such service "nope" (services: api, web)');
+    if (body !== undefined) {
+      const wrongType = await call(h.url, path, {
+        method,
+        body: JSON.stringify({ ...body, service: 7 }),
+      });
+      assert.equal(wrongType.status, 400, wrongType.text);
+    }
+  }
+  assert.equal(
+    JSON.stringify(await servicesOf(h)).replace(/"time":"[^"]*"/g, ""),
+    before.replace(/"time":"[^"]*"/g, ""),
+    "nothing changed",
+  );
+  const hint = await postTo(h, "/api/backends", {});
+  assert.equal(
+    hint.json!.error,
+    'send {"service": "name", "url": "http://host:port", "weight": 1}',
+  );
+
+  // A backend of another service is not found in this one.
+  const elsewhere = await postTo(h, "/api/backends/drain", { service: "api", url: w1.url });
+  assert.equal(elsewhere.status, 404);
+  assert.match(elsewhere.json!.error as string, /^no such backend in api$/);
+  assert.deepEqual(h.log.lines, []);
+});
+
+Deno.test("a change to a backend URL in two services changes it only in the service named", async () => {
+  await using s = twoServices();
+  const { h, a1 } = s;
+  const added = await postTo(h, "/api/backends", { service: "web", url: a1.url, weight: 4 });
+  assert.equal(added.status, 201, added.text);
+  assert.deepEqual(
+    [(added.json!.backend as BackendView).service, (added.json!.backend as BackendView).weight],
+    ["web", 4],
+  );
+  const again = await postTo(h, "/api/backends", { service: "web", url: a1.url });
+  assert.equal(again.status, 409);
+  assert.equal(again.json!.error, `backend ${a1.url} is already in the pool of web`);
+
+  const drained = await postTo(h, "/api/backends/drain", { service: "web", url: a1.url });
+  assert.equal(drained.status, 200);
+  assert.equal(h.service("web").pool.find(a1.url)!.status, "draining");
+  assert.equal(h.service("api").pool.find(a1.url)!.status, "up", "api's a1 untouched");
+  const weight = await postTo(h, "/api/backends/weight", {
+    service: "api",
+    url: a1.url,
+    weight: 7,
+  });
+  assert.equal(weight.status, 200);
+  assert.deepEqual([
+    h.service("api").pool.find(a1.url)!.weight,
+    h.service("web").pool.find(a1.url)!.weight,
+  ], [7, 4]);
+
+  const removed = await call(h.url, `/api/backends?service=web&url=${encodeURIComponent(a1.url)}`, {
+    method: "DELETE",
+  });
+  assert.equal(removed.status, 202, removed.text);
+  assert.equal(h.service("web").pool.find(a1.url), undefined);
+  assert.ok(h.service("api").pool.find(a1.url), "still in api");
+  assert.deepEqual(h.log.lines, [
+    `INFO Admin: added backend ${a1.url} to web (weight 4)`,
+    `INFO Admin: drain ${a1.url} in web`,
+    `INFO Admin: weight of ${a1.url} in api set to 7`,
+    `INFO Admin: removing backend ${a1.url} from web (draining 0 in flight)`,
+  ]);
+});
+
+Deno.test("with one service a change may leave the service out (old clients), or name it", async () => {
+  await using a = startBackend();
+  await using b = startBackend();
+  await using h = startAdmin({ services: [{ name: "only", backends: [a.url] }] });
+  const added = await postTo(h, "/api/backends", { url: b.url });
+  assert.equal(added.status, 201, added.text);
+  assert.equal((added.json!.backend as BackendView).service, "only");
+  assert.equal((await postTo(h, "/api/backends/drain", { url: a.url })).status, 200);
+  assert.equal(
+    (await postTo(h, "/api/backends/enable", { url: a.url, service: "only" })).status,
+    200,
+  );
+  const unknown = await postTo(h, "/api/backends/disable", { url: a.url, service: "other" });
+  assert.equal(unknown.status, 404);
+  assert.equal(unknown.json!.error, 'no such service "other" (services: only)');
+  const hint = await postTo(h, "/api/backends/weight", { weight: 1 });
+  assert.equal(
+    hint.json!.error,
+    'send {"url": "http://host:port", "weight": 1}',
+    "no service to name",
+  );
+  const removed = await call(h.url, `/api/backends?url=${b.url}`, { method: "DELETE" });
+  assert.equal(removed.status, 202);
+  assert.deepEqual(h.service("only").pool.backends.map((x) => [x.url, x.status]), [[a.url, "up"]]);
+});
+
+Deno.test("/readyz is 200 while any service has an available backend, naming those with none", async () => {
+  await using s = twoServices();
+  const { h, a1, a2, w1 } = s;
+  const readyz = async () => {
+    const answer = await call(h.url, "/readyz");
+    return [answer.status, answer.text];
+  };
+  assert.deepEqual(await readyz(), [200, "ready\n"]);
+  for (const url of [a1.url, a2.url]) {
+    await postTo(h, "/api/backends/disable", { service: "api", url });
+  }
+  assert.deepEqual(await readyz(), [200, "ready\nno backend available: api\n"]);
+  await postTo(h, "/api/backends/drain", { service: "web", url: w1.url });
+  assert.deepEqual(await readyz(), [503, "no backend available: api, web\n"]);
+  await postTo(h, "/api/backends/enable", { service: "api", url: a2.url });
+  assert.deepEqual(await readyz(), [200, "ready\nno backend available: web\n"]);
+
+  h.services = [h.service("web")];
+  assert.deepEqual(
+    await readyz(),
+    [503, "no backend available\n"],
+    "one service: as before services",
+  );
+  h.services = [];
+  assert.deepEqual(await readyz(), [200, "ready\n"], "no services: routes answer everything");
+});
+
+Deno.test("GET /metrics labels backend series with their service and counts requests per route", async () => {
+  await using s = twoServices();
+  const { h, a1, a2, w1 } = s;
+  for (let i = 0; i < 4; i++) await h.send("api", "api");
+  await h.send("site", "web");
+  await h.send("old", undefined, "/old/x", 308);
+  h.unmatched();
+  await postTo(h, "/api/backends/disable", { service: "web", url: w1.url });
+  assert.equal(await h.send("site", "web"), 503);
+
+  const answer = await call(h.url, "/metrics");
+  assert.equal(answer.headers.get("content-type"), PROMETHEUS_CONTENT_TYPE);
+  const families = parseExposition(answer.text);
+  const value = (name: string, labels: Record<string, string>) =>
+    sampleValue(families, name, labels);
+  const api1 = { service: "api", backend: a1.url };
+  const web1 = { service: "web", backend: w1.url };
+  assert.equal(value("lb_requests_total", { ...api1, code: "2xx" }), 2);
+  assert.equal(value("lb_requests_total", { service: "api", backend: a2.url, code: "2xx" }), 2);
+  assert.equal(value("lb_requests_total", { ...web1, code: "2xx" }), 1);
+  assert.equal(value("lb_requests_total", { service: "web", backend: NO_BACKEND, code: "5xx" }), 1);
+  assert.equal(value("lb_request_duration_seconds_count", api1), 2);
+  assert.equal(value("lb_route_requests_total", { route: "api", code: "2xx" }), 4);
+  assert.equal(value("lb_route_requests_total", { route: "site", code: "2xx" }), 1);
+  assert.equal(value("lb_route_requests_total", { route: "site", code: "5xx" }), 1);
+  assert.equal(value("lb_route_requests_total", { route: "old", code: "3xx" }), 1);
+  assert.equal(value("lb_route_requests_total", { route: NO_ROUTE, code: "4xx" }), 1);
+  assert.equal(value("lb_backend_up", api1), 1);
+  assert.equal(value("lb_backend_up", web1), 0);
+  assert.equal(value("lb_backend_weight", web1), 1);
+  assert.equal(
+    value("lb_backend_state_transitions_total", { ...web1, from: "up", to: "disabled" }),
+    1,
+  );
+  // A route's own answers and unmatched requests are not backend traffic.
+  const proxied = families.get("lb_requests_total")!.samples.reduce((n, x) => n + x.value, 0);
+  assert.equal(proxied, 6);
+});
+
+Deno.test("mergeBackends' views are grouped back under their services", async () => {
+  await using a = startBackend();
+  await using w = startBackend();
+  const services = [
+    { name: "api", backends: [a.url, w.url] },
+    { name: "web", backends: [w.url] },
+  ];
+  const h = startAdmin({ services });
+  try {
+    const handler = createAdminHandler({
+      services: () => h.services,
+      routes: () => [],
+      metrics: () => "",
+      // As lib/workers.ts does: one view per view given, in order, with other threads' counts.
+      mergeBackends: (own) =>
+        Promise.resolve(own.map((v) => ({ ...v, requests: v.requests + 10 }))),
+      token: "",
+      dashboardHtml: "",
+      dashboardCsp: "",
+      log: h.log,
+    });
+    const info = {
+      remoteAddr: { transport: "tcp", hostname: "127.0.0.1", port: 1 },
+    } as unknown as Deno.ServeHandlerInfo;
+    const response = await handler(new Request("http://admin/api/services"), info);
+    const body = await response.json();
+    assert.deepEqual(
+      body.services.map((x: ServiceStatus) =>
+        x.backends.map((b) => [b.service, b.url, b.requests])
+      ),
+      [[["api", a.url, 10], ["api", w.url, 10]], [["web", w.url, 10]]],
+    );
+  } finally {
+    await h[Symbol.asyncDispose]();
+  }
+});
+
+Deno.test({
+  name: "GET /metrics with two services passes promtool check metrics",
+  ignore: !promtool,
+  async fn() {
+    await using s = twoServices();
+    await s.h.send("api", "api");
+    await s.h.send("site", "web");
+    s.h.unmatched();
+    const { code, report } = await promtoolCheck(promtool!, (await call(s.h.url, "/metrics")).text);
+    assert.equal(code, 0, report);
+    assert.equal(report.trim(), "", "no lint warnings either");
+  },
 });

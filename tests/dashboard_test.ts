@@ -1,6 +1,7 @@
 /**
  * The dashboard page (lib/dashboard.ts): a check of its source, and real headless-Chromium runs
- * against an in-process balancer with three real backends, driven by playwright-core.
+ * against the admin handler over two services with three real backends (tests/admin_harness.ts:
+ * real pools, health checks and requests), driven by playwright-core.
  *
  * The browser tests need Debian's Chromium at /usr/bin/chromium (`apt-get install chromium`).
  * Whether it can be launched is decided once at module load; when it cannot, the browser tests
@@ -13,7 +14,17 @@
 import assert from "node:assert/strict";
 import { type BrowserContext, chromium, type Page } from "playwright-core";
 import { DASHBOARD_CSP, DASHBOARD_HTML } from "../lib/dashboard.ts";
-import { delay, startTestBackend, startTestBalancer, type TestBackend } from "./helpers.ts";
+import type { RouteView } from "../lib/admin.ts";
+import {
+  type AdminHarness,
+  type HarnessBackend,
+  startAdmin,
+  startBackend,
+} from "./admin_harness.ts";
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
 
 const CHROMIUM = "/usr/bin/chromium";
 /** As on the build machines: without the networking flags Chromium tries to reach Google. */
@@ -116,8 +127,8 @@ async function takeScreenshot(page: Page): Promise<void> {
 }
 
 /** A backend that answers after `latencyMs`, with a 500 for paths containing "fail". */
-function slowBackend(latencyMs: number): Promise<TestBackend> {
-  return startTestBackend(async (req) => {
+function slowBackend(latencyMs: number): HarnessBackend {
+  return startBackend(async (req) => {
     await delay(latencyMs);
     const failing = new URL(req.url).pathname.includes("fail");
     return new Response(failing ? "failed\n" : "ok\n", { status: failing ? 500 : 200 });
@@ -125,18 +136,17 @@ function slowBackend(latencyMs: number): Promise<TestBackend> {
 }
 
 /**
- * Sends about `perSecond` requests a second through the balancer (every tenth to a failing
- * path) until stopped, or at most for `maxMs`. Bodies are always consumed.
+ * Sends about `perSecond` requests a second, alternately through the `api` route to service
+ * `api` and the `site` route to service `web` (every tenth to a failing path), until stopped,
+ * or at most for `maxMs`.
  */
-function startTraffic(url: string, perSecond = 40, maxMs = 60_000) {
+function startTraffic(h: AdminHarness, perSecond = 40, maxMs = 60_000) {
   let stopped = false;
   const deadline = Date.now() + maxMs;
   const running = (async () => {
     for (let i = 0; !stopped && Date.now() < deadline; i++) {
-      try {
-        const response = await fetch(`${url}/${i % 10 === 9 ? "fail" : "page"}/${i}`);
-        await response.body?.cancel();
-      } catch { /* a refused or reset request is traffic too */ }
+      const path = `/${i % 10 === 9 ? "fail" : "page"}/${i}`;
+      await (i % 2 === 0 ? h.send("api", "api", path) : h.send("site", "web", path));
       await delay(1000 / perSecond);
     }
   })();
@@ -148,13 +158,20 @@ function startTraffic(url: string, perSecond = 40, maxMs = 60_000) {
   };
 }
 
-/** The status of `url` as the admin API reports it. */
-async function apiStatus(adminPort: number, url: string): Promise<string> {
-  const response = await fetch(`http://127.0.0.1:${adminPort}/api/backends`);
+/** The status of `url` in `service` as the admin API reports it. */
+async function apiStatus(h: AdminHarness, service: string, url: string): Promise<string> {
+  const response = await fetch(`${h.url}/api/services`);
   const body = await response.json();
   assert.equal(response.status, 200);
-  return body.backends.find((b: { url: string }) => b.url === url)?.status;
+  const found = body.services.find((s: { name: string }) => s.name === service);
+  return found?.backends.find((b: { url: string }) => b.url === url)?.status;
 }
+
+const ROUTES: RouteView[] = [
+  { name: "api", match: "host=api.example path=/v1", action: "service api (strip)" },
+  { name: "legacy", match: "path=/old", action: "redirect 308 https://example.com/new" },
+  { name: "site", match: "any", action: "service web" },
+];
 
 /** Polls `check` every 100 ms until it holds; fails naming `what` after {@linkcode WAIT_MS}. */
 async function waitUntil(what: string, check: () => Promise<boolean>): Promise<void> {
@@ -185,7 +202,7 @@ Deno.test("DASHBOARD_HTML loads nothing from elsewhere and never parses API data
   assert.deepEqual(html.match(/fetch\([^,)]*/g), ["fetch(path"]);
   assert.deepEqual(
     [...new Set(html.match(/"\/api\/[a-z/]*"/g))].sort(),
-    ['"/api/backends"', '"/api/backends/"'],
+    ['"/api/backends/"', '"/api/services"'],
   );
   assert.match(DASHBOARD_CSP, /default-src 'none'/);
   assert.match(DASHBOARD_CSP, /connect-src 'self'/);
@@ -200,24 +217,24 @@ Deno.test("DASHBOARD_HTML loads nothing from elsewhere and never parses API data
 });
 
 Deno.test({
-  name: `dashboard shows live backends, health flips, drain and enable in Chromium${skipped}`,
+  name:
+    `dashboard shows live backends by service, routes, health flips, drain and enable in Chromium${skipped}`,
   ignore: skipReason !== "",
   async fn() {
     const started = performance.now();
-    await using a = await slowBackend(2);
-    await using b = await slowBackend(6);
-    await using c = await slowBackend(12);
-    const lb = await startTestBalancer([a.url, b.url, c.url], {
-      admin: { host: "127.0.0.1", port: 0 },
-      healthInterval: 200,
-      fall: 1,
+    await using a = slowBackend(2);
+    await using b = slowBackend(6);
+    await using c = slowBackend(12);
+    const h = startAdmin({
+      services: [
+        { name: "api", backends: [a.url, b.url] },
+        { name: "web", backends: [c.url], policy: "least-conn" },
+      ],
+      routes: ROUTES,
+      healthIntervalMs: 200,
     });
-    let lbOpen = true;
+    let open = true;
     try {
-      const adminPort = lb.balancer.adminPort;
-      assert.equal(typeof adminPort, "number");
-      const admin = `http://127.0.0.1:${adminPort}`;
-
       await using browser = await openBrowser();
       const page = browser.pages()[0] ?? await browser.newPage();
       const problems: string[] = [];
@@ -226,14 +243,38 @@ Deno.test({
         if (message.type() === "error") problems.push(`console: ${message.text()}`);
       });
 
-      const response = await page.goto(`${admin}/`);
+      const response = await page.goto(`${h.url}/`);
       assert.equal(response?.status(), 200);
       for (const backend of [a, b, c]) await expectRowStatus(page, backend.url, "up");
       await page.waitForSelector('#conn[data-state="live"]', { timeout: WAIT_MS });
-      assert.equal(await page.textContent("#policy"), "round-robin");
+
+      // A heading per service with its policy, each with its own backends' rows.
+      const service = (name: string) => `section.service[data-service="${name}"]`;
+      assert.deepEqual(
+        await page.locator("section.service .service-name").allTextContents(),
+        ["api", "web"],
+      );
+      assert.equal(await page.textContent(`${service("api")} .policy`), "round-robin");
+      assert.equal(await page.textContent(`${service("web")} .policy`), "least-conn");
+      assert.deepEqual(
+        await page.locator(`${service("api")} tr[data-url]`).evaluateAll((trs) =>
+          trs.map((tr) => tr.getAttribute("data-url"))
+        ),
+        [a.url, b.url],
+      );
+      assert.equal(await page.locator(`${service("web")} ${row(c.url)}`).count(), 1);
+      // The routes in match order.
+      const routeCells = await page.locator("#routes tr").evaluateAll((trs) =>
+        trs.map((tr) => [...tr.children].map((td) => td.textContent))
+      );
+      assert.deepEqual(
+        routeCells,
+        ROUTES.map((r, i) => [String(i + 1), r.name, r.match, r.action]),
+      );
+      assert.match((await page.textContent("#summary")) ?? "", /^2 services, 3 backends, 3 up$/);
 
       {
-        await using _traffic = startTraffic(lb.url);
+        await using _traffic = startTraffic(h);
         // Rates need two polls with traffic between them; latency needs answered requests.
         await waitUntil("a request rate and a p50 latency for a backend", async () => {
           const rate = Number(await page.textContent(`${row(c.url)} .c-rps`));
@@ -244,6 +285,10 @@ Deno.test({
           "a request-rate line per backend",
           async () => await page.locator("#chart-rps path.series").count() === 3,
         );
+        assert.deepEqual(
+          await page.locator("#legend li").allTextContents(),
+          [`api: ${a.url}`, `api: ${b.url}`, `web: ${c.url}`],
+        );
 
         // Some history for the charts (and the screenshot) before things change.
         await delay(4000);
@@ -252,12 +297,20 @@ Deno.test({
         await a.close();
         await expectRowStatus(page, a.url, "down");
 
-        // Drain from the page: the page and the API agree.
+        // Drain from the page: the request names the service, the page and the API agree.
         await page.click(`${row(b.url)} button[data-action="drain"]`);
         await expectRowStatus(page, b.url, "draining");
-        assert.equal(await apiStatus(adminPort!, b.url), "draining");
-        assert.match((await page.textContent("#message-text")) ?? "", /drain .*draining/);
+        assert.equal(await apiStatus(h, "api", b.url), "draining");
+        assert.match((await page.textContent("#message-text")) ?? "", /drain .* in api.*draining/);
         assert.equal(await page.isDisabled(`${row(b.url)} button[data-action="drain"]`), true);
+        await page.waitForSelector(`${service("api")} .service-summary`, { timeout: WAIT_MS });
+        await waitUntil(
+          "no backend available in api",
+          async () =>
+            /0 available$/.test(
+              (await page.textContent(`${service("api")} .service-summary`)) ?? "",
+            ),
+        );
 
         // Let the charts show the failure and the drain, then take the README's screenshot.
         await delay(4000);
@@ -265,7 +318,7 @@ Deno.test({
 
         await page.click(`${row(b.url)} button[data-action="enable"]`);
         await expectRowStatus(page, b.url, "up");
-        assert.equal(await apiStatus(adminPort!, b.url), "up");
+        assert.equal(await apiStatus(h, "api", b.url), "up");
         await expectRowStatus(page, c.url, "up");
         // No script error and no CSP violation so far (the faked 404 below logs one error).
         assert.deepEqual(problems, []);
@@ -285,17 +338,22 @@ Deno.test({
         assert.match((await page.textContent("#message-text")) ?? "", /<b>no such backend<\/b>/);
         assert.equal(await page.locator("#message b").count(), 0);
         await page.unrouteAll();
-        assert.equal(await apiStatus(adminPort!, c.url), "up");
+        assert.equal(await apiStatus(h, "web", c.url), "up");
       }
 
-      // When the balancer goes away, the page says so instead of showing stale numbers.
-      lbOpen = false;
-      await lb.balancer.shutdown(1000);
+      // A service removed by a reload leaves the page.
+      h.services = [h.service("api")];
+      await page.waitForSelector(`${service("web")}`, { state: "detached", timeout: WAIT_MS });
+      assert.equal(await page.locator(row(c.url)).count(), 0);
+
+      // When the admin listener goes away, the page says so instead of showing stale numbers.
+      open = false;
+      await h[Symbol.asyncDispose]();
       await page.waitForSelector('#conn[data-state="lost"]', { timeout: WAIT_MS });
       assert.equal(await page.textContent("#conn"), "connection lost");
       console.log(`browser test took ${Math.round(performance.now() - started)} ms`);
     } finally {
-      if (lbOpen) await lb.balancer.shutdown(1000);
+      if (open) await h[Symbol.asyncDispose]();
     }
   },
 });
@@ -305,17 +363,13 @@ Deno.test({
   ignore: skipReason !== "",
   async fn() {
     const token = "dashboard-test-token-0123456789";
-    await using backend = await slowBackend(1);
-    await using lb = await startTestBalancer([backend.url], {
-      admin: { host: "127.0.0.1", port: 0 },
-      adminToken: token,
-    });
-    const admin = `http://127.0.0.1:${lb.balancer.adminPort}`;
+    await using backend = slowBackend(1);
+    await using h = startAdmin({ services: [{ name: "only", backends: [backend.url] }], token });
     await using browser = await openBrowser();
     const page = browser.pages()[0] ?? await browser.newPage();
 
     // The page itself needs no token; the API does, so the page asks for it.
-    const response = await page.goto(`${admin}/`);
+    const response = await page.goto(`${h.url}/`);
     assert.equal(response?.status(), 200);
     await page.waitForSelector("#token-form:not([hidden])", { timeout: WAIT_MS });
     assert.equal(await page.getAttribute("#conn", "data-state"), "auth");
@@ -326,6 +380,9 @@ Deno.test({
     await expectRowStatus(page, backend.url, "up");
     assert.equal(await page.isHidden("#token-form"), true);
     assert.equal(await page.evaluate(() => sessionStorage.getItem("lb-admin-token")), token);
+    // No routes: the page says so.
+    assert.equal(await page.isVisible("#no-routes"), true);
+    assert.equal(await page.isHidden("#routes-table"), true);
 
     // A reload keeps the token (same tab session) and needs no form.
     await page.reload();

@@ -777,7 +777,7 @@ dnsTest(
     assert.deepEqual(await countAnswers(lb.url, 10), { s: 5, d: 5 });
 
     // A reload with another static backend: the discovered one stays.
-    let change = lb.balancer.reload(testConfig([s.url, x.url], overrides));
+    let change = await lb.balancer.reload(testConfig([s.url, x.url], overrides));
     assert.deepEqual([change.added, change.removed], [[x.url], []]);
     assert.deepEqual(poolView(pool), [`${d.url}*1 up`, `${s.url}*1 up`, `${x.url}*1 up`].sort());
 
@@ -788,12 +788,12 @@ dnsTest(
 
     // A reload that drops static s (not in DNS any more: leaves) and x (still in DNS: stays,
     // with its DNS weight).
-    change = lb.balancer.reload(testConfig([], overrides));
+    change = await lb.balancer.reload(testConfig([], overrides));
     assert.deepEqual(change.removed, [s.url]);
     assert.deepEqual(poolView(pool), [`${x.url}*2 up`]);
     assert.deepEqual(change.restartNeeded, []);
     // Discovery settings need a restart, and a reload says so.
-    change = lb.balancer.reload(testConfig([], { ...overrides, discoverInterval: 5000 }));
+    change = await lb.balancer.reload(testConfig([], { ...overrides, discoverInterval: 5000 }));
     assert.deepEqual(change.restartNeeded, ["discoverInterval"]);
     assert.deepEqual(poolView(pool), [`${x.url}*2 up`]);
   },

@@ -4,6 +4,7 @@ import {
   escapeLabelValue,
   LoadBalancerMetrics,
   NO_BACKEND,
+  NO_ROUTE,
   PROMETHEUS_CONTENT_TYPE,
   Registry,
   statusClass,
@@ -225,21 +226,29 @@ Deno.test("statusClass() maps statuses to 1xx..5xx and anything else to error", 
 
 function busyBalancer(): LoadBalancerMetrics {
   const backends = [
-    { url: "http://127.0.0.1:8082", status: "down", inflight: 0, weight: 1 },
-    { url: "http://127.0.0.1:8081", status: "up", inflight: 3, weight: 2 },
-    { url: "http://127.0.0.1:8083", status: "ejected", inflight: 1, weight: 1 },
+    { service: "api", url: "http://127.0.0.1:8082", status: "down", inflight: 0, weight: 1 },
+    { service: "api", url: "http://127.0.0.1:8081", status: "up", inflight: 3, weight: 2 },
+    { service: "api", url: "http://127.0.0.1:8083", status: "ejected", inflight: 1, weight: 1 },
+    // The same origin in a second service: its own series.
+    { service: "web", url: "http://127.0.0.1:8081", status: "up", inflight: 1, weight: 5 },
   ];
   const metrics = new LoadBalancerMetrics({ version: "1.2.3", backends: () => backends });
-  const a = metrics.backend("http://127.0.0.1:8081");
+  const a = metrics.backend("api", "http://127.0.0.1:8081");
   a.record(200, 0.004);
   a.record(503, 0.2);
   a.record(undefined, 30);
-  metrics.backend(NO_BACKEND).record(503, 0.0001);
+  metrics.backend("web", "http://127.0.0.1:8081").record(404, 0.001);
+  metrics.backend("api", NO_BACKEND).record(503, 0.0001);
+  metrics.route("v1").record(200);
+  metrics.route("v1").record(503);
+  metrics.route("v1").record(undefined);
+  metrics.route("old-site").record(308);
+  metrics.route(NO_ROUTE).record(404);
   metrics.retries.inc(2);
   metrics.retryBudgetExhausted.inc();
-  metrics.healthCheck("http://127.0.0.1:8082", false);
-  metrics.healthCheck("http://127.0.0.1:8081", true);
-  metrics.stateTransition("http://127.0.0.1:8082", "up", "down");
+  metrics.healthCheck("api", "http://127.0.0.1:8082", false);
+  metrics.healthCheck("api", "http://127.0.0.1:8081", true);
+  metrics.stateTransition("api", "http://127.0.0.1:8082", "up", "down");
   return metrics;
 }
 
@@ -257,17 +266,30 @@ Deno.test("LoadBalancerMetrics.render() exports every family with the recorded v
     "lb_requests_total",
     "lb_retries_total",
     "lb_retry_budget_exhausted_total",
+    "lb_route_requests_total",
   ]);
-  const a = { backend: "http://127.0.0.1:8081" };
-  const b = { backend: "http://127.0.0.1:8082" };
-  const c = { backend: "http://127.0.0.1:8083" };
+  const a = { service: "api", backend: "http://127.0.0.1:8081" };
+  const b = { service: "api", backend: "http://127.0.0.1:8082" };
+  const c = { service: "api", backend: "http://127.0.0.1:8083" };
+  const w = { service: "web", backend: "http://127.0.0.1:8081" };
   assert.equal(value(families, "lb_requests_total", { ...a, code: "2xx" }), 1);
   assert.equal(value(families, "lb_requests_total", { ...a, code: "5xx" }), 1);
   assert.equal(value(families, "lb_requests_total", { ...a, code: "error" }), 1);
   assert.equal(value(families, "lb_requests_total", { ...a, code: "4xx" }), 0);
-  assert.equal(value(families, "lb_requests_total", { backend: "none", code: "5xx" }), 1);
+  assert.equal(value(families, "lb_requests_total", { ...w, code: "4xx" }), 1);
+  assert.equal(value(families, "lb_requests_total", { ...w, code: "2xx" }), 0);
+  assert.equal(
+    value(families, "lb_requests_total", { service: "api", backend: "none", code: "5xx" }),
+    1,
+  );
   assert.equal(value(families, "lb_request_duration_seconds_count", a), 3);
+  assert.equal(value(families, "lb_request_duration_seconds_count", w), 1);
   assert.equal(value(families, "lb_request_duration_seconds_bucket", { ...a, le: "10" }), 2);
+  assert.equal(value(families, "lb_route_requests_total", { route: "v1", code: "2xx" }), 1);
+  assert.equal(value(families, "lb_route_requests_total", { route: "v1", code: "5xx" }), 1);
+  assert.equal(value(families, "lb_route_requests_total", { route: "v1", code: "error" }), 1);
+  assert.equal(value(families, "lb_route_requests_total", { route: "old-site", code: "3xx" }), 1);
+  assert.equal(value(families, "lb_route_requests_total", { route: "none", code: "4xx" }), 1);
   assert.equal(value(families, "lb_retries_total"), 2);
   assert.equal(value(families, "lb_retry_budget_exhausted_total"), 1);
   assert.equal(value(families, "lb_health_checks_total", { ...b, result: "fail" }), 1);
@@ -282,16 +304,60 @@ Deno.test("LoadBalancerMetrics.render() exports every family with the recorded v
   assert.equal(value(families, "lb_backend_ejected", c), 1);
   assert.equal(value(families, "lb_backend_ejected", a), 0);
   assert.equal(value(families, "lb_backend_inflight", a), 3);
+  assert.equal(value(families, "lb_backend_inflight", w), 1);
   assert.equal(value(families, "lb_backend_weight", a), 2);
+  assert.equal(value(families, "lb_backend_weight", w), 5);
   assert.equal(value(families, "lb_build_info", { version: "1.2.3" }), 1);
 });
 
-Deno.test("LoadBalancerMetrics.backend() caches its handles per backend", () => {
+Deno.test("LoadBalancerMetrics.backend() caches its handles per service and backend", () => {
   const metrics = new LoadBalancerMetrics({ version: "0" });
-  assert.equal(metrics.backend("http://x"), metrics.backend("http://x"));
-  assert.notEqual(metrics.backend("http://x"), metrics.backend("http://y"));
+  assert.equal(metrics.backend("s", "http://x"), metrics.backend("s", "http://x"));
+  assert.notEqual(metrics.backend("s", "http://x"), metrics.backend("s", "http://y"));
+  assert.notEqual(metrics.backend("s", "http://x"), metrics.backend("t", "http://x"));
   // With no backends callback and no traffic, the exposition is still valid.
   parseExposition(new LoadBalancerMetrics({ version: "0" }).render());
+});
+
+Deno.test("LoadBalancerMetrics.route() caches its handles; route none is exported from the start", () => {
+  const metrics = new LoadBalancerMetrics({ version: "0" });
+  assert.equal(metrics.route("a"), metrics.route("a"));
+  assert.notEqual(metrics.route("a"), metrics.route("b"));
+  const fresh = parseExposition(new LoadBalancerMetrics({ version: "0" }).render());
+  const series = fresh.get("lb_route_requests_total")!.samples;
+  assert.deepEqual(
+    series.map((x) => [x.labels.route, x.labels.code, x.value]),
+    ["1xx", "2xx", "3xx", "4xx", "5xx", "error"].map((code) => [NO_ROUTE, code, 0]),
+  );
+});
+
+Deno.test("connection families carry the service; a shared origin shows its figures under each", () => {
+  const url = "http://127.0.0.1:8081";
+  const backends = [
+    { service: "api", url, status: "up", inflight: 0, weight: 1 },
+    { service: "web", url, status: "up", inflight: 0, weight: 1 },
+    { service: "web", url: "http://127.0.0.1:8082", status: "up", inflight: 0, weight: 1 },
+  ];
+  const metrics = new LoadBalancerMetrics({
+    version: "0",
+    backends: () => backends,
+    connections: (origin) =>
+      origin === url ? { open: 2, idle: 1, connects: 5, reuses: 40 } : undefined,
+  });
+  const families = parseExposition(metrics.render());
+  for (const service of ["api", "web"]) {
+    const labels = { service, backend: url };
+    assert.equal(value(families, "lb_backend_connections_open", labels), 2);
+    assert.equal(value(families, "lb_backend_connections_idle", labels), 1);
+    assert.equal(value(families, "lb_backend_connects_total", labels), 5);
+    assert.equal(value(families, "lb_backend_connection_reuses_total", labels), 40);
+  }
+  assert.equal(families.get("lb_backend_connects_total")!.type, "counter");
+  assert.equal(
+    families.get("lb_backend_connections_open")!.samples.length,
+    2,
+    "an origin the transport says nothing about has no series",
+  );
 });
 
 // ---------------------------------------------------------------------------------------------

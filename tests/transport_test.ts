@@ -83,7 +83,9 @@ Deno.test("/metrics counts the native transport's connections per backend: conne
   }
   const text = lb.balancer.metrics.render();
   const value = (name: string) => {
-    const line = text.split("\n").find((l) => l.startsWith(`${name}{backend="${backend.url}"}`));
+    const line = text.split("\n").find((l) =>
+      l.startsWith(`${name}{service="default",backend="${backend.url}"}`)
+    );
     assert.ok(line !== undefined, `${name} is exported:\n${text}`);
     return Number(line.split(" ").at(-1));
   };
@@ -116,7 +118,7 @@ Deno.test("a backend removed by a reload has its kept-alive connection closed on
   assert.equal(await (await fetch(lb.url)).text(), "r");
   assert.equal(proxied.size, 1);
   const [connection] = proxied;
-  lb.balancer.reload(testConfig([kept.url]));
+  await lb.balancer.reload(testConfig([kept.url]));
   assert.ok(await waitFor(() => closed.has(connection), 5000), "the idle connection was closed");
   assert.equal(await (await fetch(lb.url)).text(), "ok");
 });

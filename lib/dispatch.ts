@@ -1,0 +1,152 @@
+/**
+ * @module
+ * The front of the request path: read and validate the request, find its route, and answer it
+ * with the route's service, a redirect, a fixed response, or a 404. The routing state is read
+ * once per request, so a reload never changes the rules under a request in flight.
+ */
+
+import { HttpError } from "./errors.ts";
+import { readClientHeaders } from "./headers.ts";
+import {
+  balancerAnswer,
+  type Handler,
+  observable,
+  type ProxyObserver,
+  rawTarget,
+  readRequest,
+  type ServiceProxy,
+  type Trace,
+} from "./proxy.ts";
+import { REQUEST_ID_HEADER, requestIdFor } from "./request_id.ts";
+import {
+  applyResponseHeaderRules,
+  type CompiledRoute,
+  fixedResponse,
+  redirectLocation,
+  redirectStatus,
+  type RouteTable,
+  upstreamPath,
+} from "./routes.ts";
+import type { Target } from "./target.ts";
+
+/** The routes and services in force; replaced whole by a reload. */
+export interface RoutingState {
+  readonly table: RouteTable;
+  readonly services: ReadonlyMap<string, { readonly proxy: ServiceProxy }>;
+}
+
+/** What the front needs. */
+export interface DispatchOptions {
+  /** The routing state now; read once per request. */
+  state: () => RoutingState;
+  /** Told how each request ended (metrics, access log). @default none */
+  observer?: ProxyObserver;
+}
+
+/** No route matched: the balancer's own 404, with the request id like every answer of its own. */
+class NoRouteError extends HttpError {
+  constructor() {
+    super(404, "no route matches the request");
+  }
+}
+
+/** Creates the `Deno.serve` handler that routes every request. */
+export function createDispatcher(options: DispatchOptions): Handler {
+  const { observer } = options;
+
+  /** The answer of `route` to a validated request; `trace` says whether a backend gave it. */
+  function answer(
+    route: CompiledRoute,
+    state: RoutingState,
+    req: Request,
+    info: Deno.ServeHandlerInfo,
+    client: ReturnType<typeof readClientHeaders>,
+    target: Target,
+    requestId: string,
+    trace: Trace & { fromBackend: boolean },
+  ): Promise<Response> | Response {
+    const spec = route.spec;
+    if (route.action === "service") {
+      // Validated at load: every service route names a service of the same state.
+      const service = state.services.get(spec.service!)!;
+      trace.fromBackend = true;
+      return service.proxy.handle(req, info, {
+        client,
+        target,
+        upstreamPath: upstreamPath(route, target.pathAndQuery),
+        requestId,
+        requestHeaders: spec.requestHeaders,
+      }, trace);
+    }
+    if (route.action === "redirect") {
+      return new Response(null, {
+        status: redirectStatus(route),
+        headers: {
+          location: redirectLocation(route, target.host, target.pathAndQuery),
+          [REQUEST_ID_HEADER]: requestId,
+        },
+      });
+    }
+    const fixed = fixedResponse(route);
+    trace.contentLength = new TextEncoder().encode(fixed.body).length;
+    return new Response(fixed.body, {
+      status: fixed.status,
+      headers: { "content-type": fixed.contentType, [REQUEST_ID_HEADER]: requestId },
+    });
+  }
+
+  return async function dispatch(req, info) {
+    const trace = {
+      backend: undefined,
+      attempts: 0,
+      contentLength: undefined,
+      fromBackend: false,
+    } as Trace & { fromBackend: boolean };
+    const startedAt = performance.now();
+    const state = options.state();
+    const client = readClientHeaders(req.headers);
+    const requestId = requestIdFor(client.requestId);
+    const observed = observer === undefined ? undefined : observable(req, info, client);
+    let route: CompiledRoute | undefined;
+    let path: string | undefined;
+    let response: Response;
+    try {
+      const target = readRequest(req, client);
+      path = target.pathAndQuery;
+      route = state.table.match(target.host, path, req.method, req.headers);
+      if (route === undefined) throw new NoRouteError();
+      response = await answer(route, state, req, info, client, target, requestId, trace);
+    } catch (error) {
+      trace.fromBackend = false;
+      response = balancerAnswer(error, requestId, trace);
+    }
+    const rules = route?.spec.responseHeaders;
+    if (rules !== undefined) addResponseHeaders(rules, response);
+    if (observer === undefined) return response;
+    observer.outcome(observed!.req, observed!.info, {
+      status: response.status,
+      path: path ?? rawTarget(req.url),
+      contentLength: trace.contentLength,
+      fromBackend: trace.fromBackend,
+      backend: trace.backend,
+      service: route?.spec.service,
+      route: route?.name,
+      attempts: trace.attempts,
+      startedAt,
+      requestId,
+    });
+    return response;
+  };
+}
+
+/** Applies a route's response header rules; a response with immutable headers keeps its own. */
+function addResponseHeaders(
+  rules: NonNullable<CompiledRoute["spec"]["responseHeaders"]>,
+  response: Response,
+): void {
+  try {
+    applyResponseHeaderRules(rules, response.headers);
+  } catch {
+    // A WebSocket upgrade's 101 comes with headers Deno will not let change.
+  }
+}

@@ -1,0 +1,267 @@
+/**
+ * @module
+ * One service: a pool of backends with its policy, health checks, DNS discovery and the proxy
+ * that forwards to it, built from its resolved settings. A reload reconfigures a service in
+ * place, so backends kept by URL keep their health, counters and connections.
+ */
+
+import type { ServiceConfig } from "./setting_table.ts";
+import { parseDiscoveryTarget } from "./config.ts";
+import type { Log } from "./log.ts";
+import { type Backend, type BackendSpec, type Policy, Pool, type PoolOptions } from "./pool.ts";
+import { createPolicy, latencyObserverOf } from "./policies/mod.ts";
+import { generateSecret, StickyCookie } from "./policies/sticky.ts";
+import { RetryBudget } from "./retry_budget.ts";
+import { HealthChecker, type HealthOptions } from "./health.ts";
+import { createServiceProxy, type ProxyObserver, type ServiceProxy } from "./proxy.ts";
+import { sendAttempt, type Transport } from "./upstream.ts";
+import type { NativeTransport } from "./upstream_native.ts";
+import type { Cidr } from "./cidr.ts";
+import type { WebSocketRelays } from "./websocket.ts";
+import { applyDiscoveryChange, DnsDiscovery, mergeBackends } from "./discovery.ts";
+
+/** What every service of one balancer shares. */
+export interface ServiceDeps {
+  log: Log;
+  /** Keep-alive fetch client for backends (fetch transport, health checks). */
+  client: Deno.HttpClient;
+  /** The balancer's own HTTP/1.1 transport, shared by every service (pooled per origin). */
+  native: NativeTransport;
+  /** Replaces the configured transport (tests, the benchmark). @default the configured one */
+  transport?: Transport;
+  observer: ProxyObserver;
+  webSockets: WebSocketRelays;
+  proto: "http" | "https";
+  trustedProxies: readonly Cidr[];
+  forwarded: boolean;
+  /** DNS discovery's lookup interval (ms) and name server. */
+  discoverInterval: number;
+  dnsServer: string | undefined;
+  /** Whether health checks run here (not in a worker thread of `--workers`). */
+  runsHealthChecks: boolean;
+  /** Builds the pool's listeners for the service with this name. */
+  listeners(service: string): Pick<
+    PoolOptions,
+    "onStatusChange" | "onHealthChange" | "onAdd" | "onRemove"
+  >;
+  /** Told every health check's result (metrics). */
+  onHealthResult(service: string, url: string, ok: boolean): void;
+}
+
+/** A running service. */
+export class Service {
+  readonly name: string;
+  readonly pool: Pool;
+  #config: ServiceConfig;
+  #proxy: ServiceProxy;
+  #health: HealthChecker;
+  #discovery: DnsDiscovery | undefined;
+  #sticky: { cookie: StickyCookie; name: string } | undefined;
+  /** Backends the configuration names: discovery never removes these. */
+  #staticUrls: Set<string>;
+  readonly #deps: ServiceDeps;
+
+  private constructor(
+    config: ServiceConfig,
+    deps: ServiceDeps,
+    pool: Pool,
+    discovery: DnsDiscovery | undefined,
+  ) {
+    this.name = config.name;
+    this.#config = config;
+    this.#deps = deps;
+    this.pool = pool;
+    this.#discovery = discovery;
+    this.#staticUrls = new Set(config.backends.map((b) => b.url));
+    this.#health = this.#createHealth();
+    this.#proxy = this.#createProxy();
+  }
+
+  /** Builds and starts a service: first DNS lookup, sticky keys, health checks. */
+  static async start(config: ServiceConfig, deps: ServiceDeps): Promise<Service> {
+    const listeners = deps.listeners(config.name);
+    // The pool's listeners and discovery need the service, which needs the pool.
+    const built: { service?: Service } = {};
+    const discovery = createDiscovery(config, deps, () => built.service);
+    // The first lookup is awaited so a DNS-only service has backends when traffic comes; they
+    // are in the pool from the start (full share), later changes come through onChange.
+    const found = await discovery?.initialLookup() ?? [];
+    const pool = new Pool(mergeBackends(config.backends, found), {
+      ...poolSettings(config, undefined),
+      ...listeners,
+      onAdd: (backend) => {
+        listeners.onAdd?.(backend);
+        built.service?.prepareStickyFor(backend);
+      },
+    });
+    const service = new Service(config, deps, pool, discovery);
+    built.service = service;
+    discovery?.start();
+    await service.#prepareSticky();
+    service.#proxy = service.#createProxy();
+    if (deps.runsHealthChecks) service.#health.start();
+    return service;
+  }
+
+  /** Makes sticky cookie values for a backend that joined. */
+  prepareStickyFor(backend: Backend): void {
+    this.#sticky?.cookie.prepare([backend]).catch(() => {});
+  }
+
+  /** Applies a DNS change to the pool; static backends are never removed by it. */
+  applyDiscovery(before: readonly BackendSpec[], after: readonly BackendSpec[]): void {
+    applyDiscoveryChange(this.pool, this.#staticUrls, before, after);
+  }
+
+  /** Resolved settings in force. */
+  get config(): ServiceConfig {
+    return this.#config;
+  }
+
+  /** The name of the balancing policy, as configured. */
+  get policyName(): string {
+    return this.#config.policy;
+  }
+
+  /** The proxy in force; a request keeps the one it started with. */
+  get proxy(): ServiceProxy {
+    return this.#proxy;
+  }
+
+  /**
+   * Applies new settings: backends by URL (kept ones keep their state), pool and proxy
+   * settings, health checks and discovery restarted when theirs changed. Returns the backend
+   * changes.
+   */
+  async reconfigure(
+    next: ServiceConfig,
+  ): Promise<{ added: string[]; removed: string[]; reweighted: string[] }> {
+    const before = this.#config;
+    this.#config = next;
+    this.#staticUrls = new Set(next.backends.map((b) => b.url));
+    const same = (key: keyof ServiceConfig) =>
+      JSON.stringify(before[key]) === JSON.stringify(next[key]);
+    if (!same("discover")) {
+      await this.#discovery?.stop();
+      this.#discovery = createDiscovery(next, this.#deps, () => this);
+      await this.#discovery?.initialLookup();
+      this.#discovery?.start();
+    }
+    const change = this.pool.update(mergeBackends(next.backends, this.#discovery?.backends ?? []));
+    const samePolicy = same("policy") && same("hashKey");
+    this.pool.reconfigure(poolSettings(next, samePolicy ? this.pool.policy : undefined));
+    if (!same("stickyCookie") || !same("stickySecret")) await this.#prepareSticky();
+    if (
+      !same("healthCheck") && this.#deps.runsHealthChecks
+    ) {
+      await this.#health.stop();
+      this.#health = this.#createHealth();
+      this.#health.start();
+    }
+    this.#proxy = this.#createProxy();
+    return change;
+  }
+
+  /** Stops health checks and discovery; the pool's backends drain away (a removed service). */
+  async retire(): Promise<void> {
+    await this.stop();
+    this.pool.update([]);
+  }
+
+  /** Stops health checks and discovery. */
+  async stop(): Promise<void> {
+    await this.#discovery?.stop();
+    await this.#health.stop();
+  }
+
+  async #prepareSticky(): Promise<void> {
+    const config = this.#config;
+    if (config.stickyCookie === "") {
+      this.#sticky = undefined;
+      return;
+    }
+    const cookie = new StickyCookie(config.stickySecret || generateSecret());
+    await cookie.prepare(this.pool.backends);
+    this.#sticky = { cookie, name: config.stickyCookie };
+  }
+
+  #createHealth(): HealthChecker {
+    const check = this.#config.healthCheck;
+    const options: HealthOptions = {
+      interval: check.interval,
+      timeout: check.timeout,
+      path: check.path,
+      expectStatus: check.expectStatus,
+      host: check.host,
+      bodyContains: check.bodyContains,
+      client: this.#deps.client,
+      onResult: (backend, ok) => this.#deps.onHealthResult(this.name, backend.url, ok),
+    };
+    return new HealthChecker(this.pool, options, this.#deps.log);
+  }
+
+  #createProxy(): ServiceProxy {
+    const config = this.#config;
+    const deps = this.#deps;
+    const onFetch = config.transport === "fetch";
+    return createServiceProxy(this.pool, {
+      retries: config.retries,
+      timeout: config.timeout,
+      connectTimeout: config.connectTimeout,
+      readTimeout: config.readTimeout,
+      retryAfterSeconds: Math.max(1, Math.ceil(config.healthCheck.interval / 1000)),
+      proto: deps.proto,
+      client: deps.client,
+      ejectOn5xx: config.ejectOn5xx,
+      retryBudget: new RetryBudget({
+        ratio: config.retryBudget / 100,
+        minPerSecond: config.retryBudgetMin,
+      }),
+      latencyObserver: latencyObserverOf(this.pool.policy),
+      sticky: this.#sticky,
+      observer: deps.observer,
+      trustedProxies: deps.trustedProxies,
+      forwarded: deps.forwarded,
+      webSockets: deps.webSockets,
+      maxBody: config.maxBody,
+      bodyTimeout: config.bodyTimeout,
+      transport: deps.transport ?? (onFetch ? sendAttempt : deps.native.send),
+      // Paths fetch would rewrite (`/a/../b`) go through the native transport, byte for byte.
+      exactTransport: onFetch ? deps.native.send : undefined,
+    }, deps.log);
+  }
+}
+
+/** DNS discovery for a service that names targets; changes go to the service once it exists. */
+function createDiscovery(
+  config: ServiceConfig,
+  deps: ServiceDeps,
+  service: () => Service | undefined,
+): DnsDiscovery | undefined {
+  const targets = config.discover ?? [];
+  if (targets.length === 0) return undefined;
+  return new DnsDiscovery({
+    targets: targets.map((text) => parseDiscoveryTarget(text)!),
+    intervalMs: deps.discoverInterval,
+    dnsServer: deps.dnsServer,
+    onChange: (before, after) => service()?.applyDiscovery(before, after),
+  }, deps.log);
+}
+
+/** The pool settings a service's configuration gives; `policy` keeps a running one. */
+function poolSettings(config: ServiceConfig, policy: Policy | undefined) {
+  return {
+    rise: config.healthCheck.rise,
+    fall: config.healthCheck.fall,
+    policy: policy ?? createPolicy(config.policy, { hash: { key: config.hashKey } }),
+    slowStartMs: config.slowStart,
+    maxConns: config.maxConns === 0 ? Infinity : config.maxConns,
+    outlier: config.ejectAfter === 0 ? undefined : {
+      consecutiveFailures: config.ejectAfter,
+      baseEjectionMs: config.ejectTime,
+      maxEjectionMs: config.ejectMaxTime,
+      maxEjectedPercent: config.ejectMaxPercent,
+    },
+    panicThresholdPercent: config.panicThreshold,
+  };
+}

@@ -1,0 +1,294 @@
+/**
+ * lib/health.ts against real backends on 127.0.0.1 port 0: expected statuses, the Host header
+ * on the wire, body checks (an endless body is cut at 64 KiB), timeouts, two checkers on two
+ * pools side by side, and stop(). Rounds are run with runRound() and their verdicts read from a
+ * real Pool's backend state.
+ */
+import assert from "node:assert/strict";
+import { HEALTH_BODY_LIMIT, HealthChecker, type HealthOptions } from "../lib/health.ts";
+import { Pool } from "../lib/pool.ts";
+import { quietLog } from "../lib/log.ts";
+import { createBackendClient } from "../lib/tls.ts";
+import { waitFor } from "./helpers.ts";
+
+/** Longest wait for something a test expects (a loaded machine may be slow). */
+const WAIT_MS = 10_000;
+
+/** What a backend saw of one request. */
+interface Seen {
+  path: string;
+  host: string | null;
+}
+
+/**
+ * A backend whose answers come from `handler`, recording path and Host of every request.
+ * `released` resolves when the test ends, so a handler that waits for it cannot outlive it.
+ */
+function backend(handler: (req: Request, released: Promise<void>) => Response | Promise<Response>) {
+  const seen: Seen[] = [];
+  let release = () => {};
+  const released = new Promise<void>((resolve) => release = resolve);
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, (req) => {
+    const url = new URL(req.url);
+    seen.push({ path: url.pathname, host: req.headers.get("host") });
+    return handler(req, released);
+  });
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    seen,
+    async [Symbol.asyncDispose]() {
+      release();
+      await server.shutdown();
+    },
+  };
+}
+
+/** Resolves when the client went away (needs `--unstable-no-legacy-abort`, set in deno.json). */
+function clientGone(req: Request, released: Promise<void>): Promise<void> {
+  return Promise.race([
+    released,
+    new Promise<void>((resolve) => req.signal.addEventListener("abort", () => resolve())),
+  ]);
+}
+
+/** A pool over `urls` (rise 2, fall 2) and a checker on it; the checker's client is closed after. */
+function checked(urls: string[], options: Partial<HealthOptions> = {}) {
+  const pool = new Pool(urls.map((url) => ({ url, weight: 1 })), {
+    rise: 2,
+    fall: 2,
+    policy: { select: (candidates) => candidates[0] },
+  });
+  // The balancer's own kind of client: without allowHost, fetch would replace the Host header.
+  const client = createBackendClient({}, { allowHost: true });
+  const checker = new HealthChecker(pool, {
+    interval: 60_000,
+    timeout: 5_000,
+    path: "/",
+    client,
+    ...options,
+  }, quietLog);
+  return {
+    pool,
+    checker,
+    /** Runs `n` rounds, one after the other. */
+    async rounds(n: number) {
+      for (let i = 0; i < n; i++) await checker.runRound();
+    },
+    /** Each backend's state and last check detail, in pool order. */
+    states() {
+      return pool.backends.map((b) => `${b.state}: ${b.lastCheck?.detail}`);
+    },
+    async [Symbol.asyncDispose]() {
+      await checker.stop();
+      client.close();
+    },
+  };
+}
+
+/** Answers the status named by the path, `/status/503` -> 503. */
+function byStatusPath(req: Request): Response {
+  const status = Number(new URL(req.url).pathname.split("/")[2]);
+  const location = status >= 300 && status < 400 ? { location: "/elsewhere" } : undefined;
+  return new Response(status === 204 || status === 304 ? null : "x", {
+    status,
+    headers: location,
+  });
+}
+
+Deno.test("HealthChecker by default passes 2xx and 3xx and fails the rest", async () => {
+  await using server = backend(byStatusPath);
+  const cases: [number, string][] = [
+    [200, "up: HTTP 200"],
+    [204, "up: HTTP 204"],
+    [302, "up: HTTP 302"],
+    [404, "down: HTTP 404"],
+    [503, "down: HTTP 503"],
+  ];
+  for (const [status, expected] of cases) {
+    await using health = checked([server.url], { path: `/status/${status}` });
+    await health.rounds(2);
+    assert.deepEqual(health.states(), [expected], `HTTP ${status}`);
+  }
+});
+
+Deno.test("HealthChecker with expectStatus passes only those, naming them when it fails", async () => {
+  await using server = backend(byStatusPath);
+  const cases: [number, readonly number[], string][] = [
+    [204, [200, 204], "up: HTTP 204"],
+    [503, [200, 204], "down: HTTP 503 (expected 200, 204)"],
+    [302, [200], "down: HTTP 302 (expected 200)"], // would pass by default
+    [503, [503], "up: HTTP 503"], // would fail by default
+  ];
+  for (const [status, expectStatus, expected] of cases) {
+    await using health = checked([server.url], { path: `/status/${status}`, expectStatus });
+    await health.rounds(2);
+    assert.deepEqual(health.states(), [expected], `HTTP ${status}, expecting ${expectStatus}`);
+  }
+});
+
+Deno.test("HealthChecker sends the host option as the Host header, else the backend's own", async () => {
+  // A virtual-hosted backend: only app.example:8443 has a healthy site.
+  await using server = backend((req) =>
+    new Response(null, { status: req.headers.get("host") === "app.example:8443" ? 200 : 404 })
+  );
+  {
+    await using health = checked([server.url], { path: "/healthz", host: "app.example:8443" });
+    await health.rounds(2);
+    assert.deepEqual(health.states(), ["up: HTTP 200"]);
+  }
+  assert.deepEqual(server.seen.splice(0), [
+    { path: "/healthz", host: "app.example:8443" },
+    { path: "/healthz", host: "app.example:8443" },
+  ]);
+  {
+    await using health = checked([server.url], { path: "/healthz" });
+    await health.rounds(2);
+    assert.deepEqual(health.states(), ["down: HTTP 404"]);
+  }
+  const own = new URL(server.url).host;
+  assert.deepEqual(server.seen, [{ path: "/healthz", host: own }, { path: "/healthz", host: own }]);
+});
+
+Deno.test("HealthChecker with bodyContains passes only a body containing the text", async () => {
+  await using ok = backend(() => new Response("status: ok\n"));
+  await using degraded = backend(() => new Response("status: degraded\n"));
+  await using empty = backend(() => new Response(null, { status: 204 }));
+  // The text split across two chunks of the body is still found.
+  await using split = backend(() =>
+    new Response(ReadableStream.from(["status: o", "k\n"].map((s) => new TextEncoder().encode(s))))
+  );
+  await using health = checked([ok.url, degraded.url, empty.url, split.url], {
+    bodyContains: "ok",
+  });
+  await health.rounds(2);
+  assert.deepEqual(health.states(), [
+    "up: HTTP 200",
+    'down: body does not contain "ok"',
+    'down: body does not contain "ok"',
+    "up: HTTP 200",
+  ]);
+});
+
+Deno.test("HealthChecker reads an endless body only up to 64 KiB, then fails without waiting", async () => {
+  // Endless for the checker; the backend stops at 64 MiB so that a broken check cannot run away.
+  const chunk = new TextEncoder().encode("x".repeat(1024));
+  const produced = { bytes: 0, cancelled: false };
+  await using server = backend(() =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (produced.bytes >= 64 * 1024 * 1024) return controller.close();
+          produced.bytes += chunk.byteLength;
+          controller.enqueue(chunk);
+        },
+        cancel() {
+          produced.cancelled = true;
+        },
+      }),
+    )
+  );
+  // A timeout far longer than reading 64 KiB takes: the detail shows which ended the check.
+  await using health = checked([server.url], { bodyContains: "ok", timeout: 60_000 });
+  await health.rounds(2);
+  assert.deepEqual(health.states(), [
+    `down: body does not contain "ok" in its first ${HEALTH_BODY_LIMIT} bytes`,
+  ]);
+  // The body was let go, not drained: the backend's stream was cancelled before its end.
+  assert.ok(await waitFor(() => produced.cancelled, WAIT_MS), "the backend's body was cancelled");
+  assert.ok(produced.bytes < 64 * 1024 * 1024, `${produced.bytes} bytes produced`);
+});
+
+Deno.test("HealthChecker times out on missing headers and on a body that stalls", async () => {
+  await using noHeaders = backend(async (req, released) => {
+    await clientGone(req, released);
+    return new Response("too late");
+  });
+  await using stalledBody = backend((req, released) => {
+    const bytes = new TextEncoder().encode("status: ");
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        async start(controller) {
+          controller.enqueue(bytes); // headers and a first piece, then nothing
+          await clientGone(req, released);
+          controller.close();
+        },
+      }),
+    );
+  });
+  await using health = checked([noHeaders.url, stalledBody.url], {
+    bodyContains: "ok",
+    timeout: 300,
+  });
+  await health.rounds(2);
+  assert.deepEqual(health.states(), ["down: timeout 300ms", "down: timeout 300ms"]);
+});
+
+Deno.test("HealthChecker: two checkers on two pools with one backend in common keep apart", async () => {
+  // One server, two services' views of it: /one is healthy, /two (for two.example) is not.
+  await using server = backend((req) => {
+    const { pathname } = new URL(req.url);
+    if (pathname === "/one") return new Response("one is fine");
+    return new Response("two is broken", { status: 503 });
+  });
+  await using other = backend(() => new Response("two is fine"));
+  await using one = checked([server.url], { path: "/one", expectStatus: [200] });
+  await using two = checked([server.url, other.url], {
+    path: "/two",
+    host: "two.example",
+    bodyContains: "fine",
+  });
+  await Promise.all([one.rounds(2), two.rounds(2)]);
+  assert.deepEqual(one.states(), ["up: HTTP 200"]);
+  assert.deepEqual(two.states(), ["down: HTTP 503", "up: HTTP 200"]);
+  const seenBy = (path: string) => server.seen.filter((s) => s.path === path);
+  assert.equal(seenBy("/one").length, 2);
+  assert.ok(seenBy("/one").every((s) => s.host === new URL(server.url).host));
+  assert.deepEqual(seenBy("/two"), [
+    { path: "/two", host: "two.example" },
+    { path: "/two", host: "two.example" },
+  ]);
+
+  // Stopping one leaves the other checking.
+  await one.checker.stop();
+  server.seen.length = 0;
+  await two.rounds(1);
+  assert.deepEqual(server.seen, [{ path: "/two", host: "two.example" }]);
+  assert.deepEqual(one.states(), ["up: HTTP 200"]);
+});
+
+Deno.test("HealthChecker.stop() cancels a check in progress and leaves no timer or body open", async () => {
+  const started = { count: 0 };
+  await using server = backend((req, released) => {
+    started.count++;
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        async start(controller) {
+          controller.enqueue(new TextEncoder().encode("status: "));
+          await clientGone(req, released);
+          controller.close();
+        },
+      }),
+    );
+  });
+  await using health = checked([server.url], { bodyContains: "ok", timeout: 60_000 });
+  health.checker.start();
+  assert.ok(await waitFor(() => started.count === 1, WAIT_MS), "a check reached the backend");
+  await health.checker.stop();
+  // Stopped mid-check: nothing is reported (the backend keeps its state) and nothing is left
+  // behind (the op and resource sanitizers fail this test otherwise).
+  assert.equal(health.pool.backends[0].lastCheck, undefined);
+
+  // A stopped checker can start again.
+  health.checker.start();
+  assert.ok(await waitFor(() => started.count === 2, WAIT_MS), "checking again after start()");
+  await health.checker.stop();
+});
+
+Deno.test("HealthChecker reports a refused connection", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const url = `http://127.0.0.1:${listener.addr.port}`;
+  listener.close();
+  await using health = checked([url]);
+  await health.rounds(2);
+  assert.deepEqual(health.states(), ["down: connection refused"]);
+});
