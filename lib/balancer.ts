@@ -162,7 +162,10 @@ export async function startBalancer(
   };
   const backendTls = readBackendTls(backendTlsFiles);
   const client = createBackendClient(backendTlsFiles, { allowHost: true }, backendTls);
-  const native = createNativeTransport({ tls: backendTls });
+  const native = createNativeTransport({
+    tls: backendTls,
+    maxConnsPerOrigin: config.maxBackendConnections || Infinity,
+  });
   const accessLog = config.accessLog
     ? createAccessLog(config.accessLog, config.accessLogFormat ?? "combined", { log })
     : undefined;

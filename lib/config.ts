@@ -191,6 +191,8 @@ export interface Config {
   transport?: "native" | "fetch";
   /** Longest pause between two reads of a response body (ms); native transport only. @default 60000 */
   readTimeout?: number;
+  /** Connections the native transport opens per backend origin; 0 is unlimited. @default 0 */
+  maxBackendConnections?: number;
   /** Services by name (file only); see {@linkcode ServiceSettings}. @default undefined */
   services?: Record<string, ServiceSettings>;
   /** Routes to services, in order, first match wins (file only). @default undefined */

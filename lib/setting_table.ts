@@ -306,6 +306,17 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     scope: "service",
     restart: false,
   },
+  maxBackendConnections: {
+    check: integer(0, 1_000_000),
+    default: 0,
+    flag: "value",
+    arg: "N",
+    help: "connections the native transport opens per backend, 0 = unlimited (default {default})",
+    doc:
+      "Connections the native transport keeps open (or opening) to one backend origin, shared by every service that names it; at the cap a request waits for a released connection up to its timeout, then fails as a connect failure (retried elsewhere, counted toward ejection). 0 is unlimited, as nginx's max_conns.",
+    scope: "global",
+    restart: true,
+  },
   drainTimeout: {
     check: duration(0),
     default: 10_000,

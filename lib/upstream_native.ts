@@ -29,6 +29,13 @@
  * - `connectTimeout` covers TCP and the TLS handshake, capped by `timeout`; `timeout` then
  *   counts from the connection being ready until the response head (as nginx counts its
  *   read timeout from the request being sent).
+ * - At most `maxConnsPerOrigin` connections per origin (no cap unless set), 32 of them connecting
+ *   at once: more
+ *   requests queue for a released connection, up to `timeout` (HAProxy's `maxconn` and `timeout
+ *   queue`). A connect that times out while the origin has other connections open makes its
+ *   request queue too: under 2,000 connections Deno delivered connects that the kernel had
+ *   completed at once 0.7-2 s late, so such a timeout is the balancer's own queueing. A refused
+ *   connect, or a timeout with nothing open, fails the queued requests at once (a dead backend).
  * - `readTimeout` bounds each wait for body bytes. While a small body is read whole, before
  *   anything was returned, running out is a failed attempt (`maybe-sent`, "read timeout after
  *   Nms"); on a streamed body it errors the stream and tells `onBodyFailure`. A framing error
@@ -105,6 +112,13 @@ export interface NativeTransportOptions {
    * connect, so a burst does not overflow a backend's accept queue (nginx's is 511). @default 32
    */
   maxConnectingPerOrigin?: number;
+  /**
+   * Connections per origin, open or connecting (HAProxy's `maxconn` on a server line): at the
+   * cap a request waits for a released connection, up to its `timeout`, rather than opening
+   * another socket. No cap by default, as nginx's `max_conns`: a cap holds long-lived streams
+   * (server-sent events) beyond it until their timeout. @default Infinity
+   */
+  maxConnsPerOrigin?: number;
 }
 
 /** Connection counts of one origin. */
@@ -117,6 +131,8 @@ export interface OriginStats {
   connects: number;
   /** Requests sent on an idle connection rather than a new one. */
   reuses: number;
+  /** Requests waiting now for a connection (the cap or the connects in progress reached). */
+  waiting: number;
 }
 
 /** What {@linkcode createNativeTransport} returns. */
@@ -189,11 +205,15 @@ export function createNativeTransport(options: NativeTransportOptions = {}): Nat
   const maxIdle = options.maxIdlePerOrigin ?? 128;
   const idleTimeout = options.idleTimeout ?? 30_000;
   const maxDialing = options.maxConnectingPerOrigin ?? 32;
+  const maxConns = options.maxConnsPerOrigin ?? Infinity;
   if (!Number.isInteger(maxIdle) || maxIdle < 0) {
     throw new RangeError(`maxIdlePerOrigin: expected a whole number >= 0, got ${maxIdle}`);
   }
   if (!Number.isInteger(maxDialing) || maxDialing < 1) {
     throw new RangeError(`maxConnectingPerOrigin: expected a whole number >= 1, got ${maxDialing}`);
+  }
+  if (!(maxConns === Infinity || (Number.isInteger(maxConns) && maxConns >= 1))) {
+    throw new RangeError(`maxConnsPerOrigin: expected a whole number >= 1, got ${maxConns}`);
   }
   if (!(idleTimeout > 0) || !Number.isFinite(idleTimeout)) {
     throw new RangeError(`idleTimeout: expected milliseconds > 0, got ${idleTimeout}`);
@@ -202,19 +222,20 @@ export function createNativeTransport(options: NativeTransportOptions = {}): Nat
   if ((tls.cert === undefined) !== (tls.key === undefined)) {
     throw new RangeError("tls: cert and key go together");
   }
-  const state = new TransportState(maxIdle, idleTimeout, tls, maxDialing);
+  const state = new TransportState(maxIdle, idleTimeout, tls, maxDialing, maxConns);
 
   return {
     send: (origin, url, request, clientSignal, attemptOptions) =>
       send(state, origin, url, request, clientSignal, attemptOptions),
     stats(origin) {
       const pool = state.pools.get(origin);
-      if (pool === undefined) return { open: 0, idle: 0, connects: 0, reuses: 0 };
+      if (pool === undefined) return { open: 0, idle: 0, connects: 0, reuses: 0, waiting: 0 };
       return {
         open: pool.open,
         idle: pool.idle.length,
         connects: pool.connects,
         reuses: pool.reuses,
+        waiting: pool.waiters.length,
       };
     },
     retire(origin) {
@@ -252,6 +273,7 @@ class TransportState {
     readonly idleTimeout: number,
     readonly tls: NativeTlsOptions,
     readonly maxDialing: number,
+    readonly maxConns: number,
   ) {
     this.#sweepEvery = Math.max(10, Math.min(1000, Math.round(idleTimeout / 4)));
     this.#sweepsToExpire = Math.ceil(idleTimeout / this.#sweepEvery);
@@ -323,7 +345,7 @@ class OriginPool {
   retired = false;
   /** Connects in progress. */
   dialing = 0;
-  /** Requests waiting for a connection while `maxDialing` connects are in progress, oldest first. */
+  /** Requests waiting for a connection (connects or connections at their cap), oldest first. */
   readonly waiters: Waiter[] = [];
 
   constructor(readonly owner: TransportState, origin: string) {
@@ -348,55 +370,103 @@ class OriginPool {
 
   /**
    * A connection for one request: an idle one, a new one, or, while `maxDialing` connects are in
-   * progress, the first one released or a connect of its own once a connect ends. Bursts of
-   * requests thus never open more connections at once than the backend's accept queue can take
-   * (a SYN dropped there costs a connect timeout, and the backend is marked down for it).
+   * progress or `maxConns` connections are open or connecting, the first one released or a
+   * connect of its own once a slot frees. Bursts of requests thus never open more connections at
+   * once than the backend's accept queue can take, nor more in all than the cap.
+   *
+   * A connect that times out while the origin has other connections open is not the end of the
+   * request: the backend is answering on those, and under a saturated event loop Deno delivered
+   * connects that the kernel had completed in microseconds 0.7 to 2 s late (docs/performance.md),
+   * so the request waits for one of them to be released instead.
    */
   async acquire(options: AttemptOptions, clientSignal: AbortSignal): Promise<Connection | Failure> {
     const idle = this.take();
     if (idle !== undefined) return idle;
-    if (this.dialing >= this.owner.maxDialing) {
-      const turn = await this.#wait(clientSignal);
+    if (!this.#mayDial()) {
+      const turn = await this.#wait(options, clientSignal, false);
       if (turn !== DIAL) return turn;
     }
     this.dialing++;
-    let made: Connection | Failure | undefined;
+    let made: Connection | Failure;
     try {
       made = await connect(this, options, clientSignal);
-      return made;
     } finally {
       this.dialing--;
-      // A backend that refuses or does not answer would fail every waiter's connect the same way.
-      if (made !== undefined && !(made instanceof Connection) && made.kind === "connect") {
-        for (const waiter of this.waiters.splice(0)) waiter.settle(made);
-      } else {
-        this.waiters.shift()?.settle(DIAL);
-      }
+    }
+    if (made instanceof Connection || made.kind !== "connect") {
+      this.wakeDialer();
+      return made;
+    }
+    if (made.timedOut !== true) {
+      // Refused or reset: every waiter's connect would fail the same way.
+      for (const waiter of this.waiters.splice(0)) waiter.settle(made);
+      return made;
+    }
+    if (this.open === 0 || this.retired || this.owner.closed) {
+      // Nothing answers: a black-holed backend would time out every waiter's connect in turn.
+      for (const waiter of this.waiters.splice(0)) waiter.settle(made);
+      return made;
+    }
+    this.wakeDialer();
+    const turn = await this.#wait(options, clientSignal, true);
+    if (turn !== DIAL) return turn;
+    // Only a released connection was worth the wait; pass the connect turn on.
+    this.wakeDialer();
+    return made;
+  }
+
+  /** Whether a request may start a connect now (see {@linkcode acquire}). */
+  #mayDial(): boolean {
+    const owner = this.owner;
+    return this.dialing < owner.maxDialing && this.open + this.dialing < owner.maxConns;
+  }
+
+  /** Gives the oldest waiter its turn to connect when a connect or a connection slot frees. */
+  wakeDialer(): void {
+    if (this.waiters.length > 0 && !this.owner.closed && this.#mayDial()) {
+      this.waiters.shift()!.settle(DIAL);
     }
   }
 
   /**
-   * Waits for a released connection or a free connect. No deadline of its own: a wait in this
-   * queue is the balancer's congestion, not the backend's fault, and must not mark it down; every
-   * connect ends within the connect timeout and wakes the next waiter (a failed one all of them).
+   * Waits for a released connection or a free connect, at most the attempt's `timeout` (HAProxy's
+   * `timeout queue`). Running out is a `connect` failure marked `timedOut`: nothing was sent, so
+   * another backend may be tried, and a wait in the balancer's queue does not mark the backend
+   * down. `first` puts the request at the head of the queue (it has waited for a connect already).
    */
-  #wait(clientSignal: AbortSignal): Promise<Connection | Failure | Dial> {
+  #wait(
+    options: AttemptOptions,
+    clientSignal: AbortSignal,
+    first: boolean,
+  ): Promise<Connection | Failure | Dial> {
     if (clientSignal.aborted) return Promise.resolve(CLIENT_GONE);
     const { promise, resolve } = Promise.withResolvers<Connection | Failure | Dial>();
+    const limit = options.timeout;
     const waiter: Waiter = {
       settle: (turn) => {
+        deadline?.cancel();
         clientSignal.removeEventListener("abort", onClientAbort);
         resolve(turn);
       },
     };
-    const onClientAbort = () => {
+    const leave = (failure: Failure) => {
       const at = this.waiters.indexOf(waiter);
       if (at === -1) return; // served meanwhile
       this.waiters.splice(at, 1);
-      waiter.settle(CLIENT_GONE);
+      waiter.settle(failure);
     };
+    const onClientAbort = () => leave(CLIENT_GONE);
+    const deadline = limit < Infinity
+      ? afterDelay(limit, () =>
+        leave({
+          kind: "connect",
+          detail: `no connection free within ${limit}ms (${this.open} open)`,
+          timedOut: true,
+        }))
+      : undefined;
     clientSignal.addEventListener("abort", onClientAbort);
-    this.waiters.push(waiter);
+    if (first) this.waiters.unshift(waiter);
+    else this.waiters.push(waiter);
     return promise;
   }
 
@@ -520,6 +590,8 @@ class Connection {
     this.idle = false;
     this.pool.open--;
     this.pool.owner.all.delete(this);
+    // A slot under the connection cap is free.
+    this.pool.wakeDialer();
     try {
       this.conn.close();
     } catch { /* closed already */ }

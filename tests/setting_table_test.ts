@@ -84,6 +84,7 @@ Deno.test("RESTART_ONLY is exactly the settings a reload cannot apply", () => {
     "host",
     "logFormat",
     "logLevel",
+    "maxBackendConnections",
     "port",
     "redirectHttp",
     "tlsCert",

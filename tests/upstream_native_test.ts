@@ -386,7 +386,7 @@ Deno.test("send() reuses a kept-alive connection, most recently released first",
   });
   await using t = transport();
   for (let i = 0; i < 5; i++) assert.equal(await ok(await send(t, server.url)).text(), "1");
-  assert.deepEqual(t.stats(server.url), { open: 1, idle: 1, connects: 1, reuses: 4 });
+  assert.deepEqual(t.stats(server.url), { open: 1, idle: 1, connects: 1, reuses: 4, waiting: 0 });
   // Two at once need two connections; the one released last is taken next (LIFO).
   const released: string[] = [];
   await Promise.all([0, 1].map(async () => {
@@ -1240,7 +1240,13 @@ Deno.test("send() reaches an HTTPS backend through a private CA, and refuses it 
     await using trusting = transport({ tls: { ca: ca.cert } });
     assert.equal(await ok(await send(trusting, origin, "/x")).text(), "tls /x");
     assert.equal(await ok(await send(trusting, origin, "/y")).text(), "tls /y");
-    assert.deepEqual(trusting.stats(origin), { open: 1, idle: 1, connects: 1, reuses: 1 });
+    assert.deepEqual(trusting.stats(origin), {
+      open: 1,
+      idle: 1,
+      connects: 1,
+      reuses: 1,
+      waiting: 0,
+    });
     await using doubting = transport();
     const refused = await send(doubting, origin);
     assert.equal(refused.ok, false);
@@ -1324,7 +1330,7 @@ Deno.test("retire() closes idle connections now and busy ones when their request
   assert.equal(t.stats(server.url).idle, 3);
   const slow = ok(await send(t, server.url, "/slow"));
   t.retire(server.url);
-  assert.deepEqual(t.stats(server.url), { open: 0, idle: 0, connects: 0, reuses: 0 });
+  assert.deepEqual(t.stats(server.url), { open: 0, idle: 0, connects: 0, reuses: 0, waiting: 0 });
   assert.ok(await waitFor(() => closed === 2), "idle connections closed at once");
   const reader = slow.body!.getReader();
   assert.ok((await reader.read()).value!.length > 0, "the busy one still delivers");
@@ -1371,6 +1377,8 @@ Deno.test("idleTimeout closes connections left idle, and leaves no timer behind"
 Deno.test("createNativeTransport() refuses bad options, naming the value", () => {
   assert.throws(() => createNativeTransport({ maxIdlePerOrigin: -1 }), /maxIdlePerOrigin.*-1/);
   assert.throws(() => createNativeTransport({ idleTimeout: 0 }), /idleTimeout.*0/);
+  assert.throws(() => createNativeTransport({ maxConnsPerOrigin: 0 }), /maxConnsPerOrigin.*0/);
+  assert.throws(() => createNativeTransport({ maxConnsPerOrigin: 1.5 }), /maxConnsPerOrigin.*1.5/);
   assert.throws(() => createNativeTransport({ tls: { cert: "x" } }), /cert and key/);
 });
 
@@ -1400,4 +1408,122 @@ Deno.test("send() does not let a connect that succeeded in time lose to its time
   const until = performance.now() + 1000;
   while (performance.now() < until) { /* busy */ }
   assert.equal(await ok(await sending).text(), "ok");
+});
+
+/** A backend that holds every request until `release()`; counts requests in progress. */
+async function holdingBackend() {
+  const gate = Promise.withResolvers<void>();
+  let inProgress = 0;
+  let most = 0;
+  const backend = await startTestBackend(async () => {
+    most = Math.max(most, ++inProgress);
+    await gate.promise;
+    inProgress--;
+    return new Response("ok");
+  });
+  return Object.assign(backend, {
+    release: () => gate.resolve(),
+    most: () => most,
+    inProgress: () => inProgress,
+  });
+}
+
+Deno.test("send() opens at most maxConnsPerOrigin connections; further requests wait for a released one", async () => {
+  await using backend = await holdingBackend();
+  await using t = transport({ maxConnsPerOrigin: 3 });
+  const sending = Array.from({ length: 10 }, () => send(t, backend.url));
+  assert.ok(await waitFor(() => backend.inProgress() === 3), "three requests reach the backend");
+  assert.equal(t.stats(backend.url).waiting, 7, "the other seven wait in the transport");
+  backend.release();
+  for (const result of await Promise.all(sending)) assert.equal(await ok(result).text(), "ok");
+  assert.equal(backend.most(), 3);
+  const stats = t.stats(backend.url);
+  assert.equal(stats.connects, 3, "released connections were handed to the waiting requests");
+  assert.equal(stats.reuses, 7);
+  assert.equal(stats.waiting, 0);
+});
+
+Deno.test("send() gives up waiting for a connection after the attempt's timeout: a connect failure marked timedOut", async () => {
+  await using backend = await holdingBackend();
+  await using t = transport({ maxConnsPerOrigin: 1 });
+  const first = send(t, backend.url);
+  assert.ok(await waitFor(() => backend.inProgress() === 1));
+  const second = await send(t, backend.url, "/", request(), { timeout: 200 });
+  assert.deepEqual(second, {
+    ok: false,
+    failure: {
+      kind: "connect",
+      detail: "no connection free within 200ms (1 open)",
+      timedOut: true,
+    },
+  });
+  assert.equal(t.stats(backend.url).waiting, 0, "it left the queue");
+  backend.release();
+  assert.equal(await ok(await first).text(), "ok");
+});
+
+Deno.test("send() waits for a connection in use when its own connect times out while the origin has open ones", async () => {
+  // An HTTPS backend behind a TCP front: the first connection is piped through to it, later ones
+  // are accepted but never answered, so their TLS handshake (part of the connect) times out, as
+  // connects delivered late by a saturated balancer did.
+  await using pki = await Pki.create();
+  const ca = await pki.ca("queue-ca");
+  const leaf = await pki.leaf("queue-backend", ca);
+  const gate = Promise.withResolvers<void>();
+  let answered = 0;
+  const backend = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", cert: leaf.cert, key: leaf.key, onListen() {} },
+    async (req) => {
+      if (new URL(req.url).pathname === "/held") await gate.promise;
+      return new Response(`answer ${++answered}`);
+    },
+  );
+  try {
+    await using front = rawServer(async (conn, id) => {
+      if (id > 1) return; // closed by the front's disposal
+      const inner = await Deno.connect({ hostname: "127.0.0.1", port: backend.addr.port });
+      try {
+        await Promise.allSettled([
+          conn.readable.pipeTo(inner.writable),
+          inner.readable.pipeTo(conn.writable),
+        ]);
+      } finally {
+        try {
+          inner.close();
+        } catch { /* closed by its pipe */ }
+      }
+    });
+    const origin = front.url.replace("http:", "https:");
+    await using t = transport({ tls: { ca: ca.cert } });
+    const held = send(t, origin, "/held");
+    assert.ok(await waitFor(() => t.stats(origin).open === 1 && t.stats(origin).idle === 0));
+    const waiting = send(t, origin, "/", request(), { connectTimeout: 200 });
+    assert.ok(await waitFor(() => t.stats(origin).waiting === 1, 3000), "it joins the queue");
+    gate.resolve();
+    assert.equal(await ok(await held).text(), "answer 1");
+    assert.equal(await ok(await waiting).text(), "answer 2", "served on the released connection");
+    assert.equal(front.connections(), 2, "one connect timed out; no other was tried");
+    assert.equal(t.stats(origin).connects, 1);
+  } finally {
+    gate.resolve();
+    await backend.shutdown();
+  }
+});
+
+Deno.test("send() fails the waiting requests when a connect times out and the origin has no connection open", async () => {
+  await using silent = rawServer(async () => {});
+  const origin = silent.url.replace("http:", "https:");
+  await using t = transport({ maxConnectingPerOrigin: 1 });
+  const results = await Promise.all(
+    Array.from({ length: 4 }, () => send(t, origin, "/", request(), { connectTimeout: 200 })),
+  );
+  assert.equal(silent.connections(), 1, "a black-holed backend is not tried once per request");
+  for (const result of results) {
+    assert.ok(!result.ok);
+    assert.deepEqual(result.failure, {
+      kind: "connect",
+      detail: "connect timeout after 200ms",
+      timedOut: true,
+    });
+  }
 });
