@@ -11,7 +11,7 @@ import denoJson from "./deno.json" with { type: "json" };
 import { type Config, USAGE } from "./lib/config.ts";
 import { parseCommandLine, reloadSettings } from "./lib/settings.ts";
 import { ConfigError } from "./lib/errors.ts";
-import { createLog, type Log } from "./lib/log.ts";
+import { createLog, type Log, switchableLog } from "./lib/log.ts";
 import { type RunningBalancer, startBalancer } from "./lib/balancer.ts";
 import type { BackendSpec } from "./lib/pool.ts";
 import { startBackend } from "./backend.ts";
@@ -56,7 +56,9 @@ export async function main(args: string[]): Promise<number> {
     return 2;
   }
 
-  const log = createLog(config.logLevel, undefined, config.logFormat);
+  const log = switchableLog(createLog(config.logLevel, undefined, config.logFormat));
+  /** The settings in force: a reload replaces them. */
+  let running = config;
   // A failing backend or a bug in one request must never take the process down.
   globalThis.addEventListener("unhandledrejection", (event) => {
     event.preventDefault();
@@ -72,11 +74,21 @@ export async function main(args: string[]): Promise<number> {
   const stopRequested = new Promise<void>((resolve) => {
     for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, resolve);
   });
+  /** A change seen while starting: reloaded once the balancer runs. */
+  let changedWhileStarting = false;
   const reload = () => {
-    if (balancer === undefined) return;
+    if (balancer === undefined) {
+      changedWhileStarting = true;
+      return;
+    }
     reloadConfig(args, balancer, demoSpecs, log, (next) => {
-      if (workers !== undefined) shareRandomSettings(next, config);
-    }, (next) => workers?.reload(next));
+      if (workers !== undefined) shareRandomSettings(next, running);
+    }, (next) => {
+      if (next.logLevel !== running.logLevel || next.logFormat !== running.logFormat) {
+        log.replace(createLog(next.logLevel, undefined, next.logFormat));
+      }
+      running = next;
+    });
   };
   const reloadCertificate = () => {
     balancer?.reloadCertificate();
@@ -91,6 +103,8 @@ export async function main(args: string[]): Promise<number> {
   demoSpecs = demo.specs;
   addDemoBackends(config, demo.specs);
   if (workers !== undefined) shareRandomSettings(config);
+  // Watched before the balancer starts: an edit made while it starts is not missed.
+  const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
   try {
     balancer = await startBalancer(config, log, denoJson.version, workers?.extras);
     await workers?.start(config, balancer, denoJson.version).catch(async (error) => {
@@ -98,12 +112,13 @@ export async function main(args: string[]): Promise<number> {
       throw error;
     });
   } catch (error) {
+    watcher?.close();
     // With --log-format json every stderr line must be a JSON object: log shippers parse each.
     if (config.logFormat === "json") log.error((error as Error).message);
     else console.error(`load-balancer: ${(error as Error).message}`);
     return 1;
   }
-  const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
+  if (changedWhileStarting) reload();
   const certWatcher = config.tlsCert === undefined || config.tlsKey === undefined
     ? undefined
     : watchFiles([config.tlsCert, config.tlsKey], reloadCertificate, { log });
@@ -113,8 +128,8 @@ export async function main(args: string[]): Promise<number> {
   watcher?.close();
   certWatcher?.close();
   const [left, workersLeft] = await Promise.all([
-    balancer.shutdown(config.drainTimeout),
-    workers?.shutdown(config.drainTimeout) ?? 0,
+    balancer.shutdown(running.drainTimeout),
+    workers?.shutdown(running.drainTimeout) ?? 0,
   ]);
   if (left + workersLeft > 0) {
     log.warn(`Drain timeout: ${left + workersLeft} request(s) were cut off`);

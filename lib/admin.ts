@@ -50,8 +50,8 @@ export interface AdminOptions {
    * @default the views as they are
    */
   mergeBackends?: (own: BackendView[]) => Promise<BackendView[]>;
-  /** Required bearer token; empty = none. @default "" */
-  token: string;
+  /** Required bearer token; empty = none. A function is read per request (a reload). */
+  token: string | (() => string);
   /** The dashboard page. */
   dashboardHtml: string;
   /** The page's Content-Security-Policy. */
@@ -120,10 +120,13 @@ export function readiness(services: readonly AdminService[]): { status: number; 
 /** Creates the admin handler. */
 export function createAdminHandler(options: AdminOptions) {
   const { log } = options;
-  const expected = options.token === "" ? undefined : `bearer ${options.token}`;
+  const token = options.token;
+  const tokenNow = typeof token === "string" ? () => token : token;
 
   function authorized(req: Request, info: Deno.ServeHandlerInfo, path: string): boolean {
-    if (expected === undefined) return true;
+    const current = tokenNow();
+    if (current === "") return true;
+    const expected = `bearer ${current}`;
     const given = req.headers.get("authorization") ?? "";
     // The scheme is case-insensitive (RFC 9110 section 11.1): clients may send `bearer`.
     const normalized = given.replace(/^bearer /i, "bearer ");

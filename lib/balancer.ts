@@ -10,7 +10,7 @@ import type { Log } from "./log.ts";
 import type { Pool, PoolOptions, StatusChangeListener } from "./pool.ts";
 import type { ProxyObserver } from "./proxy.ts";
 import type { Transport } from "./upstream.ts";
-import { createNativeTransport } from "./upstream_native.ts";
+import { createNativeTransport, type NativeTransport } from "./upstream_native.ts";
 import { LoadBalancerMetrics, NO_BACKEND, NO_ROUTE } from "./metrics.ts";
 import { type AccessLog, createAccessLog } from "./access_log.ts";
 import { AlertWebhook } from "./alerts.ts";
@@ -28,9 +28,15 @@ import {
   readReplacement,
   redirectToHttps,
 } from "./tls.ts";
-import { DEFAULT_SERVICE, effectiveRoutes, RESTART_ONLY, serviceConfigs } from "./setting_table.ts";
+import {
+  DEFAULT_SERVICE,
+  DEFAULTS,
+  effectiveRoutes,
+  RESTART_ONLY,
+  serviceConfigs,
+} from "./setting_table.ts";
 import { describeRoute, RouteTable } from "./routes.ts";
-import { Service, type ServiceDeps } from "./service.ts";
+import { type PreparedChange, Service, type ServiceDeps } from "./service.ts";
 import { createDispatcher, type RoutingState } from "./dispatch.ts";
 
 /** What a reload changed. */
@@ -104,6 +110,10 @@ export interface BalancerExtras {
    */
   group?: {
     statusChanged(): void;
+    /** A reload began: backend changes it makes are not worth syncing one by one. */
+    reloadStarted(): void;
+    /** A reload ended, with the settings now in force, or undefined when it failed. */
+    reloaded(config: Config | undefined): void;
     mergeMetrics(own: string): Promise<string>;
     mergeBackends(own: BackendView[]): Promise<BackendView[]>;
   };
@@ -126,10 +136,14 @@ export async function startBalancer(
       }
     }
   }
-  const alerts = config.alertWebhook
-    ? new AlertWebhook({ url: config.alertWebhook, log })
-    : undefined;
+  /** Where events and requests are reported; a reload may replace each (the old one closes). */
+  const outputs = {
+    alerts: createAlerts(config, log),
+    accessLog: openAccessLog(config, log),
+  };
   let services = new Map<string, Service>();
+  /** Services a reload has started but not yet put in force. */
+  let joining: ReadonlyMap<string, Service> = new Map();
   const metrics = new LoadBalancerMetrics({
     version,
     backends: function* () {
@@ -145,7 +159,7 @@ export async function startBalancer(
         }
       }
     },
-    connections: (url) => native.stats(url),
+    connections: (url) => deps.native.stats(url),
   });
   const tlsFiles = config.tlsCert === undefined || config.tlsKey === undefined
     ? undefined
@@ -153,40 +167,25 @@ export async function startBalancer(
   let served: CertifiedKey | undefined = tlsFiles === undefined
     ? undefined
     : loadListenerCertificate(tlsFiles, log);
-  // One set of certificates for every client that talks to backends: requests (native or
-  // fetch) and health checks (fetch) trust and present the same ones.
-  const backendTlsFiles = {
-    ca: config.backendCa,
-    cert: config.backendCert,
-    key: config.backendKey,
-  };
-  const backendTls = readBackendTls(backendTlsFiles);
-  const client = createBackendClient(backendTlsFiles, { allowHost: true }, backendTls);
-  const native = createNativeTransport({
-    tls: backendTls,
-    maxConnsPerOrigin: config.maxBackendConnections || Infinity,
-  });
-  const accessLog = config.accessLog
-    ? createAccessLog(config.accessLog, config.accessLogFormat ?? "combined", { log })
-    : undefined;
+  /** Backend clients replaced by a reload: closed at shutdown, once nothing uses them. */
+  const replacedClients: BackendClients[] = [];
   const webSockets = new WebSocketRelays();
   const deps: ServiceDeps = {
     log,
-    client,
-    native,
+    ...backendClients(config),
     transport: extras.transport,
-    observer: createObserver(metrics, accessLog),
+    observer: createObserver(metrics, () => outputs.accessLog),
     webSockets,
     proto: tlsFiles === undefined ? "http" : "https",
     ...edgeSettings(config),
-    discoverInterval: config.discoverInterval ?? 10_000,
+    discoverInterval: config.discoverInterval ?? DEFAULTS.discoverInterval,
     dnsServer: config.dnsServer,
     runsHealthChecks: worker === undefined,
     listeners: (service) => ({
       onStatusChange: worker?.onStatusChange(service) ?? ((backend, from, to, reason) => {
         log.info(`${backend.url} [${to}] (${reason})${named(service)}`);
         metrics.stateTransition(service, backend.url, from, to);
-        alerts?.notify({
+        outputs.alerts?.notify({
           backend: backend.url,
           service: service === DEFAULT_SERVICE ? undefined : service,
           from,
@@ -202,7 +201,9 @@ export async function startBalancer(
       },
       // Connections to an origin are shared by the services that name it: closed when none do.
       onRemove: (backend) => {
-        if (!inAnyService(services, backend.url)) native.retire(backend.url);
+        if (!inAnyService(services, backend.url) && !inAnyService(joining, backend.url)) {
+          deps.native.retire(backend.url);
+        }
       },
     }),
     onHealthResult: (service, url, ok) => metrics.healthCheck(service, url, ok),
@@ -234,7 +235,7 @@ export async function startBalancer(
       routes: () => routing.table.routes.map(describeRoute),
       metrics: () => extras.group?.mergeMetrics(metrics.render()) ?? metrics.render(),
       mergeBackends: extras.group?.mergeBackends,
-      token: config.adminToken ?? "",
+      token: () => current.adminToken ?? "",
       dashboardHtml: DASHBOARD_HTML,
       dashboardCsp: DASHBOARD_CSP,
       log,
@@ -253,50 +254,132 @@ export async function startBalancer(
   let current = config;
   /** Reloads run one at a time: a second waits for the first to finish. */
   let reloading: Promise<unknown> = Promise.resolve();
+  /** Set by shutdown: a reload then would restart checks on clients being closed. */
+  let stopping = false;
 
   async function applyReload(next: Config): Promise<ReloadChange> {
+    if (stopping) throw new Error("shutting down");
     const restartNeeded = RESTART_ONLY.filter((key) =>
       JSON.stringify(next[key]) !== JSON.stringify(current[key])
     );
     const kept = { ...next, ...Object.fromEntries(restartNeeded.map((k) => [k, current[k]])) };
+    const changed = (key: keyof Config) =>
+      JSON.stringify(kept[key]) !== JSON.stringify(current[key]);
     const table = new RouteTable(effectiveRoutes(kept));
-    Object.assign(deps, edgeSettings(kept));
+    const wanted = serviceConfigs(kept);
+    // Phase one prepares everything that can fail or wait (files, DNS, keys) and changes
+    // nothing requests see; phase two applies it all in one synchronous run.
+    const before = { ...deps };
+    const clients = ["backendCa", "backendCert", "backendKey", "maxBackendConnections"]
+        .some((key) => changed(key as keyof Config))
+      ? backendClients(kept)
+      : undefined;
+    const started = new Map<string, Service>();
+    joining = started;
+    const prepared = new Map<string, PreparedChange>();
+    let accessLog: { next: AccessLog | undefined } | undefined;
+    let alerts: { next: AlertWebhook | undefined } | undefined;
+    try {
+      accessLog = changed("accessLog") || changed("accessLogFormat")
+        ? { next: openAccessLog(kept, log) }
+        : undefined;
+      alerts = changed("alertWebhook") ? { next: createAlerts(kept, log) } : undefined;
+      // New services start on the new shared settings; kept ones see them at commit.
+      Object.assign(deps, edgeSettings(kept), clients ?? {}, {
+        discoverInterval: kept.discoverInterval ?? DEFAULTS.discoverInterval,
+        dnsServer: kept.dnsServer,
+      });
+      const force = {
+        restartDiscovery: changed("dnsServer") || changed("discoverInterval"),
+        restartHealth: clients !== undefined,
+      };
+      for (const settings of wanted.values()) {
+        const existing = services.get(settings.name);
+        if (existing === undefined) {
+          started.set(settings.name, await Service.start(settings, deps));
+        } else {
+          prepared.set(settings.name, await existing.prepare(settings, force));
+        }
+      }
+    } catch (error) {
+      joining = new Map();
+      Object.assign(deps, before);
+      await Promise.all([
+        ...[...started.values()].map((service) => service.stop()),
+        ...[...prepared.values()].map((change) => change.abort()),
+        accessLog?.next?.close(),
+        alerts?.next?.close(),
+      ]);
+      if (clients !== undefined) {
+        clients.client.close();
+        await clients.native.close();
+      }
+      throw error;
+    }
+
+    // Phase two: no await until the swap.
     const change: ReloadChange = {
       added: [],
       removed: [],
       reweighted: [],
-      servicesAdded: [],
+      servicesAdded: [...started.keys()],
       servicesRemoved: [],
       restartNeeded,
     };
-    const wanted = serviceConfigs(kept);
     const label = (service: string, url: string) =>
       wanted.size > 1 || services.size > 1 ? `${service}: ${url}` : url;
     const built = new Map<string, Service>();
     for (const settings of wanted.values()) {
-      const existing = services.get(settings.name);
-      if (existing === undefined) {
-        built.set(settings.name, await Service.start(settings, deps));
-        change.servicesAdded.push(settings.name);
-        change.added.push(...settings.backends.map((b) => label(settings.name, b.url)));
+      const fresh = started.get(settings.name);
+      if (fresh !== undefined) {
+        built.set(settings.name, fresh);
+        change.added.push(...fresh.pool.backends.map((b) => label(settings.name, b.url)));
         continue;
       }
-      const backends = await existing.reconfigure(settings);
+      const backends = prepared.get(settings.name)!.commit();
       for (const key of ["added", "removed", "reweighted"] as const) {
         change[key].push(...backends[key].map((url) => label(settings.name, url)));
       }
-      built.set(settings.name, existing);
+      built.set(settings.name, services.get(settings.name)!);
     }
     const retired = [...services.values()].filter((s) => !wanted.has(s.name));
     // One assignment: a request sees the old routes and services or the new ones, never a mix.
+    const previous = services;
     services = built;
     routing = { table, services: built };
+    joining = new Map();
+    current = kept;
+    if (clients !== undefined) {
+      replacedClients.push({ client: before.client, native: before.native });
+      // Idle connections made with the old certificates close now, busy ones after their request.
+      for (const service of previous.values()) {
+        for (const backend of service.pool.backends) before.native.retire(backend.url);
+      }
+    }
+    if (accessLog !== undefined) {
+      const old = outputs.accessLog;
+      outputs.accessLog = accessLog.next;
+      old?.close().catch(() => {});
+    }
+    if (alerts !== undefined) {
+      const old = outputs.alerts;
+      outputs.alerts = alerts.next;
+      old?.close().catch(() => {});
+    }
+    extras.group?.reloaded(kept);
+    // A removed service's requests in flight finish on its pool as it was; its connections
+    // close with their last request unless another service still names the backend.
     for (const service of retired) {
       change.servicesRemoved.push(service.name);
       change.removed.push(...service.pool.backends.map((b) => label(service.name, b.url)));
-      await service.retire();
+      for (const backend of service.pool.backends) {
+        if (!inAnyService(services, backend.url)) deps.native.retire(backend.url);
+      }
     }
-    current = kept;
+    await Promise.all([
+      ...[...prepared.values()].map((prepared) => prepared.cleanup()),
+      ...retired.map((service) => service.stop()),
+    ]);
     return change;
   }
 
@@ -312,7 +395,13 @@ export async function startBalancer(
     },
     metrics,
     reload(next: Config) {
-      const result = reloading.then(() => applyReload(next));
+      const result = reloading.then(() => {
+        extras.group?.reloadStarted();
+        return applyReload(next).catch((error) => {
+          extras.group?.reloaded(undefined);
+          throw error;
+        });
+      });
       reloading = result.catch(() => {});
       return result;
     },
@@ -336,6 +425,7 @@ export async function startBalancer(
     },
     async shutdown(drainMs: number): Promise<number> {
       const deadline = performance.now() + drainMs;
+      stopping = true;
       await reloading;
       await Promise.all([...services.values()].map((service) => service.stop()));
       // Deno.serve's shutdown() (2.9.6) closes every upgraded WebSocket at once, with 1001
@@ -346,12 +436,48 @@ export async function startBalancer(
       const left = await server.drain(deadline);
       await redirect?.drain(performance.now());
       await admin?.drain(performance.now());
-      client.close();
-      await native.close();
-      await Promise.all([alerts?.close(), accessLog?.close()]);
+      for (const { client, native } of [...replacedClients, deps]) {
+        client.close();
+        await native.close();
+      }
+      await Promise.all([outputs.alerts?.close(), outputs.accessLog?.close()]);
       return left;
     },
   };
+}
+
+/** The clients every service reaches backends with. */
+interface BackendClients {
+  /** Keep-alive fetch client (fetch transport, health checks). */
+  client: Deno.HttpClient;
+  /** The balancer's own HTTP/1.1 transport. */
+  native: NativeTransport;
+}
+
+/**
+ * One set of certificates for every client that talks to backends: requests (native or fetch)
+ * and health checks (fetch) trust and present the same ones. Throws on unreadable files.
+ */
+function backendClients(config: Config): BackendClients {
+  const files = { ca: config.backendCa, cert: config.backendCert, key: config.backendKey };
+  const tls = readBackendTls(files);
+  return {
+    client: createBackendClient(files, { allowHost: true }, tls),
+    native: createNativeTransport({
+      tls,
+      maxConnsPerOrigin: config.maxBackendConnections || Infinity,
+    }),
+  };
+}
+
+function createAlerts(config: Config, log: Log): AlertWebhook | undefined {
+  return config.alertWebhook ? new AlertWebhook({ url: config.alertWebhook, log }) : undefined;
+}
+
+function openAccessLog(config: Config, log: Log): AccessLog | undefined {
+  return config.accessLog
+    ? createAccessLog(config.accessLog, config.accessLogFormat ?? "combined", { log })
+    : undefined;
 }
 
 /** The edge settings every service's proxy reads; a reload applies them to new requests. */
@@ -469,7 +595,7 @@ function serve(
 /** Feeds each request's outcome to the metrics and the access log. */
 function createObserver(
   metrics: LoadBalancerMetrics,
-  accessLog: AccessLog | undefined,
+  accessLogNow: () => AccessLog | undefined,
 ): ProxyObserver {
   return {
     outcome(req, info, outcome) {
@@ -481,7 +607,7 @@ function createObserver(
           seconds,
         );
       }
-      if (accessLog === undefined) return;
+      if (accessLogNow() === undefined) return;
       // Logged when the body has been delivered, so the duration covers the whole exchange.
       const time = new Date(Date.now() - (performance.now() - outcome.startedAt));
       // Everything read from the request is read now: once the response is delivered, Deno
@@ -490,8 +616,9 @@ function createObserver(
       const method = req.method;
       const userAgent = req.headers.get("user-agent") ?? undefined;
       const referer = req.headers.get("referer") ?? undefined;
+      // The log in force when the exchange ends: a reload may have replaced (and closed) it.
       const record = () =>
-        accessLog.write({
+        accessLogNow()?.write({
           time,
           clientIp,
           method,

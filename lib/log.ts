@@ -25,6 +25,29 @@ export interface Log {
 
 const noop = (_message: string): void => {};
 
+/** A {@linkcode Log} whose target can be replaced (a reload changing the level or format). */
+export interface SwitchableLog extends Log {
+  /** Writes through `next` from now on. */
+  replace(next: Log): void;
+}
+
+/** Wraps `initial` so that modules holding the log follow a later {@linkcode SwitchableLog.replace}. */
+export function switchableLog(initial: Log): SwitchableLog {
+  let current = initial;
+  return {
+    debug: (m) => current.debug(m),
+    info: (m) => current.info(m),
+    warn: (m) => current.warn(m),
+    error: (m) => current.error(m),
+    get debugEnabled() {
+      return current.debugEnabled;
+    },
+    replace(next) {
+      current = next;
+    },
+  };
+}
+
 /** A logger that writes nothing, for tests and embedding. */
 export const quietLog: Log = {
   debug: noop,

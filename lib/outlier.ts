@@ -87,6 +87,15 @@ export class OutlierDetector {
     this.#maxPercent = maxEjectedPercent;
   }
 
+  /**
+   * Takes over `previous`'s streaks and ejections (a reload with new settings): ejections in
+   * force keep counting toward `maxEjectedPercent`, and a streak goes on.
+   */
+  adopt(previous: OutlierDetector): void {
+    for (const [backend, state] of previous.#states) this.#states.set(backend, state);
+    for (const backend of previous.#ejected) this.#ejected.add(backend);
+  }
+
   /** An attempt to `backend` succeeded: its failure streak starts over. */
   recordSuccess(backend: Backend): void {
     const state = this.#states.get(backend);

@@ -181,8 +181,7 @@ export class Pool {
 
   /**
    * Applies new settings (a reload): backends keep their health, counters and in-flight
-   * requests. A changed ejection setting starts outlier counting afresh; ejections in force end
-   * when they were due.
+   * requests. Failure streaks and ejections in force carry over to new ejection settings.
    */
   reconfigure(
     settings: Pick<
@@ -195,7 +194,9 @@ export class Pool {
     this.#options = { ...this.#options, ...settings };
     this.#maxConns = settings.maxConns ?? Infinity;
     if (outlierChanged) {
+      const previous = this.#outlier;
       this.#outlier = settings.outlier ? new OutlierDetector(settings.outlier) : undefined;
+      if (previous !== undefined) this.#outlier?.adopt(previous);
     }
     this.#refresh(this.#now());
   }

@@ -283,6 +283,10 @@ function checkName(c: Checker, value: unknown, path: string): string | undefined
   if (name !== undefined && !NAME.test(name)) {
     return c.fail(path, `${show(name)} is not a route name (letters, digits, . _ -; at most 64)`);
   }
+  // Metrics label requests no route matched `route="none"` (NO_ROUTE in lib/metrics.ts).
+  if (name === "none") {
+    return c.fail(path, `"none" is reserved: it labels requests no route matched`);
+  }
   return name;
 }
 

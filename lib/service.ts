@@ -56,7 +56,9 @@ export class Service {
   #proxy: ServiceProxy;
   #health: HealthChecker;
   #discovery: DnsDiscovery | undefined;
-  #sticky: { cookie: StickyCookie; name: string } | undefined;
+  #sticky: Sticky | undefined;
+  /** Kept across reloads that leave its settings alone: a reload is no fresh burst of retries. */
+  #retryBudget: RetryBudget;
   /** Backends the configuration names: discovery never removes these. */
   #staticUrls: Set<string>;
   readonly #deps: ServiceDeps;
@@ -73,6 +75,7 @@ export class Service {
     this.pool = pool;
     this.#discovery = discovery;
     this.#staticUrls = new Set(config.backends.map((b) => b.url));
+    this.#retryBudget = createRetryBudget(config);
     this.#health = this.#createHealth();
     this.#proxy = this.#createProxy();
   }
@@ -97,7 +100,7 @@ export class Service {
     const service = new Service(config, deps, pool, discovery);
     built.service = service;
     discovery?.start();
-    await service.#prepareSticky();
+    service.#sticky = await createSticky(config, pool.backends);
     service.#proxy = service.#createProxy();
     if (deps.runsHealthChecks) service.#health.start();
     return service;
@@ -129,60 +132,72 @@ export class Service {
   }
 
   /**
-   * Applies new settings: backends by URL (kept ones keep their state), pool and proxy
-   * settings, health checks and discovery restarted when theirs changed. Returns the backend
-   * changes.
+   * Prepares new settings without applying any (everything that waits: DNS lookups, sticky
+   * keys). The returned `commit` applies them synchronously: backends by URL (kept ones keep
+   * their state), pool, proxy, health checks, discovery. `cleanup` then stops what was replaced;
+   * `abort` instead drops what was prepared.
    */
-  async reconfigure(
+  async prepare(
     next: ServiceConfig,
-  ): Promise<{ added: string[]; removed: string[]; reweighted: string[] }> {
+    /** Restart discovery or health checks although their settings are the same (shared deps changed). */
+    force: { restartDiscovery?: boolean; restartHealth?: boolean } = {},
+  ): Promise<PreparedChange> {
     const before = this.#config;
-    this.#config = next;
-    this.#staticUrls = new Set(next.backends.map((b) => b.url));
     const same = (key: keyof ServiceConfig) =>
       JSON.stringify(before[key]) === JSON.stringify(next[key]);
-    if (!same("discover")) {
-      await this.#discovery?.stop();
-      this.#discovery = createDiscovery(next, this.#deps, () => this);
-      await this.#discovery?.initialLookup();
-      this.#discovery?.start();
+    const newDiscovery = !same("discover") || force.restartDiscovery;
+    const discovery = newDiscovery ? createDiscovery(next, this.#deps, () => this) : undefined;
+    try {
+      await discovery?.initialLookup();
+      const sticky = same("stickyCookie") && same("stickySecret")
+        ? this.#sticky
+        : await createSticky(next, this.pool.backends);
+      const samePolicy = same("policy") && (next.policy !== "hash" || same("hashKey"));
+      const policy = samePolicy ? this.pool.policy : undefined;
+      const newHealth = (!same("healthCheck") || force.restartHealth) &&
+        this.#deps.runsHealthChecks;
+      const sameBudget = same("retryBudget") && same("retryBudgetMin");
+      const replaced: { stop(): Promise<void> }[] = [];
+      return {
+        commit: () => {
+          this.#config = next;
+          this.#staticUrls = new Set(next.backends.map((b) => b.url));
+          if (newDiscovery) {
+            if (this.#discovery !== undefined) replaced.push(this.#discovery);
+            this.#discovery = discovery;
+            discovery?.start();
+          }
+          this.#sticky = sticky;
+          const change = this.pool.update(
+            mergeBackends(next.backends, this.#discovery?.backends ?? []),
+          );
+          this.pool.reconfigure(poolSettings(next, policy));
+          if (newHealth) {
+            replaced.push(this.#health);
+            this.#health = this.#createHealth();
+            this.#health.start();
+          }
+          if (!sameBudget) this.#retryBudget = createRetryBudget(next);
+          this.#proxy = this.#createProxy();
+          return change;
+        },
+        cleanup: async () => {
+          await Promise.all(replaced.map((old) => old.stop()));
+        },
+        abort: async () => {
+          await discovery?.stop();
+        },
+      };
+    } catch (error) {
+      await discovery?.stop();
+      throw error;
     }
-    const change = this.pool.update(mergeBackends(next.backends, this.#discovery?.backends ?? []));
-    const samePolicy = same("policy") && same("hashKey");
-    this.pool.reconfigure(poolSettings(next, samePolicy ? this.pool.policy : undefined));
-    if (!same("stickyCookie") || !same("stickySecret")) await this.#prepareSticky();
-    if (
-      !same("healthCheck") && this.#deps.runsHealthChecks
-    ) {
-      await this.#health.stop();
-      this.#health = this.#createHealth();
-      this.#health.start();
-    }
-    this.#proxy = this.#createProxy();
-    return change;
-  }
-
-  /** Stops health checks and discovery; the pool's backends drain away (a removed service). */
-  async retire(): Promise<void> {
-    await this.stop();
-    this.pool.update([]);
   }
 
   /** Stops health checks and discovery. */
   async stop(): Promise<void> {
     await this.#discovery?.stop();
     await this.#health.stop();
-  }
-
-  async #prepareSticky(): Promise<void> {
-    const config = this.#config;
-    if (config.stickyCookie === "") {
-      this.#sticky = undefined;
-      return;
-    }
-    const cookie = new StickyCookie(config.stickySecret || generateSecret());
-    await cookie.prepare(this.pool.backends);
-    this.#sticky = { cookie, name: config.stickyCookie };
   }
 
   #createHealth(): HealthChecker {
@@ -213,10 +228,7 @@ export class Service {
       proto: deps.proto,
       client: deps.client,
       ejectOn5xx: config.ejectOn5xx,
-      retryBudget: new RetryBudget({
-        ratio: config.retryBudget / 100,
-        minPerSecond: config.retryBudgetMin,
-      }),
+      retryBudget: this.#retryBudget,
       latencyObserver: latencyObserverOf(this.pool.policy),
       sticky: this.#sticky,
       observer: deps.observer,
@@ -230,6 +242,34 @@ export class Service {
       exactTransport: onFetch ? deps.native.send : undefined,
     }, deps.log);
   }
+}
+
+/** What {@linkcode Service.prepare} made ready. */
+export interface PreparedChange {
+  /** Applies the new settings at once; returns the backend changes. */
+  commit(): { added: string[]; removed: string[]; reweighted: string[] };
+  /** After commit: stops the health checker and discovery that were replaced. */
+  cleanup(): Promise<void>;
+  /** Instead of commit: drops what was prepared. */
+  abort(): Promise<void>;
+}
+
+/** A sticky cookie and its name. */
+type Sticky = { cookie: StickyCookie; name: string };
+
+/** The sticky cookie a service's settings ask for, its values made for `backends`. */
+async function createSticky(
+  config: ServiceConfig,
+  backends: readonly Backend[],
+): Promise<Sticky | undefined> {
+  if (config.stickyCookie === "") return undefined;
+  const cookie = new StickyCookie(config.stickySecret || generateSecret());
+  await cookie.prepare(backends);
+  return { cookie, name: config.stickyCookie };
+}
+
+function createRetryBudget(config: ServiceConfig): RetryBudget {
+  return new RetryBudget({ ratio: config.retryBudget / 100, minPerSecond: config.retryBudgetMin });
 }
 
 /** DNS discovery for a service that names targets; changes go to the service once it exists. */

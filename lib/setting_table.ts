@@ -315,7 +315,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     doc:
       "Connections the native transport keeps open (or opening) to one backend origin, shared by every service that names it; at the cap a request waits for a released connection up to its timeout, then fails as a connect failure (retried elsewhere, counted toward ejection). 0 is unlimited, as nginx's max_conns.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   drainTimeout: {
     check: duration(0),
@@ -325,7 +325,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     help: "time in-flight requests get on shutdown (default {default})",
     doc: "Time in-flight requests get to finish on SIGINT/SIGTERM.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   logLevel: {
     check: oneOf(LOG_LEVELS),
@@ -335,7 +335,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     help: "debug, info, warn or error (default {default})",
     doc: "Lowest level logged (the flag ignores case).",
     scope: "global",
-    restart: true,
+    restart: false,
     fromFlag: (text) => typeof text === "string" ? text.toLowerCase() : text,
   },
   logFormat: {
@@ -346,7 +346,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     help: "text or json (default {default})",
     doc: "Format of the balancer's own log lines.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   policy: {
     check: oneOf(POLICY_NAMES),
@@ -507,7 +507,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     doc:
       "Bearer token the admin API requires: 16 or more visible ASCII characters, no spaces. Required when the admin listener is off loopback.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   accessLog: {
     check: accessLog,
@@ -517,7 +517,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     doc:
       'Where access log lines go: "stdout" or a file path (relative to the working directory). Absent: no access log.',
     scope: "global",
-    restart: true,
+    restart: false,
   },
   accessLogFormat: {
     check: oneOf(ACCESS_LOG_FORMATS),
@@ -527,7 +527,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     help: "combined or json (default {default})",
     doc: "Access log line format: Apache/nginx combined, or one JSON object per line.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   alertWebhook: {
     check: alertWebhook,
@@ -537,7 +537,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     doc:
       "Absolute http(s) URL (no user:password@) that receives a POST when a backend changes state. Absent: no alerts.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   tlsCert: {
     check: filePath,
@@ -574,7 +574,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     help: "PEM CA bundle trusted for HTTPS backends (besides system roots)",
     doc: "PEM CA bundle trusted for HTTPS backends, besides the system roots.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   backendCert: {
     check: filePath,
@@ -583,7 +583,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     help: "PEM client certificate for mTLS to backends",
     doc: "PEM client certificate for mTLS to backends. Needs backendKey.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   backendKey: {
     check: filePath,
@@ -592,7 +592,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     help: "PEM client key for --backend-cert",
     doc: "PEM client key for backendCert.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   trustedProxies: {
     check: listOf(cidr, "CIDR ranges"),
@@ -653,7 +653,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     help: "time between DNS lookups (default {default})",
     doc: "Time between DNS discovery lookups.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   dnsServer: {
     check: dnsServer,
@@ -663,7 +663,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     doc:
       "DNS server for discovery as IP:PORT ([IPv6]:PORT or localhost:PORT; a host name cannot be used). Absent: the system resolver.",
     scope: "global",
-    restart: true,
+    restart: false,
   },
   workers: {
     check: workers,

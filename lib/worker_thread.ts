@@ -19,9 +19,11 @@ let balancer: RunningBalancer | undefined;
 let log: Log | undefined;
 /** True while the main thread's verdicts are applied: those changes are not this thread's news. */
 let applying = false;
+/** Set while a reload from the main thread applies. */
+let reloading = false;
 /** What the main thread said last, per URL: only its changes are applied (see `apply`). */
 let lastSynced = new Map<string, SyncedBackend>();
-/** The newest list that arrived while the balancer was still starting, applied once it runs. */
+/** The newest list that arrived while the balancer was starting or reloading, applied after. */
 let syncedWhileStarting: SyncedBackend[] | undefined;
 
 function post(message: FromWorker): void {
@@ -41,7 +43,7 @@ self.onmessage = async (event: MessageEvent<ToWorker>) => {
       await start(message);
       return;
     case "sync":
-      if (balancer === undefined) syncedWhileStarting = message.backends;
+      if (balancer === undefined || reloading) syncedWhileStarting = message.backends;
       else apply(message.backends);
       return;
     case "stats":
@@ -49,9 +51,19 @@ self.onmessage = async (event: MessageEvent<ToWorker>) => {
       return;
     case "reload":
       if (balancer === undefined) return;
-      fillBackends(message.config, message.backends);
-      await balancer.reload(message.config);
-      apply(message.backends);
+      // Lists that come while the reload applies are for the new routes: applied after it.
+      reloading = true;
+      syncedWhileStarting = message.backends;
+      try {
+        fillBackends(message.config, message.backends);
+        await balancer.reload(message.config);
+      } catch (error) {
+        log?.error(`Reload failed: ${(error as Error).message}`);
+      } finally {
+        reloading = false;
+        apply(syncedWhileStarting ?? message.backends);
+        syncedWhileStarting = undefined;
+      }
       return;
     case "reloadCertificate":
       balancer?.reloadCertificate();

@@ -53,7 +53,12 @@ export function resolveWorkerCount(workers: number | "auto" | undefined): number
  * restart-only change, and would unpin every client).
  */
 export function shareRandomSettings(config: Config, running?: Config): void {
-  if (config.stickyCookie === "" || config.stickySecret) return;
+  if (config.stickySecret) return;
+  // Stickiness may be on for the top level or for any service without a secret of its own.
+  const drawsKey = [...serviceConfigs(config).values()].some((service) =>
+    service.stickyCookie !== "" && service.stickySecret === ""
+  );
+  if (!drawsKey) return;
   if (running?.stickySecret) {
     config.stickySecret = running.stickySecret;
     return;
@@ -96,6 +101,8 @@ interface WorkerHandle {
   listening: boolean;
   /** The metrics it reported last, carried when it does not answer (or is gone). */
   lastMetrics?: string;
+  /** Which settings it was given (see `WorkerGroup.#configVersion`). */
+  configVersion: number;
 }
 
 /** The worker threads of one balancer, driven from the main thread. */
@@ -112,6 +119,10 @@ export class WorkerGroup {
   #syncQueued = false;
   #nextStatsId = 1;
   #stopping = false;
+  /** Set while the main thread applies a reload (see `#sync`). */
+  #reloading = false;
+  /** Bumped by every reload: which settings `#workerConfig` holds. */
+  #configVersion = 0;
   /** Counters of threads that were replaced, so that merged counters never go backwards. */
   #retiredCounters = "";
   readonly #respawns = new Set<ReturnType<typeof setTimeout>>();
@@ -132,6 +143,14 @@ export class WorkerGroup {
       reusePort: true,
       group: {
         statusChanged: () => this.#queueSync(),
+        reloadStarted: () => {
+          this.#reloading = true;
+        },
+        reloaded: (config) => {
+          this.#reloading = false;
+          if (config === undefined) this.#queueSync();
+          else this.#reload(config);
+        },
         mergeMetrics: (own) => this.#mergeMetrics(own),
         mergeBackends: (own) => this.#mergeBackends(own),
       },
@@ -204,6 +223,7 @@ export class WorkerGroup {
       pending: new Map(),
       evaluated: false,
       listening: false,
+      configVersion: this.#configVersion,
     };
     this.#handles.push(handle);
     worker.onmessage = (event: MessageEvent<FromWorker>) => this.#receive(handle, event.data);
@@ -273,6 +293,12 @@ export class WorkerGroup {
         return;
       case "listening":
         handle.listening = true;
+        // Started with settings a reload has since replaced: it gets the new ones.
+        if (handle.configVersion !== this.#configVersion) {
+          this.#sendReload(handle, this.#snapshot());
+          handle.started?.(undefined);
+          return;
+        }
         // The list as it is now: changes made while the thread started may have reached it
         // before it could apply them, and #sync sends only changes.
         this.#post(handle, { type: "sync", backends: this.#snapshot() });
@@ -320,16 +346,20 @@ export class WorkerGroup {
    * A reload was applied on the main thread: the worker threads apply the same routes and
    * services, with the backends as the main thread has them now.
    */
-  reload(config: Config): void {
+  #reload(config: Config): void {
     if (this.#balancer === undefined) return;
     this.#workerConfig = workerConfigOf(config, this.#balancer.port);
+    this.#configVersion++;
     const backends = this.#snapshot();
     this.#lastSent = JSON.stringify(backends);
     for (const handle of this.#handles) {
-      if (handle.listening) {
-        this.#post(handle, { type: "reload", config: this.#workerConfig, backends });
-      }
+      if (handle.listening) this.#sendReload(handle, backends);
     }
+  }
+
+  #sendReload(handle: WorkerHandle, backends: SyncedBackend[]): void {
+    handle.configVersion = this.#configVersion;
+    this.#post(handle, { type: "reload", config: this.#workerConfig!, backends });
   }
 
   /** The main thread's backends as the workers must see them (removed ones are left out). */
@@ -354,7 +384,9 @@ export class WorkerGroup {
 
   /** Sends the backend list to every worker when it differs from what was sent last. */
   #sync(): void {
-    if (this.#balancer === undefined || this.#stopping) return;
+    // During a reload the lists change under routes the threads do not have yet: the reload
+    // message carries the list once the new routes are in force.
+    if (this.#balancer === undefined || this.#stopping || this.#reloading) return;
     const backends = this.#snapshot();
     const text = JSON.stringify(backends);
     if (text === this.#lastSent) return;

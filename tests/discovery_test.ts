@@ -792,9 +792,10 @@ dnsTest(
     assert.deepEqual(change.removed, [s.url]);
     assert.deepEqual(poolView(pool), [`${x.url}*2 up`]);
     assert.deepEqual(change.restartNeeded, []);
-    // Discovery settings need a restart, and a reload says so.
+    // A new discovery interval applies live: lookups restart, and the found backends stay.
     change = await lb.balancer.reload(testConfig([], { ...overrides, discoverInterval: 5000 }));
-    assert.deepEqual(change.restartNeeded, ["discoverInterval"]);
+    assert.deepEqual(change.restartNeeded, []);
+    assert.deepEqual([change.added, change.removed], [[], []]);
     assert.deepEqual(poolView(pool), [`${x.url}*2 up`]);
   },
 );

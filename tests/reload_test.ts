@@ -238,12 +238,12 @@ Deno.test("editing the config file reloads it by itself, SIGHUP too, with zero f
 
     // Another edit, then SIGHUP: A gets weight 2; settings that need a restart are named.
     await cfg.write(
-      configText([`${a.url}*2`, c.url], { logLevel: "warn", drainTimeout: "5s" }),
+      configText([`${a.url}*2`, c.url], { host: "127.0.0.2", drainTimeout: "5s" }),
     );
     lb.child.kill("SIGHUP");
     await lb.waitForLine(/INFO Reloaded: 0 added, 0 removed, 1 reweighted$/, WAIT_MS);
     await lb.waitForLine(
-      /WARN Reload ignored settings that need a restart: drainTimeout, logLevel$/,
+      /WARN Reload ignored settings that need a restart: host$/,
       WAIT_MS,
     );
     const weights = (await backendsOf(admin)).map((v) => [v.url, v.weight]);

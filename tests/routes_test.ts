@@ -477,6 +477,7 @@ Deno.test("checkRoutes() refuses bad method and header conditions and names", ()
       { headers: { "x-env": 1, "bad name": "v", "x-ok": "a\r\nb" }, service: "a" },
       { name: "has space", service: "a" },
       { name: "", service: "a" },
+      { name: "none", service: "a" },
     ]),
     [
       "routes[0].methods: a list is not a non-empty list of methods",
@@ -489,6 +490,7 @@ Deno.test("checkRoutes() refuses bad method and header conditions and names", ()
       'routes[3].headers.x-ok: "a\\r\\nb" has a line break, control or non-Latin-1 character',
       'routes[4].name: "has space" is not a route name (letters, digits, . _ -; at most 64)',
       'routes[5].name: "" is not a route name (letters, digits, . _ -; at most 64)',
+      'routes[6].name: "none" is reserved: it labels requests no route matched',
     ],
   );
 });
