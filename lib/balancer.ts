@@ -38,6 +38,9 @@ import {
 import { describeRoute, RouteTable } from "./routes.ts";
 import { type PreparedChange, Service, type ServiceDeps } from "./service.ts";
 import { createDispatcher, type RoutingState } from "./dispatch.ts";
+import { compileGuards, type GuardResources } from "./protection.ts";
+import { createRateLimitTable, DEFAULT_MAX_KEYS } from "./rate_limit.ts";
+import { BasicAuthVerifier } from "./basic_auth.ts";
 
 /** What a reload changed. */
 export interface ReloadChange {
@@ -65,6 +68,8 @@ export interface RunningBalancer {
   /** The services now, by name; a reload replaces the map. */
   readonly services: ReadonlyMap<string, Service>;
   readonly metrics: LoadBalancerMetrics;
+  /** The rate limit tables of the routes now, by route name (for `--workers` threads). */
+  rateLimitTables(): Record<string, SharedArrayBuffer>;
   /**
    * Applies a new configuration without a restart, atomically for new requests: routes,
    * services, backends, policies, health checks, timeouts, limits and header rules. Backends
@@ -90,6 +95,11 @@ export interface RunningBalancer {
 export interface BalancerExtras {
   /** How attempts reach backends. @default the configured one (`transport`) */
   transport?: Transport;
+  /**
+   * Rate limit tables by route name, made by the main thread of `--workers` (a worker thread
+   * must share them). Read at every reload. @default this balancer makes its own
+   */
+  rateLimitTables?: Record<string, SharedArrayBuffer>;
   /**
    * Listen with SO_REUSEPORT, so that the worker threads of `--workers` can share the port.
    * @default false (a second balancer on the same port must fail, not silently share it)
@@ -211,8 +221,48 @@ export async function startBalancer(
   for (const settings of serviceSettings.values()) {
     services.set(settings.name, await Service.start(settings, deps));
   }
-  let routing: RoutingState = { table: new RouteTable(effectiveRoutes(config)), services };
-  const handler = createDispatcher({ state: () => routing, observer: deps.observer });
+  /** Rate limit tables by route name: kept across reloads, shared with worker threads. */
+  const rateLimitTables = new Map<string, { table: SharedArrayBuffer; maxKeys: number }>();
+  let verifier: BasicAuthVerifier | undefined;
+  /** What compiling a route's guards needs; `lookup` finds services, new ones included. */
+  const resources = (lookup: (name: string) => Service | undefined): GuardResources => ({
+    rateLimitTable(route, spec) {
+      const maxKeys = spec.maxKeys ?? DEFAULT_MAX_KEYS;
+      // A worker thread must use the main thread's tables: its own would double the limit.
+      const given = extras.rateLimitTables?.[route];
+      if (given !== undefined) return given;
+      if (worker !== undefined) throw new Error(`no rate limit table for route ${route}`);
+      const kept = rateLimitTables.get(route);
+      if (kept !== undefined && kept.maxKeys === maxKeys) return kept.table;
+      const table = createRateLimitTable(maxKeys);
+      rateLimitTables.set(route, { table, maxKeys });
+      return table;
+    },
+    verifier() {
+      verifier ??= new BasicAuthVerifier({ log });
+      verifier.start();
+      return verifier;
+    },
+    mirrorTarget(name) {
+      // Validated: a mirror names a service of the same configuration.
+      const service = lookup(name)!;
+      return { target: service.mirrorTarget, limit: service.mirrorLimit };
+    },
+  });
+  let routing: RoutingState = {
+    ...routingOf(config, resources((name) => services.get(name))),
+    services,
+  };
+  const handler = createDispatcher({
+    state: () => routing,
+    observer: deps.observer,
+    onRefused: (route, refusal) => {
+      metrics.refused(route, refusal.reason);
+      if (refusal.logAs !== undefined) {
+        log.info(`Rate limit: route ${route} refused ${refusal.logAs} (logged once a second)`);
+      }
+    },
+  });
 
   const server = serve(
     config.port,
@@ -265,7 +315,6 @@ export async function startBalancer(
     const kept = { ...next, ...Object.fromEntries(restartNeeded.map((k) => [k, current[k]])) };
     const changed = (key: keyof Config) =>
       JSON.stringify(kept[key]) !== JSON.stringify(current[key]);
-    const table = new RouteTable(effectiveRoutes(kept));
     const wanted = serviceConfigs(kept);
     // Phase one prepares everything that can fail or wait (files, DNS, keys) and changes
     // nothing requests see; phase two applies it all in one synchronous run.
@@ -278,6 +327,7 @@ export async function startBalancer(
     joining = started;
     const prepared = new Map<string, PreparedChange>();
     let accessLog: { next: AccessLog | undefined } | undefined;
+    let routes!: Omit<RoutingState, "services">;
     let alerts: { next: AlertWebhook | undefined } | undefined;
     try {
       accessLog = changed("accessLog") || changed("accessLogFormat")
@@ -301,6 +351,7 @@ export async function startBalancer(
           prepared.set(settings.name, await existing.prepare(settings, force));
         }
       }
+      routes = routingOf(kept, resources((name) => started.get(name) ?? services.get(name)));
     } catch (error) {
       joining = new Map();
       Object.assign(deps, before);
@@ -346,7 +397,8 @@ export async function startBalancer(
     // One assignment: a request sees the old routes and services or the new ones, never a mix.
     const previous = services;
     services = built;
-    routing = { table, services: built };
+    const previousGuards = routing.guards;
+    routing = { ...routes, services: built };
     joining = new Map();
     current = kept;
     if (clients !== undefined) {
@@ -377,6 +429,7 @@ export async function startBalancer(
       }
     }
     await Promise.all([
+      ...previousGuards.map((guards) => guards?.mirror?.close()),
       ...[...prepared.values()].map((prepared) => prepared.cleanup()),
       ...retired.map((service) => service.stop()),
     ]);
@@ -394,6 +447,14 @@ export async function startBalancer(
       return services;
     },
     metrics,
+    rateLimitTables() {
+      const names = new Set(routing.table.routes.map((route) => route.name));
+      return Object.fromEntries(
+        [...rateLimitTables].filter(([name]) => names.has(name)).map((
+          [name, t],
+        ) => [name, t.table]),
+      );
+    },
     reload(next: Config) {
       const result = reloading.then(() => {
         extras.group?.reloadStarted();
@@ -440,9 +501,25 @@ export async function startBalancer(
         client.close();
         await native.close();
       }
-      await Promise.all([outputs.alerts?.close(), outputs.accessLog?.close()]);
+      await Promise.all([
+        outputs.alerts?.close(),
+        outputs.accessLog?.close(),
+        verifier?.close(),
+        ...routing.guards.map((guards) => guards?.mirror?.close()),
+      ]);
       return left;
     },
+  };
+}
+
+/** The routes of `config`, with what each route enforces. */
+function routingOf(config: Config, resources: GuardResources): Omit<RoutingState, "services"> {
+  const table = new RouteTable(effectiveRoutes(config));
+  return {
+    table,
+    guards: table.routes.map((route) => compileGuards(route.spec, route.name, config, resources)),
+    // Validated by the settings: every entry parses.
+    trustedProxies: (config.trustedProxies ?? []).map((text) => parseCidr(text)!),
   };
 }
 

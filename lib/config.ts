@@ -16,6 +16,10 @@
  * are accepted alongside `--backends URL --port 3030`.
  */
 
+import type { RateLimitSpec } from "./rate_limit.ts";
+import type { BasicAuthSpec } from "./basic_auth.ts";
+import type { CompressSpec } from "./compress.ts";
+import type { MirrorSpec } from "./mirror.ts";
 import { parseArgs } from "node:util";
 import { ConfigError } from "./errors.ts";
 import type { BackendSpec } from "./pool.ts";
@@ -191,6 +195,18 @@ export interface Config {
   transport?: "native" | "fetch";
   /** Longest pause between two reads of a response body (ms); native transport only. @default 60000 */
   readTimeout?: number;
+  /** Client ranges allowed on routes without their own list; empty = everyone. @default [] */
+  allow?: string[];
+  /** Client ranges refused (403) on routes without their own list. @default [] */
+  deny?: string[];
+  /** Rate limit of routes without their own. @default none */
+  rateLimit?: RateLimitSpec | false;
+  /** Basic auth of routes without their own. @default none */
+  basicAuth?: BasicAuthSpec | false;
+  /** Response compression of routes without their own. @default none */
+  compress?: CompressSpec | false;
+  /** Mirror of service routes without their own. @default none */
+  mirror?: MirrorSpec | false;
   /** Connections the native transport opens per backend origin; 0 is unlimited. @default 0 */
   maxBackendConnections?: number;
   /** Services by name (file only); see {@linkcode ServiceSettings}. @default undefined */

@@ -301,5 +301,11 @@ function checkRouting(config: Config, topHasBackends: boolean): Problem[] {
   const routes = config.routes ?? impliedRoutes(names, problems);
   // Without routes or services there is nothing to compare (a config with no backends at all).
   if (config.routes !== undefined || names.length > 0) problems.push(...lintRoutes(routes, names));
+  if (config.mirror && !names.includes(config.mirror.service)) {
+    problems.push({
+      path: "mirror.service",
+      message: `no service named ${JSON.stringify(config.mirror.service)}`,
+    });
+  }
   return problems;
 }

@@ -5,8 +5,14 @@
  * once per request, so a reload never changes the rules under a request in flight.
  */
 
-import { HttpError } from "./errors.ts";
-import { readClientHeaders } from "./headers.ts";
+import { HttpError, RefusedError } from "./errors.ts";
+import { type ClientHeaders, readClientHeaders } from "./headers.ts";
+import { admits } from "./access_rules.ts";
+import type { Cidr } from "./cidr.ts";
+import { clientAddress } from "./client_address.ts";
+import type { RouteGuards } from "./protection.ts";
+import { challenge } from "./basic_auth.ts";
+import { compressResponse } from "./compress.ts";
 import {
   balancerAnswer,
   type Handler,
@@ -33,6 +39,10 @@ import type { Target } from "./target.ts";
 export interface RoutingState {
   readonly table: RouteTable;
   readonly services: ReadonlyMap<string, { readonly proxy: ServiceProxy }>;
+  /** What each route enforces, by route index; undefined: nothing. */
+  readonly guards: readonly (RouteGuards | undefined)[];
+  /** Peers whose X-Forwarded-For names the client (for access rules and rate limits). */
+  readonly trustedProxies: readonly Cidr[];
 }
 
 /** What the front needs. */
@@ -41,6 +51,8 @@ export interface DispatchOptions {
   state: () => RoutingState;
   /** Told how each request ended (metrics, access log). @default none */
   observer?: ProxyObserver;
+  /** Told of each request a route's protection refused. @default none */
+  onRefused?: (route: string, refusal: RefusedError) => void;
 }
 
 /** No route matched: the balancer's own 404, with the request id like every answer of its own. */
@@ -76,6 +88,7 @@ export function createDispatcher(options: DispatchOptions): Handler {
         upstreamPath: upstreamPath(route, target.pathAndQuery),
         requestId,
         requestHeaders: spec.requestHeaders,
+        mirror: state.guards[route.index]?.mirror,
       }, trace);
     }
     if (route.action === "redirect") {
@@ -115,13 +128,21 @@ export function createDispatcher(options: DispatchOptions): Handler {
       path = target.pathAndQuery;
       route = state.table.match(target.host, path, req.method, req.headers);
       if (route === undefined) throw new NoRouteError();
+      const guards = state.guards[route.index];
+      if (guards !== undefined) await enforce(guards, req, info, client, state.trustedProxies);
       response = await answer(route, state, req, info, client, target, requestId, trace);
     } catch (error) {
+      if (error instanceof RefusedError) options.onRefused?.(route!.name, error);
       trace.fromBackend = false;
       response = balancerAnswer(error, requestId, trace);
     }
     const rules = route?.spec.responseHeaders;
     if (rules !== undefined) addResponseHeaders(rules, response);
+    // After the header rules: a Cache-Control: no-transform or Vary they set is respected.
+    const compress = route === undefined ? undefined : state.guards[route.index]?.compress;
+    if (compress !== undefined) {
+      response = compressResponse(compress, req.method, req.headers, response);
+    }
     if (observer === undefined) return response;
     observer.outcome(observed!.req, observed!.info, {
       status: response.status,
@@ -137,6 +158,44 @@ export function createDispatcher(options: DispatchOptions): Handler {
     });
     return response;
   };
+}
+
+/**
+ * Throws a {@linkcode RefusedError} when `guards` refuse the request: access rules first (a
+ * refused client spends no tokens), then the rate limit (password guessing is limited before
+ * bcrypt runs), then basic auth.
+ */
+async function enforce(
+  guards: RouteGuards,
+  req: Request,
+  info: Deno.ServeHandlerInfo,
+  client: ClientHeaders,
+  trustedProxies: readonly Cidr[],
+): Promise<void> {
+  if (guards.access !== undefined || guards.limiter !== undefined) {
+    const peer = (info.remoteAddr as Deno.NetAddr).hostname;
+    const address = clientAddress(peer, client.forwardedFor, trustedProxies);
+    if (guards.access !== undefined && !admits(guards.access, address)) {
+      throw new RefusedError(403, "access");
+    }
+    if (guards.limiter !== undefined) {
+      const taken = guards.limiter.take(guards.limiter.keyOf(address, req.headers));
+      if (!taken.ok) {
+        throw new RefusedError(429, "rate-limit", {
+          "retry-after": String(taken.retryAfterSeconds),
+        }, taken.log ? address : undefined);
+      }
+    }
+  }
+  if (guards.auth !== undefined) {
+    const { realm, users, verifier } = guards.auth;
+    const outcome = await verifier.verify(users, req.headers.get("authorization"));
+    if (outcome === "denied") {
+      throw new RefusedError(401, "auth", { "www-authenticate": challenge(realm) });
+    }
+    // The queue of password checks is shared by every client: not this client's fault (429).
+    if (outcome === "busy") throw new RefusedError(503, "auth-busy", { "retry-after": "1" });
+  }
 }
 
 /** Applies a route's response header rules; a response with immutable headers keeps its own. */

@@ -67,6 +67,19 @@ export class GatewayTimeoutError extends HttpError {
   }
 }
 
+/** A route's protection answered the request itself (403, 429, 401); counted by `reason`. */
+export class RefusedError extends HttpError {
+  constructor(
+    status: number,
+    readonly reason: "access" | "rate-limit" | "auth" | "auth-busy",
+    headers: Record<string, string> = {},
+    /** The client to name in the log, when this refusal is worth a line (at most one a second). */
+    readonly logAs?: string,
+  ) {
+    super(status, `refused: ${reason}`, headers);
+  }
+}
+
 /** A configuration problem: start-up stops with this one-line message and exit code 2. */
 export class ConfigError extends Error {
   override name = "ConfigError";
@@ -74,10 +87,13 @@ export class ConfigError extends Error {
 
 const REASONS: Record<number, string> = {
   400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
   404: "Not Found",
   405: "Method Not Allowed",
   408: "Request Timeout",
   413: "Content Too Large",
+  429: "Too Many Requests",
   501: "Not Implemented",
   502: "Bad Gateway",
   503: "Service Unavailable",

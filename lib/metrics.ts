@@ -607,6 +607,9 @@ export function statusClass(status: number | undefined): StatusClass {
   return STATUS_CLASSES[Math.floor(status / 100) - 1];
 }
 
+/** Why a route's protection answered a request itself. */
+export type RefusalReason = "access" | "rate-limit" | "auth" | "auth-busy";
+
 /** `backend` label of a request routed to a service that had no backend for it (503). */
 export const NO_BACKEND = "none";
 
@@ -685,6 +688,8 @@ export class LoadBalancerMetrics {
   readonly requestDuration: Histogram<"service" | "backend">;
   /** `lb_route_requests_total{route,code}`: every client request by the route that matched. */
   readonly routeRequests: Counter<"route" | "code">;
+  /** `lb_route_refused_total{route,reason}`: requests a route's protection answered itself. */
+  readonly routeRefused: Counter<"route" | "reason">;
   /** `lb_retries_total`: attempts after the first. */
   readonly retries: CounterChild;
   /** `lb_retry_budget_exhausted_total`: retries refused by the retry budget. */
@@ -717,6 +722,12 @@ export class LoadBalancerMetrics {
       'Client requests by the route that matched (route "none": no route matched) and the ' +
         'status class of the response ("error": none was sent).',
       ["route", "code"],
+    );
+    this.routeRefused = r.counter(
+      "lb_route_refused_total",
+      "Requests a route's protection refused, by reason: access (403), rate-limit (429), " +
+        "auth (401), auth-busy (too many password checks waiting).",
+      ["route", "reason"],
     );
     this.retries = r.counter("lb_retries_total", "Attempts on another backend after a failure.")
       .labels({});
@@ -775,6 +786,11 @@ export class LoadBalancerMetrics {
       this.#perRoute.set(name, handles);
     }
     return handles;
+  }
+
+  /** Counts one request `route`'s protection refused for `reason`. */
+  refused(route: string, reason: RefusalReason): void {
+    this.routeRefused.inc(1, { route, reason });
   }
 
   /** Counts one health check of `backend` in `service`. */

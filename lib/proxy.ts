@@ -22,6 +22,7 @@ import {
   upstreamRequestHeaders,
 } from "./headers.ts";
 import { applyRequestHeaderRules, type HeaderRules } from "./routes.ts";
+import type { Mirror } from "./mirror.ts";
 import type { Log } from "./log.ts";
 import type { Backend, Pool, SelectContext } from "./pool.ts";
 import {
@@ -157,6 +158,8 @@ export interface RoutedRequest {
   readonly requestId: string;
   /** The route's changes to the upstream request's headers. @default none */
   readonly requestHeaders?: HeaderRules;
+  /** Where a share of the route's requests is copied. @default none */
+  readonly mirror?: Mirror;
 }
 
 /** Forwards routed requests to one service's backends. */
@@ -447,7 +450,15 @@ export function createServiceProxy(pool: Pool, options: ProxyOptions, log: Log):
       return response;
     }
     // Most requests have no body: no promise for them.
-    const body = req.body === null ? NO_BODY : await prepareBody(req, bodyLimits);
+    let body = req.body === null ? NO_BODY : await prepareBody(req, bodyLimits);
+    // After the WebSocket branch: upgrades are never copied.
+    if (routed.mirror !== undefined) {
+      body = routed.mirror.tee(
+        { method, path: routed.upstreamPath, headers, clientIp },
+        body,
+        info.completed,
+      );
+    }
     const answer = await forward(req, info, headers, body, context, trace);
     const setCookie = stickyCookieFor(context, answer.backend);
     return relay(answer.response, headers, method, setCookie, requestId, trace);

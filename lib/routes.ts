@@ -20,6 +20,7 @@
  * `respond` with a fixed answer. `requestHeaders` and `responseHeaders` rules apply to any route.
  */
 
+import { checkProtection, PROTECTION_KEYS, type ProtectionSpec } from "./protection.ts";
 import type { HeaderPairs } from "./headers.ts";
 import type { Problem } from "./problem.ts";
 
@@ -34,7 +35,7 @@ export interface HeaderRules {
 }
 
 /** One route as written in the config file's `routes` list. */
-export interface RouteSpec {
+export interface RouteSpec extends ProtectionSpec {
   /** Name in metrics and logs. @default `route-<index>`, e.g. `route-0` */
   name?: string;
   /** `api.example.com` or `*.example.com`. @default any host */
@@ -100,6 +101,7 @@ const ROUTE_KEYS = [
   "addPrefix",
   "requestHeaders",
   "responseHeaders",
+  ...PROTECTION_KEYS,
 ] as const;
 const REDIRECT_STATUSES = [301, 302, 303, 307, 308];
 const DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8";
@@ -447,6 +449,7 @@ function checkRoute(c: Checker, value: unknown, path: string): void {
     if (problem !== undefined) c.fail(at("pathPrefix"), problem);
   }
   if (has("methods")) checkMethods(c, route.methods, at("methods"));
+  checkProtection(route, path, c.problems);
   if (has("headers")) checkConditionHeaders(c, route.headers, at("headers"));
 
   const actions = ACTIONS.filter(has);
@@ -463,6 +466,9 @@ function checkRoute(c: Checker, value: unknown, path: string): void {
   if (has("respond")) checkRespond(c, route.respond, at("respond"));
   for (const key of ["stripPrefix", "addPrefix"]) {
     if (has(key) && !has("service")) c.fail(at(key), `only a service route rewrites the path`);
+  }
+  if (has("mirror") && route.mirror !== false && !has("service")) {
+    c.fail(at("mirror"), `only a service route has requests to mirror`);
   }
   if (has("stripPrefix")) {
     if (typeof route.stripPrefix !== "boolean") {
@@ -553,6 +559,16 @@ export function lintRoutes(routes: readonly RouteSpec[], services: readonly stri
         problems.push({
           path: childPath(path, "service"),
           message: `no service named ${show(service)}${hint}`,
+        });
+      }
+    }
+    const mirror = route.spec.mirror;
+    if (mirror) {
+      used.add(mirror.service);
+      if (!services.includes(mirror.service)) {
+        problems.push({
+          path: childPath(childPath(path, "mirror"), "service"),
+          message: `no service named ${show(mirror.service)}`,
         });
       }
     }

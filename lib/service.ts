@@ -16,6 +16,7 @@ import { HealthChecker, type HealthOptions } from "./health.ts";
 import { createServiceProxy, type ProxyObserver, type ServiceProxy } from "./proxy.ts";
 import { sendAttempt, type Transport } from "./upstream.ts";
 import type { NativeTransport } from "./upstream_native.ts";
+import { createServiceMirrorTarget, InFlightLimit, type MirrorTarget } from "./mirror.ts";
 import type { Cidr } from "./cidr.ts";
 import type { WebSocketRelays } from "./websocket.ts";
 import { applyDiscoveryChange, DnsDiscovery, mergeBackends } from "./discovery.ts";
@@ -57,6 +58,11 @@ export class Service {
   #health: HealthChecker;
   #discovery: DnsDiscovery | undefined;
   #sticky: Sticky | undefined;
+  /** Copies mirrored to this service in flight at once, over every route that mirrors here. */
+  readonly mirrorLimit = new InFlightLimit();
+  /** Where routes send copies: the service's pool and transport as they are now. */
+  readonly mirrorTarget: MirrorTarget = { send: (request) => this.#mirrorTarget.send(request) };
+  #mirrorTarget!: MirrorTarget;
   /** Kept across reloads that leave its settings alone: a reload is no fresh burst of retries. */
   #retryBudget: RetryBudget;
   /** Backends the configuration names: discovery never removes these. */
@@ -219,6 +225,21 @@ export class Service {
     const config = this.#config;
     const deps = this.#deps;
     const onFetch = config.transport === "fetch";
+    const transport = deps.transport ?? (onFetch ? sendAttempt : deps.native.send);
+    // Paths fetch would rewrite (`/a/../b`) go through the native transport, byte for byte.
+    const exactTransport = onFetch ? deps.native.send : undefined;
+    const attempt = {
+      client: deps.client,
+      timeout: config.timeout,
+      connectTimeout: config.connectTimeout,
+      readTimeout: config.readTimeout,
+    };
+    this.#mirrorTarget = createServiceMirrorTarget({
+      pool: this.pool,
+      transport,
+      exactTransport,
+      attempt,
+    });
     return createServiceProxy(this.pool, {
       retries: config.retries,
       timeout: config.timeout,
@@ -237,9 +258,8 @@ export class Service {
       webSockets: deps.webSockets,
       maxBody: config.maxBody,
       bodyTimeout: config.bodyTimeout,
-      transport: deps.transport ?? (onFetch ? sendAttempt : deps.native.send),
-      // Paths fetch would rewrite (`/a/../b`) go through the native transport, byte for byte.
-      exactTransport: onFetch ? deps.native.send : undefined,
+      transport,
+      exactTransport,
     }, deps.log);
   }
 }

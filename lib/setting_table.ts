@@ -14,6 +14,7 @@
  * routes in effect.
  */
 
+import { PROTECTION_CHECKS, PROTECTION_SCHEMAS } from "./protection.ts";
 import type { Config, ServiceKey, ServiceSettings } from "./config.ts";
 import { childPath } from "./jsonc.ts";
 import { POLICY_NAMES } from "./policies/mod.ts";
@@ -74,7 +75,11 @@ type NoDefault =
   | "backendCa"
   | "backendCert"
   | "backendKey"
-  | "dnsServer";
+  | "dnsServer"
+  | "rateLimit"
+  | "basicAuth"
+  | "compress"
+  | "mirror";
 
 /** One setting's declaration. */
 export type Setting<K extends keyof Config = keyof Config> =
@@ -605,6 +610,28 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     scope: "global",
     restart: false,
   },
+  allow: {
+    check: listOf(cidr, "CIDR ranges"),
+    default: [],
+    flag: "list",
+    arg: "CIDRS",
+    help: "only clients in these ranges get through, 403 for others (default everyone)",
+    doc:
+      "Client addresses (IP or CIDR, IPv4 and IPv6) allowed on every route that has no allow list of its own; others get 403 and never reach a backend. The client address is the peer's, or the one --trusted-proxies vouch for.",
+    scope: "global",
+    restart: false,
+  },
+  deny: {
+    check: listOf(cidr, "CIDR ranges"),
+    default: [],
+    flag: "list",
+    arg: "CIDRS",
+    help: "clients in these ranges get 403; deny wins over allow (default none)",
+    doc:
+      "Client addresses (IP or CIDR) refused with 403 on every route that has no deny list of its own; deny wins over allow.",
+    scope: "global",
+    restart: false,
+  },
   forwarded: {
     check: bool,
     default: false,
@@ -692,6 +719,42 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     help: "services by name, each with its own backends and per-service settings",
     doc:
       'Services by name (letters, digits, "_", "." and "-"), each an object of per-service settings (any setting marked "service", e.g. backends, policy, retries) and healthCheck; what a service leaves out comes from the top level. Config file only.',
+    scope: "global",
+    restart: false,
+  },
+  rateLimit: {
+    check: describe(PROTECTION_CHECKS.rateLimit, PROTECTION_SCHEMAS.rateLimit),
+    flag: "none",
+    help: "token bucket per client on every route: 429 with Retry-After beyond it",
+    doc:
+      'Default rate limit of every route without its own: `{ "requestsPerSecond": 20, "burst": 40, "key": "ip" }` (or `"key": "header:X-Api-Key"`); one bucket per client key and route, shared by --workers threads. Over it: 429 with Retry-After. Config file only.',
+    scope: "global",
+    restart: false,
+  },
+  basicAuth: {
+    check: describe(PROTECTION_CHECKS.basicAuth, PROTECTION_SCHEMAS.basicAuth),
+    flag: "none",
+    help: "users (bcrypt hashes, or an htpasswd usersFile) every route requires",
+    doc:
+      'Default basic auth of every route without its own: `{ "realm": "ops", "users": { "alice": "$2y$10$..." } }` or `"usersFile": "/etc/lb/htpasswd"` (bcrypt only, as htpasswd -B writes; re-read on reload). Missing or wrong credentials: 401. Config file only.',
+    scope: "global",
+    restart: false,
+  },
+  compress: {
+    check: describe(PROTECTION_CHECKS.compress, PROTECTION_SCHEMAS.compress),
+    flag: "none",
+    help: "compress responses (br, gzip, zstd) on every route",
+    doc:
+      'Default response compression of every route without its own: `true`, or `{ "encodings": ["br", "gzip"], "minSize": 1024, "types": ["text/*"] }`. Only when the client accepts it and the backend did not encode. Config file only.',
+    scope: "global",
+    restart: false,
+  },
+  mirror: {
+    check: describe(PROTECTION_CHECKS.mirror, PROTECTION_SCHEMAS.mirror),
+    flag: "none",
+    help: "copy a share of every route's requests to another service",
+    doc:
+      'Default mirror of every service route without its own: `{ "service": "shadow", "percent": 10, "maxBody": "64KiB" }`. Fire-and-forget: the client never waits for the copy. Config file only.',
     scope: "global",
     restart: false,
   },

@@ -16,6 +16,7 @@ import { type HashKeySpec, parseHashKey } from "./policies/hash.ts";
 import type { BackendSpec } from "./pool.ts";
 import type { Problem } from "./problem.ts";
 import { checkRoutes, type RouteSpec } from "./routes.ts";
+import { PROTECTION_SCHEMAS } from "./protection.ts";
 
 /** Log levels, most verbose first. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
@@ -258,6 +259,7 @@ export const SCHEMA_DEFS: Record<string, JsonSchema> = {
       },
       requestHeaders: { $ref: "#/$defs/headerRules" },
       responseHeaders: { $ref: "#/$defs/headerRules" },
+      ...PROTECTION_SCHEMAS,
     },
     oneOf: [{ required: ["service"] }, { required: ["redirect"] }, { required: ["respond"] }],
   },

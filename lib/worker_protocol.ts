@@ -41,10 +41,17 @@ export type ToWorker =
     config: Config;
     version: string;
     backends: SyncedBackend[];
+    /** The main thread's rate limit tables by route name (shared memory, not copies). */
+    rateLimitTables: Record<string, SharedArrayBuffer>;
   }
   | { type: "sync"; backends: SyncedBackend[] }
   /** The configuration was reloaded: routes and services as `config` gives them. */
-  | { type: "reload"; config: Config; backends: SyncedBackend[] }
+  | {
+    type: "reload";
+    config: Config;
+    backends: SyncedBackend[];
+    rateLimitTables: Record<string, SharedArrayBuffer>;
+  }
   | { type: "stats"; id: number }
   | { type: "reloadCertificate" }
   | { type: "shutdown"; drainMs: number };

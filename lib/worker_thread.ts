@@ -56,6 +56,7 @@ self.onmessage = async (event: MessageEvent<ToWorker>) => {
       syncedWhileStarting = message.backends;
       try {
         fillBackends(message.config, message.backends);
+        replaceTables(message.rateLimitTables);
         await balancer.reload(message.config);
       } catch (error) {
         log?.error(`Reload failed: ${(error as Error).message}`);
@@ -81,8 +82,10 @@ async function start(message: Extract<ToWorker, { type: "start" }>): Promise<voi
   log = prefixed(createLog(config.logLevel, undefined, config.logFormat), `[worker ${index}] `);
   fillBackends(config, message.backends);
   try {
+    replaceTables(message.rateLimitTables);
     balancer = await startBalancer(config, log, message.version, {
       reusePort: true,
+      rateLimitTables,
       worker: { onStatusChange, onHealthChange },
     });
   } catch (error) {
@@ -124,6 +127,14 @@ function apply(backends: SyncedBackend[]): void {
   } finally {
     applying = false;
   }
+}
+
+/** The main thread's rate limit tables, read by this thread's balancer at each (re)load. */
+const rateLimitTables: Record<string, SharedArrayBuffer> = {};
+
+function replaceTables(tables: Record<string, SharedArrayBuffer>): void {
+  for (const name of Object.keys(rateLimitTables)) delete rateLimitTables[name];
+  Object.assign(rateLimitTables, tables);
 }
 
 /** What identifies a synced backend: the same URL may serve two services. */

@@ -251,6 +251,7 @@ export class WorkerGroup {
         config: this.#workerConfig!,
         version: this.#version,
         backends: this.#snapshot(),
+        rateLimitTables: this.#balancer!.rateLimitTables(),
       });
     };
     return started;
@@ -359,7 +360,12 @@ export class WorkerGroup {
 
   #sendReload(handle: WorkerHandle, backends: SyncedBackend[]): void {
     handle.configVersion = this.#configVersion;
-    this.#post(handle, { type: "reload", config: this.#workerConfig!, backends });
+    this.#post(handle, {
+      type: "reload",
+      config: this.#workerConfig!,
+      backends,
+      rateLimitTables: this.#balancer!.rateLimitTables(),
+    });
   }
 
   /** The main thread's backends as the workers must see them (removed ones are left out). */

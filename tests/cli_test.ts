@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import denoJson from "../deno.json" with { type: "json" };
 import { delay, getText, refusingUrl, startTestBackend } from "./helpers.ts";
 import { runMain, spawnBalancer } from "./process.ts";
+import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
 
 Deno.test("Go-style flags `-backends=URL,URL -port=N` work exactly as the original tool's", async () => {
   await using a = await startTestBackend(() => new Response("a"));
@@ -148,7 +149,10 @@ Deno.test("SIGTERM lets an in-flight slow request finish, then exits 0", async (
   const released = new Promise<void>((r) => release = r);
   let arrived!: () => void;
   const arrivedP = new Promise<void>((r) => arrived = r);
-  await using slow = await startTestBackend(async () => {
+  await using slow = await startTestBackend(async (req) => {
+    // The health check at start-up is no client request: SIGTERM on its arrival raced the
+    // client's request to the balancer, which then had nothing in flight to wait for.
+    if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("up");
     arrived();
     await released;
     return new Response("finished");
@@ -175,7 +179,8 @@ Deno.test("SIGINT with a request that outlives --drain-timeout exits 0 after the
   const arrivedP = new Promise<void>((r) => arrived = r);
   let release!: () => void;
   const released = new Promise<void>((r) => release = r);
-  await using stuck = await startTestBackend(async () => {
+  await using stuck = await startTestBackend(async (req) => {
+    if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("up");
     arrived();
     await released;
     return new Response("late");

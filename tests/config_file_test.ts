@@ -370,7 +370,7 @@ Deno.test("validateFileSettings() names unknown keys and suggests the intended o
       'health-interval: unknown key (did you mean "healthInterval"?)',
       'LogLevel: unknown key (did you mean "logLevel"?)',
       '["x y"]: unknown key',
-      "demo: unknown key",
+      'demo: unknown key (did you mean "deny"?)',
     ],
   );
 });
@@ -630,8 +630,13 @@ interface JsonSchema {
   minLength?: number;
   minimum?: number;
   maximum?: number;
+  exclusiveMinimum?: number;
+  exclusiveMaximum?: number;
+  maxLength?: number;
   items?: JsonSchema;
   minItems?: number;
+  maxItems?: number;
+  uniqueItems?: boolean;
   properties?: Record<string, JsonSchema>;
   required?: string[];
   additionalProperties?: boolean | JsonSchema;
@@ -659,8 +664,13 @@ const SUPPORTED = new Set([
   "minLength",
   "minimum",
   "maximum",
+  "exclusiveMinimum",
+  "exclusiveMaximum",
+  "maxLength",
   "items",
   "minItems",
+  "maxItems",
+  "uniqueItems",
   "properties",
   "required",
   "additionalProperties",
@@ -684,6 +694,7 @@ function schemaErrors(root: JsonSchema, value: unknown, node = root, path = ""):
     const ok = {
       string: typeof value === "string",
       integer: Number.isInteger(value),
+      number: typeof value === "number" && Number.isFinite(value),
       boolean: typeof value === "boolean",
       array: Array.isArray(value),
       object: isObject,
@@ -696,13 +707,24 @@ function schemaErrors(root: JsonSchema, value: unknown, node = root, path = ""):
   if (typeof value === "string") {
     if (node.pattern && !new RegExp(node.pattern, "u").test(value)) fail("pattern");
     if (node.minLength !== undefined && [...value].length < node.minLength) fail("minLength");
+    if (node.maxLength !== undefined && [...value].length > node.maxLength) fail("maxLength");
   }
   if (typeof value === "number") {
     if (node.minimum !== undefined && value < node.minimum) fail("minimum");
     if (node.maximum !== undefined && value > node.maximum) fail("maximum");
+    if (node.exclusiveMinimum !== undefined && value <= node.exclusiveMinimum) {
+      fail("exclusiveMinimum");
+    }
+    if (node.exclusiveMaximum !== undefined && value >= node.exclusiveMaximum) {
+      fail("exclusiveMaximum");
+    }
   }
   if (Array.isArray(value)) {
     if (node.minItems !== undefined && value.length < node.minItems) fail("minItems");
+    if (node.maxItems !== undefined && value.length > node.maxItems) fail("maxItems");
+    if (node.uniqueItems && new Set(value.map((v) => JSON.stringify(v))).size !== value.length) {
+      fail("uniqueItems");
+    }
     const items = node.items;
     if (items) {
       value.forEach((item, i) => errors.push(...schemaErrors(root, item, items, `${path}[${i}]`)));

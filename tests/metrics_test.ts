@@ -240,6 +240,8 @@ function busyBalancer(): LoadBalancerMetrics {
   metrics.backend("web", "http://127.0.0.1:8081").record(404, 0.001);
   metrics.backend("api", NO_BACKEND).record(503, 0.0001);
   metrics.route("v1").record(200);
+  metrics.refused("v1", "rate-limit");
+  metrics.refused("v1", "rate-limit");
   metrics.route("v1").record(503);
   metrics.route("v1").record(undefined);
   metrics.route("old-site").record(308);
@@ -266,6 +268,7 @@ Deno.test("LoadBalancerMetrics.render() exports every family with the recorded v
     "lb_requests_total",
     "lb_retries_total",
     "lb_retry_budget_exhausted_total",
+    "lb_route_refused_total",
     "lb_route_requests_total",
   ]);
   const a = { service: "api", backend: "http://127.0.0.1:8081" };
@@ -290,6 +293,10 @@ Deno.test("LoadBalancerMetrics.render() exports every family with the recorded v
   assert.equal(value(families, "lb_route_requests_total", { route: "v1", code: "error" }), 1);
   assert.equal(value(families, "lb_route_requests_total", { route: "old-site", code: "3xx" }), 1);
   assert.equal(value(families, "lb_route_requests_total", { route: "none", code: "4xx" }), 1);
+  assert.equal(
+    value(families, "lb_route_refused_total", { route: "v1", reason: "rate-limit" }),
+    2,
+  );
   assert.equal(value(families, "lb_retries_total"), 2);
   assert.equal(value(families, "lb_retry_budget_exhausted_total"), 1);
   assert.equal(value(families, "lb_health_checks_total", { ...b, result: "fail" }), 1);

@@ -118,6 +118,8 @@ Deno.test("compileArgs() gives the exact deno compile arguments per program and 
       "--unstable-net",
       "--include",
       "lib/worker_thread.ts",
+      "--include",
+      "lib/bcrypt_worker.ts",
       "--v8-flags=--max-semi-space-size=16",
       "--exclude-unused-npm",
       "--frozen",
@@ -285,11 +287,14 @@ Deno.test("parseCommandLine() takes targets, --out-dir and a --tag that must mat
 Deno.test("the binaries' module graphs read nothing at run time that deno compile would miss", async () => {
   // deno compile embeds the static module graph (the dashboard is lib/dashboard.ts, a module).
   // A dynamic import, a Worker or a file located through import.meta would need --include:
-  // the worker threads' module is the one such file, started by lib/workers.ts.
-  const workerStarter = /\/lib\/workers\.ts$/;
-  assert.deepEqual(LOAD_BALANCER.include, ["lib/worker_thread.ts"]);
+  // the worker threads' module (started by lib/workers.ts) and the bcrypt worker's (started by
+  // lib/basic_auth.ts) are the only such files.
+  const workerStarter = /\/lib\/(workers|basic_auth)\.ts$/;
+  assert.deepEqual(LOAD_BALANCER.include, ["lib/worker_thread.ts", "lib/bcrypt_worker.ts"]);
   const workersSource = await Deno.readTextFile(new URL("lib/workers.ts", ROOT));
   assert.match(workersSource, /new URL\("\.\/worker_thread\.ts", import\.meta\.url\)/);
+  const authSource = await Deno.readTextFile(new URL("lib/basic_auth.ts", ROOT));
+  assert.match(authSource, /new URL\("\.\/bcrypt_worker\.ts", import\.meta\.url\)/);
   for (const program of [...PROGRAMS.map((p) => p.entry), ...LOAD_BALANCER.include]) {
     const info = await run(Deno.execPath(), ["info", "--json", program]);
     assert.equal(info.code, 0, info.stderr);

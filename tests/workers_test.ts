@@ -305,7 +305,11 @@ Deno.test("--workers auto starts one serving thread per core", async () => {
 Deno.test("a crashed worker thread is replaced, and its counters stay in the merged metrics", async () => {
   const log = captureLog();
   const group = new WorkerGroup(1, log, new URL("./fixtures/crashing_worker.ts", import.meta.url));
-  const balancer = { port: 0, services: new Map() } as unknown as RunningBalancer;
+  const balancer = {
+    port: 0,
+    services: new Map(),
+    rateLimitTables: () => ({}),
+  } as unknown as RunningBalancer;
   const merged = async () => await group.extras.group!.mergeMetrics("");
   try {
     await group.start(testConfig([]), balancer, "test");

@@ -62,7 +62,7 @@ export const PROGRAMS: readonly Program[] = [
     entry: "main.ts",
     permissions: ["--allow-net", "--allow-read", "--allow-write", "--allow-env=LB_ADMIN_TOKEN"],
     unstable: true,
-    include: ["lib/worker_thread.ts"],
+    include: ["lib/worker_thread.ts", "lib/bcrypt_worker.ts"],
     v8Flags: ["--max-semi-space-size=16"],
   },
   {

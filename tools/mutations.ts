@@ -137,8 +137,8 @@ export const MUTATIONS: readonly Mutation[] = [
     id: "admin-token-required",
     rule: "With a token configured, the admin API answers 401 to a request without it.",
     file: "lib/admin.ts",
-    original: `const expected = options.token === "" ? undefined : \`bearer \${options.token}\`;`,
-    replacement: `const expected = true ? undefined : \`bearer \${options.token}\`;`,
+    original: `if (current === "") return true;`,
+    replacement: `if (true) return true;`,
     tests: ["tests/admin_test.ts"],
   },
   {

@@ -1,0 +1,471 @@
+/**
+ * @module
+ * Response compression (nginx `gzip`, Caddy `encode`, Traefik `compress`): the `compress` key of a
+ * route or of the top level ({@linkcode checkCompress}), content negotiation on the client's
+ * `Accept-Encoding` ({@linkcode negotiateEncoding}) and the response rewrite
+ * ({@linkcode compressResponse}), which streams: each chunk from the backend is compressed and
+ * flushed as it arrives, so nothing is buffered whole and server-sent events still flow.
+ *
+ * Encodings and levels, chosen for on-the-fly compression (CPU per request matters more than the
+ * last percent of ratio, as in nginx and Caddy):
+ * - `zstd`: level 3 (zstd's default, Caddy's `encode zstd`). Browsers since Chrome 123 and
+ *   Firefox 126 send it; offered last by default (see {@linkcode ENCODINGS}).
+ * - `br`: quality 4 with a 512 KiB window (lgwin 19, ngx_brotli's default window): quality 4 is
+ *   where brotli beats gzip 6 on both size and CPU; 11 (the library default) is for static files.
+ * - `gzip`: level 6 (`CompressionStream`, zlib's default; set nginx `gzip_comp_level 6` to compare).
+ *
+ * Default types: `text/*`, JSON and XML (also `+json`/`+xml` such as `application/ld+json`,
+ * `application/rss+xml`), JavaScript, SVG and WebAssembly (compresses 3-4x), as Caddy's defaults.
+ * Images other than SVG, fonts as WOFF, video and archives are compressed already.
+ *
+ * Left untouched: HEAD, 204/304/1xx, 206 and requests with `Range` (ranges of a compressed body
+ * are not supported), `Cache-Control: no-transform`, bodies the backend encoded (never twice),
+ * other types, and a `Content-Length` below `minSize`. A compressed response loses
+ * `Content-Length`, `Accept-Ranges` and digests of the uncompressed bytes, and a strong ETag
+ * becomes weak (`W/`), as nginx does, since the bytes differ from the backend's.
+ */
+
+import zlib from "node:zlib";
+import { childPath } from "./jsonc.ts";
+import type { Problem } from "./problem.ts";
+
+/** What the compressors emit: bytes in an ordinary (not shared) buffer. */
+type Bytes = Uint8Array<ArrayBuffer>;
+
+/** A content coding this module produces. */
+export type Encoding = "zstd" | "br" | "gzip";
+
+/** The `compress` setting once checked. */
+export interface CompressSpec {
+  /**
+   * Codings offered, in the server's order of preference (it breaks ties between codings the
+   * client weighs equally). @default ["br", "gzip", "zstd"]
+   */
+  encodings: Encoding[];
+  /** Bodies with a `Content-Length` below this many bytes are sent as they are. @default 1024 */
+  minSize: number;
+  /**
+   * Media types to compress, lower-case: `type/subtype`, `type/*` or `type/*+suffix`.
+   * @default DEFAULT_TYPES
+   */
+  types: string[];
+}
+
+/**
+ * Every coding, in the default order of preference: br gave the fewest bytes, and zstd cost the
+ * most CPU per response here (its node:zlib stream, not its codec; bench/results/compress).
+ */
+export const ENCODINGS: readonly Encoding[] = ["br", "gzip", "zstd"];
+
+/** The media types compressed when `types` is not given. */
+export const DEFAULT_TYPES: readonly string[] = [
+  "text/*",
+  "application/json",
+  "application/*+json",
+  "application/javascript",
+  "application/xml",
+  "application/*+xml",
+  "image/svg+xml",
+  "application/wasm",
+];
+
+/** The defaults `"compress": true` stands for. */
+export const DEFAULT_COMPRESS: Readonly<CompressSpec> = Object.freeze({
+  encodings: [...ENCODINGS],
+  minSize: 1024,
+  types: [...DEFAULT_TYPES],
+});
+
+/** zstd level (zstd's own default, as Caddy). */
+export const ZSTD_LEVEL = 3;
+/** Brotli quality for on-the-fly compression. */
+export const BROTLI_QUALITY = 4;
+/** Brotli window, log2 bytes: 512 KiB bounds the memory of each response being compressed. */
+export const BROTLI_WINDOW_BITS = 19;
+
+const KEYS = ["encodings", "minSize", "types"];
+const TOKEN = "[!#$%&'*+.^_`|~0-9a-z-]+";
+/** `type/subtype`, `type/*` or `type/*+suffix` (RFC 6838 names, matched case-insensitively). */
+const TYPE_PATTERN = new RegExp(`^${TOKEN}/(?:\\*|\\*\\+${TOKEN}|${TOKEN})$`);
+
+// ---------------------------------------------------------------------------------------------
+// Check
+
+/** Short, one-line rendering of any JSON value for messages. */
+function show(value: unknown): string {
+  if (Array.isArray(value)) return "a list";
+  if (value !== null && typeof value === "object") return "an object";
+  const text = JSON.stringify(value);
+  if (text === undefined) return String(value);
+  return text.length > 80 ? `${text.slice(0, 77)}..."` : text;
+}
+
+function fail(problems: Problem[], path: string, message: string): undefined {
+  problems.push({ path, message });
+  return undefined;
+}
+
+/**
+ * Checks a `compress` value: `true` gives {@linkcode DEFAULT_COMPRESS}, `false` turns compression
+ * off (overriding a top-level default), an object overrides some defaults. Pushes one problem per
+ * mistake at its JSON path under `path` and returns undefined when the value is unusable.
+ */
+export function checkCompress(
+  value: unknown,
+  path: string,
+  problems: Problem[],
+): CompressSpec | false | undefined {
+  if (value === false) return false;
+  if (value === true) return structuredClone(DEFAULT_COMPRESS) as CompressSpec;
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    return fail(problems, path, `${show(value)} is not true, false or an object`);
+  }
+  const object = value as Record<string, unknown>;
+  const before = problems.length;
+  for (const key of Object.keys(object)) {
+    if (!KEYS.includes(key)) {
+      fail(problems, childPath(path, key), `unknown key (expected one of ${KEYS.join(", ")})`);
+    }
+  }
+  const spec = structuredClone(DEFAULT_COMPRESS) as CompressSpec;
+  if (Object.hasOwn(object, "encodings")) {
+    const encodings = checkEncodings(object.encodings, childPath(path, "encodings"), problems);
+    if (encodings) spec.encodings = encodings;
+  }
+  if (Object.hasOwn(object, "minSize")) {
+    const at = childPath(path, "minSize");
+    const size = object.minSize;
+    if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0) {
+      fail(problems, at, `${show(size)} is not a whole number of bytes (0 or more)`);
+    } else spec.minSize = size;
+  }
+  if (Object.hasOwn(object, "types")) {
+    const types = checkTypes(object.types, childPath(path, "types"), problems);
+    if (types) spec.types = types;
+  }
+  return problems.length > before ? undefined : spec;
+}
+
+function checkEncodings(value: unknown, path: string, problems: Problem[]) {
+  if (!Array.isArray(value) || value.length === 0) {
+    return fail(problems, path, `${show(value)} is not a non-empty list of encodings`);
+  }
+  const before = problems.length;
+  value.forEach((item, i) => {
+    const at = childPath(path, i);
+    if (!ENCODINGS.includes(item as Encoding)) {
+      fail(problems, at, `${show(item)} is not one of ${ENCODINGS.map(show).join(", ")}`);
+    } else if (value.indexOf(item) !== i) fail(problems, at, `${show(item)} is listed twice`);
+  });
+  return problems.length > before ? undefined : value as Encoding[];
+}
+
+function checkTypes(value: unknown, path: string, problems: Problem[]) {
+  if (!Array.isArray(value) || value.length === 0) {
+    return fail(problems, path, `${show(value)} is not a non-empty list of media types`);
+  }
+  const before = problems.length;
+  const types = value.map((item, i) => {
+    const at = childPath(path, i);
+    if (typeof item !== "string") return fail(problems, at, `${show(item)} is not a string`);
+    const type = item.toLowerCase();
+    if (type === "*/*" || type === "*") {
+      return fail(
+        problems,
+        at,
+        `${show(item)} would compress images and archives that are compressed already: ` +
+          "list the types",
+      );
+    }
+    if (!TYPE_PATTERN.test(type)) {
+      return fail(
+        problems,
+        at,
+        `${show(item)} is not a media type (type/subtype, type/* or type/*+suffix, ` +
+          "without parameters)",
+      );
+    }
+    return type;
+  });
+  return problems.length > before ? undefined : types as string[];
+}
+
+/** JSON Schema of the `compress` key, for `lb.schema.json`. */
+export const COMPRESS_SCHEMA: object = {
+  description: "Compress responses (gzip, br, zstd) for clients that accept it. true: the " +
+    "defaults; false: off (overrides a top-level default); an object: some defaults replaced.",
+  oneOf: [
+    { type: "boolean" },
+    {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        encodings: {
+          type: "array",
+          minItems: 1,
+          uniqueItems: true,
+          items: { enum: [...ENCODINGS] },
+          default: [...ENCODINGS],
+          description: "Codings offered, preferred first (breaks ties in Accept-Encoding).",
+        },
+        minSize: {
+          type: "integer",
+          minimum: 0,
+          default: DEFAULT_COMPRESS.minSize,
+          description: "Bodies whose Content-Length is below this (bytes) are not compressed.",
+        },
+        types: {
+          type: "array",
+          minItems: 1,
+          items: {
+            type: "string",
+            pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+/(\\*|\\*\\+[!#$%&'*+.^_`|~0-9A-Za-z-]+|" +
+              "[!#$%&'*+.^_`|~0-9A-Za-z-]+)$",
+          },
+          default: [...DEFAULT_TYPES],
+          description: "Media types to compress: type/subtype, type/* or type/*+suffix.",
+        },
+      },
+    },
+  ],
+};
+
+// ---------------------------------------------------------------------------------------------
+// Negotiation
+
+/**
+ * The coding to answer with, from `offered` (server preference first), for a request's
+ * `Accept-Encoding` (RFC 9110 §12.5.3), or undefined for none (identity). A coding the client does
+ * not list is acceptable only through `*`; `q=0` refuses it. Identity, when not listed, is the
+ * least preferred choice; listed (or through `*`) with a weight above every offered coding's, it
+ * wins. When nothing is acceptable, not even identity, the body goes as it is (no 406, as nginx).
+ * Without the header nothing is compressed (as nginx and Caddy: old clients send none). `x-gzip`
+ * is gzip (RFC 9110 §8.4.1.3). Malformed members are ignored.
+ */
+export function negotiateEncoding(
+  acceptEncoding: string | null,
+  offered: readonly Encoding[],
+): Encoding | undefined {
+  if (acceptEncoding === null) return undefined;
+  const weights = parseAcceptEncoding(acceptEncoding);
+  const star = weights.get("*");
+  // Unlisted, identity is acceptable but least preferred: "br;q=0.1" alone still asks for br.
+  const identity = weights.get("identity") ?? star ?? 0;
+  let best: Encoding | undefined;
+  let bestWeight = 0;
+  for (const coding of offered) {
+    const weight = weights.get(coding) ?? star ?? 0;
+    if (weight > bestWeight) [best, bestWeight] = [coding, weight];
+  }
+  // Equal weights: compressing is what a client listing both asked for.
+  return bestWeight >= identity ? best : undefined;
+}
+
+/** Coding (lower-case) to weight; a coding listed twice keeps its first weight. */
+function parseAcceptEncoding(text: string): Map<string, number> {
+  const weights = new Map<string, number>();
+  for (const member of text.split(",")) {
+    const [name, ...params] = member.split(";").map((part) => part.trim());
+    if (name === "" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) continue;
+    let weight = 1;
+    let valid = true;
+    for (const param of params) {
+      const match = /^[qQ]\s*=\s*(0(?:\.\d{0,3})?|1(?:\.0{0,3})?)$/.exec(param);
+      if (match) weight = Number(match[1]);
+      else if (/^[qQ]\s*=/.test(param)) valid = false;
+    }
+    const coding = name.toLowerCase() === "x-gzip" ? "gzip" : name.toLowerCase();
+    if (valid && !weights.has(coding)) weights.set(coding, weight);
+  }
+  return weights;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response
+
+/** Whether `contentType` (a Content-Type value, parameters allowed) is one of `types`. */
+export function typeMatches(contentType: string | null, types: readonly string[]): boolean {
+  if (contentType === null) return false;
+  const media = contentType.split(";", 1)[0].trim().toLowerCase();
+  const slash = media.indexOf("/");
+  if (slash <= 0) return false;
+  const top = media.slice(0, slash);
+  const sub = media.slice(slash + 1);
+  for (const pattern of types) {
+    if (pattern === media) return true;
+    const [patternTop, patternSub] = pattern.split("/");
+    if (patternTop !== top) continue;
+    if (patternSub === "*") return true;
+    if (patternSub.startsWith("*+") && sub.endsWith(patternSub.slice(1))) return true;
+  }
+  return false;
+}
+
+/**
+ * Whether the response's form depends on the client's Accept-Encoding: it is a body this
+ * module would compress for a client that accepts a coding (status, type, size, not encoded,
+ * transforms allowed).
+ */
+function compressible(spec: CompressSpec, response: Response): boolean {
+  const status = response.status;
+  if (response.body === null || status < 200 || status === 204 || status === 206) return false;
+  if (status === 304) return false;
+  const headers = response.headers;
+  const encoding = headers.get("content-encoding");
+  if (encoding !== null && encoding.trim().toLowerCase() !== "identity") return false;
+  if (/(?:^|,)\s*no-transform\s*(?:,|$)/i.test(headers.get("cache-control") ?? "")) return false;
+  if (!typeMatches(headers.get("content-type"), spec.types)) return false;
+  const length = headers.get("content-length");
+  if (length !== null && /^\d+$/.test(length.trim()) && Number(length) < spec.minSize) {
+    return false;
+  }
+  return true;
+}
+
+/** `vary` with `Accept-Encoding` added, unless it is there already or is `*`. */
+export function addVary(vary: string | null): string {
+  if (vary === null || vary.trim() === "") return "Accept-Encoding";
+  const names = vary.split(",").map((name) => name.trim().toLowerCase());
+  if (names.includes("accept-encoding") || names.includes("*")) return vary;
+  return `${vary}, Accept-Encoding`;
+}
+
+/** A copy of `response` with other headers and the same (unread) body. */
+function withHeaders(response: Response, headers: Headers, body = response.body): Response {
+  return new Response(body, { status: response.status, statusText: response.statusText, headers });
+}
+
+/**
+ * The response to send: `response` itself when it must not be compressed (Vary may still be
+ * added), else a new Response streaming the compressed body with adjusted headers.
+ */
+export function compressResponse(
+  spec: CompressSpec,
+  method: string,
+  requestHeaders: Headers,
+  response: Response,
+): Response {
+  if (!compressible(spec, response)) return response;
+  const headers = new Headers(response.headers);
+  const vary = addVary(headers.get("vary"));
+  const varyChanged = vary !== headers.get("vary");
+  if (varyChanged) headers.set("vary", vary);
+  const encoding = method === "HEAD" || requestHeaders.has("range")
+    ? undefined
+    : negotiateEncoding(requestHeaders.get("accept-encoding"), spec.encodings);
+  if (encoding === undefined) return varyChanged ? withHeaders(response, headers) : response;
+
+  const length = Number(headers.get("content-length") ?? NaN);
+  headers.delete("content-length");
+  headers.delete("content-encoding");
+  headers.set("content-encoding", encoding);
+  // A range of the compressed bytes is not something we can serve (nginx clears it too).
+  headers.delete("accept-ranges");
+  // Digests of the backend's bytes would not match the compressed ones (RFC 9530).
+  headers.delete("content-digest");
+  headers.delete("repr-digest");
+  headers.delete("content-md5");
+  const etag = headers.get("etag");
+  if (etag !== null && etag.startsWith('"')) headers.set("etag", `W/${etag}`);
+  const sizeHint = Number.isSafeInteger(length) ? length : undefined;
+  return withHeaders(response, headers, response.body!.pipeThrough(compressor(encoding, sizeHint)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+/**
+ * A stream that compresses with `encoding`, flushing after each chunk so that what the backend
+ * sent so far reaches the client (the window is kept across flushes: the cost is a few bytes per
+ * chunk). `sizeHint` is the body's length when known (brotli sizes its buffers by it).
+ */
+export function compressor(
+  encoding: Encoding,
+  sizeHint?: number,
+): TransformStream<Uint8Array, Bytes> {
+  const c = zlib.constants;
+  switch (encoding) {
+    // Deno's CompressionStream flushes after every chunk already; level 6.
+    case "gzip":
+      return new CompressionStream("gzip") as TransformStream<Uint8Array, Bytes>;
+    case "br":
+      return nodeZlibStream(() =>
+        zlib.createBrotliCompress({
+          params: {
+            [c.BROTLI_PARAM_QUALITY]: BROTLI_QUALITY,
+            [c.BROTLI_PARAM_LGWIN]: BROTLI_WINDOW_BITS,
+            ...(sizeHint === undefined ? {} : { [c.BROTLI_PARAM_SIZE_HINT]: sizeHint }),
+          },
+        }), c.BROTLI_OPERATION_FLUSH);
+    case "zstd":
+      return nodeZlibStream(
+        () => zlib.createZstdCompress({ params: { [c.ZSTD_c_compressionLevel]: ZSTD_LEVEL } }),
+        c.ZSTD_e_flush,
+      );
+  }
+}
+
+/** The part of a node:zlib compressor this module uses. */
+interface NodeCompressor {
+  on(event: "data", listener: (chunk: Bytes) => void): unknown;
+  on(event: "error", listener: (error: Error) => void): unknown;
+  once(event: "end", listener: () => void): unknown;
+  write(chunk: Uint8Array): boolean;
+  flush(kind: number, callback: () => void): void;
+  end(): void;
+  destroy(): void;
+}
+
+/** A web TransformStream over a node:zlib compressor, flushed with `flushKind` after each chunk. */
+function nodeZlibStream(
+  create: () => unknown,
+  flushKind: number,
+): TransformStream<Uint8Array, Bytes> {
+  let z: NodeCompressor;
+  let done = false;
+  // The write or end in progress: an error of the compressor settles it.
+  let pending: { resolve(): void; reject(error: Error): void } | undefined;
+  const step = (run: (resolve: () => void) => void) =>
+    new Promise<void>((resolve, reject) => {
+      pending = { resolve, reject };
+      run(() => {
+        pending = undefined;
+        resolve();
+      });
+    });
+  return new TransformStream<Uint8Array, Bytes>({
+    start(controller) {
+      z = create() as NodeCompressor;
+      z.on("data", (chunk) => {
+        if (!done) controller.enqueue(chunk);
+      });
+      z.on("error", (error) => {
+        done = true;
+        if (pending) pending.reject(error);
+        else controller.error(error);
+      });
+    },
+    transform(chunk) {
+      return step((resolve) => {
+        z.write(chunk);
+        z.flush(flushKind, resolve);
+      });
+    },
+    flush() {
+      return step((resolve) => {
+        z.once("end", () => {
+          done = true;
+          resolve();
+        });
+        z.end();
+      });
+    },
+    cancel() {
+      done = true;
+      z.destroy();
+      // A destroyed compressor never calls back: settle the write in progress, or the pipe from
+      // the backend would wait on it forever instead of cancelling the backend's body.
+      pending?.resolve();
+    },
+  });
+}

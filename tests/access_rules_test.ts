@@ -1,0 +1,77 @@
+import assert from "node:assert/strict";
+import { admits, checkCidrList, compileAccessRules } from "../lib/access_rules.ts";
+import { bareAddress, clientAddress } from "../lib/client_address.ts";
+import { parseCidr } from "../lib/cidr.ts";
+import type { Problem } from "../lib/problem.ts";
+
+const rules = (allow: string[], deny: string[]) => compileAccessRules(allow, deny)!;
+
+Deno.test("admits() lets deny win over allow, for IPv4 and IPv6", () => {
+  const r = rules(["10.0.0.0/8", "2001:db8::/32"], ["10.6.0.0/16", "2001:db8:6::/48"]);
+  assert.equal(admits(r, "10.1.2.3"), true);
+  assert.equal(admits(r, "10.6.2.3"), false);
+  assert.equal(admits(r, "192.0.2.1"), false, "not in the allow list");
+  assert.equal(admits(r, "2001:db8:1::5"), true);
+  assert.equal(admits(r, "2001:db8:6::5"), false);
+  assert.equal(admits(r, "2001:db9::1"), false);
+  // An IPv4-mapped IPv6 peer is its IPv4 address: a deny cannot be dodged by the mapped form.
+  assert.equal(admits(r, "::ffff:10.6.0.1"), false);
+  assert.equal(admits(r, "::ffff:10.1.0.1"), true);
+});
+
+Deno.test("admits() with only a deny list lets everyone else through", () => {
+  const r = rules([], ["192.0.2.0/24", "::1"]);
+  assert.equal(admits(r, "192.0.2.9"), false);
+  assert.equal(admits(r, "::1"), false);
+  assert.equal(admits(r, "198.51.100.1"), true);
+  assert.equal(admits(r, "2001:db8::1"), true);
+});
+
+Deno.test("compileAccessRules() is undefined when both lists are empty (no check per request)", () => {
+  assert.equal(compileAccessRules([], undefined), undefined);
+  assert.equal(compileAccessRules(undefined, undefined), undefined);
+});
+
+Deno.test("checkCidrList() names each bad entry by path", () => {
+  const problems: Problem[] = [];
+  assert.equal(
+    checkCidrList(["10.0.0.0/8", "10.0.0.0/33", "nope", 7], "allow", problems),
+    undefined,
+  );
+  assert.deepEqual(problems.map((p) => `${p.path}: ${p.message}`), [
+    'allow[1]: "10.0.0.0/33" is not an IP address or CIDR range',
+    'allow[2]: "nope" is not an IP address or CIDR range',
+    "allow[3]: 7 is not an IP address or CIDR range",
+  ]);
+  const more: Problem[] = [];
+  assert.equal(checkCidrList("10.0.0.0/8", "routes[0].deny", more), undefined);
+  assert.deepEqual(more.map((p) => p.path), ["routes[0].deny"]);
+  assert.deepEqual(checkCidrList(["::1", "fd00::/8"], "deny", []), ["::1", "fd00::/8"]);
+});
+
+Deno.test("clientAddress() is the socket peer unless the peer is a trusted proxy", () => {
+  const trusted = [parseCidr("10.0.0.0/8")!];
+  assert.equal(clientAddress("192.0.2.1", "203.0.113.9", trusted), "192.0.2.1");
+  assert.equal(clientAddress("10.0.0.2", null, trusted), "10.0.0.2");
+  assert.equal(clientAddress("10.0.0.2", "203.0.113.9", []), "10.0.0.2");
+});
+
+Deno.test("clientAddress() walks X-Forwarded-For from the right, skipping trusted proxies", () => {
+  const trusted = [parseCidr("10.0.0.0/8")!, parseCidr("fd00::/8")!];
+  // A client-supplied left part ("1.1.1.1") is never believed past an untrusted hop.
+  assert.equal(clientAddress("10.0.0.2", "1.1.1.1, 203.0.113.9, 10.0.0.7", trusted), "203.0.113.9");
+  assert.equal(clientAddress("10.0.0.2", "10.0.0.9, 10.0.0.7", trusted), "10.0.0.9");
+  assert.equal(clientAddress("fd00::2", "[2001:db8::5]:443", trusted), "2001:db8::5");
+  assert.equal(clientAddress("10.0.0.2", "198.51.100.4:5678", trusted), "198.51.100.4");
+  // A malformed hop ends the walk at the last well-formed one.
+  assert.equal(clientAddress("10.0.0.2", "203.0.113.9, garbage, 10.0.0.7", trusted), "10.0.0.7");
+});
+
+Deno.test("bareAddress() strips brackets and ports and refuses what is not an address", () => {
+  assert.equal(bareAddress("192.0.2.1"), "192.0.2.1");
+  assert.equal(bareAddress("192.0.2.1:80"), "192.0.2.1");
+  assert.equal(bareAddress("[::1]:80"), "::1");
+  assert.equal(bareAddress("2001:db8::1"), "2001:db8::1");
+  assert.equal(bareAddress("unknown"), undefined);
+  assert.equal(bareAddress("[::1"), undefined);
+});
