@@ -16,6 +16,8 @@ import { type RunningBalancer, startBalancer } from "./lib/balancer.ts";
 import type { BackendSpec } from "./lib/pool.ts";
 import { startBackend } from "./backend.ts";
 import { watchFile, watchFiles } from "./lib/file_watch.ts";
+import { acmeEnabled } from "./lib/config_file.ts";
+import type { AcmeSetup } from "./lib/acme_setup.ts";
 import {
   resolveWorkerCount,
   shareRandomSettings,
@@ -105,8 +107,19 @@ export async function main(args: string[]): Promise<number> {
   if (workers !== undefined) shareRandomSettings(config);
   // Watched before the balancer starts: an edit made while it starts is not missed.
   const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
+  let acme: AcmeSetup | undefined;
   try {
-    balancer = await startBalancer(config, log, denoJson.version, workers?.extras);
+    if (acmeEnabled(config)) {
+      // Loaded only when on: the ACME library costs memory and reads the whole environment.
+      const { setUpAcme } = await import("./lib/acme_setup.ts");
+      acme = await setUpAcme(config, configPath, log, (message, expiresAt) => {
+        balancer?.certificateAlert(message, expiresAt);
+      });
+    }
+    balancer = await startBalancer(config, log, denoJson.version, {
+      ...workers?.extras,
+      acme: acme?.extras,
+    });
     await workers?.start(config, balancer, denoJson.version).catch(async (error) => {
       await balancer!.shutdown(0);
       throw error;
@@ -119,7 +132,21 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
   if (changedWhileStarting) reload();
-  const certWatcher = config.tlsCert === undefined || config.tlsKey === undefined
+  if (acme !== undefined) {
+    const { manager } = acme;
+    balancer.metrics.registry.gaugeFunc(
+      "lb_acme_certificate_expiry_timestamp_seconds",
+      "When the ACME certificate being served expires (Unix time).",
+      function* () {
+        const notAfter = manager.status().notAfter;
+        if (notAfter !== undefined) yield { labels: {}, value: notAfter.getTime() / 1000 };
+      },
+    );
+    acme.run(reloadCertificate);
+  }
+  // With ACME the manager swaps certificates in itself.
+  const certWatcher = acme !== undefined || config.tlsCert === undefined ||
+      config.tlsKey === undefined
     ? undefined
     : watchFiles([config.tlsCert, config.tlsKey], reloadCertificate, { log });
 
@@ -127,6 +154,7 @@ export async function main(args: string[]): Promise<number> {
   log.info("Shutting down: draining in-flight requests...");
   watcher?.close();
   certWatcher?.close();
+  await acme?.manager.stop();
   const [left, workersLeft] = await Promise.all([
     balancer.shutdown(running.drainTimeout),
     workers?.shutdown(running.drainTimeout) ?? 0,

@@ -170,6 +170,26 @@ export class AlertWebhook {
   }
 
   /**
+   * Queues a certificate alert (an ACME order or renewal failed; `expiresAt` is when the
+   * certificate being served runs out), like {@linkcode AlertWebhook.notify}.
+   */
+  notifyCertificate(message: string, expiresAt: Date | undefined, time = new Date()): void {
+    if (this.#closed) {
+      this.#dropped++;
+      return;
+    }
+    if (this.#queue.length >= this.#maxQueue) this.#dropOldest();
+    const body = JSON.stringify({
+      event: "certificate_renewal_failed",
+      message,
+      expires: expiresAt === undefined ? null : expiresAt.toISOString(),
+      time: time.toISOString(),
+    });
+    this.#queue.push({ body, summary: `certificate alert (${message.slice(0, 80)})` });
+    this.#loop ??= this.#run();
+  }
+
+  /**
    * Stops sending: a backoff wait ends at once, a try in flight gets `closeTimeoutMs` to finish
    * and is then aborted; queued events are dropped (and logged). Leaves no timers behind.
    */

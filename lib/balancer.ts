@@ -27,6 +27,7 @@ import {
   readBackendTls,
   readReplacement,
   redirectToHttps,
+  reloadResetWarning,
 } from "./tls.ts";
 import {
   DEFAULT_SERVICE,
@@ -38,6 +39,7 @@ import {
 import { describeRoute, RouteTable } from "./routes.ts";
 import { type PreparedChange, Service, type ServiceDeps } from "./service.ts";
 import { createDispatcher, type RoutingState } from "./dispatch.ts";
+import { serveNative } from "./frontend_native.ts";
 import { compileGuards, type GuardResources } from "./protection.ts";
 import { createRateLimitTable, DEFAULT_MAX_KEYS } from "./rate_limit.ts";
 import { BasicAuthVerifier } from "./basic_auth.ts";
@@ -68,6 +70,8 @@ export interface RunningBalancer {
   /** The services now, by name; a reload replaces the map. */
   readonly services: ReadonlyMap<string, Service>;
   readonly metrics: LoadBalancerMetrics;
+  /** Sends a certificate alert (ACME) to the alert webhook, when one is set. */
+  certificateAlert(message: string, expiresAt: Date | undefined): void;
   /** The rate limit tables of the routes now, by route name (for `--workers` threads). */
   rateLimitTables(): Record<string, SharedArrayBuffer>;
   /**
@@ -95,6 +99,16 @@ export interface RunningBalancer {
 export interface BalancerExtras {
   /** How attempts reach backends. @default the configured one (`transport`) */
   transport?: Transport;
+  /**
+   * Automatic HTTPS (main.ts, when ACME is on): the redirect listener answers challenges, and
+   * until the first real certificate (`issued()`) the HTTPS listener serves `placeholder` and
+   * plain HTTP serves the site. @default none
+   */
+  acme?: {
+    challenge(path: string): Response | undefined;
+    issued(): boolean;
+    placeholder?: CertifiedKey;
+  };
   /**
    * Rate limit tables by route name, made by the main thread of `--workers` (a worker thread
    * must share them). Read at every reload. @default this balancer makes its own
@@ -174,9 +188,15 @@ export async function startBalancer(
   const tlsFiles = config.tlsCert === undefined || config.tlsKey === undefined
     ? undefined
     : { cert: config.tlsCert, key: config.tlsKey };
+  // With ACME before its first certificate, the listener starts on a placeholder.
   let served: CertifiedKey | undefined = tlsFiles === undefined
     ? undefined
-    : loadListenerCertificate(tlsFiles, log);
+    : extras.acme?.placeholder ?? loadListenerCertificate(tlsFiles, log);
+  // Once per process: worker threads share the main thread's port.
+  const resetWarning = served === undefined || worker !== undefined
+    ? undefined
+    : reloadResetWarning();
+  if (resetWarning !== undefined) log.warn(resetWarning);
   /** Backend clients replaced by a reload: closed at shutdown, once nothing uses them. */
   const replacedClients: BackendClients[] = [];
   const webSockets = new WebSocketRelays();
@@ -253,6 +273,30 @@ export async function startBalancer(
     ...routingOf(config, resources((name) => services.get(name))),
     services,
   };
+  metrics.registry.counterFunc(
+    "lb_mirror_copies_total",
+    "Requests copied to a mirror service, by route and outcome: sent (handed to the mirror), " +
+      "failed (sent, no answer), full (dropped: too many copies in flight), too_large (dropped: body " +
+      "over maxBody), incomplete (dropped: the client's body never finished). Per route " +
+      "configuration: a reload starts it again.",
+    function* () {
+      for (const [index, guards] of routing.guards.entries()) {
+        if (guards?.mirror === undefined) continue;
+        const route = routing.table.routes[index].name;
+        const { sent, failed, dropped } = guards.mirror.stats();
+        const outcomes = {
+          sent,
+          failed,
+          full: dropped.full,
+          too_large: dropped.tooLarge,
+          incomplete: dropped.incomplete,
+        };
+        for (const [outcome, value] of Object.entries(outcomes)) {
+          yield { labels: { route, outcome }, value };
+        }
+      }
+    },
+  );
   const handler = createDispatcher({
     state: () => routing,
     observer: deps.observer,
@@ -264,18 +308,26 @@ export async function startBalancer(
     },
   });
 
-  const server = serve(
-    config.port,
+  const server = config.frontend === "native"
+    ? serveNatively(config, handler, log, served, extras.reusePort)
+    : serve(config.port, config.host, handler, log, served, extras.reusePort, worker !== undefined);
+  const toHttps = redirectToHttps(server.http.addr.port);
+  const acme = extras.acme;
+  const redirect = config.redirectHttp === undefined || served === undefined ? undefined : serve(
+    config.redirectHttp,
     config.host,
-    handler,
+    acme === undefined ? toHttps : (req, info) => {
+      // ACME challenges first; until a real certificate serves, the site over plain HTTP.
+      let path = "";
+      try {
+        path = new URL(req.url).pathname;
+      } catch { /* a Host that makes no URL: the site or the redirect answers 400 */ }
+      const answer = acme.challenge(path);
+      if (answer !== undefined) return answer;
+      return acme.issued() ? toHttps(req) : handler(req, info);
+    },
     log,
-    served,
-    extras.reusePort,
-    worker !== undefined,
   );
-  const redirect = config.redirectHttp === undefined || served === undefined
-    ? undefined
-    : serve(config.redirectHttp, config.host, redirectToHttps(server.http.addr.port), log);
   const admin = config.admin === undefined ? undefined : serve(
     config.admin.port,
     config.admin.host,
@@ -447,6 +499,9 @@ export async function startBalancer(
       return services;
     },
     metrics,
+    certificateAlert(message, expiresAt) {
+      outputs.alerts?.notifyCertificate(message, expiresAt);
+    },
     rateLimitTables() {
       const names = new Set(routing.table.routes.map((route) => route.name));
       return Object.fromEntries(
@@ -529,6 +584,10 @@ interface BackendClients {
   client: Deno.HttpClient;
   /** The balancer's own HTTP/1.1 transport. */
   native: NativeTransport;
+  /** `--backend-ca`'s certificates, for WebSocket tunnels to `wss` backends. */
+  backendCaCerts?: string[];
+  /** `--backend-cert`/`--backend-key`, presented by WebSocket tunnels (mTLS). */
+  backendClientCert?: { cert: string; key: string };
 }
 
 /**
@@ -544,6 +603,10 @@ function backendClients(config: Config): BackendClients {
       tls,
       maxConnsPerOrigin: config.maxBackendConnections || Infinity,
     }),
+    backendCaCerts: tls.ca === undefined ? undefined : [tls.ca],
+    backendClientCert: tls.cert === undefined || tls.key === undefined
+      ? undefined
+      : { cert: tls.cert, key: tls.key },
   };
 }
 
@@ -573,6 +636,54 @@ function inAnyService(services: ReadonlyMap<string, Service>, url: string): bool
     if (backend !== undefined && !backend.removing) return true;
   }
   return false;
+}
+
+/**
+ * The main listener on the balancer's own HTTP/1.1 front end (`--frontend native`), with the
+ * same face as {@linkcode serve}'s.
+ */
+function serveNatively(
+  config: Config,
+  handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>,
+  log: Log,
+  tls: CertifiedKey | undefined,
+  reusePort = false,
+) {
+  let server: ReturnType<typeof serveNative>;
+  try {
+    server = serveNative({
+      hostname: config.host,
+      port: config.port,
+      reusePort,
+      tls: tls && { cert: tls.cert, key: tls.key },
+      headerTimeoutMs: config.headerTimeout ?? DEFAULTS.headerTimeout,
+      idleTimeoutMs: config.idleTimeout ?? DEFAULTS.idleTimeout,
+      maxConnections: config.maxConnections || undefined,
+      proxyProtocol: config.proxyProtocol
+        ? { trusted: (config.trustedProxies ?? []).map((text) => parseCidr(text)!) }
+        : undefined,
+      onError: (error) => {
+        log.error(`Unhandled error: ${(error as Error)?.stack ?? error}`);
+        return new Response("500 Internal Server Error\n", { status: 500 });
+      },
+    }, (req, info) =>
+      // On TLS a body must leave with its headers (see coalesceBody), as on Deno.serve.
+      tls === undefined || req.method === "HEAD"
+        ? handler(req, info)
+        : Promise.resolve(handler(req, info)).then((response) => coalesceBody(response)));
+  } catch (error) {
+    throw new Error(`cannot listen on ${config.host}:${config.port}: ${(error as Error).message}`);
+  }
+  return {
+    http: {
+      get addr() {
+        return server.addr;
+      },
+    },
+    replaceCertificate: (next: CertifiedKey) =>
+      server.replaceCertificate({ cert: next.cert, key: next.key }),
+    drain: (deadline: number) => server.drain(deadline),
+  };
 }
 
 /**

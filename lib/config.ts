@@ -199,6 +199,28 @@ export interface Config {
   allow?: string[];
   /** Client ranges refused (403) on routes without their own list. @default [] */
   deny?: string[];
+  /** Who serves clients: Deno.serve, or the balancer's own HTTP/1.1 server. @default "deno" */
+  frontend?: "deno" | "native";
+  /** Native front end: time to receive a request head (ms). @default 10000 */
+  headerTimeout?: number;
+  /** Native front end: kept-alive connection with no request (ms). @default 60000 */
+  idleTimeout?: number;
+  /** Native front end: client connections at once; 0 = unlimited. @default 0 */
+  maxConnections?: number;
+  /** Native front end: PROXY protocol headers from `trustedProxies`. @default false */
+  proxyProtocol?: boolean;
+  /** Automatic HTTPS from an ACME server; on whenever `acmeDomains` is set. @default false */
+  acme?: boolean;
+  /** Names the ACME certificate covers. @default the routes' exact hosts */
+  acmeDomains?: string[];
+  /** Contact address of the ACME account. @default none */
+  acmeEmail?: string;
+  /** ACME directory URL. @default Let's Encrypt production */
+  acmeDirectory?: string;
+  /** Extra CA (PEM file) trusted for the ACME server's HTTPS. @default none */
+  acmeCa?: string;
+  /** Folder of ACME keys and certificates. @default acme/ beside the config file */
+  acmeDir?: string;
   /** Rate limit of routes without their own. @default none */
   rateLimit?: RateLimitSpec | false;
   /** Basic auth of routes without their own. @default none */

@@ -244,8 +244,39 @@ export function checkSettings(config: Config): Problem[] {
       problems.push({ path: missing, message: `${given} is set but ${missing} is not: give both` });
     }
   }
-  if (config.redirectHttp !== undefined && config.tlsCert === undefined) {
-    problems.push({ path: "redirectHttp", message: "needs TLS (tlsCert and tlsKey)" });
+  const native = config.frontend === "native";
+  for (const key of ["headerTimeout", "idleTimeout", "maxConnections", "proxyProtocol"] as const) {
+    if (!native && config[key] !== DEFAULTS[key]) {
+      problems.push({ path: key, message: "needs the native front end (frontend: native)" });
+    }
+  }
+  if (config.proxyProtocol && (config.tlsCert !== undefined || acmeEnabled(config))) {
+    problems.push({
+      path: "proxyProtocol",
+      message: "cannot be used with TLS: the header comes before the handshake Deno makes itself",
+    });
+  }
+  if (config.proxyProtocol && (config.trustedProxies ?? []).length === 0) {
+    problems.push({
+      path: "proxyProtocol",
+      message: "needs --trusted-proxies: only their connections may carry a PROXY header",
+    });
+  }
+  const acme = acmeEnabled(config);
+  if (config.redirectHttp !== undefined && config.tlsCert === undefined && !acme) {
+    problems.push({ path: "redirectHttp", message: "needs TLS (tlsCert and tlsKey, or ACME)" });
+  }
+  if (acme && config.tlsCert !== undefined) {
+    problems.push({
+      path: "tlsCert",
+      message: "ACME manages the certificate: give tlsCert/tlsKey or ACME, not both",
+    });
+  }
+  if (acme && acmeDomainsOf(config).length === 0) {
+    problems.push({
+      path: "acmeDomains",
+      message: "ACME is on but names no domain: set acmeDomains, or routes with exact hosts",
+    });
   }
   if (config.ejectMaxTime < config.ejectTime) {
     problems.push({
@@ -289,6 +320,20 @@ function checkService(
     });
   }
   return problems;
+}
+
+/** Whether automatic HTTPS is on: `acme`, or any `acmeDomains`. */
+export function acmeEnabled(config: Config): boolean {
+  return config.acme === true || (config.acmeDomains ?? []).length > 0;
+}
+
+/** The names the ACME certificate covers: `acmeDomains`, else the routes' exact hosts. */
+export function acmeDomainsOf(config: Config): string[] {
+  if ((config.acmeDomains ?? []).length > 0) return [...config.acmeDomains!];
+  const hosts = (config.routes ?? [])
+    .map((route) => route.host?.toLowerCase())
+    .filter((host): host is string => host !== undefined && !host.startsWith("*."));
+  return [...new Set(hosts)];
 }
 
 /** The routes against the services that exist (`--demo`'s backends form `default`). */

@@ -89,6 +89,10 @@ export interface ProxyOptions {
   forwarded?: boolean;
   /** Where open WebSocket relays are registered, for shutdown. @default one of this handler's own */
   webSockets?: WebSocketRelays;
+  /** CA certificates (PEM) for WebSocket tunnels to `wss` backends. @default the system's roots */
+  caCerts?: string[];
+  /** Client certificate WebSocket tunnels present to `wss` backends (mTLS). @default none */
+  clientCert?: { cert: string; key: string };
   /** Largest request body (bytes); larger gets 413. @default Infinity */
   maxBody?: number;
   /** Longest wait for a client's next body bytes (ms); longer gets 408. @default Infinity */
@@ -304,6 +308,8 @@ export function createServiceProxy(pool: Pool, options: ProxyOptions, log: Log):
     relays: options.webSockets ?? new WebSocketRelays(),
     connectTimeout: options.connectTimeout,
     client: options.client,
+    caCerts: options.caCerts,
+    clientCert: options.clientCert,
     retryAfterSeconds: options.retryAfterSeconds,
     loop: loopOptions,
   };

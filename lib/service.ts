@@ -32,6 +32,10 @@ export interface ServiceDeps {
   transport?: Transport;
   observer: ProxyObserver;
   webSockets: WebSocketRelays;
+  /** `--backend-ca`'s certificates (PEM), for WebSocket tunnels. Unset: the system's roots. */
+  backendCaCerts?: string[];
+  /** `--backend-cert`/`--backend-key` (PEM), presented by WebSocket tunnels. Unset: none. */
+  backendClientCert?: { cert: string; key: string };
   proto: "http" | "https";
   trustedProxies: readonly Cidr[];
   forwarded: boolean;
@@ -256,6 +260,8 @@ export class Service {
       trustedProxies: deps.trustedProxies,
       forwarded: deps.forwarded,
       webSockets: deps.webSockets,
+      caCerts: deps.backendCaCerts,
+      clientCert: deps.backendClientCert,
       maxBody: config.maxBody,
       bodyTimeout: config.bodyTimeout,
       transport,

@@ -14,6 +14,7 @@
  * routes in effect.
  */
 
+import { domainProblem } from "./acme_domains.ts";
 import { PROTECTION_CHECKS, PROTECTION_SCHEMAS } from "./protection.ts";
 import type { Config, ServiceKey, ServiceSettings } from "./config.ts";
 import { childPath } from "./jsonc.ts";
@@ -37,6 +38,7 @@ import {
   dnsServer,
   duration,
   filePath,
+  FRONTENDS,
   hashKey,
   healthCheck,
   type HealthCheckSettings,
@@ -55,6 +57,7 @@ import {
   show,
   size,
   stickySecret,
+  text,
   TRANSPORTS,
   workers,
 } from "./setting_values.ts";
@@ -76,6 +79,10 @@ type NoDefault =
   | "backendCert"
   | "backendKey"
   | "dnsServer"
+  | "acmeDomains"
+  | "acmeEmail"
+  | "acmeCa"
+  | "acmeDir"
   | "rateLimit"
   | "basicAuth"
   | "compress"
@@ -572,6 +579,77 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     scope: "global",
     restart: true,
   },
+  acme: {
+    check: bool,
+    default: false,
+    flag: "switch",
+    help: "HTTPS with certificates from an ACME server (Let's Encrypt); on with --acme-domains",
+    doc:
+      "Turns on automatic HTTPS: one certificate for acmeDomains (default: the routes' exact hosts) is ordered, stored and renewed; challenges are answered on redirectHttp (default 80). On whenever acmeDomains is set.",
+    scope: "global",
+    restart: true,
+  },
+  acmeDomains: {
+    check: listOf(
+      text((v) => domainProblem(v) === undefined, "is not a DNS name (no wildcard or IP)", {
+        type: "string",
+      }),
+      "domain names",
+    ),
+    flag: "list",
+    arg: "NAMES",
+    help: "names the ACME certificate covers (default the routes' exact hosts)",
+    doc:
+      "Names one ACME certificate covers (Deno serves one certificate per listener). Setting it turns ACME on.",
+    scope: "global",
+    restart: true,
+  },
+  acmeEmail: {
+    check: text((v) => /^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(v), "is not an e-mail address", {
+      type: "string",
+      format: "email",
+    }),
+    flag: "value",
+    arg: "ADDRESS",
+    help: "contact address for the ACME account (expiry notices)",
+    doc: "Contact address given to the ACME server with the account.",
+    scope: "global",
+    restart: true,
+  },
+  acmeDirectory: {
+    check: text((v) => /^https:\/\/[^\s]+$/.test(v), "is not an https URL", {
+      type: "string",
+      pattern: "^https://",
+    }),
+    default: "https://acme-v02.api.letsencrypt.org/directory",
+    flag: "value",
+    arg: "URL",
+    help:
+      "ACME directory (default Let's Encrypt production;\nstaging: https://acme-staging-v02.api.letsencrypt.org/directory)",
+    doc:
+      "ACME directory URL. Let's Encrypt's staging directory (https://acme-staging-v02.api.letsencrypt.org/directory) issues untrusted certificates under generous limits: use it to try a set-up.",
+    scope: "global",
+    restart: true,
+  },
+  acmeCa: {
+    check: filePath,
+    flag: "value",
+    arg: "FILE",
+    help: "extra CA (PEM) trusted for the ACME server's own HTTPS (test servers)",
+    doc: "PEM file of a CA trusted for the ACME server's own HTTPS, besides the system roots.",
+    scope: "global",
+    restart: true,
+  },
+  acmeDir: {
+    check: filePath,
+    flag: "value",
+    arg: "DIR",
+    help: "where ACME keys and certificates are kept (default acme/ beside the config file)",
+    doc:
+      "Folder for the ACME account key and certificates (files mode 0600, written atomically). Default: `acme/` beside the config file, else `$XDG_DATA_HOME/load-balancer/acme` (`~/.local/share/...`).",
+    scope: "global",
+    restart: true,
+  },
   backendCa: {
     check: filePath,
     flag: "value",
@@ -712,6 +790,60 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
       "How requests reach backends: native (the balancer's own HTTP/1.1 client) or fetch (Deno's client; for backends that need HTTP/2).",
     scope: "service",
     restart: false,
+  },
+  frontend: {
+    check: oneOf(FRONTENDS),
+    default: "deno",
+    flag: "value",
+    arg: "NAME",
+    help:
+      "deno (Deno.serve: HTTP/2 and HTTP/1.1, default) or native (HTTP/1.1 with\nheader and idle timeouts, PROXY protocol)",
+    doc:
+      "Who serves clients: deno (Deno.serve; HTTP/2 by ALPN on TLS, no header or idle timeout) or native (the balancer's own strict HTTP/1.1 server with --header-timeout, --idle-timeout, --max-connections and --proxy-protocol). See docs/frontend.md.",
+    scope: "global",
+    restart: true,
+  },
+  headerTimeout: {
+    check: duration(1),
+    default: 10_000,
+    flag: "value",
+    arg: "DUR",
+    help: "native front end: time to receive a request head (default {default})",
+    doc:
+      "Native front end: longest time to receive a complete request head, from the connection's start or the end of the previous request; then 408 and the connection closes.",
+    scope: "global",
+    restart: true,
+  },
+  idleTimeout: {
+    check: duration(1),
+    default: 60_000,
+    flag: "value",
+    arg: "DUR",
+    help: "native front end: keep-alive connection with no request (default {default})",
+    doc: "Native front end: a kept-alive connection with no request for this long is closed.",
+    scope: "global",
+    restart: true,
+  },
+  maxConnections: {
+    check: integer(0, 1_000_000),
+    default: 0,
+    flag: "value",
+    arg: "N",
+    help: "native front end: client connections at once, 0 = unlimited (default {default})",
+    doc:
+      "Native front end: client connections open at once; at the limit the balancer stops accepting (new connections wait in the kernel's backlog, as with HAProxy's maxconn). 0 is unlimited.",
+    scope: "global",
+    restart: true,
+  },
+  proxyProtocol: {
+    check: bool,
+    default: false,
+    flag: "switch",
+    help: "native front end: connections from --trusted-proxies start with a PROXY header",
+    doc:
+      "Native front end, plain HTTP: connections from --trusted-proxies start with a PROXY protocol header (v1 or v2) that names the client; from anyone else they are refused. The client address it names is used for X-Forwarded-For, hashing, rate limits, access rules and logs.",
+    scope: "global",
+    restart: true,
   },
   services: {
     check: services,

@@ -26,6 +26,8 @@ export const ACCESS_LOG_FORMATS = ["combined", "json"] as const;
 export const LOG_FORMATS = ["text", "json"] as const;
 /** Upstream transports. */
 export const TRANSPORTS = ["native", "fetch"] as const;
+/** Front ends: Deno.serve, or the project's own HTTP/1.1 server. */
+export const FRONTENDS = ["deno", "native"] as const;
 
 // ---------------------------------------------------------------------------------------------
 // Grammars

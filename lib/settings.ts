@@ -17,6 +17,7 @@ import {
   validateFileSettings,
 } from "./config_file.ts";
 import { ConfigError } from "./errors.ts";
+import { SETTING_KEYS, SETTINGS } from "./setting_table.ts";
 
 /** What to do, with validated settings. */
 export type Invocation =
@@ -142,15 +143,21 @@ function describeFlagProblem(problem: Problem): string {
   return `${keyToFlag(key)}: ${problem.message}`;
 }
 
-/** Keys only a file can set: their problems are placed in the file, by line and column. */
-const FILE_ONLY = /^(services|routes)(?![A-Za-z0-9])/;
+/** Keys only a file can set (no flag): their problems are placed in the file, by line and column. */
+const FILE_ONLY_KEYS: ReadonlySet<string> = new Set(
+  SETTING_KEYS.filter((key) => SETTINGS[key].flag === "none"),
+);
+
+function fileOnly(path: string): boolean {
+  return FILE_ONLY_KEYS.has(/^[A-Za-z0-9]+/.exec(path)?.[0] ?? "");
+}
 
 /**
  * A problem of the merged settings. Services and routes come from the file only, so they get
  * the file's `file:line:column`; any other key may come from file or flags: name both.
  */
 function describeMergedProblem(problem: Problem, source: ConfigSource, file?: string): string {
-  if (FILE_ONLY.test(problem.path) && file !== undefined) {
+  if (fileOnly(problem.path) && file !== undefined) {
     return formatProblem(locateProblem(source.locations, problem), file);
   }
   if (problem.path === "backends") return problem.message;

@@ -108,6 +108,39 @@ export function readReplacement(
   return next;
 }
 
+/** Linux's switch for moving a closing listener's queued connections to its reuseport group. */
+export const TCP_MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/**
+ * The start-up warning for a TLS listener whose certificate reloads may reset connections, or
+ * undefined. A reload closes the old listener of a SO_REUSEPORT group, and Linux resets the
+ * connections still in its accept queue unless `net.ipv4.tcp_migrate_req` (Linux 5.14+) is 1
+ * (bench/cert_swap.ts measures it). Says nothing off Linux, on older kernels, or when the
+ * process may not read /proc: the permission is queried first, so Deno never prompts for it.
+ */
+export function reloadResetWarning(
+  read: () => string = readMigrateSetting,
+  os: typeof Deno.build.os = Deno.build.os,
+): string | undefined {
+  if (os !== "linux") return undefined;
+  let value: string;
+  try {
+    value = read().trim();
+  } catch {
+    return undefined;
+  }
+  return value === "0"
+    ? "certificate reloads may reset connections waiting to be accepted; " +
+      "set net.ipv4.tcp_migrate_req=1"
+    : undefined;
+}
+
+function readMigrateSetting(): string {
+  const permission = Deno.permissions.querySync({ name: "read", path: TCP_MIGRATE_REQ });
+  if (permission.state !== "granted") throw new Error("no read permission");
+  return Deno.readTextFileSync(TCP_MIGRATE_REQ);
+}
+
 /** Why a certificate is outside its validity period at `now`, or undefined. */
 export function certificateProblem(
   info: CertificateInfo | undefined,

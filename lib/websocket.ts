@@ -10,6 +10,10 @@
  * the backend's handshake response headers (its Set-Cookie on the 101, its extensions) do not
  * reach the client, compression is not negotiated, and close codes the WebSocket API forbids a
  * client to send are mapped (see {@linkcode upstreamCloseFor}).
+ *
+ * Behind the native front end (`--frontend native`, see docs/frontend.md) none of that applies:
+ * the upgrade is relayed as a byte tunnel ({@linkcode openTunnel}, {@linkcode switchProtocols}),
+ * the handshake end to end, through the same attempt loop.
  */
 
 import { BadGatewayError, BadRequestError, HttpError, NoBackendError } from "./errors.ts";
@@ -17,6 +21,7 @@ import type { Log } from "./log.ts";
 import type { Backend } from "./pool.ts";
 import type { Failure } from "./retry.ts";
 import { type AttemptLoopOptions, runAttempts } from "./attempt_loop.ts";
+import { canTunnel, openTunnel, switchProtocols, type TunnelOpen } from "./tunnel_upstream.ts";
 
 /** RFC 6455 §7.4.1: the endpoint is going away (server shutdown). */
 export const CLOSE_GOING_AWAY = 1001;
@@ -357,6 +362,13 @@ export interface WebSocketProxyOptions {
   connectTimeout: number;
   /** Client for backend connections. @default none */
   client?: Deno.HttpClient;
+  /**
+   * CA certificates (PEM) trusted for a `wss` backend when tunnelling (native front end): the
+   * `--backend-ca` bundle, as the HTTP client has it. @default none (the system's roots)
+   */
+  caCerts?: string[];
+  /** Client certificate a tunnel presents to a `wss` backend (mTLS). @default none */
+  clientCert?: { cert: string; key: string };
   /** Seconds a 503 tells clients to wait (Retry-After). @default 1 */
   retryAfterSeconds?: number;
   /** The attempt loop's settings, shared with HTTP requests (pool, retries, budget, log). */
@@ -391,12 +403,25 @@ export async function proxyWebSocket(
   const { pool, log } = options.loop;
   const protocols = requestedProtocols(req.headers)!;
   const upstreamHeaders = handshakeHeaders(headers);
-  const result = await runAttempts<Relay | number>({
+  // The native front end relays the client's own handshake as a byte tunnel.
+  const tunnel = canTunnel(req);
+  const result = await runAttempts<Relay | Tunneled | number>({
     // The handshake is a GET and no frame has been sent: safe to try elsewhere.
     method: "GET",
     label: "WebSocket ",
     pick,
     send: async (backend) => {
+      if (tunnel) {
+        const opened = await openTunnel(backend.url, pathAndQuery, "websocket", headers, {
+          signal: req.signal,
+          timeoutMs: options.connectTimeout,
+          caCerts: options.caCerts,
+          clientCert: options.clientCert,
+        });
+        if (opened.ok) return { ok: true, value: { tunnel: opened }, status: 101 };
+        if ("status" in opened) return { ok: true, value: opened.status, status: opened.status };
+        return opened;
+      }
       const opened = await openUpstream(
         backendWebSocketUrl(backend.url, pathAndQuery),
         protocols,
@@ -420,9 +445,19 @@ export async function proxyWebSocket(
     throw new BadGatewayError("WebSocket upgrade failed");
   }
   const { backend, value } = result;
-  if (typeof value !== "number") return accept(req, value, backend, options);
+  if (value instanceof Relay) return accept(req, value, backend, options);
+  if (typeof value !== "number") {
+    // The front end writes the backend's 101 and relays bytes; the backend is busy until the end.
+    const { headers, conn, head } = value.tunnel;
+    return switchProtocols(headers, conn, head, () => pool.release(backend));
+  }
   pool.release(backend);
   throw refusedHandshake(backend, value, log);
+}
+
+/** A backend that switched protocols for a tunnel (native front end). */
+interface Tunneled {
+  tunnel: Extract<TunnelOpen, { ok: true }>;
 }
 
 /** Accepts the client's upgrade with the backend's subprotocol and starts relaying. */

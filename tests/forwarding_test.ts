@@ -21,6 +21,7 @@ import {
   refusingUrl,
   startTestBackend,
   startTestBalancer,
+  TEST_FRONTEND,
   TEST_TRANSPORT,
   writeAll,
 } from "./helpers.ts";
@@ -758,7 +759,11 @@ Deno.test("balancer retries a chunked POST on another backend after a refusal", 
   assert.equal(await sha256(received), await sha256(concat(parts)));
 });
 
-Deno.test("balancer forwards an HTTP/2 (h2c) POST body that has no Content-Length", async () => {
+Deno.test({
+  name: "balancer forwards an HTTP/2 (h2c) POST body that has no Content-Length",
+  // The native front end offers HTTP/1.1 only (docs/frontend.md): h2c is --frontend deno's.
+  ignore: TEST_FRONTEND === "native",
+}, async () => {
   // Deno.serve speaks cleartext HTTP/2 with prior knowledge; such a body has neither
   // Content-Length nor Transfer-Encoding, and must not be mistaken for no body.
   let received = "";

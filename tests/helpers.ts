@@ -99,6 +99,14 @@ export const TEST_TRANSPORT: "native" | "fetch" = Deno.env.get("LB_TEST_TRANSPOR
   ? "fetch"
   : "native";
 
+/**
+ * The front end the tests' balancers use: `deno` (Deno.serve, the default), or `native` when
+ * `LB_TEST_FRONTEND=native` (`deno task test:frontend-native` runs the wire tests that way).
+ */
+export const TEST_FRONTEND: "deno" | "native" = Deno.env.get("LB_TEST_FRONTEND") === "native"
+  ? "native"
+  : "deno";
+
 /** Config for tests: fast defaults, port 0, loopback only. Override anything. */
 export function testConfig(backends: string[], overrides: Partial<Config> = {}): Config {
   const specs: BackendSpec[] = backends.map((url) => ({ url, weight: 1 }));
@@ -110,6 +118,7 @@ export function testConfig(backends: string[], overrides: Partial<Config> = {}):
     healthInterval: 60_000,
     demo: false,
     transport: TEST_TRANSPORT,
+    frontend: TEST_FRONTEND,
     ...overrides,
   };
 }

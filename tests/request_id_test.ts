@@ -13,6 +13,7 @@ import {
   refusingUrl,
   startTestBackend,
   startTestBalancer,
+  TEST_FRONTEND,
   testConfig,
 } from "./helpers.ts";
 
@@ -130,7 +131,14 @@ Deno.test("the balancer's own error responses carry the request id too", async (
     "GET / HTTP/1.1\r\nHost: bad/host\r\nX-Request-Id: err-3\r\nConnection: close\r\n\r\n",
   );
   assert.match(bad, /^HTTP\/1\.1 400 /);
-  assert.match(bad, /\r\nx-request-id: err-3\r\n/i);
+  if (TEST_FRONTEND === "native") {
+    // The native parser refuses the head before any handler runs, as hyper does for the heads it
+    // refuses: no id, nothing logged (docs/frontend.md, differences).
+    assert.doesNotMatch(bad, /x-request-id/i);
+    assert.match(bad, /\r\nconnection: close\r\n/i);
+  } else {
+    assert.match(bad, /\r\nx-request-id: err-3\r\n/i);
+  }
 });
 
 Deno.test("the request id is written in the access log, JSON and combined", async () => {

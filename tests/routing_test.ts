@@ -19,6 +19,7 @@ import {
   refusingUrl,
   startTestBackend,
   startTestBalancer,
+  TEST_FRONTEND,
   type TestBackend,
   type TestBalancer,
   testConfig,
@@ -26,6 +27,9 @@ import {
   writeAll,
 } from "./helpers.ts";
 import { runMain, spawnBalancer } from "./process.ts";
+
+/** `main.ts` flags that select the front end under test (`LB_TEST_FRONTEND`). */
+const FRONTEND_FLAGS = TEST_FRONTEND === "native" ? ["--frontend=native"] : [];
 
 /** Generous bound for anything that waits on health checks or a loaded 2-core machine. */
 const WAIT_MS = 10_000;
@@ -692,7 +696,9 @@ Deno.test("a config file with services and routes (string backends, weights, dur
 }
 `,
   );
-  await using lb = spawnBalancer(["--config", path], { permissions: [`--allow-read=${tmp.dir}`] });
+  await using lb = spawnBalancer(["--config", path, ...FRONTEND_FLAGS], {
+    permissions: [`--allow-read=${tmp.dir}`],
+  });
   const port = await lb.port();
   using client = hostClient();
   const send = async (path: string, host: string) => {
@@ -728,7 +734,7 @@ Deno.test("a config file with services and routes (string backends, weights, dur
 // 10. --demo as a process
 
 Deno.test("--demo routes /api to the last demo backend and everything else to the other two", async () => {
-  await using lb = spawnBalancer(["--demo", "-port=0", "-host=127.0.0.1"]);
+  await using lb = spawnBalancer(["--demo", "-port=0", "-host=127.0.0.1", ...FRONTEND_FLAGS]);
   const port = await lb.port();
   const demoPorts = lb.lines.map((line) => /Demo backend started at :(\d+)/.exec(line)?.[1])
     .filter((p) => p !== undefined).map(Number);
@@ -756,7 +762,12 @@ Deno.test("--demo routes /api to the last demo backend and everything else to th
 Deno.test("without routes, `-backends=URL1,URL2 -port=0` still round-robins every path", async () => {
   await using a = await named("a");
   await using b = await named("b");
-  await using lb = spawnBalancer([`-backends=${a.url},${b.url}`, "-port=0", "-host=127.0.0.1"]);
+  await using lb = spawnBalancer([
+    `-backends=${a.url},${b.url}`,
+    "-port=0",
+    "-host=127.0.0.1",
+    ...FRONTEND_FLAGS,
+  ]);
   const port = await lb.port();
   const texts: string[] = [];
   for (const path of ["/", "/api/x", "/status", "/x?y=1"]) {

@@ -70,9 +70,20 @@ Deno.test("SETTINGS has one entry per Config field, and the scopes the issue lis
 
 Deno.test("RESTART_ONLY is exactly the settings a reload cannot apply", () => {
   assert.deepEqual([...RESTART_ONLY].sort(), [
+    "acme",
+    "acmeCa",
+    "acmeDir",
+    "acmeDirectory",
+    "acmeDomains",
+    "acmeEmail",
     "admin",
+    "frontend",
+    "headerTimeout",
     "host",
+    "idleTimeout",
+    "maxConnections",
     "port",
+    "proxyProtocol",
     "redirectHttp",
     "tlsCert",
     "tlsKey",

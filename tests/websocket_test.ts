@@ -20,6 +20,7 @@ import {
   refusingUrl,
   startTestBackend,
   startTestBalancer,
+  TEST_FRONTEND,
   type TestBackend,
   testConfig,
   waitFor,
@@ -29,6 +30,12 @@ import {
 const WAIT_MS = 10_000;
 
 type Message = string | ArrayBuffer;
+
+/**
+ * The close code Deno 2.9.6's WebSocket client reports when the connection ends without a close
+ * frame (browsers report 1006, RFC 6455 §7.1.5), with `wasClean` false.
+ */
+const ABNORMAL_CLOSURE = 0;
 
 /** What an echo backend saw of one WebSocket session. */
 interface Session {
@@ -251,7 +258,7 @@ Deno.test("WebSocket: a close code and reason from the backend reach the client"
   }
 });
 
-Deno.test("WebSocket: a backend process killed mid-session closes the client with 1011", async () => {
+Deno.test("WebSocket: a backend process killed mid-session closes the client with 1011 (native: no close frame)", async () => {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "eval",
@@ -285,7 +292,10 @@ Deno.test("WebSocket: a backend process killed mid-session closes the client wit
     assert.equal(backend.inflight, 1);
     child.kill("SIGKILL");
     const closed = await client.closed();
-    assert.equal(closed.code, 1011);
+    // The native front end's byte tunnel sends no frames of its own: the client's TCP connection
+    // ends without a close frame (docs/frontend.md), where the frame relay sends 1011.
+    assert.equal(closed.code, TEST_FRONTEND === "native" ? ABNORMAL_CLOSURE : 1011);
+    assert.equal(closed.wasClean, TEST_FRONTEND !== "native");
     assert.ok(await waitFor(() => backend.inflight === 0, WAIT_MS), "released when it ended");
   } finally {
     try {
@@ -361,7 +371,11 @@ Deno.test("WebSocket: counts as in flight on its backend for its whole life (lea
   assert.ok(await waitFor(() => busy.inflight === 0, WAIT_MS));
 });
 
-Deno.test("WebSocket: shutdown closes open relays with 1001 going away, backends included", async () => {
+Deno.test({
+  name: "WebSocket: shutdown closes open relays with 1001 going away, backends included",
+  // The native front end keeps its tunnels open until the deadline: the next test.
+  ignore: TEST_FRONTEND === "native",
+}, async () => {
   await using backend = startEchoBackend("a");
   const balancer = await startBalancer(testConfig([backend.url]), quietLog);
   const url = `ws://127.0.0.1:${balancer.port}/`;
@@ -390,6 +404,40 @@ Deno.test("WebSocket: shutdown closes open relays with 1001 going away, backends
     assert.deepEqual(atBackend, { code: 1000, reason: "going away" });
   }
   assert.equal(balancer.pool.backends[0].inflight, 0);
+});
+
+Deno.test({
+  name: "WebSocket: shutdown keeps native tunnels open until the drain deadline, and counts them",
+  ignore: TEST_FRONTEND !== "native",
+}, async () => {
+  await using backend = startEchoBackend("a");
+  const balancer = await startBalancer(testConfig([backend.url]), quietLog);
+  const url = `ws://127.0.0.1:${balancer.port}/`;
+  const clients = [await openClient(url), await openClient(url)];
+  for (const client of clients) {
+    client.socket.send("up");
+    assert.equal(await client.next(), "up");
+  }
+  const stopping = balancer.shutdown(1500);
+  // Draining: the tunnels still carry messages both ways.
+  for (const client of clients) {
+    client.socket.send("still up");
+    assert.equal(await bounded(client.next(), "echo while draining"), "still up");
+  }
+  const left = await bounded(stopping, "shutdown");
+  assert.equal(left, 2, "both tunnels were open at the deadline");
+  await assert.rejects(
+    Deno.connect({ hostname: "127.0.0.1", port: balancer.port }),
+    Deno.errors.ConnectionRefused,
+  );
+  // Cut at the deadline: a tunnel sends no close frame of its own (docs/frontend.md).
+  for (const client of clients) {
+    const closed = await client.closed();
+    assert.equal(closed.code, ABNORMAL_CLOSURE);
+    assert.equal(closed.wasClean, false);
+  }
+  for (const session of backend.sessions) await bounded(session.closed, "backend close");
+  assert.ok(await waitFor(() => balancer.pool.backends[0].inflight === 0, WAIT_MS));
 });
 
 /**

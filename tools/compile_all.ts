@@ -60,9 +60,10 @@ export const PROGRAMS: readonly Program[] = [
   {
     name: "load-balancer",
     entry: "main.ts",
-    permissions: ["--allow-net", "--allow-read", "--allow-write", "--allow-env=LB_ADMIN_TOKEN"],
+    // The whole environment: the ACME library reads it when it loads (see lib/acme_setup.ts).
+    permissions: ["--allow-net", "--allow-read", "--allow-write", "--allow-env"],
     unstable: true,
-    include: ["lib/worker_thread.ts", "lib/bcrypt_worker.ts"],
+    include: ["lib/worker_thread.ts", "lib/bcrypt_worker.ts", "lib/acme_setup.ts"],
     v8Flags: ["--max-semi-space-size=16"],
   },
   {

@@ -1,0 +1,352 @@
+/**
+ * @module
+ * Writing HTTP/1.1 responses for the native front end (lib/frontend_native.ts): the head from
+ * a `Response`, and its body framed by the front end alone (RFC 9112 §6): the handler's
+ * Content-Length when it is valid (enforced: a body that runs longer is cut, one that ends
+ * short ends the connection), Content-Length when the whole body is at hand at once, chunked
+ * otherwise (close-delimited for HTTP/1.0). The handler's Transfer-Encoding, Connection and
+ * Keep-Alive are replaced by the front end's own. Also the seam for tunnels: a handler answers
+ * a WebSocket upgrade with {@linkcode switchProtocols}, and the front end relays bytes.
+ */
+
+import { hasToken, type RequestHead } from "./http1_request_head.ts";
+
+const encoder = new TextEncoder();
+const CRLF = new Uint8Array([13, 10]);
+const LAST_CHUNK = encoder.encode("0\r\n\r\n");
+/** Bodies and chunks up to this size leave in one write with their framing (one copy). */
+const COALESCE_BYTES = 16 * 1024;
+
+const REASONS: Record<number, string> = {
+  100: "Continue",
+  101: "Switching Protocols",
+  200: "OK",
+  201: "Created",
+  202: "Accepted",
+  204: "No Content",
+  206: "Partial Content",
+  301: "Moved Permanently",
+  302: "Found",
+  303: "See Other",
+  304: "Not Modified",
+  307: "Temporary Redirect",
+  308: "Permanent Redirect",
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  408: "Request Timeout",
+  413: "Content Too Large",
+  417: "Expectation Failed",
+  421: "Misdirected Request",
+  426: "Upgrade Required",
+  429: "Too Many Requests",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  501: "Not Implemented",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+  505: "HTTP Version Not Supported",
+};
+
+/** The other end of a tunnel, and bytes it already sent after its 101 head. */
+export interface Tunnel {
+  conn: Deno.Conn;
+  head: Uint8Array;
+  /** Called once when the tunnel has ended (both connections closed). */
+  onEnd?: () => void;
+}
+
+const tunnels = new WeakMap<Response, Tunnel>();
+
+/**
+ * A response that switches the client's connection to a byte tunnel with `upstream` (HAProxy's
+ * tunnel mode): the front end writes `101 Switching Protocols` with `headers` (as the backend
+ * sent them: Upgrade, Connection, Sec-WebSocket-Accept, ...), then `head` (bytes the backend
+ * sent after its own 101), then relays both ways until either side closes, closes both and
+ * calls `onEnd` (release the backend there). Only the native front end understands it (`new Response`
+ * refuses status 101: this one is built as a 200 without a body, and its `status` then reads
+ * 101); a drain keeps it open until the drain deadline.
+ */
+export function switchProtocols(
+  headers: HeadersInit,
+  upstream: Deno.Conn,
+  head: Uint8Array = new Uint8Array(0),
+  onEnd?: () => void,
+): Response {
+  const response = new Response(null, { headers });
+  // `new Response` refuses 101; readers (access log, metrics) should still see it.
+  Object.defineProperty(response, "status", { value: 101 });
+  Object.defineProperty(response, "statusText", { value: "Switching Protocols" });
+  tunnels.set(response, { conn: upstream, head, onEnd });
+  return response;
+}
+
+const tunnelable = new WeakSet<Request>();
+
+/** Marks `req` as served by a front end that understands {@linkcode switchProtocols}. */
+export function markTunnelable(req: Request): void {
+  tunnelable.add(req);
+}
+
+/**
+ * Whether `req` came through a front end that relays {@linkcode switchProtocols} responses
+ * (the native one, for requests carrying Upgrade); with Deno.serve use Deno.upgradeWebSocket.
+ */
+export function canTunnel(req: Request): boolean {
+  return tunnelable.has(req);
+}
+
+/** The tunnel `response` stands for, if it came from {@linkcode switchProtocols}. */
+export function tunnelOf(response: Response): Tunnel | undefined {
+  return tunnels.get(response);
+}
+
+/** The head of an empty response that closes the connection (errors the front end answers). */
+export function errorHead(status: number): Uint8Array {
+  return encoder.encode(
+    `HTTP/1.1 ${status} ${
+      REASONS[status] ?? "Error"
+    }\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`,
+  );
+}
+
+/** Writes all of `data` (a single write may take only part of it). */
+export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
+  for (let offset = 0; offset < data.length;) offset += await conn.write(data.subarray(offset));
+}
+
+let dateText = "";
+let dateSecond = -1;
+
+/** The Date header value, recomputed at most once a second. */
+function httpDate(): string {
+  const now = Date.now();
+  const second = Math.floor(now / 1000);
+  if (second !== dateSecond) {
+    dateSecond = second;
+    dateText = new Date(now).toUTCString();
+  }
+  return dateText;
+}
+
+/** Latin-1 bytes of `text` (header values are byte strings). */
+function encodeHead(text: string): Uint8Array {
+  const out = new Uint8Array(text.length);
+  // All of it fits one byte a character only when it is ASCII (UTF-8 = Latin-1 there).
+  if (encoder.encodeInto(text, out).read === text.length) return out;
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
+
+function joined(a: Uint8Array, b: Uint8Array, c?: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length + (c?.length ?? 0));
+  out.set(a);
+  out.set(b, a.length);
+  if (c !== undefined) out.set(c, a.length + b.length);
+  return out;
+}
+
+/**
+ * Deno 2.9.6 keeps the body of `new Response(string)` as a "lazy static body" and that of
+ * `new Response(Uint8Array)` as static bytes, and only builds a stream when `.body` is read,
+ * which costs ~10 µs a response. These symbols let such a body be written as it is. If Deno's
+ * internals change shape, {@linkcode staticBody} finds nothing and the stream path is taken
+ * (tests/frontend_native_test.ts notices).
+ */
+const RESPONSE_SYMBOLS = (() => {
+  const symbols = Object.getOwnPropertySymbols(new Response("x"));
+  const named = (name: string) => symbols.find((s) => s.description === name);
+  return { inner: named("response"), lazy: named("lazy static body") };
+})();
+
+/** The whole body of `response` when Deno holds it in memory (see above), else undefined. */
+export function staticBody(response: Response): Uint8Array | string | undefined {
+  const { inner, lazy } = RESPONSE_SYMBOLS;
+  if (inner === undefined || lazy === undefined) return undefined;
+  const record = response as unknown as Record<symbol, unknown>;
+  const text = record[lazy];
+  if (typeof text === "string") return text;
+  const body = (record[inner] as { body?: { streamOrStatic?: unknown } } | undefined)?.body;
+  const held = body?.streamOrStatic as { body?: unknown; consumed?: boolean } | undefined;
+  if (held === undefined || held instanceof ReadableStream || held.consumed !== false) {
+    return undefined;
+  }
+  const bytes = held.body;
+  return bytes instanceof Uint8Array || typeof bytes === "string" ? bytes : undefined;
+}
+
+/** Resolves to `undefined` after a few microtask turns: long enough for an in-memory body. */
+async function soon(): Promise<undefined> {
+  for (let i = 0; i < 4; i++) await null;
+  return undefined;
+}
+
+/**
+ * Writes `response` to `conn` for the request `head` (null: the 101 of a tunnel). `keepAlive`
+ * says whether the connection may carry another request; returns whether it still may (the
+ * handler asked for `Connection: close`, or the body forced a close). Rejects when the client
+ * is gone or the body failed: the connection must then close.
+ */
+export async function writeResponse(
+  conn: Deno.Conn,
+  response: Response,
+  head: RequestHead | null,
+  keepAlive: boolean,
+): Promise<boolean> {
+  const status = head === null ? 101 : response.status;
+  let text = `HTTP/1.1 ${status} ${REASONS[status] ?? (response.statusText || "Unknown")}\r\n`;
+  let declared = -1;
+  let hasDate = false;
+  // Before the headers are read: reading them makes Deno move a lazy body into a stream.
+  const held = head === null ? undefined : staticBody(response);
+  for (const [name, value] of response.headers) {
+    switch (name) {
+      case "content-length":
+        // Not digits (a list, say): framed as if absent.
+        declared = /^\d{1,15}$/.test(value) ? Number(value) : -1;
+        continue;
+      case "transfer-encoding":
+      case "keep-alive":
+        continue;
+      case "connection":
+        if (head === null) break;
+        if (hasToken(value, "close")) keepAlive = false;
+        continue;
+      case "date":
+        hasDate = true;
+    }
+    text += `${name}: ${value}\r\n`;
+  }
+  if (!hasDate) text += `date: ${httpDate()}\r\n`;
+  if (head === null) {
+    await writeAll(conn, encodeHead(text + "\r\n"));
+    return false;
+  }
+  const http10 = head.http10;
+  const connection = () =>
+    keepAlive ? (http10 ? "connection: keep-alive\r\n" : "") : "connection: close\r\n";
+  if (head.method === "HEAD" || status === 204 || status === 304 || status < 200) {
+    // RFC 9110 §8.6: a HEAD or 304 response may announce the length a GET would have.
+    if (declared >= 0 && status !== 204 && status >= 200) text += `content-length: ${declared}\r\n`;
+    await response.body?.cancel().catch(() => {});
+    await writeAll(conn, encodeHead(text + connection() + "\r\n"));
+    return keepAlive;
+  }
+  if (held !== undefined) {
+    const bytes = typeof held === "string" ? encoder.encode(held) : held;
+    const length = declared === -1 ? bytes.length : declared;
+    const headBytes = encodeHead(`${text}content-length: ${length}\r\n${connection()}\r\n`);
+    // A declared length is kept to, as for streamed bodies: a longer body is cut (and the
+    // connection closed), a shorter one ends the connection.
+    await writeBody(conn, headBytes, bytes.length > length ? bytes.subarray(0, length) : bytes);
+    if (bytes.length < length) throw new Error("response body shorter than its Content-Length");
+    return keepAlive && bytes.length === length;
+  }
+  const reader = response.body?.getReader();
+  if (reader === undefined) {
+    await writeAll(conn, encodeHead(`${text}content-length: 0\r\n${connection()}\r\n`));
+    return keepAlive;
+  }
+  try {
+    if (declared >= 0) {
+      return await writeLength(conn, reader, text, declared, connection()) && keepAlive;
+    }
+    const first = await reader.read();
+    if (first.done) {
+      await writeAll(conn, encodeHead(`${text}content-length: 0\r\n${connection()}\r\n`));
+      return keepAlive;
+    }
+    const next = reader.read();
+    const second = await Promise.race([next, soon()]);
+    if (second?.done === true) {
+      // The whole body was at hand: its length is known.
+      const headBytes = encodeHead(
+        `${text}content-length: ${first.value.length}\r\n${connection()}\r\n`,
+      );
+      await writeBody(conn, headBytes, first.value);
+      return keepAlive;
+    }
+    if (http10) {
+      // No chunked coding in HTTP/1.0: the body ends with the connection.
+      keepAlive = false;
+      await writeBody(conn, encodeHead(`${text}${connection()}\r\n`), first.value);
+      for (let r = await next; !r.done; r = await reader.read()) await writeAll(conn, r.value);
+      return false;
+    }
+    await writeChunk(
+      conn,
+      encodeHead(`${text}transfer-encoding: chunked\r\n${connection()}\r\n`),
+      first.value,
+    );
+    for (let r = await next; !r.done; r = await reader.read()) {
+      await writeChunk(conn, null, r.value);
+    }
+    await writeAll(conn, LAST_CHUNK);
+    return keepAlive;
+  } catch (error) {
+    await reader.cancel().catch(() => {});
+    throw error;
+  }
+}
+
+/**
+ * A body of `declared` bytes. False when it ran longer and was cut: the connection must close.
+ */
+async function writeLength(
+  conn: Deno.Conn,
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  text: string,
+  declared: number,
+  connection: string,
+): Promise<boolean> {
+  const headBytes = encodeHead(`${text}content-length: ${declared}\r\n${connection}\r\n`);
+  let left = declared;
+  let pendingHead: Uint8Array | null = headBytes;
+  for (let r = await reader.read(); !r.done; r = await reader.read()) {
+    if (r.value.length === 0) continue;
+    const part = r.value.length > left ? r.value.subarray(0, left) : r.value;
+    await writeBody(conn, pendingHead, part);
+    pendingHead = null;
+    left -= part.length;
+    if (r.value.length > part.length) {
+      // Longer than announced: what went out is all the client may read.
+      await reader.cancel().catch(() => {});
+      return false;
+    }
+  }
+  if (pendingHead !== null) await writeAll(conn, pendingHead);
+  if (left > 0) throw new Error(`response body ended ${left} bytes short of its Content-Length`);
+  return true;
+}
+
+async function writeBody(
+  conn: Deno.Conn,
+  headBytes: Uint8Array | null,
+  data: Uint8Array,
+): Promise<void> {
+  if (headBytes === null) return await writeAll(conn, data);
+  if (data.length <= COALESCE_BYTES) return await writeAll(conn, joined(headBytes, data));
+  await writeAll(conn, headBytes);
+  await writeAll(conn, data);
+}
+
+async function writeChunk(
+  conn: Deno.Conn,
+  headBytes: Uint8Array | null,
+  data: Uint8Array,
+): Promise<void> {
+  // An empty chunk would end the body.
+  if (data.length === 0) {
+    if (headBytes !== null) await writeAll(conn, headBytes);
+    return;
+  }
+  const size = encoder.encode(`${data.length.toString(16)}\r\n`);
+  const framing = headBytes === null ? size : joined(headBytes, size);
+  if (data.length <= COALESCE_BYTES) return await writeAll(conn, joined(framing, data, CRLF));
+  await writeAll(conn, framing);
+  await writeAll(conn, data);
+  await writeAll(conn, CRLF);
+}
