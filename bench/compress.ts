@@ -6,7 +6,7 @@
  *
  * One nginx backend (load core) answers `/compress` uncompressed. Targets, each alone on the
  * balancer core: nginx proxy with and without gzip; bench/compress_front.ts (Deno.serve + fetch)
- * with and without lib/compress.ts; and this balancer (`main.ts --config` with
+ * with and without lib/compress.ts's `encodeResponse`; and this balancer (`main.ts --config` with
  * `"compress": true`) when its `--check` accepts that key. The cost of compression is each
  * proxy's CPU per request with compression minus without; wrk sends `Accept-Encoding: gzip`,
  * `br`, `zstd` or nothing. Writes bench/results/compress/latest.json and prints Markdown.
@@ -119,7 +119,7 @@ function nginxTarget(gzip: boolean): CompressTarget {
 function frontTarget(compress: boolean): CompressTarget {
   return {
     id: compress ? "deno-compress" : "deno-plain",
-    label: compress ? "Deno.serve + fetch + compressResponse" : "Deno.serve + fetch",
+    label: compress ? "Deno.serve + fetch + encodeResponse" : "Deno.serve + fetch",
     async start(dir, port, backend, cpus) {
       const proc = await start("front", [
         Deno.execPath(),
@@ -255,8 +255,8 @@ function markdown(rows: Row[], targets: CompressTarget[]): string {
     );
     for (
       const [withId, withoutId, name] of [
-        ["deno-compress", "deno-plain", "lib/compress.ts (Deno.serve + fetch)"],
-        ["balancer-compress", "balancer-plain", "this balancer"],
+        ["deno-compress", "deno-plain", "encodeResponse (Deno.serve + fetch)"],
+        ["balancer-compress", "balancer-plain", "this balancer (its lib/dispatch.ts call)"],
       ]
     ) {
       for (const e of ENCODINGS.filter((e) => e !== "none")) {

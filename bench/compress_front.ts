@@ -1,14 +1,14 @@
 /**
  * @module
  * A minimal Deno front for the compression benchmark (bench/compress.ts): `Deno.serve` + `fetch`
- * to one backend, answering through {@linkcode compressResponse} with `"compress": true`'s
+ * to one backend, answering through {@linkcode encodeResponse} with `"compress": true`'s
  * defaults, or (`plain`) without it, so that the difference between the two is what compression
  * costs. Not a correct proxy (no hop-by-hop handling, one backend).
  *
  *     deno run --allow-net bench/compress_front.ts PORT BACKEND_URL compress|plain
  */
 
-import { compressResponse, type CompressSpec, DEFAULT_COMPRESS } from "../lib/compress.ts";
+import { type CompressSpec, DEFAULT_COMPRESS, encodeResponse } from "../lib/compress.ts";
 
 if (import.meta.main) {
   const [portText, backend, mode] = Deno.args;
@@ -28,7 +28,7 @@ if (import.meta.main) {
     });
     const response = new Response(upstream.body, upstream);
     return mode === "compress"
-      ? compressResponse(spec, req.method, req.headers, response)
+      ? encodeResponse(spec, req.method, req.headers, response, req.signal)
       : response;
   });
 }

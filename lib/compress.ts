@@ -3,8 +3,15 @@
  * Response compression (nginx `gzip`, Caddy `encode`, Traefik `compress`): the `compress` key of a
  * route or of the top level ({@linkcode checkCompress}), content negotiation on the client's
  * `Accept-Encoding` ({@linkcode negotiateEncoding}) and the response rewrite
- * ({@linkcode compressResponse}), which streams: each chunk from the backend is compressed and
- * flushed as it arrives, so nothing is buffered whole and server-sent events still flow.
+ * ({@linkcode encodeResponse}; {@linkcode compressResponse} for callers that cannot wait).
+ *
+ * Two ways to compress, because a compression stream costs ~150-230 us to set up before any byte
+ * while one synchronous call on 20 KiB costs ~75-170 us (bench/results/compress):
+ * - a body with a `Content-Length` up to {@linkcode WHOLE_BODY_LIMIT} is read whole and
+ *   compressed in one call ({@linkcode compressWhole}); `encodeResponse` then sends the exact
+ *   compressed `Content-Length`. Its first byte waits for the backend's last.
+ * - larger bodies and bodies of unknown length stream ({@linkcode compressor}): each chunk from the
+ *   backend is compressed and flushed as it arrives, so server-sent events still flow.
  *
  * Encodings and levels, chosen for on-the-fly compression (CPU per request matters more than the
  * last percent of ratio, as in nginx and Caddy):
@@ -21,8 +28,8 @@
  * Left untouched: HEAD, 204/304/1xx, 206 and requests with `Range` (ranges of a compressed body
  * are not supported), `Cache-Control: no-transform`, bodies the backend encoded (never twice),
  * other types, and a `Content-Length` below `minSize`. A compressed response loses
- * `Content-Length`, `Accept-Ranges` and digests of the uncompressed bytes, and a strong ETag
- * becomes weak (`W/`), as nginx does, since the bytes differ from the backend's.
+ * `Accept-Ranges` and digests of the uncompressed bytes (and `Content-Length` when streamed), and
+ * a strong ETag becomes weak (`W/`), as nginx does, since the bytes differ from the backend's.
  */
 
 import zlib from "node:zlib";
@@ -52,8 +59,8 @@ export interface CompressSpec {
 }
 
 /**
- * Every coding, in the default order of preference: br gave the fewest bytes, and zstd cost the
- * most CPU per response here (its node:zlib stream, not its codec; bench/results/compress).
+ * Every coding, in the default order of preference: br gave the fewest bytes; zstd costs the
+ * least CPU but few clients send it yet (bench/results/compress).
  */
 export const ENCODINGS: readonly Encoding[] = ["br", "gzip", "zstd"];
 
@@ -76,12 +83,22 @@ export const DEFAULT_COMPRESS: Readonly<CompressSpec> = Object.freeze({
   types: [...DEFAULT_TYPES],
 });
 
+/** gzip level (zlib's default, and `CompressionStream`'s). */
+export const GZIP_LEVEL = 6;
 /** zstd level (zstd's own default, as Caddy). */
 export const ZSTD_LEVEL = 3;
 /** Brotli quality for on-the-fly compression. */
 export const BROTLI_QUALITY = 4;
 /** Brotli window, log2 bytes: 512 KiB bounds the memory of each response being compressed. */
 export const BROTLI_WINDOW_BITS = 19;
+
+/**
+ * Bodies with a `Content-Length` up to this many bytes are compressed whole, in one synchronous
+ * call: setting up a compression stream costs ~150-230 us before any byte, one call on 20 KiB
+ * ~75-170 us; at 256 KiB one gzip or br call takes ~0.6-0.9 ms, so the setup matters less above
+ * it, and the event loop is held for a millisecond at most (bench/results/compress).
+ */
+export const WHOLE_BODY_LIMIT = 256 * 1024;
 
 const KEYS = ["encodings", "minSize", "types"];
 const TOKEN = "[!#$%&'*+.^_`|~0-9a-z-]+";
@@ -331,21 +348,27 @@ export function addVary(vary: string | null): string {
 }
 
 /** A copy of `response` with other headers and the same (unread) body. */
-function withHeaders(response: Response, headers: Headers, body = response.body): Response {
+function withHeaders(
+  response: Response,
+  headers: Headers,
+  body: BodyInit | null = response.body,
+): Response {
   return new Response(body, { status: response.status, statusText: response.statusText, headers });
 }
 
-/**
- * The response to send: `response` itself when it must not be compressed (Vary may still be
- * added), else a new Response streaming the compressed body with adjusted headers.
- */
-export function compressResponse(
+/** What {@linkcode plan} decided: leave the response (maybe with Vary), or compress it. */
+type Plan =
+  | { kind: "keep"; response: Response }
+  | { kind: "compress"; encoding: Encoding; headers: Headers; length: number | undefined };
+
+/** The shared decision of {@linkcode compressResponse} and {@linkcode encodeResponse}. */
+function plan(
   spec: CompressSpec,
   method: string,
   requestHeaders: Headers,
   response: Response,
-): Response {
-  if (!compressible(spec, response)) return response;
+): Plan {
+  if (!compressible(spec, response)) return { kind: "keep", response };
   const headers = new Headers(response.headers);
   const vary = addVary(headers.get("vary"));
   const varyChanged = vary !== headers.get("vary");
@@ -353,9 +376,11 @@ export function compressResponse(
   const encoding = method === "HEAD" || requestHeaders.has("range")
     ? undefined
     : negotiateEncoding(requestHeaders.get("accept-encoding"), spec.encodings);
-  if (encoding === undefined) return varyChanged ? withHeaders(response, headers) : response;
-
-  const length = Number(headers.get("content-length") ?? NaN);
+  if (encoding === undefined) {
+    return { kind: "keep", response: varyChanged ? withHeaders(response, headers) : response };
+  }
+  const lengthText = headers.get("content-length")?.trim() ?? "";
+  const length = /^\d+$/.test(lengthText) ? Number(lengthText) : undefined;
   headers.delete("content-length");
   headers.delete("content-encoding");
   headers.set("content-encoding", encoding);
@@ -367,8 +392,172 @@ export function compressResponse(
   headers.delete("content-md5");
   const etag = headers.get("etag");
   if (etag !== null && etag.startsWith('"')) headers.set("etag", `W/${etag}`);
-  const sizeHint = Number.isSafeInteger(length) ? length : undefined;
-  return withHeaders(response, headers, response.body!.pipeThrough(compressor(encoding, sizeHint)));
+  const safe = length !== undefined && Number.isSafeInteger(length) ? length : undefined;
+  return { kind: "compress", encoding, headers, length: safe };
+}
+
+/** Whether a body of `length` bytes is compressed whole, in one call, rather than streamed. */
+function isWhole(length: number | undefined): length is number {
+  return length !== undefined && length <= WHOLE_BODY_LIMIT;
+}
+
+/**
+ * The response to send, for callers that cannot wait: `response` itself when it must not be
+ * compressed (Vary may still be added), else a new Response with adjusted headers and no
+ * `Content-Length`. A body with a `Content-Length` up to {@linkcode WHOLE_BODY_LIMIT} is read
+ * whole and compressed in one call inside the body stream (cheap, but its length is not known
+ * when the head goes); others stream through {@linkcode compressor}. Prefer
+ * {@linkcode encodeResponse}, which also sends the exact `Content-Length`.
+ */
+export function compressResponse(
+  spec: CompressSpec,
+  method: string,
+  requestHeaders: Headers,
+  response: Response,
+): Response {
+  const decided = plan(spec, method, requestHeaders, response);
+  if (decided.kind === "keep") return decided.response;
+  const { encoding, headers, length } = decided;
+  const body = isWhole(length)
+    ? wholeBodyStream(response.body!, encoding, length)
+    : response.body!.pipeThrough(compressor(encoding, length));
+  return withHeaders(response, headers, body);
+}
+
+/**
+ * The response to send: `response` itself when it must not be compressed (Vary may still be
+ * added), else a new Response with adjusted headers. A body with a `Content-Length` up to
+ * {@linkcode WHOLE_BODY_LIMIT} is read whole, compressed in one synchronous call and answered
+ * with the exact compressed `Content-Length` (its first byte waits for the backend's last);
+ * larger bodies and bodies of unknown length stream through {@linkcode compressor}, without
+ * `Content-Length`. Never rejects: when the body fails while it is read, the answer's body fails
+ * with that error, as a streamed one would; when `signal` fires first (pass the request's: the
+ * client went), the backend's body is cancelled and the answer has no body.
+ */
+export async function encodeResponse(
+  spec: CompressSpec,
+  method: string,
+  requestHeaders: Headers,
+  response: Response,
+  signal?: AbortSignal,
+): Promise<Response> {
+  const decided = plan(spec, method, requestHeaders, response);
+  if (decided.kind === "keep") return decided.response;
+  const { encoding, headers, length } = decided;
+  if (!isWhole(length)) {
+    return withHeaders(response, headers, response.body!.pipeThrough(compressor(encoding, length)));
+  }
+  let compressed: Bytes;
+  try {
+    compressed = compressWhole(encoding, await readWhole(response.body!, length, signal));
+  } catch (error) {
+    // The client went: nobody reads this answer, and a failing body would only be logged.
+    if (signal?.aborted) return withHeaders(response, headers, null);
+    return withHeaders(response, headers, failedBody(error));
+  }
+  headers.set("content-length", String(compressed.length));
+  return withHeaders(response, headers, compressed);
+}
+
+/** A body that fails with `error` when read. */
+function failedBody(error: unknown): ReadableStream<Bytes> {
+  return new ReadableStream({ start: (controller) => controller.error(error) });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole bodies
+
+/**
+ * Reads `body` to its end (`length` sizes the buffer; a body longer or shorter is still read
+ * whole). When `signal` fires first, the body is cancelled with its reason and that is thrown.
+ */
+export async function readWhole(
+  body: ReadableStream<Uint8Array>,
+  length: number,
+  signal?: AbortSignal,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const reader = body.getReader();
+  let aborted = false;
+  const onAbort = () => {
+    aborted = true;
+    reader.cancel(signal!.reason).catch(() => {});
+  };
+  if (signal?.aborted) onAbort();
+  else signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    let buffer = new Uint8Array(length);
+    let filled = 0;
+    // Bounded by the body: each round consumes one chunk, and a cancel ends the reads.
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (aborted) throw signal!.reason;
+      if (done) break;
+      if (filled + value.length > buffer.length) {
+        const grown = new Uint8Array(Math.max(buffer.length * 2, filled + value.length));
+        grown.set(buffer.subarray(0, filled));
+        buffer = grown;
+      }
+      buffer.set(value, filled);
+      filled += value.length;
+    }
+    return filled === buffer.length ? buffer : buffer.slice(0, filled);
+  } catch (error) {
+    if (!aborted) reader.cancel(error).catch(() => {});
+    throw error;
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+    reader.releaseLock();
+  }
+}
+
+/** `bytes` compressed with `encoding` in one synchronous call, at the levels of the streams. */
+export function compressWhole(encoding: Encoding, bytes: Uint8Array): Bytes {
+  const c = zlib.constants;
+  let out: Uint8Array;
+  switch (encoding) {
+    case "gzip":
+      out = zlib.gzipSync(bytes, { level: GZIP_LEVEL });
+      break;
+    case "br":
+      out = zlib.brotliCompressSync(bytes, {
+        params: {
+          [c.BROTLI_PARAM_QUALITY]: BROTLI_QUALITY,
+          [c.BROTLI_PARAM_LGWIN]: BROTLI_WINDOW_BITS,
+          [c.BROTLI_PARAM_SIZE_HINT]: bytes.length,
+        },
+      });
+      break;
+    case "zstd":
+      out = zlib.zstdCompressSync(bytes, { params: { [c.ZSTD_c_compressionLevel]: ZSTD_LEVEL } });
+      break;
+  }
+  // A plain view of node's Buffer (same memory), as the Response and stream types expect.
+  return new Uint8Array(out.buffer as ArrayBuffer, out.byteOffset, out.byteLength);
+}
+
+/**
+ * A body stream that reads `body` whole when first pulled and yields it compressed in one chunk;
+ * cancelling it cancels `body`.
+ */
+function wholeBodyStream(
+  body: ReadableStream<Uint8Array>,
+  encoding: Encoding,
+  length: number,
+): ReadableStream<Bytes> {
+  const cancel = new AbortController();
+  return new ReadableStream<Bytes>({
+    async pull(controller) {
+      const bytes = await readWhole(body, length, cancel.signal);
+      controller.enqueue(compressWhole(encoding, bytes));
+      controller.close();
+    },
+    cancel(reason) {
+      // Before the first pull the body is not locked yet: cancel it directly.
+      if (!body.locked) return body.cancel(reason);
+      cancel.abort(reason);
+      return Promise.resolve();
+    },
+  }, { highWaterMark: 0 });
 }
 
 // ---------------------------------------------------------------------------------------------

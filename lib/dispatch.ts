@@ -12,7 +12,7 @@ import type { Cidr } from "./cidr.ts";
 import { clientAddress } from "./client_address.ts";
 import type { RouteGuards } from "./protection.ts";
 import { challenge } from "./basic_auth.ts";
-import { compressResponse } from "./compress.ts";
+import { encodeResponse } from "./compress.ts";
 import {
   balancerAnswer,
   type Handler,
@@ -141,7 +141,7 @@ export function createDispatcher(options: DispatchOptions): Handler {
     // After the header rules: a Cache-Control: no-transform or Vary they set is respected.
     const compress = route === undefined ? undefined : state.guards[route.index]?.compress;
     if (compress !== undefined) {
-      response = compressResponse(compress, req.method, req.headers, response);
+      response = await encodeResponse(compress, req.method, req.headers, response, req.signal);
     }
     if (observer === undefined) return response;
     observer.outcome(observed!.req, observed!.info, {

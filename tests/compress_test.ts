@@ -3,7 +3,9 @@
  * Tests of lib/compress.ts: the `compress` check, Accept-Encoding negotiation, every rule that
  * leaves a response alone, Vary and ETag handling, byte-exact round trips of 5 MiB streamed
  * bodies for each coding (in-process and through a Deno.serve on a real socket), and streaming:
- * compressed bytes reach the client while the backend is still sending.
+ * compressed bytes reach the client while the backend is still sending. Small bodies of known
+ * length: compressed whole, byte-exact, with an exact Content-Length (encodeResponse), and a
+ * client that hangs up while such a body is read cancels the backend's body.
  */
 
 import assert from "node:assert/strict";
@@ -14,10 +16,12 @@ import {
   compressResponse,
   type CompressSpec,
   DEFAULT_COMPRESS,
+  encodeResponse,
   type Encoding,
   ENCODINGS,
   negotiateEncoding,
   typeMatches,
+  WHOLE_BODY_LIMIT,
 } from "../lib/compress.ts";
 import type { Problem } from "../lib/problem.ts";
 import { concat, rawExchangeBytes, waitFor } from "./helpers.ts";
@@ -63,8 +67,9 @@ async function sha256(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
   return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-async function expectedHash(total: number): Promise<string> {
-  return sha256(new Uint8Array(await new Response(streamedBody(total)).arrayBuffer()));
+async function expectedHash(total: number, chunkSize?: number): Promise<string> {
+  const body = streamedBody(total, chunkSize);
+  return sha256(new Uint8Array(await new Response(body).arrayBuffer()));
 }
 
 /** Decompresses a whole body with an independent decoder for each coding. */
@@ -153,11 +158,21 @@ function parseRaw(raw: Uint8Array): { head: string; headers: Headers; body: Uint
   return { head, headers, body: concat(chunks) };
 }
 
-/** A Deno.serve on 127.0.0.1:0 answering with `make(req)` run through compressResponse. */
-function compressingServer(spec: CompressSpec, make: (req: Request) => Response) {
+/**
+ * A Deno.serve on 127.0.0.1:0 answering with `make(req)` run through compressResponse, or
+ * (`whole`) through encodeResponse with the request's signal.
+ */
+function compressingServer(
+  spec: CompressSpec,
+  make: (req: Request) => Response,
+  whole = false,
+) {
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (req) => compressResponse(spec, req.method, req.headers, make(req)),
+    (req) =>
+      whole
+        ? encodeResponse(spec, req.method, req.headers, make(req), req.signal)
+        : compressResponse(spec, req.method, req.headers, make(req)),
   );
   return {
     port: server.addr.port,
@@ -317,6 +332,7 @@ Deno.test("compressResponse() compresses and adjusts the headers", async () => {
   assert.notEqual(result, original);
   assert.equal(result.status, 200);
   assert.equal(result.headers.get("content-encoding"), "gzip");
+  // compressResponse() cannot wait for the compressed length: the body goes chunked.
   assert.equal(result.headers.get("content-length"), null);
   assert.equal(result.headers.get("accept-ranges"), null);
   assert.equal(result.headers.get("etag"), 'W/"abc"');
@@ -646,4 +662,174 @@ Deno.test("a Deno.serve using compressResponse() streams: compressed bytes arriv
     release();
     conn.close();
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Whole bodies (Content-Length up to WHOLE_BODY_LIMIT)
+
+/** A body of `total` bytes with its Content-Length, in 64 KiB chunks. */
+function lengthed(total: number): Response {
+  return response(streamedBody(total), { "content-length": String(total), etag: '"w"' });
+}
+
+for (const encoding of ENCODINGS) {
+  Deno.test(`encodeResponse() compresses a ${encoding} body of known length whole, with its exact Content-Length`, async () => {
+    const total = 200 * 1024;
+    const result = await encodeResponse(SPEC, "GET", accepting(encoding), lengthed(total));
+    assert.equal(result.headers.get("content-encoding"), encoding);
+    assert.equal(result.headers.get("etag"), 'W/"w"');
+    assert.equal(result.headers.get("vary"), "Accept-Encoding");
+    const compressed = await bytesOf(result);
+    assert.ok(compressed.length < total / 2, `${encoding}: ${compressed.length} bytes`);
+    assert.equal(result.headers.get("content-length"), String(compressed.length));
+    assert.equal(await sha256(await decompress(encoding, compressed)), await expectedHash(total));
+  });
+
+  Deno.test(`a Deno.serve using encodeResponse() sends ${encoding} with an exact Content-Length, byte-exact`, async () => {
+    const total = WHOLE_BODY_LIMIT;
+    await using server = compressingServer(SPEC, () => lengthed(total), true);
+    const raw = await rawExchangeBytes(
+      server.port,
+      `GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: ${encoding}\r\nConnection: close\r\n\r\n`,
+      10_000,
+    );
+    const { head, headers, body } = parseRaw(raw);
+    assert.match(head, /^HTTP\/1\.1 200/);
+    assert.equal(headers.get("transfer-encoding"), null);
+    assert.equal(headers.get("content-encoding"), encoding);
+    assert.equal(headers.get("content-length"), String(body.length));
+    assert.equal(await sha256(await decompress(encoding, body)), await expectedHash(total));
+  });
+}
+
+Deno.test("encodeResponse() streams bodies above WHOLE_BODY_LIMIT or of unknown length", async (t) => {
+  const cases: [string, () => Response, number][] = [
+    ["WHOLE_BODY_LIMIT + 1 bytes", () => lengthed(WHOLE_BODY_LIMIT + 1), WHOLE_BODY_LIMIT + 1],
+    ["unknown length", () => response(streamedBody(100_000)), 100_000],
+    ["a Content-Length that is not a number", () => {
+      const r = response(streamedBody(5000));
+      r.headers.set("content-length", "5e3");
+      return r;
+    }, 5000],
+  ];
+  for (const [name, make, total] of cases) {
+    await t.step(name, async () => {
+      const result = await encodeResponse(SPEC, "GET", accepting("gzip"), make());
+      assert.equal(result.headers.get("content-encoding"), "gzip");
+      assert.equal(result.headers.get("content-length"), null);
+      const bytes = await decompress("gzip", await bytesOf(result));
+      assert.equal(await sha256(bytes), await expectedHash(total));
+    });
+  }
+});
+
+Deno.test("encodeResponse() leaves alone what compressResponse() leaves alone", async () => {
+  const small = response("x".repeat(1023), { "content-length": "1023" });
+  assert.equal(await encodeResponse(SPEC, "GET", accepting("gzip"), small), small);
+  await small.body!.cancel();
+  const head = await encodeResponse(SPEC, "HEAD", accepting("gzip"), lengthed(4096));
+  assert.equal(head.headers.get("content-encoding"), null);
+  assert.equal(head.headers.get("content-length"), "4096");
+  assert.equal(head.headers.get("vary"), "Accept-Encoding");
+  await head.body!.cancel();
+});
+
+Deno.test("encodeResponse() compresses a body shorter or longer than its Content-Length whole", async () => {
+  for (const declared of [1024, 100_000]) {
+    const r = response(streamedBody(50_000, 4096), { "content-length": String(declared) });
+    const result = await encodeResponse(SPEC, "GET", accepting("br"), r);
+    const compressed = await bytesOf(result);
+    assert.equal(result.headers.get("content-length"), String(compressed.length));
+    const expected = await expectedHash(50_000, 4096);
+    assert.equal(await sha256(await decompress("br", compressed)), expected);
+  }
+});
+
+/** A backend body that sends one chunk, then waits until cancelled; records the reason. */
+function stalledBody() {
+  const state = { pulls: 0, cancelled: "not cancelled" as unknown };
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      // The second pull means the first chunk was taken: it never settles (a stalled backend).
+      if (state.pulls++ === 0) return controller.enqueue(textChunk(0, 4096));
+      return new Promise<void>(() => {});
+    },
+    cancel(reason) {
+      state.cancelled = reason;
+    },
+  }, { highWaterMark: 0 });
+  return { state, body };
+}
+
+Deno.test("encodeResponse() cancels the backend body when the signal fires while it is read", async () => {
+  const { state, body } = stalledBody();
+  const aborter = new AbortController();
+  const pending = encodeResponse(
+    SPEC,
+    "GET",
+    accepting("gzip"),
+    response(body, { "content-length": "100000" }),
+    aborter.signal,
+  );
+  assert.ok(await waitFor(() => state.pulls >= 2, 10_000), "the body is being read");
+  aborter.abort(new Error("client gone"));
+  const result = await within(pending, 10_000, "encodeResponse");
+  assert.equal((state.cancelled as Error).message, "client gone");
+  assert.equal(result.body, null, "nobody is there to read a body");
+});
+
+Deno.test("encodeResponse() answers with a failing body when the backend's fails while read", async () => {
+  let sent = 0;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (sent++ === 2) return controller.error(new Error("backend reset"));
+      controller.enqueue(textChunk(sent, 4096));
+    },
+  }, { highWaterMark: 0 });
+  const r = response(body, { "content-length": "100000" });
+  const result = await encodeResponse(SPEC, "GET", accepting("zstd"), r);
+  assert.equal(result.headers.get("content-length"), null);
+  await assert.rejects(within(result.arrayBuffer(), 10_000, "the body"), /backend reset/);
+});
+
+Deno.test("compressResponse() compresses a body of known length whole and cancels it with the client", async () => {
+  const total = 100_000;
+  const result = compressResponse(SPEC, "GET", accepting("zstd"), lengthed(total));
+  assert.equal(result.headers.get("content-length"), null);
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of result.body!) chunks.push(chunk);
+  assert.equal(chunks.length, 1, "one compressed chunk");
+  assert.equal(await sha256(await decompress("zstd", chunks[0])), await expectedHash(total));
+
+  for (const readFirst of [false, true]) {
+    const { state, body } = stalledBody();
+    const r = response(body, { "content-length": "100000" });
+    const stream = compressResponse(SPEC, "GET", accepting("gzip"), r).body!;
+    const reader = stream.getReader();
+    const read = reader.read().catch(() => undefined);
+    if (readFirst) assert.ok(await waitFor(() => state.pulls >= 2, 10_000), "body read");
+    await within(reader.cancel("client gone"), 10_000, "cancel");
+    await read;
+    assert.ok(await waitFor(() => state.cancelled !== "not cancelled", 10_000));
+    assert.equal(state.cancelled, "client gone");
+  }
+});
+
+Deno.test("a Deno.serve using encodeResponse() cancels the backend body when the client hangs up during the read", async () => {
+  const { state, body } = stalledBody();
+  await using server = compressingServer(
+    SPEC,
+    () => response(body, { "content-length": "100000" }),
+    true,
+  );
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+  try {
+    await conn.write(
+      encoder.encode("GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br\r\n\r\n"),
+    );
+    assert.ok(await waitFor(() => state.pulls >= 2, 10_000), "the body is being read");
+  } finally {
+    conn.close();
+  }
+  assert.ok(await waitFor(() => state.cancelled !== "not cancelled", 10_000), "body cancelled");
 });
