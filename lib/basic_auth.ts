@@ -19,7 +19,7 @@
 
 import { createHmac } from "node:crypto";
 import { childPath } from "./jsonc.ts";
-import type { Problem } from "./problem.ts";
+import { isObject, type Problem, show } from "./problem.ts";
 
 /** The `basicAuth` key of a route (or of the top level, as every route's default). */
 export interface BasicAuthSpec {
@@ -69,19 +69,6 @@ const REALM = /^[\x20\x21\x23-\x5b\x5d-\x7e]+$/;
 const USER = /^[^:\x00-\x1f\x7f]+$/;
 const ONLY_BCRYPT =
   "only bcrypt hashes ($2a$, $2b$, $2y$, as htpasswd -B writes them) are accepted";
-
-/** Short, one-line rendering of a JSON value for messages (never used on secrets). */
-function show(value: unknown): string {
-  if (Array.isArray(value)) return "a list";
-  if (value !== null && typeof value === "object") return "an object";
-  const text = JSON.stringify(value);
-  if (text === undefined) return String(value);
-  return text.length > 80 ? `${text.slice(0, 77)}..."` : text;
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return value !== null && typeof value === "object" && !Array.isArray(value);
-}
 
 /**
  * Why `hash` is not an accepted bcrypt hash, or undefined when it is one. Names the kind of hash

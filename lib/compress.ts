@@ -34,7 +34,7 @@
 
 import zlib from "node:zlib";
 import { childPath } from "./jsonc.ts";
-import type { Problem } from "./problem.ts";
+import { type Problem, show } from "./problem.ts";
 
 /** What the compressors emit: bytes in an ordinary (not shared) buffer. */
 type Bytes = Uint8Array<ArrayBuffer>;
@@ -107,15 +107,6 @@ const TYPE_PATTERN = new RegExp(`^${TOKEN}/(?:\\*|\\*\\+${TOKEN}|${TOKEN})$`);
 
 // ---------------------------------------------------------------------------------------------
 // Check
-
-/** Short, one-line rendering of any JSON value for messages. */
-function show(value: unknown): string {
-  if (Array.isArray(value)) return "a list";
-  if (value !== null && typeof value === "object") return "an object";
-  const text = JSON.stringify(value);
-  if (text === undefined) return String(value);
-  return text.length > 80 ? `${text.slice(0, 77)}..."` : text;
-}
 
 function fail(problems: Problem[], path: string, message: string): undefined {
   problems.push({ path, message });

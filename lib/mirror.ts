@@ -30,8 +30,9 @@
 import { mayFailWhileSent, type RequestBody } from "./body.ts";
 import type { HeaderPairs } from "./headers.ts";
 import { childPath } from "./jsonc.ts";
+import { parseSize } from "./units.ts";
 import type { Pool } from "./pool.ts";
-import type { Problem } from "./problem.ts";
+import { type Problem, show } from "./problem.ts";
 import {
   afterDelay,
   type AttemptOptions,
@@ -87,43 +88,6 @@ export const MIRROR_SCHEMA = {
     },
   },
 } as const;
-
-/**
- * Bytes from a size as lib/setting_values.ts `parseSize` reads it: `65536`, `64KiB`, `1MB`;
- * `k`/`m`/`g` are binary, as in nginx. The same grammar, written here because importing that
- * module would close an import cycle (setting_values -> routes -> protection -> mirror).
- */
-function parseSize(text: string): number | undefined {
-  const match = /^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/.exec(text.trim());
-  if (!match) return undefined;
-  const unit = SIZE_UNITS[match[2].toLowerCase()];
-  if (unit === undefined) return undefined;
-  const bytes = Math.round(Number(match[1]) * unit);
-  return Number.isSafeInteger(bytes) ? bytes : undefined;
-}
-
-const SIZE_UNITS: Record<string, number> = {
-  "": 1,
-  b: 1,
-  k: 1024,
-  kb: 1000,
-  kib: 1024,
-  m: 1024 ** 2,
-  mb: 1000 ** 2,
-  mib: 1024 ** 2,
-  g: 1024 ** 3,
-  gb: 1000 ** 3,
-  gib: 1024 ** 3,
-};
-
-/** Short, one-line rendering of any JSON value for messages. */
-function show(value: unknown): string {
-  if (Array.isArray(value)) return "a list";
-  if (value !== null && typeof value === "object") return "an object";
-  const text = JSON.stringify(value);
-  if (text === undefined) return String(value);
-  return text.length > 80 ? `${text.slice(0, 77)}..."` : text;
-}
 
 /**
  * Checks a `mirror` value, pushing one problem per mistake at paths under `path` (e.g.

@@ -38,7 +38,7 @@
  * differences are threads reading the clock a moment apart and count as no time.
  */
 
-import type { Problem } from "./problem.ts";
+import { type Problem, show } from "./problem.ts";
 
 /** A route's `rateLimit`: a token bucket per key. */
 export interface RateLimitSpec {
@@ -126,14 +126,6 @@ export const RATE_LIMIT_SCHEMA: Record<string, unknown> = {
     },
   },
 };
-
-function show(value: unknown): string {
-  if (Array.isArray(value)) return "a list";
-  if (value !== null && typeof value === "object") return "an object";
-  const text = JSON.stringify(value);
-  if (text === undefined) return String(value);
-  return text.length > 80 ? `${text.slice(0, 77)}..."` : text;
-}
 
 function at(path: string, key: string): string {
   return path ? `${path}.${key}` : key;

@@ -22,7 +22,8 @@
 
 import { checkProtection, PROTECTION_KEYS, type ProtectionSpec } from "./protection.ts";
 import type { HeaderPairs } from "./headers.ts";
-import type { Problem } from "./problem.ts";
+import { checkKeys, closestKey, isObject, type Problem, show } from "./problem.ts";
+import { childPath } from "./jsonc.ts";
 
 /** Header edits, applied in the order remove, set (replacing every value), add. */
 export interface HeaderRules {
@@ -127,69 +128,6 @@ const STANDARD_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OP
 
 // ---------------------------------------------------------------------------------------------
 // Shape checks
-
-/** Short, one-line rendering of any JSON value for messages. */
-function show(value: unknown): string {
-  if (Array.isArray(value)) return "a list";
-  if (value !== null && typeof value === "object") return "an object";
-  const text = JSON.stringify(value);
-  if (text === undefined) return String(value);
-  return text.length > 80 ? `${text.slice(0, 77)}..."` : text;
-}
-
-/** The JSON path of `key` inside `parent`, written as lib/config_file.ts writes it. */
-function childPath(parent: string, key: string | number): string {
-  if (typeof key === "number") return `${parent}[${key}]`;
-  if (/^[A-Za-z_$][\w$-]*$/.test(key)) return parent ? `${parent}.${key}` : key;
-  return `${parent}[${JSON.stringify(key)}]`;
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return value !== null && typeof value === "object" && !Array.isArray(value);
-}
-
-/** Reports keys of `object` not in `allowed`, suggesting the closest allowed key. */
-function checkKeys(
-  object: Record<string, unknown>,
-  allowed: readonly string[],
-  path: string,
-  problems: Problem[],
-): void {
-  for (const key of Object.keys(object)) {
-    if (allowed.includes(key)) continue;
-    const guess = closest(key, allowed);
-    const hint = guess ? ` (did you mean ${JSON.stringify(guess)}?)` : "";
-    problems.push({ path: childPath(path, key), message: `unknown key${hint}` });
-  }
-}
-
-/** The candidate a typo most likely meant: same letters ignoring case, `-` and `_`, or 2 edits. */
-function closest(key: string, candidates: readonly string[]): string | undefined {
-  const squash = (s: string) => s.toLowerCase().replace(/[-_]/g, "");
-  let best: string | undefined;
-  let bestDistance = 3;
-  for (const candidate of candidates) {
-    const d = squash(key) === squash(candidate) ? 0 : editDistance(key, candidate);
-    if (d < bestDistance) [best, bestDistance] = [candidate, d];
-  }
-  return best;
-}
-
-function editDistance(a: string, b: string): number {
-  let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    const current = [i];
-    for (let j = 1; j <= b.length; j++) {
-      current[j] = Math.min(
-        previous[j] + 1,
-        current[j - 1] + 1,
-        previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1),
-      );
-    }
-    previous = current;
-  }
-  return previous[b.length];
-}
 
 /** Collects problems for one value; `fail` records one and returns undefined. */
 class Checker {
@@ -554,7 +492,7 @@ export function lintRoutes(routes: readonly RouteSpec[], services: readonly stri
     if (service !== undefined) {
       used.add(service);
       if (!services.includes(service)) {
-        const guess = closest(service, services);
+        const guess = closestKey(service, services);
         const hint = guess ? ` (did you mean ${JSON.stringify(guess)}?)` : "";
         problems.push({
           path: childPath(path, "service"),

@@ -14,7 +14,12 @@ import { ConfigError } from "./errors.ts";
 import { childPath } from "./jsonc.ts";
 import { type HashKeySpec, parseHashKey } from "./policies/hash.ts";
 import type { BackendSpec } from "./pool.ts";
-import type { Problem } from "./problem.ts";
+import { checkKeys, isObject, type Problem, show } from "./problem.ts";
+import { formatDuration, parseDuration, parseSize } from "./units.ts";
+
+export { formatDuration, parseDuration, parseSize };
+
+export { checkKeys, isObject, show };
 import { checkRoutes, type RouteSpec } from "./routes.ts";
 import { PROTECTION_SCHEMAS } from "./protection.ts";
 
@@ -31,55 +36,6 @@ export const FRONTENDS = ["deno", "native"] as const;
 
 // ---------------------------------------------------------------------------------------------
 // Grammars
-
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/**
- * Parses a duration such as `500ms`, `2s`, `1.5m` or `1h` into milliseconds.
- * Returns undefined when the text is not a duration (a unit is required: `5` is ambiguous).
- */
-export function parseDuration(text: string): number | undefined {
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
-  if (!match) return undefined;
-  const ms = Number(match[1]) * DURATION_UNITS[match[2]];
-  return Number.isFinite(ms) ? Math.round(ms) : undefined;
-}
-
-/** Milliseconds as the shortest exact duration text: 300000 -> `5m`, 1500 -> `1500ms`, 0 -> `0s`. */
-export function formatDuration(ms: number): string {
-  if (ms === 0) return "0s";
-  for (const unit of ["h", "m", "s"]) {
-    if (ms % DURATION_UNITS[unit] === 0) return `${ms / DURATION_UNITS[unit]}${unit}`;
-  }
-  return `${ms}ms`;
-}
-
-const SIZE_UNITS: Record<string, number> = {
-  "": 1,
-  b: 1,
-  k: 1024,
-  kb: 1000,
-  kib: 1024,
-  m: 1024 ** 2,
-  mb: 1000 ** 2,
-  mib: 1024 ** 2,
-  g: 1024 ** 3,
-  gb: 1000 ** 3,
-  gib: 1024 ** 3,
-};
-
-/**
- * Parses a size: plain bytes (`1048576`) or a number with a unit (`512KiB`, `10MiB`, `1GB`;
- * `k`/`m`/`g` are binary, as in nginx). Returns undefined when it is not a size.
- */
-export function parseSize(text: string): number | undefined {
-  const match = /^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/.exec(text.trim());
-  if (!match) return undefined;
-  const unit = SIZE_UNITS[match[2].toLowerCase()];
-  if (unit === undefined) return undefined;
-  const bytes = Math.round(Number(match[1]) * unit);
-  return Number.isSafeInteger(bytes) ? bytes : undefined;
-}
 
 /** A DNS discovery target. */
 export type DiscoveryTarget =
@@ -280,14 +236,6 @@ export const SCHEMA_DEFS: Record<string, JsonSchema> = {
 const DURATION_TEXT = /^\d+(?:\.\d+)?(?:ms|s|m|h)$/;
 const MAX_TIMER_MS = 2_147_483_647;
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-
-/** Short, one-line rendering of any JSON value for messages. */
-export function show(value: unknown): string {
-  if (Array.isArray(value)) return "a list";
-  if (value !== null && typeof value === "object") return "an object";
-  const text = JSON.stringify(value);
-  return text.length > 80 ? `${text.slice(0, 77)}..."` : text;
-}
 
 /** Records a problem; returns undefined so a check can `return reject(...)`. */
 export function reject(problems: Problem[], path: string, message: string): undefined {
@@ -713,51 +661,3 @@ export const routes: Check<RouteSpec[]> = describe(checkRoutes, {
 
 // ---------------------------------------------------------------------------------------------
 // Keys of objects
-
-/** A JSON object (not null, not a list). */
-export function isObject(value: unknown): value is Record<string, unknown> {
-  return value !== null && typeof value === "object" && !Array.isArray(value);
-}
-
-/** Reports keys of `object` not in `allowed`, suggesting the closest allowed key. */
-export function checkKeys(
-  object: Record<string, unknown>,
-  allowed: readonly string[],
-  path: string,
-  problems: Problem[],
-): void {
-  for (const key of Object.keys(object)) {
-    if (allowed.includes(key)) continue;
-    const guess = closestKey(key, allowed);
-    const hint = guess ? ` (did you mean ${JSON.stringify(guess)}?)` : "";
-    problems.push({ path: childPath(path, key), message: `unknown key${hint}` });
-  }
-}
-
-/** The allowed key a typo most likely meant: same letters ignoring case, `-` and `_`, or 2 edits. */
-function closestKey(key: string, allowed: readonly string[]): string | undefined {
-  const squash = (s: string) => s.toLowerCase().replace(/[-_]/g, "");
-  let best: string | undefined;
-  let bestDistance = 3;
-  for (const candidate of allowed) {
-    const d = squash(key) === squash(candidate) ? 0 : editDistance(key, candidate);
-    if (d < bestDistance) [best, bestDistance] = [candidate, d];
-  }
-  return best;
-}
-
-function editDistance(a: string, b: string): number {
-  let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    const current = [i];
-    for (let j = 1; j <= b.length; j++) {
-      current[j] = Math.min(
-        previous[j] + 1,
-        current[j - 1] + 1,
-        previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1),
-      );
-    }
-    previous = current;
-  }
-  return previous[b.length];
-}
