@@ -15,7 +15,7 @@ import {
   type RouteView,
 } from "../lib/admin.ts";
 import { HealthChecker } from "../lib/health.ts";
-import type { Log } from "../lib/log.ts";
+import { captureLog } from "./helpers.ts";
 import { LoadBalancerMetrics, NO_BACKEND, NO_ROUTE } from "../lib/metrics.ts";
 import { createPolicy, type PolicyName } from "../lib/policies/mod.ts";
 import { Pool } from "../lib/pool.ts";
@@ -48,19 +48,6 @@ export function startBackend(
   };
 }
 
-/** A {@linkcode Log} keeping info, warn and error lines as `LEVEL message`. */
-export function captureLog(): Log & { readonly lines: string[] } {
-  const lines: string[] = [];
-  return {
-    lines,
-    debug: () => {},
-    info: (message) => lines.push(`INFO ${message}`),
-    warn: (message) => lines.push(`WARN ${message}`),
-    error: (message) => lines.push(`ERROR ${message}`),
-    debugEnabled: false,
-  };
-}
-
 /** One service of the harness. */
 export interface ServiceSpec {
   name: string;
@@ -86,7 +73,7 @@ export interface AdminHarness extends AsyncDisposable {
   readonly url: string;
   readonly port: number;
   readonly metrics: LoadBalancerMetrics;
-  readonly log: Log & { readonly lines: string[] };
+  readonly log: ReturnType<typeof captureLog>;
   /** The services the handler reads; replace entries to act as a reload. */
   services: AdminService[];
   /** The routes the handler reads. */
