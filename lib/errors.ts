@@ -85,7 +85,21 @@ export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
-const REASONS: Record<number, string> = {
+/** Reason phrases of the statuses the balancer itself sends (error pages, status lines). */
+export const REASONS: Record<number, string> = {
+  100: "Continue",
+  101: "Switching Protocols",
+  200: "OK",
+  201: "Created",
+  202: "Accepted",
+  204: "No Content",
+  206: "Partial Content",
+  301: "Moved Permanently",
+  302: "Found",
+  303: "See Other",
+  304: "Not Modified",
+  307: "Temporary Redirect",
+  308: "Permanent Redirect",
   400: "Bad Request",
   401: "Unauthorized",
   403: "Forbidden",
@@ -93,11 +107,17 @@ const REASONS: Record<number, string> = {
   405: "Method Not Allowed",
   408: "Request Timeout",
   413: "Content Too Large",
+  417: "Expectation Failed",
+  421: "Misdirected Request",
+  426: "Upgrade Required",
   429: "Too Many Requests",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
   501: "Not Implemented",
   502: "Bad Gateway",
   503: "Service Unavailable",
   504: "Gateway Timeout",
+  505: "HTTP Version Not Supported",
 };
 
 /**

@@ -232,8 +232,16 @@ function parseStatusLine(line: string): { status: number; statusText: string; ht
   return { status, statusText, http10: line.charCodeAt(7) === 48 };
 }
 
-/** One `name: value` line of `text[from, to)`. */
-function parseField(text: string, from: number, to: number): [string, string] {
+/**
+ * One `name: value` line of `text[from, to)`, for response heads and (with `Malformed` set to
+ * its own error) the native front end's request heads.
+ */
+export function parseField(
+  text: string,
+  from: number,
+  to: number,
+  Malformed: new (message: string) => Error = MalformedResponse,
+): [string, string] {
   let i = from;
   for (; i < to; i++) {
     const c = text.charCodeAt(i);
@@ -241,14 +249,14 @@ function parseField(text: string, from: number, to: number): [string, string] {
     // Also refuses obs-fold (a line starting with SP/HTAB) and SP before the colon, which
     // RFC 9112 §5.1-5.2 let a proxy refuse.
     if (c >= 128 || TOKEN[c] === 0) {
-      throw new MalformedResponse(
+      throw new Malformed(
         c === 32 || c === 9
           ? (i === from ? "obs-fold in the header section" : "whitespace before a colon")
           : "invalid header name",
       );
     }
   }
-  if (i === from || i === to) throw new MalformedResponse("header line without a name and colon");
+  if (i === from || i === to) throw new Malformed("header line without a name and colon");
   const name = text.slice(from, i);
   let start = i + 1;
   let end = to;
@@ -256,7 +264,7 @@ function parseField(text: string, from: number, to: number): [string, string] {
   while (end > start && (text.charCodeAt(end - 1) === 32 || text.charCodeAt(end - 1) === 9)) end--;
   for (let j = start; j < end; j++) {
     if (!isFieldChar(text.charCodeAt(j))) {
-      throw new MalformedResponse(`control character in the value of ${name}`);
+      throw new Malformed(`control character in the value of ${name}`);
     }
   }
   return [name, text.slice(start, end)];

@@ -19,7 +19,7 @@
  */
 
 import { isValidHost } from "./headers.ts";
-import { isToken, MAX_HEADERS } from "./http1_parse.ts";
+import { isToken, MAX_HEADERS, parseField } from "./http1_parse.ts";
 
 export { MAX_HEADERS };
 
@@ -87,7 +87,7 @@ export function parseRequestHead(text: string): RequestHead {
     if (headers.length === MAX_HEADERS) {
       throw new MalformedRequest(`more than ${MAX_HEADERS} header fields`);
     }
-    const field = parseField(text, pos, end);
+    const field = parseField(text, pos, end, MalformedRequest);
     headers.push(field);
     switch (field[0].toLowerCase()) {
       case "host":
@@ -225,45 +225,6 @@ function checkTarget(method: string, target: string, host: string | null): strin
     throw new MalformedRequest("absolute-form target naming another host than Host");
   }
   return host;
-}
-
-/** A field-content character: HTAB, SP, VCHAR or obs-text (no other control, no DEL). */
-function isFieldChar(c: number): boolean {
-  return c >= 0x20 ? c !== 0x7f : c === 9;
-}
-
-/** 1 for `tchar`, by character code (RFC 9110 §5.6.2). */
-const TOKEN = new Uint8Array(128);
-for (const ch of "!#$%&'*+-.^_`|~") TOKEN[ch.charCodeAt(0)] = 1;
-for (let i = 48; i <= 57; i++) TOKEN[i] = 1;
-for (let i = 65; i <= 90; i++) TOKEN[i] = TOKEN[i + 32] = 1;
-
-/** One `name: value` line of `text[from, to)`. */
-function parseField(text: string, from: number, to: number): [string, string] {
-  let i = from;
-  for (; i < to; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 58) break;
-    if (c >= 128 || TOKEN[c] === 0) {
-      throw new MalformedRequest(
-        c === 32 || c === 9
-          ? (i === from ? "obs-fold in the header section" : "whitespace before a colon")
-          : "invalid header name",
-      );
-    }
-  }
-  if (i === from || i === to) throw new MalformedRequest("header line without a name and colon");
-  const name = text.slice(from, i);
-  let start = i + 1;
-  let end = to;
-  while (start < end && (text.charCodeAt(start) === 32 || text.charCodeAt(start) === 9)) start++;
-  while (end > start && (text.charCodeAt(end - 1) === 32 || text.charCodeAt(end - 1) === 9)) end--;
-  for (let j = start; j < end; j++) {
-    if (!isFieldChar(text.charCodeAt(j))) {
-      throw new MalformedRequest(`control character in the value of ${name}`);
-    }
-  }
-  return [name, text.slice(start, end)];
 }
 
 /**

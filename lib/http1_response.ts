@@ -10,46 +10,13 @@
  */
 
 import { hasToken, type RequestHead } from "./http1_request_head.ts";
+import { REASONS } from "./errors.ts";
 
 const encoder = new TextEncoder();
 const CRLF = new Uint8Array([13, 10]);
 const LAST_CHUNK = encoder.encode("0\r\n\r\n");
 /** Bodies and chunks up to this size leave in one write with their framing (one copy). */
 const COALESCE_BYTES = 16 * 1024;
-
-const REASONS: Record<number, string> = {
-  100: "Continue",
-  101: "Switching Protocols",
-  200: "OK",
-  201: "Created",
-  202: "Accepted",
-  204: "No Content",
-  206: "Partial Content",
-  301: "Moved Permanently",
-  302: "Found",
-  303: "See Other",
-  304: "Not Modified",
-  307: "Temporary Redirect",
-  308: "Permanent Redirect",
-  400: "Bad Request",
-  401: "Unauthorized",
-  403: "Forbidden",
-  404: "Not Found",
-  405: "Method Not Allowed",
-  408: "Request Timeout",
-  413: "Content Too Large",
-  417: "Expectation Failed",
-  421: "Misdirected Request",
-  426: "Upgrade Required",
-  429: "Too Many Requests",
-  431: "Request Header Fields Too Large",
-  500: "Internal Server Error",
-  501: "Not Implemented",
-  502: "Bad Gateway",
-  503: "Service Unavailable",
-  504: "Gateway Timeout",
-  505: "HTTP Version Not Supported",
-};
 
 /** The other end of a tunnel, and bytes it already sent after its 101 head. */
 export interface Tunnel {
