@@ -415,14 +415,15 @@ export class Pool {
   /**
    * An attempt failed by the backend's doing (never pass a client's hang-up): counted, told to
    * outlier detection, and a refused or broken connect marks the backend down at once. A connect
-   * timeout only counts toward ejection: a saturated balancer times out connects to healthy
-   * backends, and marking them all down would turn a slowdown into an outage.
+   * timeout is only counted: a saturated balancer times out connects to healthy backends, and
+   * marking them down or ejecting them turned a slowdown into failed requests.
    */
   attemptFailed(backend: Backend, failure: Failure): void {
     backend.failures++;
-    if (failure.kind === "connect" && failure.timedOut !== true) {
-      this.reportConnectFailure(backend, failure.detail);
-    }
+    // Under saturation Deno delivers completed connects seconds late (docs/performance.md):
+    // health checks judge a backend that no longer answers.
+    if (failure.kind === "connect" && failure.timedOut === true) return;
+    if (failure.kind === "connect") this.reportConnectFailure(backend, failure.detail);
     this.reportFailure(backend, failure.detail);
   }
 

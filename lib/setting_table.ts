@@ -325,7 +325,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     arg: "N",
     help: "connections the native transport opens per backend, 0 = unlimited (default {default})",
     doc:
-      "Connections the native transport keeps open (or opening) to one backend origin, shared by every service that names it; at the cap a request waits for a released connection up to its timeout, then fails as a connect failure (retried elsewhere, counted toward ejection). 0 is unlimited, as nginx's max_conns.",
+      "Connections the native transport keeps open (or opening) to one backend origin, shared by every service that names it; at the cap a request waits for a released connection up to its timeout, then fails as a connect failure (retried elsewhere; the backend is not marked down or ejected for it). 0 is unlimited, as nginx's max_conns.",
     scope: "global",
     restart: false,
   },

@@ -117,6 +117,24 @@ Deno.test("Pool.attemptFailed() marks down on a refused connect, never on a conn
   assert.deepEqual(events, ["b0:up->down"]);
 });
 
+Deno.test("Pool.attemptFailed() never ejects for connect timeouts, but does for other failures", () => {
+  const { pool, b: [a, b] } = setup([1, 1], {
+    outlier: { consecutiveFailures: 2, baseEjectionMs: 1000, maxEjectedPercent: 100 },
+    panicThresholdPercent: 0,
+  });
+  const timeout = {
+    kind: "connect" as const,
+    detail: "connect timeout after 3000ms",
+    timedOut: true,
+  };
+  for (let i = 0; i < 5; i++) pool.attemptFailed(a, timeout);
+  assert.equal(a.status, "up");
+  assert.equal(a.failures, 5);
+  pool.attemptFailed(b, { kind: "maybe-sent", detail: "reset" });
+  pool.attemptFailed(b, { kind: "maybe-sent", detail: "reset" });
+  assert.equal(b.status, "ejected");
+});
+
 Deno.test("Pool tells onHealthChange of health flips the status hides (draining, disabled)", () => {
   const health: string[] = [];
   const { pool, events, b } = setup([1, 1], {
