@@ -37,7 +37,7 @@ import {
   writePrivateFile,
 } from "./acme_store.ts";
 import type { Log } from "./log.ts";
-import { type CertifiedKey, describeCertificate, formatCertificate } from "./tls.ts";
+import { describeCertificate, formatCertificate } from "./tls.ts";
 
 export { domainProblem };
 
@@ -449,86 +449,4 @@ function oneLine(error: unknown): string {
     ? `storage: ${error.message}`
     : (error as Error)?.message ?? String(error);
   return message.replace(/\s+/g, " ").trim() || "unknown error";
-}
-
-/** A handler of Deno.serve's shape. */
-export type Handler = (
-  req: Request,
-  info: Deno.ServeHandlerInfo,
-) => Response | Promise<Response>;
-
-/**
- * The plain-HTTP listener's handler when ACME is on: challenge paths are answered by
- * `manager`; everything else goes to `redirect` once a certificate is served, and to `site`
- * (the balancer's own handler) until then, so the site stays reachable over HTTP while no
- * certificate could be had. The path is taken from the request target, not from Host.
- */
-export function acmeHttpHandler(manager: AcmeManager, redirect: Handler, site: Handler): Handler {
-  return function answerChallengeOrPass(req, info) {
-    const answer = manager.challengeResponse(requestPath(req));
-    if (answer !== undefined) return answer;
-    return manager.status().notAfter === undefined ? site(req, info) : redirect(req, info);
-  };
-}
-
-function requestPath(req: Request): string {
-  try {
-    return new URL(req.url).pathname;
-  } catch {
-    return "";
-  }
-}
-
-/** What {@linkcode wireAcme} needs besides the manager's options. */
-export interface AcmeWiringOptions extends Omit<AcmeOptions, "onIssued"> {
-  /**
-   * Swaps a certificate issued after start-up in: the balancer's `server.replaceCertificate`
-   * (new listener on the same port, the old one drained), or starting the TLS listener when
-   * none could be had at start-up.
-   */
-  install(pair: CertifiedKey): void;
-}
-
-/** The wired manager and the certificate to start the TLS listener with. */
-export interface AcmeWiring {
-  manager: AcmeManager;
-  /** The stored or freshly issued certificate; undefined when none could be had (logged). */
-  initial: CertifiedKey | undefined;
-}
-
-/**
- * Starts a manager whose later certificates go to `options.install`. While the first
- * certificate is ordered, a temporary listener on `challenge.port` answers the challenges
- * (the balancer's own plain-HTTP listener is not up yet); it is closed before this resolves,
- * so the balancer can bind the port.
- */
-export async function wireAcme(
-  options: AcmeWiringOptions,
-  challenge: { port: number; hostname: string },
-): Promise<AcmeWiring> {
-  let started = false;
-  const manager = new AcmeManager({
-    ...options,
-    onIssued: (pair) => {
-      if (started) options.install({ cert: pair.certPem, key: pair.keyPem });
-    },
-  });
-  const stored = readStoredPair(manager.files, () => {})?.info;
-  let temporary: Deno.HttpServer | undefined;
-  if (stored === undefined || Date.now() >= stored.notAfter.getTime()) {
-    temporary = Deno.serve(
-      { port: challenge.port, hostname: challenge.hostname, onListen: () => {} },
-      (req) => manager.challengeResponse(requestPath(req)) ?? new Response(null, { status: 503 }),
-    );
-  }
-  try {
-    const first = await manager.start();
-    return {
-      manager,
-      initial: first === undefined ? undefined : { cert: first.certPem, key: first.keyPem },
-    };
-  } finally {
-    started = true;
-    await temporary?.shutdown();
-  }
 }

@@ -9,13 +9,11 @@
 import assert from "node:assert/strict";
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import {
-  acmeHttpHandler,
   AcmeManager,
   type AcmeOptions,
   domainProblem,
   type IssuedCertificate,
   renewalTime,
-  wireAcme,
 } from "../lib/acme.ts";
 import { accountKeyPath, certificatePaths, domainsName } from "../lib/acme_store.ts";
 import { networkReason } from "../lib/acme_http.ts";
@@ -96,18 +94,6 @@ Deno.test("challengeResponse() answers only challenge paths, 404 for unknown tok
   await manager.stop();
 });
 
-Deno.test("acmeHttpHandler() serves the site over HTTP while no certificate is served", async () => {
-  const manager = new AcmeManager(options("/nonexistent", "https://127.0.0.1:1/dir"));
-  const handler = acmeHttpHandler(
-    manager,
-    () => new Response("redirect"),
-    () => new Response("site"),
-  );
-  const info = {} as Deno.ServeHandlerInfo;
-  assert.equal(await (await handler(new Request("http://a.example.com/x"), info)).text(), "site");
-  await manager.stop();
-});
-
 Deno.test("start() with an invalid domain logs one line and orders nothing", async () => {
   const log = captureLog();
   const alerts: string[] = [];
@@ -180,7 +166,6 @@ Deno.test({
       }
       return new Response("no such challenge", { status: 404 });
     });
-    let closed = false;
     await using storage = await tempDir();
     await using backend = await startTestBackend(() => new Response("from the backend"));
     try {
@@ -366,51 +351,8 @@ Deno.test({
           /^ERROR ACME: no certificate for refused\.example\.com; next try in \d+ s: .*forbidden by policy/,
         );
       });
-
-      await t.step(
-        "wireAcme() answers the first order's challenges on a temporary listener",
-        async () => {
-          await challenges.shutdown();
-          closed = true;
-          await using fresh = await tempDir();
-          const installed: string[] = [];
-          const { manager, initial } = await wireAcme(
-            {
-              ...options(fresh.path, pebble.directoryUrl),
-              caFile: pebble.caFile,
-              install: (pair) => installed.push(pair.cert),
-            },
-            { port: challenges.addr.port, hostname: "127.0.0.1" },
-          );
-          await manager.stop();
-          assert.ok(initial, manager.status().lastError);
-          assert.equal(
-            new X509Certificate(initial.cert).subjectAltName,
-            "DNS:a.example.com, DNS:b.example.com",
-          );
-          assert.deepEqual(installed, [], "the first certificate is returned, not installed");
-          // The port is free again for the balancer's own plain-HTTP listener.
-          Deno.listen({ hostname: "127.0.0.1", port: challenges.addr.port }).close();
-          const handler = acmeHttpHandler(
-            manager,
-            () => new Response("redirect"),
-            () => new Response("site"),
-          );
-          const info = {} as Deno.ServeHandlerInfo;
-          assert.equal(
-            await (await handler(new Request("http://a.example.com/x"), info)).text(),
-            "redirect",
-          );
-          const unknown = await handler(
-            new Request("http://a.example.com/.well-known/acme-challenge/x"),
-            info,
-          );
-          assert.equal(unknown.status, 404);
-          await unknown.body?.cancel();
-        },
-      );
     } finally {
-      if (!closed) await challenges.shutdown();
+      await challenges.shutdown();
     }
   },
 });
