@@ -303,21 +303,27 @@ function isOws(c: number): boolean {
   return c === 32 || c === 9;
 }
 
-/** Throws unless the codings are exactly `chunked` (any case), applied once. */
-function checkChunkedOnly(value: string): void {
+/**
+ * Throws `Malformed` unless the codings are exactly `chunked` (any case), applied once: for
+ * response heads and the native front end's request heads.
+ */
+export function checkChunkedOnly(
+  value: string,
+  Malformed: new (message: string) => Error = MalformedResponse,
+): void {
   let seen = 0;
   for (const part of value.split(",")) {
     const coding = part.trim();
     if (coding === "") continue;
     if (coding.toLowerCase() !== "chunked" || ++seen > 1) {
-      throw new MalformedResponse(`Transfer-Encoding ${JSON.stringify(value)} (only chunked)`);
+      throw new Malformed(`Transfer-Encoding ${JSON.stringify(value)} (only chunked)`);
     }
   }
-  if (seen === 0) throw new MalformedResponse("empty Transfer-Encoding");
+  if (seen === 0) throw new Malformed("empty Transfer-Encoding");
 }
 
 /** Whether the comma-separated `list` holds `token` (lower case), ignoring case. */
-function hasToken(list: string, token: string): boolean {
+export function hasToken(list: string, token: string): boolean {
   for (const part of list.split(",")) {
     if (part.trim().toLowerCase() === token) return true;
   }

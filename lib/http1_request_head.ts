@@ -19,7 +19,9 @@
  */
 
 import { isValidHost } from "./headers.ts";
-import { isToken, MAX_HEADERS, parseField } from "./http1_parse.ts";
+import { checkChunkedOnly, hasToken, isToken, MAX_HEADERS, parseField } from "./http1_parse.ts";
+
+export { hasToken };
 
 export { MAX_HEADERS };
 
@@ -123,7 +125,7 @@ export function parseRequestHead(text: string): RequestHead {
     // RFC 9112 §6.1: both at once may be an attempt at smuggling.
     if (contentLength !== -1) throw new MalformedRequest("Content-Length with Transfer-Encoding");
     if (http10) throw new MalformedRequest("Transfer-Encoding in an HTTP/1.0 request");
-    checkChunkedOnly(transferEncoding);
+    checkChunkedOnly(transferEncoding, MalformedRequest);
   }
   // RFC 9110 §9.3.6: CONNECT content has no meaning; what follows is the next request (hyper).
   const framing = method === "CONNECT"
@@ -236,25 +238,4 @@ function mergeContentLength(known: number, value: string): number {
   const n = Number(value);
   if (known !== -1 && known !== n) throw new MalformedRequest("conflicting Content-Length values");
   return n;
-}
-
-/** Throws unless the codings are exactly `chunked` (any case), applied once. */
-function checkChunkedOnly(value: string): void {
-  let seen = 0;
-  for (const part of value.split(",")) {
-    const coding = part.trim();
-    if (coding === "") continue;
-    if (coding.toLowerCase() !== "chunked" || ++seen > 1) {
-      throw new MalformedRequest(`Transfer-Encoding ${JSON.stringify(value)} (only chunked)`);
-    }
-  }
-  if (seen === 0) throw new MalformedRequest("empty Transfer-Encoding");
-}
-
-/** Whether the comma-separated `list` holds `token` (lower case), ignoring case. */
-export function hasToken(list: string, token: string): boolean {
-  for (const part of list.split(",")) {
-    if (part.trim().toLowerCase() === token) return true;
-  }
-  return false;
 }
