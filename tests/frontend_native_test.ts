@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { parseResponses } from "./wire.ts";
 import { parseCidr } from "../lib/cidr.ts";
 import {
   type FrontendOptions,
@@ -61,50 +62,6 @@ function start(
       await server.drain(performance.now() + 2000);
     },
   });
-}
-
-interface WireResponse {
-  status: number;
-  headers: Map<string, string>;
-  body: string;
-}
-
-/** Responses in `bytes`, framed by Content-Length or chunked (test traffic only). */
-function parseResponses(bytes: Uint8Array): WireResponse[] {
-  let rest = decoder.decode(bytes);
-  const responses: WireResponse[] = [];
-  for (let n = 0; n < 1000; n++) {
-    const headEnd = rest.indexOf("\r\n\r\n");
-    if (!rest.startsWith("HTTP/") || headEnd === -1) break;
-    const [statusLine, ...lines] = rest.slice(0, headEnd).split("\r\n");
-    const headers = new Map<string, string>();
-    for (const line of lines) {
-      const colon = line.indexOf(":");
-      headers.set(line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim());
-    }
-    rest = rest.slice(headEnd + 4);
-    let body = "";
-    const status = Number(statusLine.split(" ")[1]);
-    if (headers.get("transfer-encoding") === "chunked") {
-      for (let i = 0; i < 100_000; i++) {
-        const lineEnd = rest.indexOf("\r\n");
-        const size = parseInt(rest.slice(0, lineEnd), 16);
-        rest = rest.slice(lineEnd + 2);
-        if (size === 0) {
-          rest = rest.slice(2);
-          break;
-        }
-        body += rest.slice(0, size);
-        rest = rest.slice(size + 2);
-      }
-    } else if (status !== 100) {
-      const length = Number(headers.get("content-length") ?? 0);
-      body = rest.slice(0, length);
-      rest = rest.slice(length);
-    }
-    responses.push({ status, headers, body });
-  }
-  return responses;
 }
 
 const WAIT_MS = 3000;

@@ -14,6 +14,7 @@
  */
 
 import assert from "node:assert/strict";
+import { parseResponses, type WireResponse } from "./wire.ts";
 import {
   delay,
   rawExchange,
@@ -37,13 +38,6 @@ Deno.test("security suite runs on the Deno version its pinned outcomes were reco
   // Outcomes marked "hyper" below are Deno's, not ours: re-check them all when this fails.
   assert.equal(Deno.version.deno, PINNED);
 });
-
-/** One response read off the wire. */
-interface WireResponse {
-  status: number;
-  headers: Map<string, string>;
-  body: string;
-}
 
 /** What came back for a raw request, and what the backend saw. */
 interface Outcome {
@@ -91,44 +85,6 @@ async function attack(
     bodies,
     failures: lb.balancer.pool.backends[0].failures,
   };
-}
-
-/** Splits what came back into responses (Content-Length or chunked bodies). */
-function parseResponses(bytes: Uint8Array): WireResponse[] {
-  const text = decoder.decode(bytes);
-  const responses: WireResponse[] = [];
-  let rest = text;
-  for (;;) {
-    const headEnd = rest.indexOf("\r\n\r\n");
-    if (!rest.startsWith("HTTP/") || headEnd === -1) return responses;
-    const [statusLine, ...lines] = rest.slice(0, headEnd).split("\r\n");
-    const headers = new Map<string, string>();
-    for (const line of lines) {
-      const colon = line.indexOf(":");
-      headers.set(line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim());
-    }
-    rest = rest.slice(headEnd + 4);
-    let body = "";
-    if (headers.get("transfer-encoding") === "chunked") {
-      for (;;) {
-        const lineEnd = rest.indexOf("\r\n");
-        const size = parseInt(rest.slice(0, lineEnd), 16);
-        if (lineEnd === -1 || Number.isNaN(size)) return responses;
-        rest = rest.slice(lineEnd + 2);
-        if (size === 0) {
-          rest = rest.slice(2);
-          break;
-        }
-        body += rest.slice(0, size);
-        rest = rest.slice(size + 2);
-      }
-    } else {
-      const length = Number(headers.get("content-length") ?? 0);
-      body = rest.slice(0, length);
-      rest = rest.slice(length);
-    }
-    responses.push({ status: Number(statusLine.split(" ")[1]), headers, body });
-  }
 }
 
 function statuses(outcome: Outcome): number[] {
