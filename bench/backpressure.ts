@@ -18,19 +18,20 @@
 
 import { parseArgs } from "node:util";
 import { spawnBalancer } from "../tests/process.ts";
-import { parseDuration, type ProcessSample, sampleProcess, sampler, sleep } from "./slowloris.ts";
+import { parseSize } from "../lib/units.ts";
+import { durationArg, type ProcessSample, sampleProcess, sampler, sleep } from "./slowloris.ts";
 
 const encoder = new TextEncoder();
 const MiB = 1024 * 1024;
 
-/** Parses `1GiB`, `256MiB`, `64KiB` or plain bytes. */
-export function parseSize(text: string): number {
-  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB)?$/i.exec(text.trim());
-  if (match === null) throw new Error(`not a size: ${JSON.stringify(text)}`);
-  const units: Record<string, number> = { b: 1, kib: 1024, mib: MiB, gib: 1024 * MiB };
-  return Math.round(Number(match[1]) * units[(match[2] ?? "b").toLowerCase()]);
+/** A size flag's value (`1GiB`, `64KiB`, plain bytes) in bytes; throws a one-line error. */
+export function sizeArg(text: string): number {
+  const bytes = parseSize(text);
+  if (bytes === undefined) {
+    throw new Error(`not a size: ${JSON.stringify(text)} (use e.g. 64KiB, 1GiB)`);
+  }
+  return bytes;
 }
-
 /** A backend that streams `size` bytes per request, produced only as fast as they are taken. */
 function streamingBackend(size: number) {
   const produced = { bytes: 0 };
@@ -201,11 +202,11 @@ if (import.meta.main) {
     },
   });
   const report = await runBackpressure({
-    size: parseSize(values.size),
-    chunk: parseSize(values.chunk),
-    everyMs: parseDuration(values.every),
-    stallMs: parseDuration(values.stall),
-    maxTimeMs: parseDuration(values["max-time"]),
+    size: sizeArg(values.size),
+    chunk: sizeArg(values.chunk),
+    everyMs: durationArg(values.every),
+    stallMs: durationArg(values.stall),
+    maxTimeMs: durationArg(values["max-time"]),
   });
   if (values.json) await Deno.writeTextFile(values.json, JSON.stringify(report, null, 2) + "\n");
   const { samples: _samples, ...summary } = report;

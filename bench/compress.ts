@@ -116,22 +116,33 @@ function nginxTarget(gzip: boolean): CompressTarget {
   };
 }
 
+/** `deno run args` from the project folder, pinned to `cpus`, ready once `port` answers. */
+async function startDeno(
+  name: string,
+  args: string[],
+  where: { dir: string; port: number; cpus: string },
+): Promise<Started> {
+  const proc = await start(name, [Deno.execPath(), "run", ...args], {
+    cwd: PROJECT_DIR,
+    cpus: where.cpus,
+    logFile: `${where.dir}/output.log`,
+  });
+  await waitReady(`http://127.0.0.1:${where.port}/`, proc, 30_000);
+  return proc;
+}
+
 function frontTarget(compress: boolean): CompressTarget {
   return {
     id: compress ? "deno-compress" : "deno-plain",
     label: compress ? "Deno.serve + fetch + encodeResponse" : "Deno.serve + fetch",
-    async start(dir, port, backend, cpus) {
-      const proc = await start("front", [
-        Deno.execPath(),
-        "run",
+    start(dir, port, backend, cpus) {
+      return startDeno("front", [
         "--allow-net",
         "bench/compress_front.ts",
         String(port),
         `http://127.0.0.1:${backend}`,
         compress ? "compress" : "plain",
-      ], { cwd: PROJECT_DIR, cpus, logFile: `${dir}/output.log` });
-      await waitReady(`http://127.0.0.1:${port}/`, proc, 30_000);
-      return proc;
+      ], { dir, port, cpus });
     },
   };
 }
@@ -144,9 +155,7 @@ function balancerTarget(compress: boolean): CompressTarget {
     async start(dir, port, backend, cpus) {
       const config = `${dir}/lb.json`;
       await Deno.writeTextFile(config, balancerConfig(backend, compress));
-      const proc = await start("balancer", [
-        Deno.execPath(),
-        "run",
+      return await startDeno("balancer", [
         "--allow-net",
         "--allow-read",
         "main.ts",
@@ -157,9 +166,7 @@ function balancerTarget(compress: boolean): CompressTarget {
         "127.0.0.1",
         "--log-level",
         "warn",
-      ], { cwd: PROJECT_DIR, cpus, logFile: `${dir}/output.log` });
-      await waitReady(`http://127.0.0.1:${port}/`, proc, 30_000);
-      return proc;
+      ], { dir, port, cpus });
     },
   };
 }

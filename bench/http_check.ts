@@ -5,6 +5,8 @@
  * the wire; this reads them as sent, with a small HTTP/1.1 response parser.
  */
 
+import { concatBytes } from "../lib/body.ts";
+
 /** A response as it came off the wire. */
 export interface RawResponse {
   status: number;
@@ -61,13 +63,7 @@ function dechunk(bytes: Uint8Array): Uint8Array {
     parts.push(bytes.subarray(lineEnd + 1, lineEnd + 1 + size));
     at = lineEnd + 1 + size + 2;
   }
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 /** Sends `GET path` with `headers` over a new connection and reads the answer to its end. */

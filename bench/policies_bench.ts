@@ -4,10 +4,9 @@
  * flight). Run with `deno bench bench/policies_bench.ts`. Hash benchmarks rotate through client
  * IPs so that the lookup is not always the same warm table slot.
  *
- * Round-robin also runs two slower paths: "fresh copy" hands it a different array instance on
- * every pick, as the pool does on retries and whenever max-conns filtering is on; "over cap" uses
- * weights whose cycle is too long to precompute. Least-conn runs its "fresh copy" path (the O(n)
- * scan) too.
+ * Round-robin also runs two slower paths: "filtered" passes an `accept` filter on every pick,
+ * as the pool does on retries and whenever max-conns is set; "over cap" uses weights whose cycle
+ * is too long to precompute. Least-conn runs its "filtered" path (the O(n) scan) too.
  *
  * The "under load" group goes through a real {@linkcode Pool}: each iteration is one
  * `pick`, one `acquire` of the pick and one `release` of the pick made `n` iterations earlier, so
@@ -15,7 +14,7 @@
  * It measures what a request costs the policy, including `loadChanged`, and not `select` alone.
  */
 
-import { Backend, type Policy, Pool, type SelectContext } from "../lib/pool.ts";
+import { type Accept, Backend, type Policy, Pool, type SelectContext } from "../lib/pool.ts";
 import { createPolicy, POLICY_NAMES } from "../lib/policies/mod.ts";
 import { mulberry32 } from "../lib/policies/random_source.ts";
 import { LeastConnPolicy } from "../lib/policies/least_conn.ts";
@@ -42,19 +41,17 @@ for (const size of SIZES) {
     const candidates = makeBackends(size);
     let clock = 0;
     const policy: Policy = createPolicy(name, { random: mulberry32(1), now: () => clock++ });
-    const observer = policy as Partial<{ observe(backend: Backend, ms: number): void }>;
     // Give p2c-ewma an estimate for every backend, as it would have under traffic.
-    candidates.forEach((backend, i) => observer.observe?.(backend, 5 + (i % 7)));
+    candidates.forEach((backend, i) => policy.latencyObserver?.observe(backend, 5 + (i % 7)));
     // Build any per-set table outside the measured loop, as a running balancer would have.
-    policy.select(candidates, contexts[0]);
-    policy.select(candidates, contexts[0]);
+    policy.rebuild(candidates);
     let turn = 0;
     Deno.bench({
       name: `${name} n=${size}`,
       group: `n=${size}`,
       baseline: name === "round-robin",
       fn() {
-        policy.select(candidates, contexts[turn++ & 1023]);
+        policy.select(contexts[turn++ & 1023]);
       },
     });
   }
@@ -66,8 +63,7 @@ for (const size of SIZES) {
       weight: 1 + (i % 3),
     }));
     const pool = new Pool(specs, { rise: 1, fall: 1, policy, now: () => 0 });
-    const observer = policy as Partial<{ observe(backend: Backend, ms: number): void }>;
-    pool.backends.forEach((backend, i) => observer.observe?.(backend, 5 + (i % 7)));
+    pool.backends.forEach((backend, i) => policy.latencyObserver?.observe(backend, 5 + (i % 7)));
     // A ring of the last `size` picks, still in flight; each step releases the oldest.
     const outstanding: (Backend | undefined)[] = new Array(size);
     let turn = 0;
@@ -88,20 +84,20 @@ for (const size of SIZES) {
     });
   }
 
-  // Distinct instances made outside the loop, so the copying itself is not measured.
+  // As the pool's filter with max-conns set and nothing full: every backend is accepted.
   const backends = makeBackends(size);
-  const copies = Array.from({ length: 64 }, () => backends.slice());
-  const copyPolicies: Record<string, Policy> = {
+  const accept: Accept = (backend) => backend.inflight < 1_000;
+  const filteredPolicies: Record<string, Policy> = {
     "round-robin": new RoundRobinPolicy(),
     "least-conn": new LeastConnPolicy({ random: mulberry32(1) }),
   };
-  for (const [name, copyPolicy] of Object.entries(copyPolicies)) {
-    let copyTurn = 0;
+  for (const [name, filteredPolicy] of Object.entries(filteredPolicies)) {
+    filteredPolicy.rebuild(backends);
     Deno.bench({
-      name: `${name} fresh copy n=${size}`,
+      name: `${name} filtered n=${size}`,
       group: `n=${size}`,
       fn() {
-        copyPolicy.select(copies[copyTurn++ & 63], contexts[0]);
+        filteredPolicy.select(contexts[0], accept);
       },
     });
   }
@@ -109,13 +105,12 @@ for (const size of SIZES) {
   // Coprime weights in the thousands: the cycle is far longer than the schedule cap.
   const heavy = makeBackends(size, (i) => 1000 * (1 + (i % 3)) + 1);
   const heavyPolicy: Policy = new RoundRobinPolicy();
-  heavyPolicy.select(heavy, contexts[0]);
-  heavyPolicy.select(heavy, contexts[0]);
+  heavyPolicy.rebuild(heavy);
   Deno.bench({
     name: `round-robin over cap n=${size}`,
     group: `n=${size}`,
     fn() {
-      heavyPolicy.select(heavy, contexts[0]);
+      heavyPolicy.select(contexts[0]);
     },
   });
 }

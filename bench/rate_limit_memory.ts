@@ -36,6 +36,26 @@ function settle(): { rss: number; heap: number } {
   return { rss: usage.rss, heap: usage.heapUsed };
 }
 
+type Reading = ReturnType<typeof settle>;
+
+/** One measurement's figures from its readings: before, with the empty table, filled, flooded. */
+function figures(
+  readings: { before: Reading; table: Reading; after: Reading; flood: Reading },
+  keys: number,
+  overflowed = 0,
+): Figures {
+  const { before, table, after, flood } = readings;
+  return {
+    rssBeforeMiB: mib(before.rss),
+    rssTableMiB: mib(table.rss),
+    rssAfterMiB: mib(after.rss),
+    rssFloodMiB: mib(flood.rss),
+    heapAfterMiB: mib(after.heap),
+    keys,
+    overflowed,
+  };
+}
+
 /** `ip 10.A.B.C` for i: what keyOf() makes of 16M distinct IPv4 clients. */
 function keyOf(i: number): string {
   return `ip 10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
@@ -54,15 +74,7 @@ function measureTable(keys: number): Figures {
   for (let i = keys; i < 2 * keys; i++) limiter.take(keyOf(i));
   const flood = settle();
   const stats = limiter.stats();
-  return {
-    rssBeforeMiB: mib(before.rss),
-    rssTableMiB: mib(table.rss),
-    rssAfterMiB: mib(after.rss),
-    rssFloodMiB: mib(flood.rss),
-    heapAfterMiB: mib(after.heap),
-    keys: stats.keys,
-    overflowed: stats.overflowed,
-  };
+  return figures({ before, table, after, flood }, stats.keys, stats.overflowed);
 }
 
 /** A Map of buckets, unbounded: the comparison. */
@@ -75,15 +87,7 @@ function measureMap(keys: number): Figures {
     buckets.set(keyOf(i), { tokens: SPEC.burst - 1, at: Date.now() });
   }
   const flood = settle();
-  return {
-    rssBeforeMiB: mib(before.rss),
-    rssTableMiB: mib(before.rss),
-    rssAfterMiB: mib(after.rss),
-    rssFloodMiB: mib(flood.rss),
-    heapAfterMiB: mib(after.heap),
-    keys: buckets.size,
-    overflowed: 0,
-  };
+  return figures({ before, table: before, after, flood }, buckets.size);
 }
 
 /**
@@ -133,15 +137,7 @@ function measureStrings(keys: number): Figures {
   const after = settle();
   for (let i = keys; i < 2 * keys; i++) length += keyOf(i).length;
   const flood = settle();
-  return {
-    rssBeforeMiB: mib(before.rss),
-    rssTableMiB: mib(before.rss),
-    rssAfterMiB: mib(after.rss),
-    rssFloodMiB: mib(flood.rss),
-    heapAfterMiB: mib(after.heap),
-    keys: length > 0 ? 0 : -1,
-    overflowed: 0,
-  };
+  return figures({ before, table: before, after, flood }, length > 0 ? 0 : -1);
 }
 
 function loadAverage(): string {

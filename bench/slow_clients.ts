@@ -19,7 +19,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { parseDuration, sampler, sleep } from "./slowloris.ts";
+import { durationArg, sampler, sleep } from "./slowloris.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -245,8 +245,8 @@ if (import.meta.main) {
       json: { type: "string" },
     },
   });
-  const headerTimeoutMs = parseDuration(values["header-timeout"]);
-  const idleTimeoutMs = parseDuration(values["idle-timeout"]);
+  const headerTimeoutMs = durationArg(values["header-timeout"]);
+  const idleTimeoutMs = durationArg(values["idle-timeout"]);
   if (values.serve) {
     await serve(headerTimeoutMs, idleTimeoutMs);
   } else {
@@ -255,7 +255,7 @@ if (import.meta.main) {
       idle: Number(values.idle),
       headerTimeoutMs,
       idleTimeoutMs,
-      probeIntervalMs: parseDuration(values["probe-interval"]),
+      probeIntervalMs: durationArg(values["probe-interval"]),
     });
     const { samples: _, ...shown } = result;
     console.log(JSON.stringify(shown, null, 2));

@@ -18,6 +18,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { parseDuration } from "../lib/units.ts";
 import { spawnBalancer } from "../tests/process.ts";
 
 const encoder = new TextEncoder();
@@ -65,12 +66,13 @@ export function sampler(pid: number, startedAt: number, everyMs = 500) {
   };
 }
 
-/** Parses `5s`, `500ms`, `2m` or plain milliseconds. */
-export function parseDuration(text: string): number {
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
-  if (match === null) throw new Error(`not a duration: ${JSON.stringify(text)}`);
-  const scale = { ms: 1, s: 1000, m: 60_000 }[match[2] as "ms" | "s" | "m" ?? "ms"];
-  return Number(match[1]) * scale;
+/** A duration flag's value (`5s`, `500ms`, `2m`) in milliseconds; throws a one-line error. */
+export function durationArg(text: string): number {
+  const ms = parseDuration(text);
+  if (ms === undefined) {
+    throw new Error(`not a duration: ${JSON.stringify(text)} (use e.g. 500ms, 2s, 1m)`);
+  }
+  return ms;
 }
 
 /** Resolves after `ms`. */
@@ -314,10 +316,10 @@ if (import.meta.main) {
   });
   const report = await runSlowloris({
     connections: Number(values.connections),
-    intervalMs: parseDuration(values.interval),
-    durationMs: parseDuration(values.duration),
-    probeIntervalMs: parseDuration(values["probe-interval"]),
-    bodyTimeoutMs: parseDuration(values["body-timeout"]),
+    intervalMs: durationArg(values.interval),
+    durationMs: durationArg(values.duration),
+    probeIntervalMs: durationArg(values["probe-interval"]),
+    bodyTimeoutMs: durationArg(values["body-timeout"]),
   });
   if (values.json) await Deno.writeTextFile(values.json, JSON.stringify(report, null, 2) + "\n");
   const { samples: _samples, ...summary } = report;

@@ -19,7 +19,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { median, type RunRecord } from "./report.ts";
+import { median, type RunInfo, type RunRecord } from "./report.ts";
 import { parseSeconds, parseV8FlagSets } from "./run.ts";
 import { PROJECT_DIR } from "./targets.ts";
 
@@ -305,16 +305,17 @@ export async function main(args: string[]): Promise<number> {
 /** What bench/run.ts writes to latest.json (and this script to v8_flags.json), as read here. */
 interface RunFile {
   machine: { cpuModel: string; cores: number; deno: string };
-  info: {
-    startedAt: string;
-    finishedAt: string;
-    rounds: number;
-    durationSeconds: number;
-    warmupSeconds: number;
-    balancerCpus: string;
-    revision: string;
-    profiles: { id: string; label: string }[];
-  };
+  info: Pick<
+    RunInfo,
+    | "startedAt"
+    | "finishedAt"
+    | "rounds"
+    | "durationSeconds"
+    | "warmupSeconds"
+    | "balancerCpus"
+    | "revision"
+    | "profiles"
+  >;
   runs: RunRecord[];
   /** In a v8_flags.json written from several runs: their infos. */
   sources?: RunFile["info"][];

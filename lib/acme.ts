@@ -17,8 +17,8 @@
  * - bad input (invalid domain, unreachable directory, refused order, unwritable storage) is
  *   one clear line, and the caller keeps serving what it has.
  *
- * Deno 2.9.6 serves one certificate per listener (no SNI selection), so one certificate lists
- * every domain. ARI (renewal windows from the server) is not used: acme-client 5.4 has no
+ * Deno serves one certificate per listener (no SNI selection, denoland/deno#23233), so one
+ * certificate lists every domain. ARI (renewal windows from the server) is not used: acme-client 5.4 has no
  * support for it.
  */
 

@@ -19,7 +19,11 @@
  */
 
 import { createHash } from "node:crypto";
+import { fileFailure } from "./file_failure.ts";
 import { type LoadedCertificate, readCertificatePair, TlsError } from "./tls.ts";
+
+/** What to say when Deno's permissions refuse the ACME folder. */
+const NOT_ALLOWED = "not allowed (run with --allow-read and --allow-write for the ACME folder)";
 
 /** Storage that cannot be read or written; the message names the path and the reason. */
 export class AcmeStorageError extends Error {
@@ -84,7 +88,7 @@ export async function writePrivateFile(path: string, text: string): Promise<void
     await Deno.rename(temp, path);
   } catch (error) {
     await Deno.remove(temp).catch(() => {});
-    throw new AcmeStorageError(`cannot write ${path}: ${fileFailure(error)}`);
+    throw new AcmeStorageError(`cannot write ${path}: ${fileFailure(error, NOT_ALLOWED)}`);
   }
 }
 
@@ -94,7 +98,7 @@ export async function readOptionalFile(path: string): Promise<string | undefined
     return await Deno.readTextFile(path);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return undefined;
-    throw new AcmeStorageError(`cannot read ${path}: ${fileFailure(error)}`);
+    throw new AcmeStorageError(`cannot read ${path}: ${fileFailure(error, NOT_ALLOWED)}`);
   }
 }
 
@@ -110,7 +114,7 @@ export function readStoredPair(
     Deno.statSync(paths.cert);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return undefined;
-    problem(`cannot read ${paths.cert}: ${fileFailure(error)}`);
+    problem(`cannot read ${paths.cert}: ${fileFailure(error, NOT_ALLOWED)}`);
     return undefined;
   }
   try {
@@ -126,15 +130,4 @@ export function readStoredPair(
 export async function writePair(paths: CertificatePaths, certPem: string, keyPem: string) {
   await writePrivateFile(paths.key, keyPem);
   await writePrivateFile(paths.cert, certPem);
-}
-
-function fileFailure(error: unknown): string {
-  if (error instanceof Deno.errors.NotCapable) {
-    return "not allowed (run with --allow-read and --allow-write for the ACME folder)";
-  }
-  if (error instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (error instanceof Deno.errors.NotFound) return "no such file or folder";
-  const message = (error as Error).message ?? String(error);
-  // Deno's messages end with the call and path ("Not a directory (os error 20): mkdir '/x'").
-  return message.replace(/\s*\(os error \d+\)/, "").replace(/:\s*\w+ '.*'$/, "");
 }

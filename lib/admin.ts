@@ -13,6 +13,7 @@
  * docs/admin_api.md is the reference.
  */
 
+import { constantTimeEqual } from "./constant_time.ts";
 import type { Log } from "./log.ts";
 import type { AdminState, Backend, Pool } from "./pool.ts";
 import { parseBackend } from "./config.ts";
@@ -382,11 +383,4 @@ function json(value: unknown, status = 200, headers: Record<string, string> = {}
 
 function text(body: string, status = 200): Response {
   return new Response(body, { status, headers: { "content-type": "text/plain; charset=utf-8" } });
-}
-
-/** Compares without stopping at the first difference, so timing does not leak the token. */
-function constantTimeEqual(a: string, b: string): boolean {
-  let difference = a.length ^ b.length;
-  for (let i = 0; i < b.length; i++) difference |= (a.charCodeAt(i) || 0) ^ b.charCodeAt(i);
-  return difference === 0;
 }

@@ -8,8 +8,7 @@
  */
 
 import type { Log } from "./log.ts";
-import type { Backend, Pool } from "./pool.ts";
-import type { LatencyObserver } from "./policies/p2c_ewma.ts";
+import type { Backend, LatencyObserver, Pool } from "./pool.ts";
 import { type Failure, mayRetry } from "./retry.ts";
 import type { RetryBudget } from "./retry_budget.ts";
 

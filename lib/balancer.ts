@@ -1,14 +1,16 @@
 /**
  * @module
- * Wires the modules into a running balancer: pool + policy, health checks, the proxy handler,
- * metrics, access log, alerts, the admin listener, and reload. `main.ts` adds the command line
- * and signals; tests start it in-process.
+ * Wires the modules into a running balancer, in two steps: {@linkcode Balancer.build} turns a
+ * configuration into services (pools, policies, health checks), routing state, metrics, access
+ * log and alerts, with the reload that replaces them, and opens no socket; {@linkcode listen}
+ * adds the listeners (main, HTTP redirect, admin) and shutdown. `main.ts` adds the command line,
+ * file watchers and signals; tests start it in-process.
  */
 
 import type { Config } from "./config.ts";
 import type { Log } from "./log.ts";
 import type { Pool, PoolOptions, StatusChangeListener } from "./pool.ts";
-import type { ProxyObserver } from "./proxy.ts";
+import type { Handler, ProxyObserver } from "./proxy.ts";
 import type { Transport } from "./upstream.ts";
 import { createNativeTransport, type NativeTransport } from "./upstream_native.ts";
 import { LoadBalancerMetrics, NO_BACKEND, NO_ROUTE } from "./metrics.ts";
@@ -143,79 +145,191 @@ export interface BalancerExtras {
   };
 }
 
-/** Starts the balancer described by `config` (its backends must be final). */
+/** Starts the balancer described by `config` (its backends must be final): build, then listen. */
 export async function startBalancer(
   config: Config,
   log: Log,
   version = "dev",
   extras: BalancerExtras = {},
 ): Promise<RunningBalancer> {
-  const worker = extras.worker;
-  const serviceSettings = serviceConfigs(config);
-  const named = (service: string) => service === DEFAULT_SERVICE ? "" : ` (service ${service})`;
-  if (worker === undefined) {
-    for (const settings of serviceSettings.values()) {
-      for (const backend of settings.backends) {
-        log.info(`Configured server: ${backend.url}${named(settings.name)}`);
-      }
-    }
+  const balancer = await Balancer.build(config, log, version, extras);
+  try {
+    return listen(balancer);
+  } catch (error) {
+    // A port in use must not leave health checks and watchers of the built services running.
+    await balancer.stop();
+    await balancer.close();
+    throw error;
   }
+}
+
+/**
+ * A balancer without its sockets: services, routing state, guard resources, observers and
+ * outputs, built from a configuration, and the reload that replaces them. {@linkcode listen}
+ * puts it on the network.
+ */
+export class Balancer {
+  readonly log: Log;
+  readonly extras: BalancerExtras;
+  readonly metrics: LoadBalancerMetrics;
+  /** Open WebSocket relays: closed by the balancer itself at shutdown. */
+  readonly webSockets = new WebSocketRelays();
+  /** The listener's certificate and key files; undefined without TLS. */
+  readonly tlsFiles: { cert: string; key: string } | undefined;
+  /** The certificate served now (ACME's placeholder until its first); undefined without TLS. */
+  served: CertifiedKey | undefined;
+  /** The handler every listener serves: routes each request by the routing state now. */
+  readonly handler: Handler;
+  /** The configuration in force (restart-only settings as they were at start). */
+  config: Config;
+  /** The services now, by name; a reload replaces the map. */
+  services = new Map<string, Service>();
+  /** The routes and services in force; a reload replaces it in one assignment. */
+  routing!: RoutingState;
   /** Where events and requests are reported; a reload may replace each (the old one closes). */
-  const outputs = {
-    alerts: createAlerts(config, log),
-    accessLog: openAccessLog(config, log),
-  };
-  let services = new Map<string, Service>();
+  readonly outputs: { alerts: AlertWebhook | undefined; accessLog: AccessLog | undefined };
+  /** What every service is built with; a reload updates the shared settings in place. */
+  readonly #deps: ServiceDeps;
   /** Services a reload has started but not yet put in force. */
-  let joining: ReadonlyMap<string, Service> = new Map();
-  const metrics = new LoadBalancerMetrics({
-    version,
-    backends: function* () {
-      for (const service of services.values()) {
-        for (const b of service.pool.backends) {
-          yield {
-            service: service.name,
-            url: b.url,
-            status: b.status,
-            inflight: b.inflight,
-            weight: b.weight,
-          };
+  #joining: ReadonlyMap<string, Service> = new Map();
+  /** Backend clients replaced by a reload: closed at shutdown, once nothing uses them. */
+  readonly #replacedClients: BackendClients[] = [];
+  /** Rate limit tables by route name: kept across reloads, shared with worker threads. */
+  readonly #rateLimitTables = new Map<string, { table: SharedArrayBuffer; maxKeys: number }>();
+  #verifier: BasicAuthVerifier | undefined;
+  /** Reloads run one at a time: a second waits for the first to finish. */
+  #reloading: Promise<unknown> = Promise.resolve();
+  /** Set by stop(): a reload then would restart checks on clients being closed. */
+  #stopping = false;
+
+  /** Builds everything but the sockets; services start (discovery, health checks). */
+  static async build(
+    config: Config,
+    log: Log,
+    version: string,
+    extras: BalancerExtras,
+  ): Promise<Balancer> {
+    const serviceSettings = serviceConfigs(config);
+    if (extras.worker === undefined) {
+      for (const settings of serviceSettings.values()) {
+        for (const backend of settings.backends) {
+          log.info(`Configured server: ${backend.url}${named(settings.name)}`);
         }
       }
-    },
-    connections: (url) => deps.native.stats(url),
-  });
-  const tlsFiles = config.tlsCert === undefined || config.tlsKey === undefined
-    ? undefined
-    : { cert: config.tlsCert, key: config.tlsKey };
-  // With ACME before its first certificate, the listener starts on a placeholder.
-  let served: CertifiedKey | undefined = tlsFiles === undefined
-    ? undefined
-    : extras.acme?.placeholder ?? loadListenerCertificate(tlsFiles, log);
-  // Once per process: worker threads share the main thread's port.
-  const resetWarning = served === undefined || worker !== undefined
-    ? undefined
-    : reloadResetWarning();
-  if (resetWarning !== undefined) log.warn(resetWarning);
-  /** Backend clients replaced by a reload: closed at shutdown, once nothing uses them. */
-  const replacedClients: BackendClients[] = [];
-  const webSockets = new WebSocketRelays();
-  const deps: ServiceDeps = {
-    log,
-    ...backendClients(config),
-    transport: extras.transport,
-    observer: createObserver(metrics, () => outputs.accessLog),
-    webSockets,
-    proto: tlsFiles === undefined ? "http" : "https",
-    ...edgeSettings(config),
-    discoverInterval: config.discoverInterval ?? DEFAULTS.discoverInterval,
-    dnsServer: config.dnsServer,
-    runsHealthChecks: worker === undefined,
-    listeners: (service) => ({
+    }
+    const balancer = new Balancer(config, log, version, extras);
+    for (const settings of serviceSettings.values()) {
+      balancer.services.set(settings.name, await Service.start(settings, balancer.#deps));
+    }
+    balancer.routing = {
+      ...routingOf(config, balancer.#resources((name) => balancer.services.get(name))),
+      services: balancer.services,
+    };
+    return balancer;
+  }
+
+  private constructor(config: Config, log: Log, version: string, extras: BalancerExtras) {
+    this.config = config;
+    this.log = log;
+    this.extras = extras;
+    const worker = extras.worker;
+    this.outputs = { alerts: createAlerts(config, log), accessLog: openAccessLog(config, log) };
+    this.metrics = this.#createMetrics(version);
+    this.tlsFiles = config.tlsCert === undefined || config.tlsKey === undefined
+      ? undefined
+      : { cert: config.tlsCert, key: config.tlsKey };
+    // With ACME before its first certificate, the listener starts on a placeholder.
+    this.served = this.tlsFiles === undefined
+      ? undefined
+      : extras.acme?.placeholder ?? loadListenerCertificate(this.tlsFiles, log);
+    // Once per process: worker threads share the main thread's port.
+    const resetWarning = this.served === undefined || worker !== undefined
+      ? undefined
+      : reloadResetWarning();
+    if (resetWarning !== undefined) log.warn(resetWarning);
+    this.#deps = {
+      log,
+      ...backendClients(config),
+      transport: extras.transport,
+      observer: createObserver(this.metrics, () => this.outputs.accessLog),
+      webSockets: this.webSockets,
+      proto: this.tlsFiles === undefined ? "http" : "https",
+      ...edgeSettings(config),
+      discoverInterval: config.discoverInterval ?? DEFAULTS.discoverInterval,
+      dnsServer: config.dnsServer,
+      runsHealthChecks: worker === undefined,
+      listeners: (service) => this.#listeners(service),
+      onHealthResult: (service, url, ok) => this.metrics.healthCheck(service, url, ok),
+    };
+    this.handler = createDispatcher({
+      state: () => this.routing,
+      observer: this.#deps.observer,
+      onRefused: (route, refusal) => {
+        this.metrics.refused(route, refusal.reason);
+        if (refusal.logAs !== undefined) {
+          log.info(`Rate limit: route ${route} refused ${refusal.logAs} (logged once a second)`);
+        }
+      },
+    });
+  }
+
+  /** The metrics, reading the services and routes in force at each scrape. */
+  #createMetrics(version: string): LoadBalancerMetrics {
+    const services = () => this.services;
+    const metrics = new LoadBalancerMetrics({
+      version,
+      backends: function* () {
+        for (const service of services().values()) {
+          for (const b of service.pool.backends) {
+            yield {
+              service: service.name,
+              url: b.url,
+              status: b.status,
+              inflight: b.inflight,
+              weight: b.weight,
+            };
+          }
+        }
+      },
+      connections: (url) => this.#deps.native.stats(url),
+    });
+    const routing = () => this.routing;
+    metrics.registry.counterFunc(
+      "lb_mirror_copies_total",
+      "Requests copied to a mirror service, by route and outcome: sent (handed to the mirror), " +
+        "failed (sent, no answer), full (dropped: too many copies in flight), too_large (dropped: " +
+        "body over maxBody), incomplete (dropped: the client's body never finished). Per route " +
+        "configuration: a reload starts it again.",
+      function* () {
+        const { guards, table } = routing();
+        for (const [index, route] of guards.entries()) {
+          if (route?.mirror === undefined) continue;
+          const { sent, failed, dropped } = route.mirror.stats();
+          const outcomes = {
+            sent,
+            failed,
+            full: dropped.full,
+            too_large: dropped.tooLarge,
+            incomplete: dropped.incomplete,
+          };
+          for (const [outcome, value] of Object.entries(outcomes)) {
+            yield { labels: { route: table.routes[index].name, outcome }, value };
+          }
+        }
+      },
+    );
+    return metrics;
+  }
+
+  /** The pool's listeners for `service`: log, metrics, alerts, or the worker thread's. */
+  #listeners(service: string): ReturnType<ServiceDeps["listeners"]> {
+    const { log, metrics, extras } = this;
+    const worker = extras.worker;
+    return {
       onStatusChange: worker?.onStatusChange(service) ?? ((backend, from, to, reason) => {
         log.info(`${backend.url} [${to}] (${reason})${named(service)}`);
         metrics.stateTransition(service, backend.url, from, to);
-        outputs.alerts?.notify({
+        this.outputs.alerts?.notify({
           backend: backend.url,
           service: service === DEFAULT_SERVICE ? undefined : service,
           from,
@@ -231,136 +345,79 @@ export async function startBalancer(
       },
       // Connections to an origin are shared by the services that name it: closed when none do.
       onRemove: (backend) => {
-        if (!inAnyService(services, backend.url) && !inAnyService(joining, backend.url)) {
-          deps.native.retire(backend.url);
+        if (
+          !inAnyService(this.services, backend.url) && !inAnyService(this.#joining, backend.url)
+        ) {
+          this.#deps.native.retire(backend.url);
         }
       },
-    }),
-    onHealthResult: (service, url, ok) => metrics.healthCheck(service, url, ok),
-  };
-  for (const settings of serviceSettings.values()) {
-    services.set(settings.name, await Service.start(settings, deps));
+    };
   }
-  /** Rate limit tables by route name: kept across reloads, shared with worker threads. */
-  const rateLimitTables = new Map<string, { table: SharedArrayBuffer; maxKeys: number }>();
-  let verifier: BasicAuthVerifier | undefined;
+
   /** What compiling a route's guards needs; `lookup` finds services, new ones included. */
-  const resources = (lookup: (name: string) => Service | undefined): GuardResources => ({
-    rateLimitTable(route, spec) {
-      const maxKeys = spec.maxKeys ?? DEFAULT_MAX_KEYS;
-      // A worker thread must use the main thread's tables: its own would double the limit.
-      const given = extras.rateLimitTables?.[route];
-      if (given !== undefined) return given;
-      if (worker !== undefined) throw new Error(`no rate limit table for route ${route}`);
-      const kept = rateLimitTables.get(route);
-      if (kept !== undefined && kept.maxKeys === maxKeys) return kept.table;
-      const table = createRateLimitTable(maxKeys);
-      rateLimitTables.set(route, { table, maxKeys });
-      return table;
-    },
-    verifier() {
-      verifier ??= new BasicAuthVerifier({ log });
-      verifier.start();
-      return verifier;
-    },
-    mirrorTarget(name) {
-      // Validated: a mirror names a service of the same configuration.
-      const service = lookup(name)!;
-      return { target: service.mirrorTarget, limit: service.mirrorLimit };
-    },
-  });
-  let routing: RoutingState = {
-    ...routingOf(config, resources((name) => services.get(name))),
-    services,
-  };
-  metrics.registry.counterFunc(
-    "lb_mirror_copies_total",
-    "Requests copied to a mirror service, by route and outcome: sent (handed to the mirror), " +
-      "failed (sent, no answer), full (dropped: too many copies in flight), too_large (dropped: body " +
-      "over maxBody), incomplete (dropped: the client's body never finished). Per route " +
-      "configuration: a reload starts it again.",
-    function* () {
-      for (const [index, guards] of routing.guards.entries()) {
-        if (guards?.mirror === undefined) continue;
-        const route = routing.table.routes[index].name;
-        const { sent, failed, dropped } = guards.mirror.stats();
-        const outcomes = {
-          sent,
-          failed,
-          full: dropped.full,
-          too_large: dropped.tooLarge,
-          incomplete: dropped.incomplete,
-        };
-        for (const [outcome, value] of Object.entries(outcomes)) {
-          yield { labels: { route, outcome }, value };
-        }
-      }
-    },
-  );
-  const handler = createDispatcher({
-    state: () => routing,
-    observer: deps.observer,
-    onRefused: (route, refusal) => {
-      metrics.refused(route, refusal.reason);
-      if (refusal.logAs !== undefined) {
-        log.info(`Rate limit: route ${route} refused ${refusal.logAs} (logged once a second)`);
-      }
-    },
-  });
+  #resources(lookup: (name: string) => Service | undefined): GuardResources {
+    const { extras, log } = this;
+    const tables = this.#rateLimitTables;
+    return {
+      rateLimitTable(route, spec) {
+        const maxKeys = spec.maxKeys ?? DEFAULT_MAX_KEYS;
+        // A worker thread must use the main thread's tables: its own would double the limit.
+        const given = extras.rateLimitTables?.[route];
+        if (given !== undefined) return given;
+        if (extras.worker !== undefined) throw new Error(`no rate limit table for route ${route}`);
+        const kept = tables.get(route);
+        if (kept !== undefined && kept.maxKeys === maxKeys) return kept.table;
+        const table = createRateLimitTable(maxKeys);
+        tables.set(route, { table, maxKeys });
+        return table;
+      },
+      verifier: () => {
+        this.#verifier ??= new BasicAuthVerifier({ log });
+        this.#verifier.start();
+        return this.#verifier;
+      },
+      mirrorTarget(name) {
+        // Validated: a mirror names a service of the same configuration.
+        const service = lookup(name)!;
+        return { target: service.mirrorTarget, limit: service.mirrorLimit };
+      },
+    };
+  }
 
-  const server = config.frontend === "native"
-    ? serveNatively(config, handler, log, served, extras.reusePort)
-    : serve(config.port, config.host, handler, log, served, extras.reusePort, worker !== undefined);
-  const toHttps = redirectToHttps(server.http.addr.port);
-  const acme = extras.acme;
-  const redirect = config.redirectHttp === undefined || served === undefined ? undefined : serve(
-    config.redirectHttp,
-    config.host,
-    acme === undefined ? toHttps : (req, info) => {
-      // ACME challenges first; until a real certificate serves, the site over plain HTTP.
-      let path = "";
-      try {
-        path = new URL(req.url).pathname;
-      } catch { /* a Host that makes no URL: the site or the redirect answers 400 */ }
-      const answer = acme.challenge(path);
-      if (answer !== undefined) return answer;
-      return acme.issued() ? toHttps(req) : handler(req, info);
-    },
-    log,
-  );
-  const admin = config.admin === undefined ? undefined : serve(
-    config.admin.port,
-    config.admin.host,
-    createAdminHandler({
-      services: () =>
-        [...services.values()].map((s) => ({ name: s.name, policy: s.policyName, pool: s.pool })),
-      routes: () => routing.table.routes.map(describeRoute),
-      metrics: () => extras.group?.mergeMetrics(metrics.render()) ?? metrics.render(),
-      mergeBackends: extras.group?.mergeBackends,
-      token: () => current.adminToken ?? "",
-      dashboardHtml: DASHBOARD_HTML,
-      dashboardCsp: DASHBOARD_CSP,
-      log,
-    }),
-    log,
-  );
-  if (worker === undefined) {
-    log.info(`Load balancer started at :${server.http.addr.port}${served ? " (TLS)" : ""}`);
+  /** The pool of the `default` service, else of the first service (one-service setups). */
+  get pool(): Pool {
+    return (this.services.get(DEFAULT_SERVICE) ?? this.services.values().next().value!).pool;
   }
-  if (redirect !== undefined) {
-    log.info(`HTTP redirect listener started at :${redirect.http.addr.port}`);
-  }
-  if (admin !== undefined) {
-    log.info(`Admin listener started at ${config.admin!.host}:${admin.http.addr.port}`);
-  }
-  let current = config;
-  /** Reloads run one at a time: a second waits for the first to finish. */
-  let reloading: Promise<unknown> = Promise.resolve();
-  /** Set by shutdown: a reload then would restart checks on clients being closed. */
-  let stopping = false;
 
-  async function applyReload(next: Config): Promise<ReloadChange> {
-    if (stopping) throw new Error("shutting down");
+  /** See {@linkcode RunningBalancer.rateLimitTables}. */
+  rateLimitTables(): Record<string, SharedArrayBuffer> {
+    const names = new Set(this.routing.table.routes.map((route) => route.name));
+    return Object.fromEntries(
+      [...this.#rateLimitTables].filter(([name]) => names.has(name)).map((
+        [name, t],
+      ) => [name, t.table]),
+    );
+  }
+
+  /** See {@linkcode RunningBalancer.reload}: one at a time, told to the `--workers` group. */
+  reload(next: Config): Promise<ReloadChange> {
+    const { group } = this.extras;
+    const result = this.#reloading.then(() => {
+      group?.reloadStarted();
+      return this.#applyReload(next).catch((error) => {
+        group?.reloaded(undefined);
+        throw error;
+      });
+    });
+    this.#reloading = result.catch(() => {});
+    return result;
+  }
+
+  async #applyReload(next: Config): Promise<ReloadChange> {
+    if (this.#stopping) throw new Error("shutting down");
+    const { log, extras } = this;
+    const current = this.config;
+    const deps = this.#deps;
     const restartNeeded = RESTART_ONLY.filter((key) =>
       JSON.stringify(next[key]) !== JSON.stringify(current[key])
     );
@@ -376,7 +433,7 @@ export async function startBalancer(
       ? backendClients(kept)
       : undefined;
     const started = new Map<string, Service>();
-    joining = started;
+    this.#joining = started;
     const prepared = new Map<string, PreparedChange>();
     let accessLog: { next: AccessLog | undefined } | undefined;
     let routes!: Omit<RoutingState, "services">;
@@ -396,16 +453,19 @@ export async function startBalancer(
         restartHealth: clients !== undefined,
       };
       for (const settings of wanted.values()) {
-        const existing = services.get(settings.name);
+        const existing = this.services.get(settings.name);
         if (existing === undefined) {
           started.set(settings.name, await Service.start(settings, deps));
         } else {
           prepared.set(settings.name, await existing.prepare(settings, force));
         }
       }
-      routes = routingOf(kept, resources((name) => started.get(name) ?? services.get(name)));
+      routes = routingOf(
+        kept,
+        this.#resources((name) => started.get(name) ?? this.services.get(name)),
+      );
     } catch (error) {
-      joining = new Map();
+      this.#joining = new Map();
       Object.assign(deps, before);
       await Promise.all([
         ...[...started.values()].map((service) => service.stop()),
@@ -430,7 +490,7 @@ export async function startBalancer(
       restartNeeded,
     };
     const label = (service: string, url: string) =>
-      wanted.size > 1 || services.size > 1 ? `${service}: ${url}` : url;
+      wanted.size > 1 || this.services.size > 1 ? `${service}: ${url}` : url;
     const built = new Map<string, Service>();
     for (const settings of wanted.values()) {
       const fresh = started.get(settings.name);
@@ -443,23 +503,24 @@ export async function startBalancer(
       for (const key of ["added", "removed", "reweighted"] as const) {
         change[key].push(...backends[key].map((url) => label(settings.name, url)));
       }
-      built.set(settings.name, services.get(settings.name)!);
+      built.set(settings.name, this.services.get(settings.name)!);
     }
-    const retired = [...services.values()].filter((s) => !wanted.has(s.name));
+    const retired = [...this.services.values()].filter((s) => !wanted.has(s.name));
     // One assignment: a request sees the old routes and services or the new ones, never a mix.
-    const previous = services;
-    services = built;
-    const previousGuards = routing.guards;
-    routing = { ...routes, services: built };
-    joining = new Map();
-    current = kept;
+    const previous = this.services;
+    this.services = built;
+    const previousGuards = this.routing.guards;
+    this.routing = { ...routes, services: built };
+    this.#joining = new Map();
+    this.config = kept;
     if (clients !== undefined) {
-      replacedClients.push({ client: before.client, native: before.native });
+      this.#replacedClients.push({ client: before.client, native: before.native });
       // Idle connections made with the old certificates close now, busy ones after their request.
       for (const service of previous.values()) {
         for (const backend of service.pool.backends) before.native.retire(backend.url);
       }
     }
+    const outputs = this.outputs;
     if (accessLog !== undefined) {
       const old = outputs.accessLog;
       outputs.accessLog = accessLog.next;
@@ -477,7 +538,7 @@ export async function startBalancer(
       change.servicesRemoved.push(service.name);
       change.removed.push(...service.pool.backends.map((b) => label(service.name, b.url)));
       for (const backend of service.pool.backends) {
-        if (!inAnyService(services, backend.url)) deps.native.retire(backend.url);
+        if (!inAnyService(this.services, backend.url)) deps.native.retire(backend.url);
       }
     }
     await Promise.all([
@@ -488,46 +549,87 @@ export async function startBalancer(
     return change;
   }
 
+  /** Refuses further reloads, waits for the one running, and stops every service. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await this.#reloading;
+    await Promise.all([...this.services.values()].map((service) => service.stop()));
+  }
+
+  /** Closes backend clients and outputs, once the listeners have drained (after stop()). */
+  async close(): Promise<void> {
+    for (const { client, native } of [...this.#replacedClients, this.#deps]) {
+      client.close();
+      await native.close();
+    }
+    await Promise.all([
+      this.outputs.alerts?.close(),
+      this.outputs.accessLog?.close(),
+      this.#verifier?.close(),
+      ...this.routing.guards.map((guards) => guards?.mirror?.close()),
+    ]);
+  }
+}
+
+/** Puts a built balancer on the network: the main listener, then the redirect and admin ones. */
+export function listen(balancer: Balancer): RunningBalancer {
+  const { config, log, extras, handler } = balancer;
+  const server = config.frontend === "native"
+    ? serveNatively(config, handler, log, balancer.served, extras.reusePort)
+    : serve(
+      config.port,
+      config.host,
+      handler,
+      log,
+      balancer.served,
+      extras.reusePort,
+      extras.worker !== undefined,
+    );
+  const redirect = config.redirectHttp === undefined || balancer.served === undefined
+    ? undefined
+    : serve(
+      config.redirectHttp,
+      config.host,
+      redirectHandler(handler, server.http.addr.port, extras.acme),
+      log,
+    );
+  const admin = config.admin === undefined
+    ? undefined
+    : serve(config.admin.port, config.admin.host, adminHandler(balancer), log);
+  if (extras.worker === undefined) {
+    const tls = balancer.served ? " (TLS)" : "";
+    log.info(`Load balancer started at :${server.http.addr.port}${tls}`);
+  }
+  if (redirect !== undefined) {
+    log.info(`HTTP redirect listener started at :${redirect.http.addr.port}`);
+  }
+  if (admin !== undefined) {
+    log.info(`Admin listener started at ${config.admin!.host}:${admin.http.addr.port}`);
+  }
   return {
     port: server.http.addr.port,
     adminPort: admin?.http.addr.port,
     redirectPort: redirect?.http.addr.port,
     get pool() {
-      return (services.get(DEFAULT_SERVICE) ?? services.values().next().value!).pool;
+      return balancer.pool;
     },
     get services() {
-      return services;
+      return balancer.services;
     },
-    metrics,
+    metrics: balancer.metrics,
     certificateAlert(message, expiresAt) {
-      outputs.alerts?.notifyCertificate(message, expiresAt);
+      balancer.outputs.alerts?.notifyCertificate(message, expiresAt);
     },
-    rateLimitTables() {
-      const names = new Set(routing.table.routes.map((route) => route.name));
-      return Object.fromEntries(
-        [...rateLimitTables].filter(([name]) => names.has(name)).map((
-          [name, t],
-        ) => [name, t.table]),
-      );
-    },
-    reload(next: Config) {
-      const result = reloading.then(() => {
-        extras.group?.reloadStarted();
-        return applyReload(next).catch((error) => {
-          extras.group?.reloaded(undefined);
-          throw error;
-        });
-      });
-      reloading = result.catch(() => {});
-      return result;
-    },
+    rateLimitTables: () => balancer.rateLimitTables(),
+    reload: (next) => balancer.reload(next),
     reloadCertificate() {
+      const { tlsFiles, served } = balancer;
       if (tlsFiles === undefined || served === undefined) return "off";
       try {
         const next = readReplacement(tlsFiles, served);
         if (next === undefined) return "unchanged";
         server.replaceCertificate(next);
-        served = next;
+        balancer.served = next;
         log.info(`TLS certificate reloaded: ${formatCertificate(next.info)}`);
         return "reloaded";
       } catch (error) {
@@ -541,30 +643,64 @@ export async function startBalancer(
     },
     async shutdown(drainMs: number): Promise<number> {
       const deadline = performance.now() + drainMs;
-      stopping = true;
-      await reloading;
-      await Promise.all([...services.values()].map((service) => service.stop()));
-      // Deno.serve's shutdown() (2.9.6) closes every upgraded WebSocket at once, with 1001
-      // "Server shutting down", when the listener stops: a WebSocket cannot outlive it. So the
-      // balancer closes the relays itself first, 1001 "going away" to clients and a clean close
-      // to backends, giving each closing handshake up to a second.
-      await webSockets.closeAll(Math.min(1000, Math.max(0, deadline - performance.now())));
+      await balancer.stop();
+      // Deno.serve's shutdown() closes every upgraded WebSocket at once (denoland/deno#35105):
+      // the balancer closes them first, 1001 to clients and a clean close to backends.
+      await balancer.webSockets.closeAll(Math.min(1000, Math.max(0, deadline - performance.now())));
       const left = await server.drain(deadline);
       await redirect?.drain(performance.now());
       await admin?.drain(performance.now());
-      for (const { client, native } of [...replacedClients, deps]) {
-        client.close();
-        await native.close();
-      }
-      await Promise.all([
-        outputs.alerts?.close(),
-        outputs.accessLog?.close(),
-        verifier?.close(),
-        ...routing.guards.map((guards) => guards?.mirror?.close()),
-      ]);
+      await balancer.close();
       return left;
     },
   };
+}
+
+/**
+ * The plain-HTTP listener's handler: a redirect to HTTPS; with ACME, challenges first, and the
+ * site itself until the first real certificate serves.
+ */
+function redirectHandler(
+  handler: Handler,
+  httpsPort: number,
+  acme: BalancerExtras["acme"],
+): (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response> {
+  const toHttps = redirectToHttps(httpsPort);
+  if (acme === undefined) return toHttps;
+  return (req, info) => {
+    let path = "";
+    try {
+      path = new URL(req.url).pathname;
+    } catch { /* a Host that makes no URL: the site or the redirect answers 400 */ }
+    const answer = acme.challenge(path);
+    if (answer !== undefined) return answer;
+    return acme.issued() ? toHttps(req) : handler(req, info);
+  };
+}
+
+/** The admin API over the services, routes and metrics in force (merged with `--workers`'). */
+function adminHandler(balancer: Balancer) {
+  const { metrics, extras } = balancer;
+  return createAdminHandler({
+    services: () =>
+      [...balancer.services.values()].map((s) => ({
+        name: s.name,
+        policy: s.policyName,
+        pool: s.pool,
+      })),
+    routes: () => balancer.routing.table.routes.map(describeRoute),
+    metrics: () => extras.group?.mergeMetrics(metrics.render()) ?? metrics.render(),
+    mergeBackends: extras.group?.mergeBackends,
+    token: () => balancer.config.adminToken ?? "",
+    dashboardHtml: DASHBOARD_HTML,
+    dashboardCsp: DASHBOARD_CSP,
+    log: balancer.log,
+  });
+}
+
+/** How log lines name a service: nothing for the default one. */
+function named(service: string): string {
+  return service === DEFAULT_SERVICE ? "" : ` (service ${service})`;
 }
 
 /** The routes of `config`, with what each route enforces. */
@@ -712,11 +848,11 @@ function serve(
     if ((tls !== undefined || reusePort) && !joiningOwnProcess && port !== 0) {
       Deno.listen({ hostname, port }).close();
     }
-    http = listen(port, tls);
+    http = bind(port, tls);
   } catch (error) {
     throw new Error(`cannot listen on ${hostname}:${port}: ${(error as Error).message}`);
   }
-  function listen(port: number, tls: CertifiedKey | undefined) {
+  function bind(port: number, tls: CertifiedKey | undefined) {
     return Deno.serve({
       port,
       hostname,
@@ -750,7 +886,7 @@ function serve(
      */
     replaceCertificate(next: CertifiedKey): void {
       const old = http;
-      http = listen(old.addr.port, next);
+      http = bind(old.addr.port, next);
       retiring.push(old.shutdown().catch(() => {}));
     },
     /**
@@ -765,7 +901,7 @@ function serve(
         );
       }
       // With nothing open, shutdown only has idle connections left to close, and connections
-      // whose client never finished a body the balancer refused (413, 408): Deno.serve (2.9.6)
+      // whose client never finished a body the balancer refused (413, 408): Deno.serve
       // waits for those as long as the client keeps them open, so never past the deadline.
       if (open === 0) {
         let timer: ReturnType<typeof setTimeout> | undefined;

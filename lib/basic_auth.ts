@@ -45,8 +45,8 @@ export interface BcryptRequest {
 }
 
 /**
- * What the worker posts: "ready" once it listens (Deno 2.9.6 loses messages that arrive before a
- * worker's module has been evaluated), then one "answer" per {@linkcode BcryptRequest}.
+ * What the worker posts: "ready" once it listens (Deno loses messages that arrive before a worker's
+ * module has been evaluated), then one "answer" per {@linkcode BcryptRequest}.
  */
 export type BcryptAnswer = { type: "ready" } | { type: "answer"; id: number; ok: boolean };
 
@@ -338,8 +338,8 @@ const DUMMY_TAIL = "A5OsmcTEvxL5Jm87OJJiy.0Rhn0h3ts7PEwc1686fpDmTZxaRJnN6";
  *
  * The thread starts on {@linkcode start} or the first check that needs it, and runs until
  * {@linkcode close} (a live worker keeps the process running: call it at shutdown). It is not
- * ended when idle: `new Worker()` blocks the calling thread for about 90 ms in Deno 2.9.6, a
- * stall of every request in flight each time it would start again.
+ * ended when idle: `new Worker()` blocks the calling thread while the worker starts, a stall
+ * of every request in flight each time it would start again.
  */
 export class BasicAuthVerifier {
   readonly #maxPending: number;

@@ -5,8 +5,8 @@
  * `Accept-Encoding` ({@linkcode negotiateEncoding}) and the response rewrite
  * ({@linkcode encodeResponse}; {@linkcode compressResponse} for callers that cannot wait).
  *
- * Two ways to compress, because a compression stream costs ~150-230 us to set up before any byte
- * while one synchronous call on 20 KiB costs ~75-170 us (bench/results/compress):
+ * Two ways to compress, because setting up a compression stream costs more than one synchronous
+ * call on a small body (bench/results/compress):
  * - a body with a `Content-Length` up to {@linkcode WHOLE_BODY_LIMIT} is read whole and
  *   compressed in one call ({@linkcode compressWhole}); `encodeResponse` then sends the exact
  *   compressed `Content-Length`. Its first byte waits for the backend's last.
@@ -34,6 +34,7 @@
 
 import zlib from "node:zlib";
 import { childPath } from "./jsonc.ts";
+import { isToken, TCHAR } from "./http_token.ts";
 import { type Problem, show } from "./problem.ts";
 
 /** What the compressors emit: bytes in an ordinary (not shared) buffer. */
@@ -94,16 +95,15 @@ export const BROTLI_WINDOW_BITS = 19;
 
 /**
  * Bodies with a `Content-Length` up to this many bytes are compressed whole, in one synchronous
- * call: setting up a compression stream costs ~150-230 us before any byte, one call on 20 KiB
- * ~75-170 us; at 256 KiB one gzip or br call takes ~0.6-0.9 ms, so the setup matters less above
- * it, and the event loop is held for a millisecond at most (bench/results/compress).
+ * call: above it a stream's set-up cost matters little, and one call holds the event loop for
+ * about a millisecond at most (bench/results/compress).
  */
 export const WHOLE_BODY_LIMIT = 256 * 1024;
 
 const KEYS = ["encodings", "minSize", "types"];
-const TOKEN = "[!#$%&'*+.^_`|~0-9a-z-]+";
-/** `type/subtype`, `type/*` or `type/*+suffix` (RFC 6838 names, matched case-insensitively). */
-const TYPE_PATTERN = new RegExp(`^${TOKEN}/(?:\\*|\\*\\+${TOKEN}|${TOKEN})$`);
+/** `type/subtype`, `type/*` or `type/*+suffix` (RFC 6838 names are tokens). */
+const TYPE_SOURCE = `^${TCHAR}+/(\\*|\\*\\+${TCHAR}+|${TCHAR}+)$`;
+const TYPE_PATTERN = new RegExp(TYPE_SOURCE);
 
 // ---------------------------------------------------------------------------------------------
 // Check
@@ -227,8 +227,7 @@ export const COMPRESS_SCHEMA: object = {
           minItems: 1,
           items: {
             type: "string",
-            pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+/(\\*|\\*\\+[!#$%&'*+.^_`|~0-9A-Za-z-]+|" +
-              "[!#$%&'*+.^_`|~0-9A-Za-z-]+)$",
+            pattern: TYPE_SOURCE,
           },
           default: [...DEFAULT_TYPES],
           description: "Media types to compress: type/subtype, type/* or type/*+suffix.",
@@ -274,7 +273,7 @@ function parseAcceptEncoding(text: string): Map<string, number> {
   const weights = new Map<string, number>();
   for (const member of text.split(",")) {
     const [name, ...params] = member.split(";").map((part) => part.trim());
-    if (name === "" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) continue;
+    if (!isToken(name)) continue;
     let weight = 1;
     let valid = true;
     for (const param of params) {

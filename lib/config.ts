@@ -241,8 +241,13 @@ export interface Config {
 export const USAGE = usage();
 
 function usage(): string {
+  // A flag too long for the column gets a line of its own, so it never runs into its help.
   const line = (flag: string, help: string) =>
-    help.split("\n").map((text, i) => `  ${(i === 0 ? flag : "").padEnd(25)}${text}`).join("\n");
+    (flag.length < 25 ? "" : `  ${flag}\n`) +
+    help.split("\n").map((text, i) =>
+      `  ${(i === 0 && flag.length < 25 ? flag : "").padEnd(25)}${text}`
+    )
+      .join("\n");
   const settingLine = (key: keyof Config) => {
     const { arg, help } = SETTINGS[key];
     return line(

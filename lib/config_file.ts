@@ -115,17 +115,6 @@ export function validateFileSettings(
   return { settings, problems };
 }
 
-/**
- * Parses and validates the text of a configuration file. Problems carry the line and column of
- * the value they are about (or of the nearest enclosing value that exists).
- *
- * @param file Name used in messages.
- * @throws {ConfigFileError} with the syntax error, or with every validation problem.
- */
-export function parseConfigText(text: string, file: string): FileSettings {
-  return parseConfigSource(text, file).settings;
-}
-
 /** A configuration file's settings, and where each value is in its text. */
 export interface ConfigSource {
   settings: FileSettings;
@@ -134,10 +123,13 @@ export interface ConfigSource {
 }
 
 /**
- * {@linkcode parseConfigText}, also returning where each value is, so that problems found later
- * (by {@linkcode checkSettings}) can be placed with {@linkcode locateProblem}.
+ * Parses and validates the text of a configuration file, also returning where each value is, so
+ * that problems found later (by {@linkcode checkSettings}) can be placed with
+ * {@linkcode locateProblem}.
  *
- * @throws {ConfigFileError} as parseConfigText.
+ * @param file Name used in messages.
+ * @throws {ConfigFileError} with the syntax error, or with every validation problem, each with
+ * the line and column of its value (or of the nearest enclosing value that exists).
  */
 export function parseConfigSource(text: string, file: string): ConfigSource {
   const locations = new Map<string, Location>();
@@ -170,28 +162,6 @@ function locate(locations: ReadonlyMap<string, Location>, path: string): Locatio
     if (location || parent === p) return location ?? locations.get("");
     p = parent;
   }
-}
-
-/**
- * Reads, parses and validates a configuration file (needs `--allow-read` for it).
- *
- * @throws {ConfigFileError} when the file cannot be read, is not JSONC, or has any problem;
- * the message lists them all, one per line, as `file:line:column: path: message`.
- */
-export async function readConfigFile(path: string | URL): Promise<FileSettings> {
-  const name = path instanceof URL ? path.pathname : path;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (error) {
-    const reason = error instanceof Deno.errors.NotFound
-      ? "no such file"
-      : error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
-      ? "not allowed to read it (run with --allow-read)"
-      : (error as Error).message;
-    throw new ConfigFileError(name, [{ path: "", message: `cannot read the file: ${reason}` }]);
-  }
-  return parseConfigText(text, name);
 }
 
 // ---------------------------------------------------------------------------------------------

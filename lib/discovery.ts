@@ -331,17 +331,19 @@ export function applyDiscoveryChange(
 ): void {
   const old = new Map(before.map((spec) => [spec.url, spec.weight]));
   const now = new Set(after.map((spec) => spec.url));
-  for (const spec of before) {
-    if (!now.has(spec.url) && !staticUrls.has(spec.url)) pool.remove(spec.url);
-  }
-  for (const spec of after) {
-    if (staticUrls.has(spec.url)) continue;
-    const existing = pool.find(spec.url);
-    if (existing === undefined || existing.removing) pool.add(spec);
-    else if (old.has(spec.url) && old.get(spec.url) !== spec.weight) {
-      pool.setWeight(existing, spec.weight);
+  pool.batch(() => {
+    for (const spec of before) {
+      if (!now.has(spec.url) && !staticUrls.has(spec.url)) pool.remove(spec.url);
     }
-  }
+    for (const spec of after) {
+      if (staticUrls.has(spec.url)) continue;
+      const existing = pool.find(spec.url);
+      if (existing === undefined || existing.removing) pool.add(spec);
+      else if (old.has(spec.url) && old.get(spec.url) !== spec.weight) {
+        pool.setWeight(existing, spec.weight);
+      }
+    }
+  });
 }
 
 /** The URL as the user wrote it: `dns+srv://NAME` or `dns+a://NAME:PORT`. */

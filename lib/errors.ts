@@ -27,8 +27,8 @@ export class BadRequestError extends HttpError {
 
 /**
  * 413: the request body is larger than the balancer accepts (RFC 9110 §15.5.14). It carries
- * no `Connection: close`: Deno.serve (2.9.6) keeps serving a connection whatever a handler
- * says, and RFC 9112 §9.6 forbids reading another request after sending `close`.
+ * no `Connection: close`: Deno.serve keeps serving a connection whatever a handler says
+ * (denoland/deno#9411), and RFC 9112 §9.6 forbids reading another request after sending `close`.
  */
 export class ContentTooLargeError extends HttpError {
   constructor(limit: number) {

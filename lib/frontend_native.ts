@@ -3,7 +3,7 @@
  * The native HTTP/1.1 front end (`--frontend native`): the balancer's own listener, connection
  * loop and strict request parser on `Deno.listen`/`Deno.listenTls` (ALPN `http/1.1`), with the
  * same seam as `Deno.serve`: a handler `(Request, info) => Response`. What it adds over
- * Deno.serve 2.9.6: a header timeout and a keep-alive idle timeout (denoland/deno#3515),
+ * Deno.serve: a header timeout and a keep-alive idle timeout (denoland/deno#3515),
  * a connection cap, the PROXY protocol, and WebSocket tunnels that a drain keeps open.
  *
  * Per connection, requests are read and answered one at a time: pipelined requests wait in
@@ -440,8 +440,8 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
           : { clientAddress: c.clientAddress, proxyAddr: c.proxyAddr }),
       };
       const req = buildRequest(head, urlOf(head, scheme, addr.port), body);
-      // The signal is made on first use: a controller and a watching read cost ~5 µs a
-      // request, and the proxy looks at it only for requests that take a while.
+      // Made on first use: a controller and a watching read are dear per request, and the
+      // proxy looks at the signal only for requests that take a while.
       let controller: AbortController | undefined;
       Object.defineProperty(req, "signal", {
         get: () => {

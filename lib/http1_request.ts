@@ -6,7 +6,7 @@
  */
 
 import type { HeaderPairs } from "./headers.ts";
-import { isToken } from "./http1_parse.ts";
+import { isToken } from "./http_token.ts";
 
 const encoder = new TextEncoder();
 const CRLF = new Uint8Array([13, 10]);

@@ -19,7 +19,8 @@
  */
 
 import { isValidHost } from "./headers.ts";
-import { checkChunkedOnly, hasToken, isToken, MAX_HEADERS, parseField } from "./http1_parse.ts";
+import { checkChunkedOnly, hasToken, MAX_HEADERS, parseField } from "./http1_parse.ts";
+import { isToken } from "./http_token.ts";
 
 export { hasToken };
 

@@ -117,9 +117,9 @@ function joined(a: Uint8Array, b: Uint8Array, c?: Uint8Array): Uint8Array {
 }
 
 /**
- * Deno 2.9.6 keeps the body of `new Response(string)` as a "lazy static body" and that of
+ * Deno keeps the body of `new Response(string)` as a "lazy static body" and that of
  * `new Response(Uint8Array)` as static bytes, and only builds a stream when `.body` is read,
- * which costs ~10 µs a response. These symbols let such a body be written as it is. If Deno's
+ * which is dear for every response. These symbols let such a body be written as it is. If Deno's
  * internals change shape, {@linkcode staticBody} finds nothing and the stream path is taken
  * (tests/frontend_native_test.ts notices).
  */

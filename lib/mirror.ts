@@ -27,10 +27,10 @@
  * attempt has read the body to its end.
  */
 
-import { mayFailWhileSent, type RequestBody } from "./body.ts";
+import { concatBytes, mayFailWhileSent, type RequestBody } from "./body.ts";
 import type { HeaderPairs } from "./headers.ts";
 import { childPath } from "./jsonc.ts";
-import { parseSize } from "./units.ts";
+import { sizeValue } from "./units.ts";
 import type { Pool } from "./pool.ts";
 import { type Problem, show } from "./problem.ts";
 import {
@@ -127,11 +127,7 @@ export function checkMirror(
   let maxBody: number = MIRROR_DEFAULTS.maxBody;
   if (Object.hasOwn(object, "maxBody")) {
     const m = object.maxBody;
-    const bytes = typeof m === "number" && Number.isSafeInteger(m) && m >= 0
-      ? m
-      : typeof m === "string"
-      ? parseSize(m)
-      : undefined;
+    const bytes = sizeValue(m);
     if (bytes === undefined) {
       fail("maxBody", `${show(m)} is not a size (use e.g. 65536 or 64KiB)`);
     } else if (bytes > MAX_MIRROR_BODY) {
@@ -475,13 +471,7 @@ class TeedBody implements RequestBody {
 
   #end(): void {
     if (this.#reported) return;
-    const out = new Uint8Array(this.#bytes);
-    let offset = 0;
-    for (const chunk of this.#chunks) {
-      out.set(chunk, offset);
-      offset += chunk.length;
-    }
-    this.#settle(out);
+    this.#settle(concatBytes(this.#chunks));
   }
 
   #settle(outcome: TeeOutcome): void {

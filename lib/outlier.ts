@@ -8,8 +8,6 @@
  * beats failing every request.
  */
 
-import type { Backend } from "./pool.ts";
-
 /** Options for {@linkcode OutlierDetector}. */
 export interface OutlierOptions {
   /** Failed attempts in a row that eject a backend. @default 5 */
@@ -37,7 +35,8 @@ interface OutlierState {
 }
 
 /**
- * Counts consecutive failures per backend and ejects outliers.
+ * Counts consecutive failures per backend and ejects outliers. A backend is any object: the
+ * detector keys its records by identity and reads nothing of it, so it needs nothing of the pool.
  *
  * The n-th ejection lasts `baseEjectionMs × n`, capped at `maxEjectionMs`, so a backend that
  * keeps failing is tried less and less often. The multiplier is not a lifetime count: when a
@@ -48,7 +47,7 @@ interface OutlierState {
  * Failures reported while a backend is ejected (requests that were already in flight) are
  * ignored: they say nothing new and must not extend the ejection.
  */
-export class OutlierDetector {
+export class OutlierDetector<Backend extends object = object> {
   readonly #threshold: number;
   readonly #baseMs: number;
   readonly #maxMs: number;
@@ -91,7 +90,7 @@ export class OutlierDetector {
    * Takes over `previous`'s streaks and ejections (a reload with new settings): ejections in
    * force keep counting toward `maxEjectedPercent`, and a streak goes on.
    */
-  adopt(previous: OutlierDetector): void {
+  adopt(previous: OutlierDetector<Backend>): void {
     for (const [backend, state] of previous.#states) this.#states.set(backend, state);
     for (const backend of previous.#ejected) this.#ejected.add(backend);
   }

@@ -8,7 +8,8 @@
  * the policy's job. The pool does not know how health is checked or how requests are sent.
  *
  * The array of available backends is rebuilt only when something changes (a flip, an ejection
- * ending, a slow-start step), never per request, and policies may cache work per array instance.
+ * ending, a slow-start step), never per request, and the policy is told then
+ * ({@linkcode Policy.rebuild}), as Pingora's `BackendSelection::build` is.
  */
 
 import { OutlierDetector, type OutlierOptions, panicMode } from "./outlier.ts";
@@ -101,18 +102,45 @@ export interface SelectContext {
   path: string;
 }
 
+/** Something that learns from attempt outcomes; the attempt loop reports to it. */
+export interface LatencyObserver {
+  /** An attempt got response headers after `latencyMs`. */
+  observe(backend: Backend, latencyMs: number): void;
+  /** An attempt failed before response headers (connect error, reset, timeout). */
+  observeFailure(backend: Backend): void;
+}
+
 /**
- * A balancing algorithm. `select` gets the available backends not yet tried for this request,
- * in pool order (never empty), and returns one of them. It keeps only its own cursor/state and
- * reads `effectiveWeight` for shares.
+ * Says whether a backend may serve this attempt (not tried yet, below its concurrency limit).
+ * The pool's own function, reused for every pick, so a pick allocates nothing.
+ */
+export type Accept = (backend: Backend) => boolean;
+
+/**
+ * A balancing algorithm, as Pingora's `BackendSelection`: the pool calls
+ * {@linkcode Policy.rebuild} whenever the set it offers changes, and per request
+ * {@linkcode Policy.select} only picks from that set. A policy serves one pool; it keeps only its
+ * own cursor/state and reads `effectiveWeight` for shares.
  */
 export interface Policy {
-  select(candidates: readonly Backend[], context: SelectContext): Backend;
+  /**
+   * The backends offered from now on, in pool order (possibly empty). Called at start-up and
+   * whenever a backend joins or leaves the set or an effective weight changes, never per request.
+   */
+  rebuild(backends: readonly Backend[]): void;
+  /**
+   * One of the last rebuilt backends for which `accept` is true (every one when `accept` is
+   * undefined), or undefined when there is none: "try another backend" lives in `accept`,
+   * outside the algorithm (Pingora's `select_with`).
+   */
+  select(context: SelectContext, accept?: Accept): Backend | undefined;
   /**
    * Told after `backend.inflight` changed, for policies that index backends by load
    * (least-conn). @default none
    */
   loadChanged?(backend: Backend): void;
+  /** Set on policies that learn from attempt outcomes (p2c-ewma). @default undefined */
+  readonly latencyObserver?: LatencyObserver;
 }
 
 /** Called when a backend's status flips; `reason` is human-readable. */
@@ -162,16 +190,27 @@ export class Pool {
   #backends: Backend[];
   #options: PoolOptions;
   readonly #now: () => number;
-  #outlier: OutlierDetector | undefined;
+  #outlier: OutlierDetector<Backend> | undefined;
   #maxConns: number;
   #available: Backend[] = [];
+  /** The policy last told the available set; a reload may bring a new one. */
+  #rebuilt: Policy | undefined;
+  /** Earlier attempts of the pick in progress, read by {@linkcode Pool.#accept}. */
+  #tried: ReadonlySet<Backend> | undefined;
+  /** One function for every filtered pick, so that picks allocate no closure. */
+  readonly #accept: Accept = (backend) =>
+    backend.inflight < this.#maxConns && !(this.#tried?.has(backend) ?? false);
   /** When the available set must next be recomputed (an ejection ends, a ramp step). */
   #nextRefresh = Infinity;
+  /** Open {@linkcode Pool.batch} calls: refreshes wait for the outermost to end. */
+  #batchDepth = 0;
+  /** The effective weights the policy last saw, by position in #available. */
+  #rebuiltWeights: number[] = [];
 
   constructor(specs: readonly BackendSpec[], options: PoolOptions) {
     this.#options = options;
     this.#now = options.now ?? (() => performance.now());
-    this.#outlier = options.outlier ? new OutlierDetector(options.outlier) : undefined;
+    this.#outlier = options.outlier ? new OutlierDetector<Backend>(options.outlier) : undefined;
     this.#maxConns = options.maxConns ?? Infinity;
     const now = this.#now();
     // Backends present at start-up take their full share at once: slow start is for newcomers.
@@ -195,7 +234,7 @@ export class Pool {
     this.#maxConns = settings.maxConns ?? Infinity;
     if (outlierChanged) {
       const previous = this.#outlier;
-      this.#outlier = settings.outlier ? new OutlierDetector(settings.outlier) : undefined;
+      this.#outlier = settings.outlier ? new OutlierDetector<Backend>(settings.outlier) : undefined;
       if (previous !== undefined) this.#outlier?.adopt(previous);
     }
     this.#refresh(this.#now());
@@ -257,6 +296,19 @@ export class Pool {
     this.#announce(backend, before, reason);
   }
 
+  /**
+   * Runs `change` (several adds, removes or weight changes) and recomputes the available set and
+   * rebuilds the policy once at the end, not once per backend.
+   */
+  batch<T>(change: () => T): T {
+    this.#batchDepth++;
+    try {
+      return change();
+    } finally {
+      if (--this.#batchDepth === 0) this.#refresh(this.#now());
+    }
+  }
+
   /** Changes `backend`'s weight; policies see it from the next pick. */
   setWeight(backend: Backend, weight: number): void {
     backend.weight = weight;
@@ -269,6 +321,12 @@ export class Pool {
    * are removed gracefully. Returns what changed.
    */
   update(
+    specs: readonly BackendSpec[],
+  ): { added: string[]; removed: string[]; reweighted: string[] } {
+    return this.batch(() => this.#update(specs));
+  }
+
+  #update(
     specs: readonly BackendSpec[],
   ): { added: string[]; removed: string[]; reweighted: string[] } {
     const wanted = new Map(specs.map((spec) => [spec.url, spec]));
@@ -328,16 +386,24 @@ export class Pool {
   /**
    * Chooses a backend for one attempt, skipping those in `tried` (earlier attempts of the same
    * request) and those at their concurrency limit. Returns undefined when nothing is left.
-   * `preferred`, when given and still a candidate, wins over the policy (sticky sessions).
+   * `preferred` is given the available backends; its choice, when it is neither tried nor full,
+   * wins over the policy (sticky sessions).
    */
   pick(
     context: SelectContext,
     tried?: ReadonlySet<Backend>,
-    preferred?: (candidates: readonly Backend[]) => Backend | undefined,
+    preferred?: (available: readonly Backend[]) => Backend | undefined,
   ): Backend | undefined {
-    const candidates = this.#candidates(tried);
-    if (candidates.length === 0) return undefined;
-    return preferred?.(candidates) ?? this.#options.policy.select(candidates, context);
+    const accept = this.#acceptFor(tried);
+    const chosen = preferred?.(this.#available);
+    const backend = chosen !== undefined && (accept === undefined || accept(chosen))
+      ? chosen
+      : this.#available.length === 0
+      ? undefined
+      : this.#options.policy.select(context, accept);
+    // The set belongs to one request: it must not outlive the pick.
+    this.#tried = undefined;
+    return backend;
   }
 
   /**
@@ -345,23 +411,23 @@ export class Pool {
    * caller skip a retry that has nowhere to go before it spends retry budget and backoff on it.
    */
   hasCandidate(tried?: ReadonlySet<Backend>): boolean {
-    return this.#candidates(tried).length > 0;
+    const accept = this.#acceptFor(tried);
+    const found = accept === undefined ? this.#available.length > 0 : this.#available.some(accept);
+    this.#tried = undefined;
+    return found;
   }
 
-  /** The available backends not in `tried` and below their concurrency limit. */
-  #candidates(tried: ReadonlySet<Backend> | undefined): readonly Backend[] {
+  /**
+   * Brings the available set up to date and returns the filter for one pick: undefined when
+   * nothing is tried and there is no concurrency limit, the common case.
+   */
+  #acceptFor(tried: ReadonlySet<Backend> | undefined): Accept | undefined {
     const now = this.#now();
     if (now >= this.#nextRefresh) this.#refresh(now);
     const filterTried = tried !== undefined && tried.size > 0;
-    if (!filterTried && this.#maxConns === Infinity) return this.#available;
-    const max = this.#maxConns;
-    return this.#available.filter((b) => b.inflight < max && !(filterTried && tried.has(b)));
-  }
-
-  /** Whether every available backend is at its concurrency limit (a 503 rather than a 502). */
-  get saturated(): boolean {
-    return this.#available.length > 0 &&
-      this.#available.every((b) => b.inflight >= this.#maxConns);
+    if (!filterTried && this.#maxConns === Infinity) return undefined;
+    this.#tried = filterTried ? tried : undefined;
+    return this.#accept;
   }
 
   /** Records an active health check result, flipping state after rise/fall in a row. */
@@ -464,9 +530,11 @@ export class Pool {
 
   /**
    * Recomputes ejection expiry, slow-start weights and the available array, and when the next
-   * recomputation is due. Runs on changes and at those due times only.
+   * recomputation is due, and tells the policy when the set or a weight changed. Runs on changes
+   * and at those due times only.
    */
   #refresh(now: number): void {
+    if (this.#batchDepth > 0) return;
     let next = Infinity;
     const slowStart = this.#options.slowStartMs ?? 0;
     for (const backend of this.#backends) {
@@ -509,6 +577,22 @@ export class Pool {
       healthy.length,
       this.#options.panicThresholdPercent ?? 50,
     );
-    this.#available = panic ? healthy : unejected;
+    const available = panic ? healthy : unejected;
+    const policy = this.#options.policy;
+    // Only what the policy sees counts: a ramp step of a backend that is down rebuilds nothing.
+    if (
+      policy !== this.#rebuilt || !sameMembers(available, this.#available) ||
+      available.some((b, i) => b.effectiveWeight !== this.#rebuiltWeights[i])
+    ) {
+      this.#available = available;
+      this.#rebuiltWeights = available.map((b) => b.effectiveWeight);
+      this.#rebuilt = policy;
+      policy.rebuild(available);
+    }
   }
+}
+
+/** Whether two arrays hold the same backends in the same order. */
+function sameMembers(a: readonly Backend[], b: readonly Backend[]): boolean {
+  return a.length === b.length && a.every((backend, i) => backend === b[i]);
 }

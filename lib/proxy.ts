@@ -1,8 +1,19 @@
 /**
  * @module
- * The request path: validate the target, build upstream headers, then try backends chosen by
- * the pool until one answers with headers or the retry rules say stop. The response streams
- * back with hop-by-hop headers removed and decoded bodies described truthfully.
+ * The request path, as named steps (the way Go's `ReverseProxy` and Caddy's reverse_proxy read):
+ *
+ * 1. **read**: {@linkcode readRequest} validates the target and the method.
+ * 2. **route**: the front (lib/dispatch.ts; {@linkcode createProxyHandler} without routes) hands
+ *    the request to its service's {@linkcode ReverseProxy.handle}.
+ * 3. **headers**: {@linkcode ReverseProxy.upstreamHeaders}: hop-by-hop fields dropped,
+ *    X-Forwarded-* added, the route's rules applied. A WebSocket upgrade leaves here for
+ *    {@linkcode ReverseProxy.upgrade} (lib/websocket.ts), which picks the same way.
+ * 4. **pick**: {@linkcode ReverseProxy.pick}: the sticky cookie's backend, else the policy's.
+ * 5. **attempt**: {@linkcode ReverseProxy.attempt} sends to that backend through the transport;
+ *    {@linkcode ReverseProxy.forward} repeats pick and attempt under the retry rules
+ *    (lib/attempt_loop.ts) until a backend answers with headers.
+ * 6. **relay**: {@linkcode relay}: the client's response from the backend's, hop-by-hop headers
+ *    removed and a decoded body described truthfully.
  */
 
 import {
@@ -24,7 +35,7 @@ import {
 import { applyRequestHeaderRules, type HeaderRules } from "./routes.ts";
 import type { Mirror } from "./mirror.ts";
 import type { Log } from "./log.ts";
-import type { Backend, Pool, SelectContext } from "./pool.ts";
+import type { Backend, LatencyObserver, Pool, SelectContext } from "./pool.ts";
 import {
   announcesBody,
   type BodyLimits,
@@ -37,14 +48,19 @@ import { parseTarget, type Target } from "./target.ts";
 import {
   afterDelay,
   type AttemptOptions,
+  type AttemptResult,
   fetchRewritesTarget,
   sendAttempt,
   type Transport,
   type UpstreamResponse,
 } from "./upstream.ts";
-import { type AttemptLoopOptions, runAttempts } from "./attempt_loop.ts";
-import type { LatencyObserver } from "./policies/p2c_ewma.ts";
-import { cookieHeader, getCookie, type StickyCookie } from "./policies/sticky.ts";
+import {
+  type AttemptLoopOptions,
+  type AttemptPlan,
+  type LoopResult,
+  runAttempts,
+} from "./attempt_loop.ts";
+import { cookieHeader, getCookie, type StickyCookie } from "./sticky_cookie.ts";
 import { backoffDelay, type RetryBudget } from "./retry_budget.ts";
 import { type Cidr, cidrContains } from "./cidr.ts";
 import { REQUEST_ID_HEADER, requestIdFor } from "./request_id.ts";
@@ -278,91 +294,161 @@ export function balancerAnswer(error: unknown, requestId: string, trace: Trace):
 
 /** Creates the proxy of one service, over its `pool`. */
 export function createServiceProxy(pool: Pool, options: ProxyOptions, log: Log): ServiceProxy {
-  const attemptOptions: AttemptOptions = {
-    client: options.client,
-    timeout: options.timeout,
-    connectTimeout: options.connectTimeout,
-    readTimeout: options.readTimeout,
-  };
-  const { sticky } = options;
-  const send = options.transport ?? sendAttempt;
-  const sendExact = options.exactTransport;
-  const backoff = options.backoff ?? ((retry: number) => backoffDelay(retry));
-  const bodyLimits: BodyLimits = {
-    maxBody: options.maxBody ?? Infinity,
-    bodyTimeout: options.bodyTimeout ?? Infinity,
-  };
+  return new ReverseProxy(pool, options, log);
+}
 
-  const trustedProxies = options.trustedProxies ?? [];
-  const loopOptions: AttemptLoopOptions = {
-    pool,
-    retries: options.retries,
-    backoff,
-    retryBudget: options.retryBudget,
-    latencyObserver: options.latencyObserver,
-    ejectOn5xx: options.ejectOn5xx,
-    observer: options.observer,
-    log,
-  };
-  const webSocketOptions: WebSocketProxyOptions = {
-    relays: options.webSockets ?? new WebSocketRelays(),
-    connectTimeout: options.connectTimeout,
-    client: options.client,
-    caCerts: options.caCerts,
-    clientCert: options.clientCert,
-    retryAfterSeconds: options.retryAfterSeconds,
-    loop: loopOptions,
-  };
+/**
+ * One service's proxy: {@linkcode ReverseProxy.handle} runs the steps of the module's list for
+ * each request. Built once per service (and per reload), so the fields cost nothing per request.
+ */
+export class ReverseProxy implements ServiceProxy {
+  /** The service's backends: picks, in-flight counts and attempt outcomes go through it. */
+  readonly pool: Pool;
+  readonly log: Log;
+  /** Sends attempts; `sendAttempt` (fetch) when {@linkcode ProxyOptions.transport} is unset. */
+  readonly transport: Transport;
+  /** Sends attempts whose target fetch would rewrite; undefined: `transport` sends them too. */
+  readonly exactTransport: Transport | undefined;
+  /** Told of retries and budget refusals (the front tells it outcomes); undefined: not counted. */
+  readonly observer: ProxyObserver | undefined;
+  /** Told every attempt's latency and failure; undefined: no policy learns from them. */
+  readonly latencyObserver: LatencyObserver | undefined;
+  /** Pins clients to backends with a cookie; undefined: the policy alone picks. */
+  readonly sticky: ProxyOptions["sticky"];
+  /** The attempt loop's settings, with the hooks above (one object for every request). */
+  readonly loop: AttemptLoopOptions;
+  /** Every attempt's client and timeouts. */
+  readonly attemptOptions: AttemptOptions;
+  /** What WebSocket relays need; their attempts run in the same loop. */
+  readonly webSocket: WebSocketProxyOptions;
+  /** Largest request body, and longest wait for its next bytes. */
+  readonly bodyLimits: BodyLimits;
+  /** The scheme clients reached the balancer with (X-Forwarded-Proto, Secure cookies). */
+  readonly proto: "http" | "https";
+  /** Whether an RFC 7239 `Forwarded` header goes upstream too. */
+  readonly forwarded: boolean | undefined;
+  /** Peers whose X-Forwarded-* headers are extended rather than replaced. */
+  readonly trustedProxies: readonly Cidr[];
+  /** What a 503 tells clients to wait. */
+  readonly retryAfterSeconds: number;
 
-  /**
-   * Chooses the backend for one attempt, for HTTP and WebSocket requests alike: on the first
-   * attempt the sticky cookie's backend when it is still a candidate, otherwise the policy.
-   */
-  function pickBackend(
-    context: SelectContext,
-    tried: ReadonlySet<Backend>,
-    attempt: number,
-  ): Backend | undefined {
-    const pinned = sticky === undefined || attempt > 0
-      ? undefined
-      : (candidates: readonly Backend[]) =>
-        sticky.cookie.decode(getCookie(context.headers, sticky.name), candidates);
-    return pool.pick(context, tried, pinned);
+  constructor(pool: Pool, options: ProxyOptions, log: Log) {
+    this.pool = pool;
+    this.log = log;
+    this.transport = options.transport ?? sendAttempt;
+    this.exactTransport = options.exactTransport;
+    this.observer = options.observer;
+    this.latencyObserver = options.latencyObserver;
+    this.sticky = options.sticky;
+    this.loop = {
+      pool,
+      retries: options.retries,
+      backoff: options.backoff ?? ((retry: number) => backoffDelay(retry)),
+      retryBudget: options.retryBudget,
+      latencyObserver: options.latencyObserver,
+      ejectOn5xx: options.ejectOn5xx,
+      observer: options.observer,
+      log,
+    };
+    this.attemptOptions = {
+      client: options.client,
+      timeout: options.timeout,
+      connectTimeout: options.connectTimeout,
+      readTimeout: options.readTimeout,
+    };
+    this.webSocket = {
+      relays: options.webSockets ?? new WebSocketRelays(),
+      connectTimeout: options.connectTimeout,
+      client: options.client,
+      caCerts: options.caCerts,
+      clientCert: options.clientCert,
+      retryAfterSeconds: options.retryAfterSeconds,
+      loop: this.loop,
+    };
+    this.bodyLimits = {
+      maxBody: options.maxBody ?? Infinity,
+      bodyTimeout: options.bodyTimeout ?? Infinity,
+    };
+    this.proto = options.proto;
+    this.forwarded = options.forwarded;
+    this.trustedProxies = options.trustedProxies ?? [];
+    this.retryAfterSeconds = options.retryAfterSeconds;
   }
 
-  /** Relays a WebSocket upgrade to a backend chosen like any request's; see lib/websocket.ts. */
-  async function upgrade(
+  /** Headers, (upgrade), body, forward (pick + attempt), relay: see the module's list. */
+  async handle(
+    req: Request,
+    info: Deno.ServeHandlerInfo,
+    routed: RoutedRequest,
+    trace: Trace,
+  ): Promise<Response> {
+    const method = req.method;
+    const clientIp = (info.remoteAddr as Deno.NetAddr).hostname;
+    const headers = this.upstreamHeaders(routed, clientIp);
+    const context: SelectContext = { clientIp, headers: req.headers, path: routed.upstreamPath };
+    if (routed.client.upgrade !== null && isWebSocketUpgrade(req)) {
+      return this.upgrade(req, headers, context, routed.requestId, trace);
+    }
+    // Most requests have no body: no promise for them.
+    let body = req.body === null ? NO_BODY : await prepareBody(req, this.bodyLimits);
+    // After the WebSocket branch: upgrades are never copied.
+    if (routed.mirror !== undefined) {
+      body = routed.mirror.tee(
+        { method, path: routed.upstreamPath, headers, clientIp },
+        body,
+        info.completed,
+      );
+    }
+    const answer = await this.forward(req, info, headers, body, context, trace);
+    const setCookie = this.stickyCookieFor(context, answer.backend);
+    return relay(answer.value, headers, method, setCookie, routed.requestId, trace);
+  }
+
+  /** The fields backends get: the client's end-to-end ones, X-Forwarded-*, the route's rules. */
+  upstreamHeaders(routed: RoutedRequest, clientIp: string): HeaderPairs {
+    const trusted = this.trustedProxies;
+    const headers = upstreamRequestHeaders(routed.client, {
+      clientIp,
+      proto: this.proto,
+      host: routed.target.host,
+      trustedPeer: trusted.length > 0 && trusted.some((range) => cidrContains(range, clientIp)),
+      forwarded: this.forwarded,
+      requestId: routed.requestId,
+    });
+    return routed.requestHeaders === undefined
+      ? headers
+      : applyRequestHeaderRules(routed.requestHeaders, headers);
+  }
+
+  /** Relays a WebSocket upgrade to a backend picked like any request's; see lib/websocket.ts. */
+  async upgrade(
     req: Request,
     headers: HeaderPairs,
     context: SelectContext,
+    requestId: string,
     trace: Trace,
   ): Promise<Response> {
     const pick = (tried: ReadonlySet<Backend>, attempt: number) =>
-      pickBackend(context, tried, attempt);
+      this.pick(context, tried, attempt);
     const response = await proxyWebSocket(
       req,
       new Headers(headers),
       context.path,
       pick,
       trace,
-      webSocketOptions,
+      this.webSocket,
     );
-    const setCookie = stickyCookieFor(context, trace.backend!);
+    const setCookie = this.stickyCookieFor(context, trace.backend!);
     if (setCookie !== undefined) response.headers.append("set-cookie", setCookie);
+    response.headers.set(REQUEST_ID_HEADER, requestId);
     return response;
   }
 
   /**
-   * The transport for a request: {@linkcode ProxyOptions.exactTransport} when fetch would
-   * rewrite its target, else {@linkcode ProxyOptions.transport}. An ordinary path costs one
-   * regular-expression test (the benchmark's hot path); only a suspicious one is parsed.
+   * Tries backends until one answers with headers: the answer, its backend left in flight until
+   * the client has the body. Throws the balancer's own answer (502, 503, 504, or the body's 4xx).
    */
-  function transportFor(path: string): Transport {
-    return sendExact !== undefined && fetchRewritesTarget(path) ? sendExact : send;
-  }
-
-  /** Tries backends until one answers; returns the response and the backend that gave it. */
-  async function forward(
+  async forward(
     req: Request,
     info: Deno.ServeHandlerInfo,
     headers: HeaderPairs,
@@ -376,42 +462,23 @@ export function createServiceProxy(pool: Pool, options: ProxyOptions, log: Log):
     const signal = mayFailWhileSent(body)
       ? AbortSignal.any([clientGone.signal, body.signal])
       : clientGone.signal;
-    const transport = transportFor(context.path);
-    const method = req.method;
+    const transport = this.transportFor(context.path);
+    const plan = new Forwarding(this, req.method, headers, body, context, transport, signal, trace);
     try {
-      const result = await runAttempts<UpstreamResponse>({
-        method,
-        label: "",
-        pick: (tried, attempt) => pickBackend(context, tried, attempt),
-        send: (backend) =>
-          transport(
-            backend.url,
-            backend.url + context.path,
-            {
-              method,
-              headers,
-              body: body.forAttempt(),
-              onBodyFailure: (detail) => bodyFailed(backend, method, detail),
-            },
-            signal,
-            attemptOptions,
-          ),
-        replayable: () => body.replayable,
-        clientFailed: () => body.clientError !== undefined,
-        trace,
-      }, loopOptions);
+      const result = await runAttempts(plan, this.loop);
       if (result.ok) {
-        const { backend, value } = result;
+        const { pool } = this;
+        const { backend } = result;
         // In flight until the body has been delivered, not just the headers: least-conn and
         // max-conns must see streaming responses as load.
         // then(f, f): one promise instead of finally()'s three plus a catch().
         const release = () => pool.release(backend);
         info.completed.then(release, release);
-        return { response: value, backend };
+        return result;
       }
       await body.discard();
       if (body.clientError !== undefined) throw body.clientError;
-      if (result.failure === undefined) throw new NoBackendError(options.retryAfterSeconds);
+      if (result.failure === undefined) throw new NoBackendError(this.retryAfterSeconds);
       if (result.failure.kind === "timeout") throw new GatewayTimeoutError();
       throw new BadGatewayError();
     } finally {
@@ -420,71 +487,101 @@ export function createServiceProxy(pool: Pool, options: ProxyOptions, log: Log):
   }
 
   /**
+   * The backend for attempt number `attempt` among those not `tried`, for HTTP and WebSocket
+   * requests alike: on the first attempt the sticky cookie's when it is still a candidate,
+   * otherwise the policy's. Undefined when none is left.
+   */
+  pick(context: SelectContext, tried: ReadonlySet<Backend>, attempt: number): Backend | undefined {
+    const sticky = this.sticky;
+    const pinned = sticky === undefined || attempt > 0
+      ? undefined
+      : (candidates: readonly Backend[]) =>
+        sticky.cookie.decode(getCookie(context.headers, sticky.name), candidates);
+    return this.pool.pick(context, tried, pinned);
+  }
+
+  /** One attempt of `plan`'s request on `backend`; never throws (see `Transport`). */
+  attempt(backend: Backend, plan: Forwarding): Promise<AttemptResult> {
+    const method = plan.method;
+    return plan.transport(
+      backend.url,
+      backend.url + plan.context.path,
+      {
+        method,
+        headers: plan.headers,
+        body: plan.body.forAttempt(),
+        onBodyFailure: (detail) => this.bodyFailed(backend, method, detail),
+      },
+      plan.signal,
+      this.attemptOptions,
+    );
+  }
+
+  /**
+   * The transport for `path`: {@linkcode ProxyOptions.exactTransport} when fetch would rewrite
+   * it, else {@linkcode ProxyOptions.transport}. An ordinary path costs one regular-expression
+   * test; only a suspicious one is parsed.
+   */
+  transportFor(path: string): Transport {
+    const exact = this.exactTransport;
+    return exact !== undefined && fetchRewritesTarget(path) ? exact : this.transport;
+  }
+
+  /**
    * A response body broke off after its headers by the backend's doing (read timeout, reset,
    * bad framing): the client's connection was aborted, and the backend is blamed.
    */
-  function bodyFailed(backend: Backend, method: string, detail: string): void {
-    log.warn(`${backend.url} failed: ${detail} (${method}, response body)`);
-    pool.attemptFailed(backend, { kind: "maybe-sent", detail });
-  }
-
-  async function handle(
-    req: Request,
-    info: Deno.ServeHandlerInfo,
-    routed: RoutedRequest,
-    trace: Trace,
-  ): Promise<Response> {
-    const { client, target, requestId } = routed;
-    const method = req.method;
-    const clientIp = (info.remoteAddr as Deno.NetAddr).hostname;
-    let headers = upstreamRequestHeaders(client, {
-      clientIp,
-      proto: options.proto,
-      host: target.host,
-      trustedPeer: trustedProxies.length > 0 &&
-        trustedProxies.some((range) => cidrContains(range, clientIp)),
-      forwarded: options.forwarded,
-      requestId,
-    });
-    if (routed.requestHeaders !== undefined) {
-      headers = applyRequestHeaderRules(routed.requestHeaders, headers);
-    }
-    const context: SelectContext = { clientIp, headers: req.headers, path: routed.upstreamPath };
-    if (client.upgrade !== null && isWebSocketUpgrade(req)) {
-      const response = await upgrade(req, headers, context, trace);
-      response.headers.set(REQUEST_ID_HEADER, requestId);
-      return response;
-    }
-    // Most requests have no body: no promise for them.
-    let body = req.body === null ? NO_BODY : await prepareBody(req, bodyLimits);
-    // After the WebSocket branch: upgrades are never copied.
-    if (routed.mirror !== undefined) {
-      body = routed.mirror.tee(
-        { method, path: routed.upstreamPath, headers, clientIp },
-        body,
-        info.completed,
-      );
-    }
-    const answer = await forward(req, info, headers, body, context, trace);
-    const setCookie = stickyCookieFor(context, answer.backend);
-    return relay(answer.response, headers, method, setCookie, requestId, trace);
+  bodyFailed(backend: Backend, method: string, detail: string): void {
+    this.log.warn(`${backend.url} failed: ${detail} (${method}, response body)`);
+    this.pool.attemptFailed(backend, { kind: "maybe-sent", detail });
   }
 
   /** The Set-Cookie value that (re)pins the client to `backend`, when stickiness is on. */
-  function stickyCookieFor(context: SelectContext, backend: Backend): string | undefined {
+  stickyCookieFor(context: SelectContext, backend: Backend): string | undefined {
+    const sticky = this.sticky;
     if (sticky === undefined) return undefined;
     const value = sticky.cookie.encode(backend);
     if (value === undefined || getCookie(context.headers, sticky.name) === value) return undefined;
-    return cookieHeader(sticky.name, value, { secure: options.proto === "https" });
+    return cookieHeader(sticky.name, value, { secure: this.proto === "https" });
   }
-
-  return { handle };
 }
 
-/** What a service's attempts ended with when a backend answered. */
-interface Answer {
-  response: UpstreamResponse;
-  backend: Backend;
+/** What {@linkcode ReverseProxy.forward} ends with when a backend answered. */
+type Answer = Extract<LoopResult<UpstreamResponse>, { ok: true }>;
+
+/**
+ * One request's plan for the attempt loop (lib/attempt_loop.ts): one object per request, whose
+ * methods replace the closures a literal plan would need.
+ */
+export class Forwarding implements AttemptPlan<UpstreamResponse> {
+  readonly label = "";
+
+  constructor(
+    readonly proxy: ReverseProxy,
+    readonly method: string,
+    readonly headers: HeaderPairs,
+    readonly body: RequestBody,
+    readonly context: SelectContext,
+    readonly transport: Transport,
+    readonly signal: AbortSignal,
+    readonly trace: Trace,
+  ) {}
+
+  pick(tried: ReadonlySet<Backend>, attempt: number): Backend | undefined {
+    return this.proxy.pick(this.context, tried, attempt);
+  }
+
+  send(backend: Backend): Promise<AttemptResult> {
+    return this.proxy.attempt(backend, this);
+  }
+
+  replayable(): boolean {
+    return this.body.replayable;
+  }
+
+  clientFailed(): boolean {
+    return this.body.clientError !== undefined;
+  }
 }
 
 /**
@@ -492,7 +589,7 @@ interface Answer {
  * headers, and the balancer's X-Request-Id (replacing any the backend sent) and Set-Cookie.
  * Built once, with the fields appended (see `appendResponseHeaders`).
  */
-function relay(
+export function relay(
   upstream: UpstreamResponse,
   requestHeaders: HeaderPairs,
   method: string,
@@ -533,13 +630,7 @@ function relay(
   }
 }
 
-/**
- * How long a request waits for response headers before the proxy starts watching for its
- * client hanging up. Watching (`req.signal`) starts an async op per request, ~8 µs of CPU on
- * Deno 2.9.6, while almost every request has its headers well within this; a client that hung
- * up earlier is still seen the moment the watch starts, so its attempt is cancelled at most
- * this much later.
- */
+/** Watching for a hang-up costs an op per request: only slow ones get it (earlier hang-ups too). */
 const CLIENT_WATCH_DELAY_MS = 100;
 
 /** Aborts `clientGone` when `req`'s client disconnects (at once if it already has). */

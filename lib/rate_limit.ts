@@ -29,16 +29,16 @@
  * slot is never stored: it goes to the overflow bucket, which bounds the work of one take.
  *
  * Time is `Date.now()`, the one clock all threads read alike: `performance.now()` counts from
- * each thread's own `performance.timeOrigin` (a worker started 0.3 s after the main thread had
- * an origin 333 ms later, so its `now()` read 333 ms less at the same moment), and
- * `timeOrigin + now()`, though it agreed across threads within 2 ms here, takes each origin from
- * the wall clock when the thread started, so it parts between threads after a clock adjustment.
+ * each thread's own `performance.timeOrigin` (a worker started later reads less at the same
+ * moment), and `timeOrigin + now()` takes each origin from the wall clock when the thread
+ * started, so it parts between threads after a clock adjustment.
  * A wall clock stepped back by more than a second restarts the count from the new time (at
  * most one burst more is admitted, no one is locked out for the size of the step); smaller
  * differences are threads reading the clock a moment apart and count as no time.
  */
 
 import { type Problem, show } from "./problem.ts";
+import { isToken, TCHAR } from "./http_token.ts";
 
 /** A route's `rateLimit`: a token bucket per key. */
 export interface RateLimitSpec {
@@ -88,7 +88,6 @@ const MAX_MAX_KEYS = 1_000_000;
 const MAX_RATE = 1_000_000_000;
 const MAX_BURST = 1_000_000_000;
 const KEYS = ["requestsPerSecond", "burst", "key", "maxKeys"];
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 /** JSON Schema of a `rateLimit` value, for lb.schema.json. */
 export const RATE_LIMIT_SCHEMA: Record<string, unknown> = {
@@ -112,7 +111,7 @@ export const RATE_LIMIT_SCHEMA: Record<string, unknown> = {
     },
     key: {
       type: "string",
-      pattern: "^(ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$",
+      pattern: `^(ip|header:${TCHAR}+)$`,
       default: "ip",
       description: "ip (client address after --trusted-proxies) or header:NAME " +
         "(its value; a request without it is keyed by address).",
@@ -193,7 +192,7 @@ export function checkRateLimit(
 }
 
 function isHeaderKey(key: string): key is `header:${string}` {
-  return key.startsWith("header:") && TOKEN.test(key.slice("header:".length));
+  return key.startsWith("header:") && isToken(key.slice("header:".length));
 }
 
 // ---------------------------------------------------------------------------------------------

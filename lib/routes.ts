@@ -22,6 +22,8 @@
 
 import { checkProtection, PROTECTION_KEYS, type ProtectionSpec } from "./protection.ts";
 import type { HeaderPairs } from "./headers.ts";
+import { hostWithoutPort } from "./host.ts";
+import { isToken } from "./http_token.ts";
 import { checkKeys, closestKey, isObject, type Problem, show } from "./problem.ts";
 import { childPath } from "./jsonc.ts";
 
@@ -106,7 +108,6 @@ const ROUTE_KEYS = [
 ] as const;
 const REDIRECT_STATUSES = [301, 302, 303, 307, 308];
 const DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8";
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/i;
 /** Outside RFC 9110 §5.5 field values; Headers also throws on anything beyond U+00FF. */
@@ -239,7 +240,7 @@ function checkMethods(c: Checker, value: unknown, path: string): string[] | unde
     const at = childPath(path, i);
     const method = c.string(item, at);
     if (method === undefined) return;
-    if (!TOKEN.test(method)) return c.fail(at, `${show(method)} is not a method`);
+    if (!isToken(method)) return c.fail(at, `${show(method)} is not a method`);
     const upper = method.toUpperCase();
     if (method !== upper && STANDARD_METHODS.includes(upper)) {
       c.fail(at, `${show(method)} never matches: methods are case-sensitive (use "${upper}")`);
@@ -249,7 +250,7 @@ function checkMethods(c: Checker, value: unknown, path: string): string[] | unde
 }
 
 function checkHeaderName(c: Checker, name: string, path: string): boolean {
-  if (TOKEN.test(name)) return true;
+  if (isToken(name)) return true;
   c.fail(path, `${show(name)} is not a header name`);
   return false;
 }
@@ -741,15 +742,10 @@ export function upstreamPath(route: CompiledRoute, path: string): string {
 export function redirectLocation(route: CompiledRoute, host: string | null, path: string): string {
   const to = route.spec.redirect!.to;
   if (!to.includes("{")) return to;
-  return to.replace(/\{(host|path)\}/g, (_, name) => name === "host" ? hostOnly(host) : path);
-}
-
-/** `host` without its port, case and trailing dot kept as received (brackets kept for IPv6). */
-function hostOnly(host: string | null): string {
-  if (host === null) return "";
-  if (host.startsWith("[")) return host.slice(0, host.indexOf("]") + 1 || host.length);
-  const colon = host.indexOf(":");
-  return colon === -1 ? host : host.slice(0, colon);
+  return to.replace(
+    /\{(host|path)\}/g,
+    (_, name) => name === "host" ? hostWithoutPort(host ?? "") : path,
+  );
 }
 
 /** The status of a redirect route. */

@@ -9,8 +9,8 @@ import type { ServiceConfig } from "./setting_table.ts";
 import { parseDiscoveryTarget } from "./config.ts";
 import type { Log } from "./log.ts";
 import { type Backend, type BackendSpec, type Policy, Pool, type PoolOptions } from "./pool.ts";
-import { createPolicy, latencyObserverOf } from "./policies/mod.ts";
-import { generateSecret, StickyCookie } from "./policies/sticky.ts";
+import { createPolicy } from "./policies/mod.ts";
+import { generateSecret, StickyCookie } from "./sticky_cookie.ts";
 import { RetryBudget } from "./retry_budget.ts";
 import { HealthChecker, type HealthOptions } from "./health.ts";
 import { createServiceProxy, type ProxyObserver, type ServiceProxy } from "./proxy.ts";
@@ -254,7 +254,7 @@ export class Service {
       client: deps.client,
       ejectOn5xx: config.ejectOn5xx,
       retryBudget: this.#retryBudget,
-      latencyObserver: latencyObserverOf(this.pool.policy),
+      latencyObserver: this.pool.policy.latencyObserver,
       sticky: this.#sticky,
       observer: deps.observer,
       trustedProxies: deps.trustedProxies,

@@ -11,11 +11,12 @@
 
 import { parseAddress, parseCidr } from "./cidr.ts";
 import { ConfigError } from "./errors.ts";
+import { unbracket } from "./host.ts";
 import { childPath } from "./jsonc.ts";
 import { type HashKeySpec, parseHashKey } from "./policies/hash.ts";
 import type { BackendSpec } from "./pool.ts";
 import { checkKeys, isObject, type Problem, show } from "./problem.ts";
-import { formatDuration, parseDuration, parseSize } from "./units.ts";
+import { formatDuration, parseDuration, parseSize, sizeValue } from "./units.ts";
 
 export { formatDuration, parseDuration, parseSize };
 
@@ -327,7 +328,10 @@ function isBindAddress(value: string): boolean {
 
 const bindAddress = text(isBindAddress, "is not a bind address", {});
 export const host: Check<string> = describe(
-  (value, path, problems) => bindAddress(value, path, problems)?.replace(/^\[(.*)\]$/, "$1"),
+  (value, path, problems) => {
+    const address = bindAddress(value, path, problems);
+    return address === undefined ? undefined : unbracket(address);
+  },
   { type: "string", pattern: "^[^\\s/?#@]+$" },
 );
 
@@ -394,7 +398,7 @@ export const admin: Check<AdminAddress> = describe((value, path, problems) => {
   if (Number(match[2]) > 65535) {
     return reject(problems, path, `port ${match[2]} is out of range (0 to 65535)`);
   }
-  return { host: match[1].replace(/^\[(.*)\]$/, "$1"), port: Number(match[2]) };
+  return { host: unbracket(match[1]), port: Number(match[2]) };
 }, {
   type: "string",
   pattern: "^(\\[[0-9A-Fa-f:.]+\\]|[^\\s/?#@:\\[\\]]+):\\d{1,5}$",
@@ -428,11 +432,7 @@ export const filePath = text((v) => v !== "" && !v.includes("\0"), "is not a fil
 
 /** Bytes as a JSON number, or a string with a unit like "10MiB". */
 export const size: Check<number> = describe((value, path, problems) => {
-  const bytes = typeof value === "number" && Number.isSafeInteger(value) && value >= 0
-    ? value
-    : typeof value === "string"
-    ? parseSize(value)
-    : undefined;
+  const bytes = sizeValue(value);
   if (bytes === undefined) {
     return reject(problems, path, `${show(value)} is not a size (use e.g. 1048576 or 10MiB)`);
   }

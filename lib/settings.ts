@@ -17,6 +17,7 @@ import {
   validateFileSettings,
 } from "./config_file.ts";
 import { ConfigError } from "./errors.ts";
+import { fileFailure } from "./file_failure.ts";
 import { SETTING_KEYS, SETTINGS } from "./setting_table.ts";
 
 /** What to do, with validated settings. */
@@ -63,7 +64,6 @@ export function parseCommandLine(argv: readonly string[]): Invocation {
     problems.push(...merged.filter((p) => !p.warning).map(describe));
     const exposed = adminExposedWithoutToken(config);
     if (exposed !== undefined) problems.push(exposed);
-    problems.push(...notYetSupported(config));
     if (problems.length === 0) {
       const warnings = merged.filter((p) => p.warning).map((p) => `warning: ${describe(p)}`);
       return { kind: flags.kind, config, configPath: flags.configPath, warnings };
@@ -73,8 +73,9 @@ export function parseCommandLine(argv: readonly string[]): Invocation {
 }
 
 /**
- * Reads and validates only the config file, for a reload: the flags of the running process
- * still override it. Throws {@linkcode ConfigError} listing every problem.
+ * The settings for a reload: the process's command line read again, with the config file's
+ * current content (its flags still override the file). Throws {@linkcode ConfigError} listing
+ * every problem.
  */
 export function reloadSettings(argv: readonly string[]): Config {
   const invocation = parseCommandLine(argv);
@@ -82,19 +83,6 @@ export function reloadSettings(argv: readonly string[]): Config {
     throw new ConfigError("the command line no longer describes a run");
   }
   return invocation.config;
-}
-
-/**
- * Settings the command line and file already accept but this build does not act on yet. A
- * setting that silently did nothing would be worse than a clear refusal.
- */
-const NOT_YET_SUPPORTED: (keyof Config)[] = [];
-
-function notYetSupported(config: Config): string[] {
-  const defaults = defaultConfig() as unknown as Record<string, unknown>;
-  return NOT_YET_SUPPORTED
-    .filter((key) => JSON.stringify(config[key]) !== JSON.stringify(defaults[key]))
-    .map((key) => `${keyToFlag(key)}: not supported by this version yet`);
 }
 
 /** The admin token from `LB_ADMIN_TOKEN`, when the process may read it. */
@@ -126,12 +114,7 @@ function readFileSettings(path: string, problems: string[]): ConfigSource {
     if (error instanceof ConfigFileError) {
       problems.push(...error.problems.map((p) => formatProblem(p, path)));
     } else {
-      const reason = error instanceof Deno.errors.NotFound
-        ? "no such file"
-        : error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
-        ? "not allowed to read it (run with --allow-read)"
-        : (error as Error).message;
-      problems.push(`${path}: cannot read the file: ${reason}`);
+      problems.push(`${path}: cannot read the file: ${fileFailure(error)}`);
     }
     return { settings: {}, locations: new Map() };
   }
@@ -153,8 +136,8 @@ function fileOnly(path: string): boolean {
 }
 
 /**
- * A problem of the merged settings. Services and routes come from the file only, so they get
- * the file's `file:line:column`; any other key may come from file or flags: name both.
+ * A problem of the merged settings. File-only keys (services, routes, ...) get the file's
+ * `file:line:column`; any other key may come from file or flags: name both.
  */
 function describeMergedProblem(problem: Problem, source: ConfigSource, file?: string): string {
   if (fileOnly(problem.path) && file !== undefined) {

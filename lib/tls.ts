@@ -7,13 +7,16 @@
  * - a debounced watch of the certificate files;
  * - the plain-HTTP listener's answer: a permanent redirect to HTTPS;
  * - read-ahead of small response bodies, so that Deno's TLS listener sends them with their
- *   headers instead of ~40 ms later;
+ *   headers instead of a delayed-ACK timeout later;
  * - the client for HTTPS backends: default roots plus a private CA, and a client certificate
  *   for mTLS. Health checks and requests share it, so both trust the same backends.
  */
 
 import { X509Certificate } from "node:crypto";
+import { concatBytes } from "./body.ts";
 import { BadRequestError, errorResponse } from "./errors.ts";
+import { fileFailure } from "./file_failure.ts";
+import { hostWithoutPort } from "./host.ts";
 import type { Log } from "./log.ts";
 import { parseTarget } from "./target.ts";
 
@@ -181,16 +184,8 @@ function readPemFile(path: string, what: string): string {
   try {
     return Deno.readTextFileSync(path);
   } catch (error) {
-    throw new TlsError(`${path}: cannot read the ${what}: ${readFailure(error)}`);
+    throw new TlsError(`${path}: cannot read the ${what}: ${fileFailure(error)}`);
   }
-}
-
-function readFailure(error: unknown): string {
-  if (error instanceof Deno.errors.NotFound) return "no such file";
-  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
-    return "not allowed to read it (run with --allow-read)";
-  }
-  return (error as Error).message;
 }
 
 /**
@@ -223,13 +218,6 @@ export function redirectToHttps(httpsPort: number): (req: Request) => Response {
   };
 }
 
-/** `example.com:80` -> `example.com`, `[::1]:80` -> `[::1]` (host already validated). */
-export function hostWithoutPort(host: string): string {
-  if (host.startsWith("[")) return host.slice(0, host.indexOf("]") + 1);
-  const colon = host.indexOf(":");
-  return colon === -1 ? host : host.slice(0, colon);
-}
-
 /** How {@linkcode coalesceBody} waits for a small body. */
 export interface CoalesceOptions {
   /** Bodies up to this size can be sent with their headers. @default 65536 */
@@ -242,11 +230,10 @@ export interface CoalesceOptions {
 }
 
 /**
- * Works around a Deno 2.9.6 behaviour of TLS listeners: a response body that is not complete
- * when the response is returned reaches the client ~40 ms late (measured with Deno's fetch and
- * with curl, HTTP/1.1 and h2; plain-TCP listeners do not wait). That is the signature of
- * Nagle's algorithm meeting the client's delayed ACK on a socket without TCP_NODELAY, which
- * Deno.serve offers no option to set, and every proxied body is a stream. So the body is read
+ * Works around Deno's TLS listeners: a response body that is not complete when the response
+ * is returned reaches the client late, as Nagle's algorithm meeting the client's delayed ACK on
+ * a socket without TCP_NODELAY would (Deno.serve offers no option to set it; plain-TCP
+ * listeners do not wait), and every proxied body is a stream. So the body is read
  * ahead for up to `waitMs`: when it ends within `limit` bytes, it is answered as bytes, which
  * Deno writes with the headers. Otherwise what was read is sent first and the rest streams.
  * Bodyless responses, upgrades and responses declaring more than `limit` bytes pass as they
@@ -280,7 +267,7 @@ export async function coalesceBody(
       if (result === "late") break;
       pending = undefined;
       if (result.done) {
-        return new Response(join(chunks, size), { ...init, headers: response.headers });
+        return new Response(concatBytes(chunks), { ...init, headers: response.headers });
       }
       chunks.push(result.value);
       size += result.value.byteLength;
@@ -305,16 +292,6 @@ export async function coalesceBody(
     cancel: (reason) => reader.cancel(reason),
   });
   return new Response(rest, { ...init, headers: response.headers });
-}
-
-function join(chunks: Uint8Array[], size: number): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return out;
 }
 
 /** Files for talking to HTTPS backends. */

@@ -13,6 +13,7 @@
 
 import { findHeadEnd, latin1, MAX_HEAD_BYTES, parseHead } from "./http1_parse.ts";
 import type { FailureKind } from "./retry.ts";
+import { unbracket } from "./host.ts";
 
 export { canTunnel, switchProtocols } from "./http1_response.ts";
 
@@ -59,7 +60,7 @@ export async function openTunnel(
   }
   const url = new URL(origin);
   const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
-  const hostname = url.hostname.replace(/^\[|\]$/g, "");
+  const hostname = unbracket(url.hostname);
   const timeoutMs = options.timeoutMs ?? 10_000;
   let timedOut = false;
   let conn: Deno.Conn | undefined;

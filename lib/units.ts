@@ -52,3 +52,11 @@ export function parseSize(text: string): number | undefined {
   const bytes = Math.round(Number(match[1]) * unit);
   return Number.isSafeInteger(bytes) ? bytes : undefined;
 }
+
+/** Bytes from a config value: a JSON number of bytes, or a string {@linkcode parseSize} reads. */
+export function sizeValue(value: unknown): number | undefined {
+  if (typeof value === "number") {
+    return Number.isSafeInteger(value) && value >= 0 ? value : undefined;
+  }
+  return typeof value === "string" ? parseSize(value) : undefined;
+}

@@ -5,7 +5,7 @@
  * {@linkcode Transport} signature as fetch's `sendAttempt` (lib/upstream.ts).
  *
  * Why not fetch: fetch decodes gzip/br bodies, normalises request targets, has no connect or
- * body read timeout, and costs about twice the CPU per small request on Deno 2.9.6. This
+ * body read timeout, and costs more CPU per small request (docs/performance.md). This
  * transport writes the method and target exactly as received, passes bodies through
  * undecoded (`decoded: false`) and parses responses strictly (lib/http1_parse.ts).
  *
@@ -74,6 +74,7 @@ import {
   writeStream,
 } from "./http1_request.ts";
 import { concatBytes } from "./body.ts";
+import { unbracket } from "./host.ts";
 import { type Failure, type FailureKind, isIdempotent } from "./retry.ts";
 import {
   afterDelay,
@@ -354,7 +355,7 @@ class OriginPool {
     if (!this.secure && url.protocol !== "http:") {
       throw new TypeError(`unsupported backend scheme ${url.protocol}`);
     }
-    this.hostname = url.hostname.replace(/^\[(.*)\]$/, "$1");
+    this.hostname = unbracket(url.hostname);
     this.port = Number(url.port || (this.secure ? 443 : 80));
     this.authority = url.host;
   }
@@ -558,7 +559,7 @@ class Connection {
 
   /**
    * Has the current request end when `client` aborts. Adding and removing an abort listener
-   * is among the dearest steps of a request on Deno 2.9.6, and most exchanges are over long
+   * is among the dearest steps of a request on Deno, and most exchanges are over long
    * before a client could be missed, so listening starts only once this one has lasted
    * {@linkcode CLIENT_LISTEN_DELAY_MS}: a client gone earlier is seen then.
    */
@@ -630,8 +631,8 @@ class Connection {
 
   /**
    * Swaps in a {@linkcode STREAM_READ_SIZE} buffer while a body streams, keeping unread bytes:
-   * each read then takes up to 64 KiB, and chunks are copied out at their size. A fresh zeroed
-   * 64 KiB array per read instead cost ~10 µs each in allocation and GC (Deno 2.9.6).
+   * each read then takes up to 64 KiB, and chunks are copied out at their size: a fresh zeroed
+   * 64 KiB array per read would cost more in allocation and GC than the copy.
    */
   streamBuffer(): void {
     if (this.buf.length >= STREAM_READ_SIZE) return;
@@ -783,7 +784,7 @@ async function connect(
  * `connect` failure (nothing was sent) rather than a failed write. `signal` aborts it all.
  *
  * Without a client certificate TLS is started on an abortable `Deno.connect` socket. With one,
- * only `Deno.connectTls` can present it (`Deno.startTls` takes no key pair on Deno 2.9.6), and
+ * only `Deno.connectTls` can present it (`Deno.startTls` takes no key pair, denoland/deno#21496), and
  * its TCP connect cannot be aborted: on timeout the attempt is given up and the socket closed
  * whenever the connect settles. TlsConn has no setNoDelay either, so mTLS connections keep Nagle.
  */

@@ -18,6 +18,7 @@
 
 import { BadGatewayError, BadRequestError, HttpError, NoBackendError } from "./errors.ts";
 import type { Log } from "./log.ts";
+import { isToken } from "./http_token.ts";
 import type { Backend } from "./pool.ts";
 import type { Failure } from "./retry.ts";
 import { type AttemptLoopOptions, runAttempts } from "./attempt_loop.ts";
@@ -67,7 +68,7 @@ export function requestedProtocols(headers: Headers): string[] | undefined {
   const value = headers.get("sec-websocket-protocol");
   if (value === null) return [];
   const protocols = value.split(",").map((p) => p.trim());
-  if (!protocols.every((p) => TOKEN.test(p))) return undefined;
+  if (!protocols.every(isToken)) return undefined;
   return new Set(protocols).size === protocols.length ? protocols : undefined;
 }
 
@@ -337,7 +338,7 @@ export function openUpstream(
 }
 
 /**
- * Classifies the message of a failed WebSocket open (Deno 2.9.6 wording): `Invalid status code:
+ * Classifies the message of a failed WebSocket open (Deno's wording): `Invalid status code:
  * 403` is the backend answering the handshake; `tcp connect error`, DNS and TLS failures
  * (`invalid peer certificate: UnknownIssuer`) mean no request was sent, as fetch's
  * `client error (Connect)` does; anything else happened after connecting.
@@ -490,8 +491,6 @@ function refusedHandshake(backend: Backend, status: number, log: Log): HttpError
     ? new HttpError(status, "backend refused the WebSocket handshake")
     : new BadGatewayError("backend refused the WebSocket handshake");
 }
-
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /** Whether the comma-separated header `value` contains `token` (case-insensitive). */
 function hasToken(value: string | null, token: string): boolean {

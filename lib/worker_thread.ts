@@ -205,6 +205,6 @@ function prefixed(base: Log, prefix: string): Log {
   };
 }
 
-// Messages that arrive before the module has been evaluated are lost (Deno 2.9.6 dispatches
-// them to a scope with no handler yet): the main thread waits for this before sending "start".
+// Messages that arrive before the module has been evaluated are lost (Deno dispatches them to
+// a scope with no handler yet): the main thread waits for this before sending "start".
 post({ type: "loaded" });

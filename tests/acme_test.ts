@@ -17,9 +17,17 @@ import {
 } from "../lib/acme.ts";
 import { accountKeyPath, certificatePaths, domainsName } from "../lib/acme_store.ts";
 import { networkReason } from "../lib/acme_http.ts";
-import { captureLog, refusingUrl, startTestBackend, startTestBalancer } from "./helpers.ts";
+import {
+  captureLog,
+  delay,
+  refusingUrl,
+  startTestBackend,
+  startTestBalancer,
+  tempDir,
+} from "./helpers.ts";
 import { pebbleMissing, startPebble, tlsGet } from "./pebble.ts";
 import { openssl } from "./pki.ts";
+import { parseHead } from "./wire.ts";
 
 const MISSING = await pebbleMissing();
 if (MISSING !== undefined) console.log(`acme_test: Pebble tests skipped: ${MISSING}`);
@@ -94,6 +102,15 @@ Deno.test("challengeResponse() answers only challenge paths, 404 for unknown tok
   await manager.stop();
 });
 
+/** Starts and stops `manager`, which must end with no certificate; returns its one ERROR line. */
+async function startFailing(manager: AcmeManager, log: { lines: string[] }): Promise<string> {
+  assert.equal(await manager.start(), undefined);
+  await manager.stop();
+  const errors = log.lines.filter((l) => l.startsWith("ERROR"));
+  assert.equal(errors.length, 1, errors.join("\n"));
+  return errors[0];
+}
+
 Deno.test("start() with an invalid domain logs one line and orders nothing", async () => {
   const log = captureLog();
   const alerts: string[] = [];
@@ -102,18 +119,17 @@ Deno.test("start() with an invalid domain logs one line and orders nothing", asy
     log,
     onAlert: (message) => alerts.push(message),
   });
-  assert.equal(await manager.start(), undefined);
-  await manager.stop();
-  assert.deepEqual(log.lines.filter((l) => l.startsWith("ERROR")), [
+  assert.equal(
+    await startFailing(manager, log),
     "ERROR ACME disabled: invalid domain -bad-.example: invalid DNS name " +
-    "(labels are 1-63 letters, digits or inner hyphens)",
-  ]);
+      "(labels are 1-63 letters, digits or inner hyphens)",
+  );
   assert.equal(alerts.length, 1);
   assert.equal(manager.status().orders, 0);
 });
 
 Deno.test("start() with an unreachable directory logs one line and keeps no certificate", async () => {
-  await using dir = await tempDir();
+  await using dir = await tempDir("lb-acme-");
   const log = captureLog();
   const alerts: { message: string; expiresAt: Date | undefined }[] = [];
   const directoryUrl = refusingUrl().replace("http:", "https:") + "/dir";
@@ -122,12 +138,8 @@ Deno.test("start() with an unreachable directory logs one line and keeps no cert
     log,
     onAlert: (message, expiresAt) => alerts.push({ message, expiresAt }),
   });
-  assert.equal(await manager.start(), undefined);
-  await manager.stop();
-  const errors = log.lines.filter((l) => l.startsWith("ERROR"));
-  assert.equal(errors.length, 1, errors.join("\n"));
   assert.match(
-    errors[0],
+    await startFailing(manager, log),
     /^ERROR ACME: no certificate for a\.example\.com, b\.example\.com; next try in \d+ s: cannot reach https:\/\/127\.0\.0\.1:\d+\/dir: connection refused$/,
   );
   assert.deepEqual(alerts.map((a) => a.expiresAt), [undefined]);
@@ -136,18 +148,14 @@ Deno.test("start() with an unreachable directory logs one line and keeps no cert
 });
 
 Deno.test("start() with unwritable storage logs one line before any request", async () => {
-  await using dir = await tempDir();
+  await using dir = await tempDir("lb-acme-");
   // A file where a folder should be: unwritable even for root.
   await Deno.writeTextFile(`${dir.path}/file`, "");
   const log = captureLog();
   const directoryUrl = refusingUrl().replace("http:", "https:") + "/dir";
   const manager = new AcmeManager({ ...options(`${dir.path}/file/acme`, directoryUrl), log });
-  assert.equal(await manager.start(), undefined);
-  await manager.stop();
-  const errors = log.lines.filter((l) => l.startsWith("ERROR"));
-  assert.equal(errors.length, 1, errors.join("\n"));
   assert.match(
-    errors[0],
+    await startFailing(manager, log),
     /: storage: cannot (read|write) .*\/file\/acme\/account\.key: Not a directory$/,
   );
 });
@@ -166,7 +174,7 @@ Deno.test({
       }
       return new Response("no such challenge", { status: 404 });
     });
-    await using storage = await tempDir();
+    await using storage = await tempDir("lb-acme-");
     await using backend = await startTestBackend(() => new Response("from the backend"));
     try {
       await using pebble = await startPebble({
@@ -182,6 +190,12 @@ Deno.test({
         });
         managers.add(manager);
         return manager;
+      };
+      const storedFiles = () => certificatePaths(storage.path, pebble.directoryUrl, DOMAINS);
+      /** A balancer over the backend serving the certificate stored for DOMAINS. */
+      const servingStored = () => {
+        const files = storedFiles();
+        return startTestBalancer([backend.url], { tlsCert: files.cert, tlsKey: files.key });
       };
       const issuedLines = () => pebble.lines.filter((l) => /Issued certificate/i.test(l)).length;
       let first: IssuedCertificate;
@@ -209,7 +223,7 @@ Deno.test({
       );
 
       await t.step("keys and certificates are stored with mode 0600 in 0700 folders", async () => {
-        const files = certificatePaths(storage.path, pebble.directoryUrl, DOMAINS);
+        const files = storedFiles();
         for (const path of [files.cert, files.key, accountKeyPath(storage.path)]) {
           assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600, path);
         }
@@ -234,11 +248,7 @@ Deno.test({
       await t.step(
         "the balancer serves it; requests for both names reach the backend",
         async () => {
-          const files = certificatePaths(storage.path, pebble.directoryUrl, DOMAINS);
-          await using lb = await startTestBalancer([backend.url], {
-            tlsCert: files.cert,
-            tlsKey: files.key,
-          });
+          await using lb = await servingStored();
           for (const name of DOMAINS) {
             const answer = await tlsGet(lb.port, name, root);
             assert.match(answer, /^HTTP\/1\.1 200 /);
@@ -251,11 +261,7 @@ Deno.test({
       await t.step(
         "renewal swaps the certificate under traffic with no failed request",
         async () => {
-          const files = certificatePaths(storage.path, pebble.directoryUrl, DOMAINS);
-          await using lb = await startTestBalancer([backend.url], {
-            tlsCert: files.cert,
-            tlsKey: files.key,
-          });
+          await using lb = await servingStored();
           let offset = 0;
           const reloads: string[] = [];
           let renewed: IssuedCertificate | undefined;
@@ -287,7 +293,7 @@ Deno.test({
               unanswered++;
               answer = await tlsGet(lb.port, DOMAINS[i % 2], root);
             }
-            statuses.push(answer.split("\r\n")[0]);
+            statuses.push(parseHead(answer).line);
             if (renewed !== undefined) after++;
           }
           if (unanswered > 0) {
@@ -305,7 +311,7 @@ Deno.test({
             ...["s_client", "-connect", `127.0.0.1:${lb.port}`, "-servername", DOMAINS[0]],
           );
           assert.equal(pemBody(served), pemBody(renewed!.certPem), "the new certificate is served");
-          assert.equal(await Deno.readTextFile(files.cert), renewed!.certPem);
+          assert.equal(await Deno.readTextFile(storedFiles().cert), renewed!.certPem);
           first = renewed!;
         },
       );
@@ -331,12 +337,7 @@ Deno.test({
           /renewing the certificate for a\.example\.com, b\.example\.com failed, keeping the current one \(expires .*\); next try in \d+ s: cannot reach https:\/\/127\.0\.0\.1:\d+\/dir: /,
         );
         assert.equal(manager.status().notAfter?.getTime(), first.notAfter.getTime());
-        assert.equal(
-          await Deno.readTextFile(
-            certificatePaths(storage.path, pebble.directoryUrl, DOMAINS).cert,
-          ),
-          first.certPem,
-        );
+        assert.equal(await Deno.readTextFile(storedFiles().cert), first.certPem);
       });
 
       await t.step("an order the server refuses is one clear line", async () => {
@@ -370,19 +371,10 @@ function options(storageDir: string, directoryUrl: string, domains = DOMAINS): A
   };
 }
 
-async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
-  const path = await Deno.makeTempDir({ prefix: "lb-acme-" });
-  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
-}
-
 function pemBlocks(text: string): string[] {
   return text.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
 }
 
 function pemBody(text: string): string | undefined {
   return pemBlocks(text)[0]?.replace(/\s+/g, "");
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

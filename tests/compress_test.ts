@@ -24,7 +24,8 @@ import {
   WHOLE_BODY_LIMIT,
 } from "../lib/compress.ts";
 import type { Problem } from "../lib/problem.ts";
-import { concat, rawExchangeBytes, waitFor } from "./helpers.ts";
+import { concat, sha256, waitFor, within } from "./helpers.ts";
+import { headEnd, rawResponse } from "./wire.ts";
 
 const SPEC: CompressSpec = structuredClone(DEFAULT_COMPRESS) as CompressSpec;
 const MIB = 1024 * 1024;
@@ -60,11 +61,6 @@ function streamedBody(total: number, chunkSize = 64 * 1024): ReadableStream<Uint
       controller.enqueue(chunk);
     },
   }, { highWaterMark: 0 });
-}
-
-async function sha256(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 async function expectedHash(total: number, chunkSize?: number): Promise<string> {
@@ -111,17 +107,15 @@ function streamingDecoder(encoding: Encoding) {
   };
 }
 
-/** Rejects with `what` when `promise` takes longer than `ms`; the timer is always cleared. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
+/** A backend body that sends two 4 KiB chunks, then fails with "backend reset". */
+function failingBody(): ReadableStream<Uint8Array> {
+  let sent = 0;
+  return new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (sent++ === 2) return controller.error(new Error("backend reset"));
+      controller.enqueue(textChunk(sent, 4096));
+    },
+  }, { highWaterMark: 0 });
 }
 
 function response(body: BodyInit | null, headers: HeadersInit = {}, status = 200): Response {
@@ -134,28 +128,13 @@ function response(body: BodyInit | null, headers: HeadersInit = {}, status = 200
 const big = () => "x".repeat(4096);
 const accepting = (value: string) => new Headers({ "accept-encoding": value });
 
-/** Splits a raw HTTP/1.1 answer into status line + headers and its de-chunked body. */
-function parseRaw(raw: Uint8Array): { head: string; headers: Headers; body: Uint8Array } {
-  const text = new TextDecoder("latin1").decode(raw);
-  const end = text.indexOf("\r\n\r\n");
-  assert.ok(end > 0, `no response head in ${JSON.stringify(text.slice(0, 200))}`);
-  const head = text.slice(0, end);
-  const headers = new Headers();
-  for (const line of head.split("\r\n").slice(1)) {
-    const colon = line.indexOf(":");
-    headers.append(line.slice(0, colon).trim(), line.slice(colon + 1).trim());
-  }
-  let rest = raw.subarray(end + 4);
-  if (headers.get("transfer-encoding") !== "chunked") return { head, headers, body: rest };
-  const chunks: Uint8Array[] = [];
-  for (let i = 0; i < 1_000_000; i++) {
-    const lineEnd = new TextDecoder("latin1").decode(rest.subarray(0, 20)).indexOf("\r\n");
-    const size = parseInt(new TextDecoder().decode(rest.subarray(0, lineEnd)), 16);
-    if (size === 0) break;
-    chunks.push(rest.subarray(lineEnd + 2, lineEnd + 2 + size));
-    rest = rest.subarray(lineEnd + 2 + size + 2);
-  }
-  return { head, headers, body: concat(chunks) };
+/** `method /` with `Accept-Encoding: acceptEncoding` over a raw socket, read to the close. */
+function askRaw(port: number, method: string, acceptEncoding: string, timeoutMs = 10_000) {
+  return rawResponse(
+    port,
+    `${method} / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: ${acceptEncoding}\r\nConnection: close\r\n\r\n`,
+    timeoutMs,
+  );
 }
 
 /**
@@ -529,13 +508,7 @@ for (const encoding of ENCODINGS) {
   });
 
   Deno.test(`compressResponse() with ${encoding} fails the body when the backend's fails`, async () => {
-    let sent = 0;
-    const body = new ReadableStream<Uint8Array>({
-      pull(controller) {
-        if (sent++ === 2) return controller.error(new Error("backend reset"));
-        controller.enqueue(textChunk(sent, 4096));
-      },
-    }, { highWaterMark: 0 });
+    const body = failingBody();
     const result = compressResponse(SPEC, "GET", accepting(encoding), response(body));
     await assert.rejects(within(result.arrayBuffer(), 10_000, "the body"), /backend reset/);
   });
@@ -571,12 +544,7 @@ Deno.test({
 for (const encoding of ENCODINGS) {
   Deno.test(`a Deno.serve using compressResponse() sends 5 MiB of ${encoding} that decodes byte-exact`, async () => {
     await using server = compressingServer(SPEC, () => response(streamedBody(5 * MIB)));
-    const raw = await rawExchangeBytes(
-      server.port,
-      `GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: ${encoding}\r\nConnection: close\r\n\r\n`,
-      30_000,
-    );
-    const { head, headers, body } = parseRaw(raw);
+    const { statusLine: head, headers, body } = await askRaw(server.port, "GET", encoding, 30_000);
     assert.match(head, /^HTTP\/1\.1 200/);
     assert.equal(headers.get("content-encoding"), encoding);
     assert.equal(headers.get("content-length"), null);
@@ -591,12 +559,7 @@ Deno.test("a Deno.serve using compressResponse() passes a backend-encoded body b
     SPEC,
     () => response(encoded.slice(), { "content-encoding": "gzip", etag: '"s"' }),
   );
-  const raw = await rawExchangeBytes(
-    server.port,
-    "GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, br, zstd\r\nConnection: close\r\n\r\n",
-    10_000,
-  );
-  const { headers, body } = parseRaw(raw);
+  const { headers, body } = await askRaw(server.port, "GET", "gzip, br, zstd");
   assert.equal(headers.get("content-encoding"), "gzip");
   assert.equal(headers.get("etag"), '"s"');
   assert.equal(headers.get("vary"), null);
@@ -605,12 +568,7 @@ Deno.test("a Deno.serve using compressResponse() passes a backend-encoded body b
 
 Deno.test("a Deno.serve using compressResponse() answers HEAD uncompressed with Vary", async () => {
   await using server = compressingServer(SPEC, () => response(big()));
-  const raw = await rawExchangeBytes(
-    server.port,
-    "HEAD / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
-    10_000,
-  );
-  const { headers, body } = parseRaw(raw);
+  const { headers, body } = await askRaw(server.port, "HEAD", "gzip");
   assert.equal(headers.get("content-encoding"), null);
   assert.equal(headers.get("vary"), "Accept-Encoding");
   assert.equal(body.length, 0);
@@ -641,15 +599,15 @@ Deno.test("a Deno.serve using compressResponse() streams: compressed bytes arriv
     );
     const buffer = new Uint8Array(65536);
     let received = new Uint8Array(0);
-    const headEnd = () => new TextDecoder("latin1").decode(received).indexOf("\r\n\r\n");
+    const end = () => headEnd(received);
     // Until the head and some body (a chunk-size line and gzip bytes) have arrived.
-    for (let i = 0; i < 100 && (headEnd() < 0 || received.length < headEnd() + 4 + 20); i++) {
+    for (let i = 0; i < 100 && (end() < 0 || received.length < end() + 4 + 20); i++) {
       const n = await within(conn.read(buffer), 10_000, "compressed bytes");
       if (n === null) break;
       received = concat([received, buffer.slice(0, n)]);
     }
-    assert.ok(headEnd() > 0);
-    assert.ok(received.length >= headEnd() + 24, "no compressed bytes before the backend ended");
+    assert.ok(end() > 0);
+    assert.ok(received.length >= end() + 24, "no compressed bytes before the backend ended");
     assert.equal(finished, false);
     assert.match(new TextDecoder().decode(received), /content-encoding: gzip/i);
     release();
@@ -688,12 +646,7 @@ for (const encoding of ENCODINGS) {
   Deno.test(`a Deno.serve using encodeResponse() sends ${encoding} with an exact Content-Length, byte-exact`, async () => {
     const total = WHOLE_BODY_LIMIT;
     await using server = compressingServer(SPEC, () => lengthed(total), true);
-    const raw = await rawExchangeBytes(
-      server.port,
-      `GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: ${encoding}\r\nConnection: close\r\n\r\n`,
-      10_000,
-    );
-    const { head, headers, body } = parseRaw(raw);
+    const { statusLine: head, headers, body } = await askRaw(server.port, "GET", encoding);
     assert.match(head, /^HTTP\/1\.1 200/);
     assert.equal(headers.get("transfer-encoding"), null);
     assert.equal(headers.get("content-encoding"), encoding);
@@ -779,13 +732,7 @@ Deno.test("encodeResponse() cancels the backend body when the signal fires while
 });
 
 Deno.test("encodeResponse() answers with a failing body when the backend's fails while read", async () => {
-  let sent = 0;
-  const body = new ReadableStream<Uint8Array>({
-    pull(controller) {
-      if (sent++ === 2) return controller.error(new Error("backend reset"));
-      controller.enqueue(textChunk(sent, 4096));
-    },
-  }, { highWaterMark: 0 });
+  const body = failingBody();
   const r = response(body, { "content-length": "100000" });
   const result = await encodeResponse(SPEC, "GET", accepting("zstd"), r);
   assert.equal(result.headers.get("content-length"), null);

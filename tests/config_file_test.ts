@@ -11,13 +11,13 @@ import {
   type Location,
   mergeSettings,
   OPS_DEFAULTS,
-  parseConfigText,
+  parseConfigSource,
   parseJsonc,
   type Problem,
-  readConfigFile,
   validateFileSettings,
 } from "../lib/config_file.ts";
 import { ConfigError } from "../lib/errors.ts";
+import { parseCommandLine } from "../lib/settings.ts";
 
 const SCHEMA_URL = new URL("../lb.schema.json", import.meta.url);
 const EXAMPLE_URL = new URL("../examples/lb.jsonc", import.meta.url);
@@ -39,7 +39,7 @@ function problemsOf(raw: unknown): string[] {
 
 function configFileError(text: string): ConfigFileError {
   try {
-    parseConfigText(text, "lb.jsonc");
+    parseConfigSource(text, "lb.jsonc");
   } catch (error) {
     assert.ok(error instanceof ConfigFileError, `not a ConfigFileError: ${error}`);
     return error;
@@ -381,9 +381,9 @@ Deno.test("validateFileSettings() wants an object at the top", () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// parseConfigText(), readConfigFile()
+// parseConfigSource(), parseCommandLine() --config
 
-Deno.test("parseConfigText() reports every problem with file, line and column", () => {
+Deno.test("parseConfigSource() reports every problem with file, line and column", () => {
   const error = configFileError(`{
   "backends": [
     "http://a:8081",
@@ -407,7 +407,7 @@ Deno.test("parseConfigText() reports every problem with file, line and column", 
   assert.equal(error.problems.length, 4);
 });
 
-Deno.test("parseConfigText() reports a syntax error with file, line and column", () => {
+Deno.test("parseConfigSource() reports a syntax error with file, line and column", () => {
   const error = configFileError('{\n  "port": 3030\n  "host": "::"\n}');
   assert.equal(error.message, 'lb.jsonc:3:3: expected "," or "}" after a member, found "\\""');
   assert.deepEqual(error.problems, [{
@@ -418,27 +418,28 @@ Deno.test("parseConfigText() reports a syntax error with file, line and column",
   }]);
 });
 
-Deno.test("readConfigFile() reads a file and names it in problems", async () => {
+Deno.test("parseCommandLine() reads the --config file and names it in problems", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const good = `${dir}/good.jsonc`;
     await Deno.writeTextFile(good, '{ "backends": ["http://a:1*2"], "timeout": "1m", }');
-    assert.deepEqual(await readConfigFile(good), {
-      backends: [{ url: "http://a:1", weight: 2 }],
-      timeout: 60_000,
-    });
+    const run = parseCommandLine(["--config", good]);
+    assert.ok(run.kind === "run");
+    assert.deepEqual(run.config.backends, [{ url: "http://a:1", weight: 2 }]);
+    assert.equal(run.config.timeout, 60_000);
 
     const bad = `${dir}/bad.jsonc`;
     await Deno.writeTextFile(bad, '{ "port": "80" }');
-    await assert.rejects(readConfigFile(bad), (error: unknown) => {
-      assert.ok(error instanceof ConfigFileError);
+    assert.throws(() => parseCommandLine(["--config", bad]), (error: unknown) => {
+      assert.ok(error instanceof ConfigError);
       assert.equal(error.message, `${bad}:1:3: port: "80" is not a port number`);
       return true;
     });
 
-    await assert.rejects(readConfigFile(`${dir}/missing.jsonc`), (error: unknown) => {
-      assert.ok(error instanceof ConfigFileError);
-      assert.equal(error.message, `${dir}/missing.jsonc: cannot read the file: no such file`);
+    const missing = `${dir}/missing.jsonc`;
+    assert.throws(() => parseCommandLine(["--config", missing]), (error: unknown) => {
+      assert.ok(error instanceof ConfigError);
+      assert.equal(error.message, `${missing}: cannot read the file: no such file`);
       return true;
     });
   } finally {
@@ -453,7 +454,7 @@ Deno.test("examples/lb.jsonc uses every key and has no problems", async () => {
   const raw = parseJsonc(await Deno.readTextFile(EXAMPLE_URL)) as Record<string, unknown>;
   assert.deepEqual(Object.keys(raw).sort(), [...IGNORED_KEYS, ...FILE_KEYS].sort());
   assert.deepEqual(validateFileSettings(raw).problems, []);
-  const settings = await readConfigFile(EXAMPLE_URL);
+  const { settings } = parseConfigSource(await Deno.readTextFile(EXAMPLE_URL), "lb.jsonc");
   assert.deepEqual(Object.keys(settings).sort(), [...FILE_KEYS].sort());
   assert.deepEqual(settings.backends, [
     { url: "http://10.0.0.11:8081", weight: 1 },

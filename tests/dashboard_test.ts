@@ -7,7 +7,7 @@
  * Whether it can be launched is decided once at module load; when it cannot, the browser tests
  * report themselves as ignored with the reason in their names, never passing silently.
  *
- * The browser test takes the README's screenshot into a temporary file and checks it; only
+ * The browser test takes the screenshot in docs/operations.md into a temporary file and checks it; only
  * `deno task screenshot` (which sets UPDATE_SCREENSHOT=1) copies it over docs/dashboard.png, so
  * a test run leaves the working tree as it found it.
  */
@@ -38,7 +38,7 @@ const CHROMIUM_ARGS = [
   "--disable-component-update",
   "--disable-sync",
 ];
-/** The README's screenshot, rewritten only when the environment asks (`deno task screenshot`). */
+/** The screenshot in docs/operations.md, rewritten only when the environment asks (`deno task screenshot`). */
 const SCREENSHOT = new URL("../docs/dashboard.png", import.meta.url);
 const UPDATE_SCREENSHOT = Deno.env.get("UPDATE_SCREENSHOT") === "1";
 /** Width of the browser's viewport, and so of the screenshot. */
@@ -312,7 +312,7 @@ Deno.test({
             ),
         );
 
-        // Let the charts show the failure and the drain, then take the README's screenshot.
+        // Let the charts show the failure and the drain, then take the screenshot in docs/operations.md.
         await delay(4000);
         await takeScreenshot(page);
 

@@ -22,9 +22,10 @@ import {
   unionOf,
   usableSrvRecords,
 } from "../lib/discovery.ts";
-import { parseDiscoveryTarget } from "../lib/config.ts";
+import { type Config, parseDiscoveryTarget } from "../lib/config.ts";
 import { startBalancer } from "../lib/balancer.ts";
 import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
+import type { Log } from "../lib/log.ts";
 import { type BackendSpec, Pool } from "../lib/pool.ts";
 import { createPolicy } from "../lib/policies/mod.ts";
 import {
@@ -545,6 +546,19 @@ function poolView(pool: Pool): string[] {
   return pool.backends.map((b) => `${b.url}*${b.weight} ${b.status}`).sort();
 }
 
+/** Balancer settings that discover `uris` from the test's `dns`, a round every 100 ms. */
+function discovering(dns: { address: string }, ...uris: string[]): Partial<Config> {
+  return { discover: uris, dnsServer: dns.address, discoverInterval: 100 };
+}
+
+/** The SRV name {@linkcode appSrv} records answer, as a discovery URI. */
+const APP_SRV = "dns+srv://_http._tcp.app.test";
+
+/** A balancer with no static backends that discovers {@linkcode APP_SRV} from `dns`. */
+function discoveringApp(dns: { address: string }, log?: Log) {
+  return startTestBalancer([], discovering(dns, APP_SRV), log);
+}
+
 /** The A record that {@linkcode appSrv} records point at: every test backend is on 127.0.0.1. */
 const APP_HOSTS = { "b.app.test": ["127.0.0.1"] };
 
@@ -575,11 +589,7 @@ dnsTest("SRV discovery: dnsmasq's records become the pool, with their weights", 
     srv: [appSrv(a, 3), appSrv(b, 1), appSrv(backup, 9, 1)],
   });
   const log = captureLog();
-  await using lb = await startTestBalancer([], {
-    discover: ["dns+srv://_http._tcp.app.test"],
-    dnsServer: dns.address,
-    discoverInterval: 100,
-  }, log);
+  await using lb = await discoveringApp(dns, log);
   assert.deepEqual(poolView(lb.balancer.pool), [`${a.url}*3 up`, `${b.url}*1 up`].sort());
   // Smooth weighted round-robin: 10 rounds of 3:1 are exact.
   assert.deepEqual(await countAnswers(lb.url, 40), { a: 30, b: 10 });
@@ -593,11 +603,7 @@ dnsTest("A discovery: every address dnsmasq gives joins on the given port", asyn
   await using _backends = disposeAll(backends);
   const port = backends[0].port;
   await using dns = await Dnsmasq.start({ hosts: { "web.app.test": ["127.0.0.2", "127.0.0.3"] } });
-  await using lb = await startTestBalancer([], {
-    discover: [`dns+a://web.app.test:${port}`],
-    dnsServer: dns.address,
-    discoverInterval: 100,
-  });
+  await using lb = await startTestBalancer([], discovering(dns, `dns+a://web.app.test:${port}`));
   assert.deepEqual(poolView(lb.balancer.pool), [
     `http://127.0.0.2:${port}*1 up`,
     `http://127.0.0.3:${port}*1 up`,
@@ -615,11 +621,11 @@ dnsTest(
       hosts: { "web.app.test": ["127.0.0.2", "127.0.0.3"] },
     });
     const log = captureLog();
-    await using lb = await startTestBalancer([], {
-      discover: [`dns+a://web.app.test:${b2.port}`],
-      dnsServer: dns.address,
-      discoverInterval: 100,
-    }, log);
+    await using lb = await startTestBalancer(
+      [],
+      discovering(dns, `dns+a://web.app.test:${b2.port}`),
+      log,
+    );
     const pool = lb.balancer.pool;
     const traffic = new SequentialTraffic(lb.url);
     try {
@@ -666,13 +672,9 @@ dnsTest(
   async () => {
     await using a = serveNamed("a");
     await using b = serveNamed("b");
-    await using c = serveNamed("c");
     await using dns = await Dnsmasq.start({ hosts: APP_HOSTS, srv: [appSrv(a), appSrv(b)] });
-    await using lb = await startTestBalancer([], {
-      discover: ["dns+srv://_http._tcp.app.test"],
-      dnsServer: dns.address,
-      discoverInterval: 100,
-    });
+    await using c = serveNamed("c"); // listed from the change on
+    await using lb = await discoveringApp(dns);
     const pool = lb.balancer.pool;
     const traffic = new SequentialTraffic(lb.url);
     try {
@@ -702,11 +704,8 @@ dnsTest(
     await using b = serveNamed("b");
     await using dns = await Dnsmasq.start({ hosts: APP_HOSTS, srv: [appSrv(a), appSrv(b)] });
     const log = captureLog();
-    await using lb = await startTestBalancer([], {
-      discover: ["dns+srv://_http._tcp.app.test"],
-      dnsServer: dns.address,
-      discoverInterval: 100, // lookups time out after 1 s (the minimum)
-    }, log);
+    // Lookups time out after 1 s (the minimum).
+    await using lb = await discoveringApp(dns, log);
     const pool = lb.balancer.pool;
     const warnings = () => log.lines.filter((line) => line.startsWith("WARN"));
     const both = [`${a.url}*1 up`, `${b.url}*1 up`].sort();
@@ -742,11 +741,7 @@ dnsTest("shutdown does not wait for a lookup that gets no answer (dnsmasq paused
   await using a = serveNamed("a");
   await using dns = await Dnsmasq.start({ hosts: { "web.app.test": ["127.0.0.1"] } });
   const lb = await startBalancer(
-    testConfig([], {
-      discover: [`dns+a://web.app.test:${a.port}`],
-      dnsServer: dns.address,
-      discoverInterval: 100,
-    }),
+    testConfig([], discovering(dns, `dns+a://web.app.test:${a.port}`)),
     captureLog(),
   );
   assert.equal(lb.pool.backends.length, 1);
@@ -761,16 +756,13 @@ dnsTest("shutdown does not wait for a lookup that gets no answer (dnsmasq paused
 dnsTest(
   "static and discovered backends share the pool; a reload keeps the discovered ones",
   async () => {
+    // DNS also lists the static backend s (with another weight): the pool keeps it once, as
+    // configured.
     await using s = serveNamed("s");
     await using d = serveNamed("d");
     await using x = serveNamed("x");
-    // DNS also lists the static backend (with another weight): the pool keeps it once, as configured.
     await using dns = await Dnsmasq.start({ hosts: APP_HOSTS, srv: [appSrv(s, 5), appSrv(d, 1)] });
-    const overrides = {
-      discover: ["dns+srv://_http._tcp.app.test"],
-      dnsServer: dns.address,
-      discoverInterval: 100,
-    };
+    const overrides = discovering(dns, APP_SRV);
     await using lb = await startTestBalancer([s.url], overrides);
     const pool = lb.balancer.pool;
     assert.deepEqual(poolView(pool), [`${d.url}*1 up`, `${s.url}*1 up`].sort());

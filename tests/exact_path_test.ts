@@ -17,7 +17,6 @@ import { fetchRewritesTarget } from "../lib/upstream.ts";
 import {
   captureLog,
   concat,
-  rawExchange,
   rawServer,
   refusingUrl,
   startTestBalancer,
@@ -25,7 +24,7 @@ import {
   writeAll,
 } from "./helpers.ts";
 import { installed, Pki } from "./pki.ts";
-import { headEnd, Wire } from "./wire.ts";
+import { headerValues, parseHead, type RawResponse, rawResponse, Wire } from "./wire.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -127,12 +126,8 @@ function recordingBackend(answer: Answer = OK, tls?: { cert: string; key: string
     for (let i = 0; i < 1000; i++) {
       const head = await wire.head();
       if (head === null) return;
-      const [line, ...fields] = head.split("\r\n");
-      const headers = new Headers();
-      for (const field of fields) {
-        const colon = field.indexOf(":");
-        headers.append(field.slice(0, colon).trim(), field.slice(colon + 1).trim());
-      }
+      const { line, fields } = parseHead(head);
+      const headers = new Headers(fields);
       const length = Number(headers.get("content-length") ?? 0);
       const body = headers.get("transfer-encoding") === "chunked"
         ? await wire.chunked()
@@ -172,41 +167,9 @@ function recordingBackend(answer: Answer = OK, tls?: { cert: string; key: string
   };
 }
 
-/** A response read by a raw client. */
-interface RawResponse {
-  status: number;
-  /** Header lines in order, names lower-cased, repeats kept. */
-  headers: [string, string][];
-  body: Uint8Array;
-}
-
 /** Sends raw request bytes on a new connection (ending with `Connection: close`); parses the answer. */
-async function send(port: number, request: string | Uint8Array): Promise<RawResponse> {
-  const { bytes } = await rawExchange(port, request, WAIT_MS);
-  const end = headEnd(bytes);
-  assert.ok(end !== -1, `no response head in: ${decoder.decode(bytes)}`);
-  const [statusLine, ...lines] = decoder.decode(bytes.subarray(0, end)).split("\r\n");
-  const headers = lines.map((line): [string, string] => {
-    const colon = line.indexOf(":");
-    return [line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim()];
-  });
-  let body = bytes.subarray(end + 4);
-  if (headers.some(([n, v]) => n === "transfer-encoding" && v === "chunked")) {
-    const parts: Uint8Array[] = [];
-    for (let i = 0; i < 100_000;) {
-      const lf = body.indexOf(10, i);
-      const size = parseInt(decoder.decode(body.subarray(i, lf)), 16);
-      if (!(size > 0)) break;
-      parts.push(body.subarray(lf + 1, lf + 1 + size));
-      i = lf + 1 + size + 2;
-    }
-    body = concat(parts);
-  }
-  return { status: Number(statusLine.split(" ")[1]), headers, body };
-}
-
-function header(response: RawResponse, name: string): string[] {
-  return response.headers.filter(([n]) => n === name).map(([, v]) => v);
+function send(port: number, request: string | Uint8Array): Promise<RawResponse> {
+  return rawResponse(port, request, WAIT_MS);
 }
 
 function get(path: string, extra = ""): string {
@@ -334,11 +297,11 @@ Deno.test("responses to odd paths are relayed as sent: two Set-Cookie, gzip unto
   await using lb = await startTestBalancer([backend.url]);
   const response = await send(lb.port, get("/a/../gz", "Accept-Encoding: gzip\r\n"));
   assert.equal(response.status, 200);
-  assert.deepEqual(header(response, "set-cookie"), ["a=1; Path=/", "b=2; Path=/"]);
-  assert.deepEqual(header(response, "content-encoding"), ["gzip"]);
-  assert.deepEqual(header(response, "content-length"), [String(gzipped.length)]);
-  assert.deepEqual(header(response, "etag"), ['"v1"'], "a strong ETag stays strong");
-  assert.deepEqual(header(response, "x-custom"), ["kept"]);
+  assert.deepEqual(headerValues(response, "set-cookie"), ["a=1; Path=/", "b=2; Path=/"]);
+  assert.deepEqual(headerValues(response, "content-encoding"), ["gzip"]);
+  assert.deepEqual(headerValues(response, "content-length"), [String(gzipped.length)]);
+  assert.deepEqual(headerValues(response, "etag"), ['"v1"'], "a strong ETag stays strong");
+  assert.deepEqual(headerValues(response, "x-custom"), ["kept"]);
   assert.deepEqual(response.body, gzipped, "the compressed bytes, untouched");
   assert.equal(backend.seen[0].headers.get("accept-encoding"), "gzip");
 
@@ -347,7 +310,7 @@ Deno.test("responses to odd paths are relayed as sent: two Set-Cookie, gzip unto
     `HEAD /a/../gz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
   );
   assert.equal(head.status, 200);
-  assert.deepEqual(header(head, "content-length"), ["1234"]);
+  assert.deepEqual(headerValues(head, "content-length"), ["1234"]);
   assert.equal(head.body.length, 0);
   assert.equal(backend.seen[1].line, "HEAD /a/../gz HTTP/1.1");
   // The connection stayed in sync after the bodiless answer: the next request reuses it.

@@ -8,7 +8,8 @@ import {
   delay,
   getText,
   hangingConnectUrl,
-  rawRequest,
+  namedBackend,
+  rawExchange,
   rawServer,
   readHead,
   refusingUrl,
@@ -17,11 +18,38 @@ import {
   waitFor,
 } from "./helpers.ts";
 import { afterDelay } from "../lib/upstream.ts";
+import { rawResponse } from "./wire.ts";
+
+/**
+ * A backend handler that answers after `ms` unless the request is cancelled first, counting
+ * the cancellations (a client hang-up must reach the backend as one).
+ */
+function answerAfter(ms: number) {
+  const slow = {
+    cancelled: 0,
+    handler: (req: Request) =>
+      new Promise<Response>((resolve) => {
+        const timer = setTimeout(() => resolve(new Response("slow")), ms);
+        req.signal.addEventListener("abort", () => {
+          clearTimeout(timer);
+          slow.cancelled++;
+          resolve(new Response("cancelled"));
+        });
+      }),
+  };
+  return slow;
+}
+
+/** `count` raw-socket clients at once, each hanging up `afterMs` after sending its request. */
+async function hangUps(port: number, count: number, afterMs: number): Promise<void> {
+  const request = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+  await Promise.all(Array.from({ length: count }, () => rawExchange(port, request, afterMs)));
+}
 
 Deno.test("round-robin: K*N sequential requests give each of N backends exactly K", async () => {
-  await using a = await startTestBackend(() => new Response("a"));
-  await using b = await startTestBackend(() => new Response("b"));
-  await using c = await startTestBackend(() => new Response("c"));
+  await using a = await namedBackend("a");
+  await using b = await namedBackend("b");
+  await using c = await namedBackend("c");
   await using lb = await startTestBalancer([a.url, b.url, c.url]);
   const K = 20;
   for (let i = 0; i < K * 3; i++) assert.equal((await getText(lb.url)).status, 200);
@@ -29,9 +57,9 @@ Deno.test("round-robin: K*N sequential requests give each of N backends exactly 
 });
 
 Deno.test("a backend killed mid-run costs zero failed GETs", async () => {
-  await using a = await startTestBackend(() => new Response("a"));
-  await using b = await startTestBackend(() => new Response("b"));
-  const c = await startTestBackend(() => new Response("c"));
+  await using a = await namedBackend("a");
+  await using b = await namedBackend("b");
+  const c = await namedBackend("c");
   await using lb = await startTestBalancer([a.url, b.url, c.url]);
   const statuses: number[] = [];
   for (let i = 0; i < 60; i++) {
@@ -136,7 +164,7 @@ Deno.test("a timed-out GET is not retried either: 504, and the second backend re
     await readHead(conn);
     // never answer
   });
-  await using good = await startTestBackend(() => new Response("good"));
+  await using good = await namedBackend("good");
   await using lb = await startTestBalancer([hole.url, good.url], { timeout: 300, retries: 2 });
   // Idempotent, but a timed-out request may still be running: repeating it multiplies the load
   // on a backend that is already struggling.
@@ -150,7 +178,7 @@ Deno.test("a reset before headers: GET is retried elsewhere, POST is not (502)",
     await readHead(conn);
     conn.close();
   });
-  await using good = await startTestBackend(() => new Response("good"));
+  await using good = await namedBackend("good");
   await using lb = await startTestBalancer([resetter.url, good.url], { retries: 2 });
 
   // Round-robin starts at the resetter: the GET is retried on the good backend.
@@ -186,33 +214,21 @@ Deno.test("a backend resetting mid-body aborts the client's response", async () 
   await assert.rejects(() => response.arrayBuffer(), "a truncated body must not look complete");
 
   // Over a raw socket: the connection ends without the promised 100000 bytes.
-  const raw = await rawRequest(lb.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 3000);
-  const body = raw.slice(raw.indexOf("\r\n\r\n") + 4);
-  assert.ok(raw.startsWith("HTTP/1.1 200"));
-  assert.ok(body.length < 100000);
-  assert.ok(!/\r\n0\r\n\r\n$/.test(raw), "no terminating chunk");
+  const raw = await rawResponse(lb.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 3000);
+  assert.equal(raw.status, 200);
+  assert.ok(raw.wireBody.length < 100000);
+  assert.ok(!/\r\n0\r\n\r\n$/.test(new TextDecoder().decode(raw.wireBody)), "no terminating chunk");
 });
 
 Deno.test("20 clients hanging up mid-request cancel the upstream request and leave every backend in service", async () => {
-  let cancelled = 0;
-  const slow = (req: Request) =>
-    new Promise<Response>((resolve) => {
-      const timer = setTimeout(() => resolve(new Response("slow")), 2000);
-      req.signal.addEventListener("abort", () => {
-        clearTimeout(timer);
-        cancelled++;
-        resolve(new Response("cancelled"));
-      });
-    });
-  await using a = await startTestBackend(slow);
-  await using b = await startTestBackend(slow);
+  const slow = answerAfter(2000);
+  await using a = await startTestBackend(slow.handler);
+  await using b = await startTestBackend(slow.handler);
   await using lb = await startTestBalancer([a.url, b.url]);
-  await Promise.all(
-    Array.from({ length: 20 }, () => rawRequest(lb.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 100)),
-  );
+  await hangUps(lb.port, 20, 100);
   assert.ok(
-    await waitFor(() => cancelled === 20, 3000),
-    `upstream requests cancelled: ${cancelled}`,
+    await waitFor(() => slow.cancelled === 20, 3000),
+    `upstream requests cancelled: ${slow.cancelled}`,
   );
   for (const backend of lb.balancer.pool.backends) {
     assert.equal(backend.state, "up");
@@ -224,33 +240,19 @@ Deno.test("20 clients hanging up mid-request cancel the upstream request and lea
 });
 
 Deno.test("24 client hang-ups neither count as failures nor eject a backend (--eject-after 2)", async () => {
-  let cancelled = 0;
-  const slow = (req: Request) =>
-    new Promise<Response>((resolve) => {
-      const timer = setTimeout(() => resolve(new Response("slow")), 5000);
-      req.signal.addEventListener("abort", () => {
-        clearTimeout(timer);
-        cancelled++;
-        resolve(new Response("cancelled"));
-      });
-    });
-  await using a = await startTestBackend(slow);
-  await using b = await startTestBackend(slow);
+  const slow = answerAfter(5000);
+  await using a = await startTestBackend(slow.handler);
+  await using b = await startTestBackend(slow.handler);
   // Two failures in a row eject; with two backends, one of them may be ejected (50 %).
   await using lb = await startTestBalancer([a.url, b.url], {
     ejectAfter: 2,
     admin: { host: "127.0.0.1", port: 0 },
   });
   const HANG_UPS = 24;
-  await Promise.all(
-    Array.from(
-      { length: HANG_UPS },
-      () => rawRequest(lb.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 150),
-    ),
-  );
+  await hangUps(lb.port, HANG_UPS, 150);
   assert.ok(
-    await waitFor(() => cancelled === HANG_UPS, 5000),
-    `upstream requests cancelled: ${cancelled}`,
+    await waitFor(() => slow.cancelled === HANG_UPS, 5000),
+    `upstream requests cancelled: ${slow.cancelled}`,
   );
   assert.equal(a.received.length + b.received.length, HANG_UPS);
   for (const backend of lb.balancer.pool.backends) {

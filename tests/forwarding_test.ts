@@ -13,18 +13,19 @@ import {
   gunzipSync,
   gzipSync,
 } from "node:zlib";
-import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
 import {
   concat,
-  rawExchangeBytes,
+  rawReplyBackend,
   rawRequest,
   refusingUrl,
+  sha256,
   startTestBackend,
   startTestBalancer,
   TEST_FRONTEND,
   TEST_TRANSPORT,
-  writeAll,
+  within,
 } from "./helpers.ts";
+import { headerOf, type RawResponse, rawResponse } from "./wire.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -38,93 +39,21 @@ function pathOf(req: Request): string {
   return req.url.slice(req.url.indexOf("/", req.url.indexOf("://") + 3));
 }
 
-async function sha256(bytes: Uint8Array): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new Uint8Array(bytes));
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
 function randomBytes(length: number): Uint8Array<ArrayBuffer> {
   const bytes = new Uint8Array(length);
   for (let i = 0; i < length; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
   return bytes;
 }
 
-/** Resolves like `promise`, or rejects naming `what` after `ms`; the timer never outlives it. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms}ms waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** A parsed raw HTTP/1.1 response: header names lower-cased, in order, repeats kept. */
-interface RawResponse {
-  status: number;
-  headers: [string, string][];
-  /** Body bytes as framed on the wire (chunked framing removed). */
-  body: Uint8Array;
-  /** Body bytes exactly as they followed the head (framing included). */
-  wireBody: Uint8Array;
-}
-
-/** All values of `name`, joined with ", " (undefined when absent). */
-function headerOf(response: RawResponse, name: string): string | undefined {
-  const values = response.headers.filter(([n]) => n === name).map(([, v]) => v);
-  return values.length === 0 ? undefined : values.join(", ");
-}
-
-function parseRaw(bytes: Uint8Array): RawResponse {
-  const text = decoder.decode(bytes);
-  const headEnd = findBytes(bytes, encoder.encode("\r\n\r\n"), 0);
-  assert.ok(headEnd !== -1, `incomplete response: ${JSON.stringify(text.slice(0, 500))}`);
-  const [statusLine, ...lines] = decoder.decode(bytes.subarray(0, headEnd)).split("\r\n");
-  assert.match(statusLine, /^HTTP\/1\.1 \d{3}/);
-  const headers = lines.map((line): [string, string] => {
-    const colon = line.indexOf(":");
-    return [line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim()];
-  });
-  const wireBody = bytes.subarray(headEnd + 4);
-  const chunked = headers.some(([n, v]) => n === "transfer-encoding" && /chunked/i.test(v));
-  return {
-    status: Number(statusLine.split(" ")[1]),
-    headers,
-    wireBody,
-    body: chunked ? dechunk(wireBody) : wireBody,
-  };
-}
-
-function findBytes(haystack: Uint8Array, needle: Uint8Array, from: number): number {
-  outer: for (let i = from; i <= haystack.length - needle.length; i++) {
-    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
-    return i;
-  }
-  return -1;
-}
-
-/** Removes chunked framing; fails on a truncated body (no last chunk). */
-function dechunk(framed: Uint8Array): Uint8Array {
-  const crlf = encoder.encode("\r\n");
-  const chunks: Uint8Array[] = [];
-  let offset = 0;
-  for (;;) {
-    const lineEnd = findBytes(framed, crlf, offset);
-    assert.ok(lineEnd !== -1, "chunked body ends without its last chunk");
-    const size = parseInt(decoder.decode(framed.subarray(offset, lineEnd)).split(";")[0], 16);
-    assert.ok(Number.isInteger(size), "bad chunk size line");
-    if (size === 0) return concat(chunks);
-    chunks.push(framed.subarray(lineEnd + 2, lineEnd + 2 + size));
-    offset = lineEnd + 2 + size + 2;
-  }
-}
-
-/** A raw exchange whose response is kept as bytes (compressed bodies are binary). */
-async function rawExchange(port: number, request: string, timeoutMs = 3000): Promise<RawResponse> {
-  return parseRaw(await rawExchangeBytes(port, request, timeoutMs));
+/**
+ * `request` ("METHOD /path") with the `fields` given (and `Host: ok` unless they name a Host),
+ * then `Connection: close`, sent over a raw socket; the answer parsed, body kept as bytes
+ * (compressed bodies are binary).
+ */
+function ask(port: number, request: string, ...fields: string[]): Promise<RawResponse> {
+  const host = fields.some((field) => /^host:/i.test(field)) ? [] : ["Host: ok"];
+  const head = [`${request} HTTP/1.1`, ...host, ...fields, "Connection: close", "", ""];
+  return rawResponse(port, head.join("\r\n"));
 }
 
 /** Asserts the framing headers describe exactly the bytes that followed the head. */
@@ -133,67 +62,6 @@ function assertTruthfulFraming(response: RawResponse): void {
   const transfer = headerOf(response, "transfer-encoding");
   assert.ok(length === undefined || transfer === undefined, "both Content-Length and chunked");
   if (length !== undefined) assert.equal(Number(length), response.wireBody.length);
-}
-
-/**
- * A backend on a raw socket that answers every request with the same bytes and closes: for
- * responses Deno.serve would not let a handler produce (repeated Connection, chunked + trailer).
- */
-interface RawBackend extends AsyncDisposable {
-  readonly url: string;
-  /** Request heads received, health checks excluded. */
-  readonly heads: string[];
-}
-
-function startRawBackend(response: string): RawBackend {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const heads: string[] = [];
-  const open = new Set<Deno.Conn>();
-  const serving = new Set<Promise<void>>();
-  async function serve(conn: Deno.Conn): Promise<void> {
-    open.add(conn);
-    try {
-      let head = "";
-      const buffer = new Uint8Array(16 * 1024);
-      while (!head.includes("\r\n\r\n")) {
-        const n = await conn.read(buffer);
-        if (n === null) return;
-        head += decoder.decode(buffer.subarray(0, n));
-      }
-      if (!head.includes(HEALTH_CHECK_USER_AGENT)) heads.push(head);
-      await writeAll(conn, encoder.encode(response));
-    } catch {
-      // the balancer went away: nothing to answer
-    } finally {
-      open.delete(conn);
-      try {
-        conn.close();
-      } catch { /* closed by dispose */ }
-    }
-  }
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        const task = serve(conn);
-        serving.add(task);
-        task.finally(() => serving.delete(task));
-      }
-    } catch { /* listener closed */ }
-  })();
-  return {
-    url: `http://127.0.0.1:${listener.addr.port}`,
-    heads,
-    async [Symbol.asyncDispose]() {
-      listener.close();
-      await accepting;
-      for (const conn of open) {
-        try {
-          conn.close();
-        } catch { /* already closed */ }
-      }
-      await Promise.all(serving);
-    },
-  };
 }
 
 Deno.test("balancer relays status, body and custom headers", async () => {
@@ -232,10 +100,7 @@ Deno.test("balancer answers HEAD with the GET headers and no body", async () => 
     new Response("hello world", { headers: { "x-custom": "yes" } })
   );
   await using lb = await startTestBalancer([backend.url]);
-  const raw = await rawExchange(
-    lb.port,
-    "HEAD /thing HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n",
-  );
+  const raw = await ask(lb.port, "HEAD /thing");
   assert.equal(raw.status, 200);
   assert.equal(headerOf(raw, "x-custom"), "yes");
   assert.equal(headerOf(raw, "content-length"), "11");
@@ -246,10 +111,7 @@ Deno.test("balancer answers HEAD with the GET headers and no body", async () => 
 Deno.test("balancer relays 204 with no body and no framing headers", async () => {
   await using backend = await startTestBackend(() => new Response(null, { status: 204 }));
   await using lb = await startTestBalancer([backend.url]);
-  const raw = await rawExchange(
-    lb.port,
-    "DELETE /item HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n",
-  );
+  const raw = await ask(lb.port, "DELETE /item");
   assert.equal(raw.status, 204);
   assert.equal(raw.wireBody.length, 0);
   assert.equal(headerOf(raw, "transfer-encoding"), undefined);
@@ -267,10 +129,7 @@ Deno.test("balancer relays 304 Not Modified with its ETag and no body", async ()
   assert.equal(response.status, 304);
   assert.equal(response.headers.get("etag"), `"v1"`);
   assert.equal(await response.text(), "");
-  const raw = await rawExchange(
-    lb.port,
-    `GET / HTTP/1.1\r\nHost: ok\r\nIf-None-Match: "v1"\r\nConnection: close\r\n\r\n`,
-  );
+  const raw = await ask(lb.port, "GET /", `If-None-Match: "v1"`);
   assert.equal(raw.status, 304);
   assert.equal(raw.wireBody.length, 0);
 });
@@ -299,8 +158,18 @@ Deno.test("balancer relays redirects without following them", async () => {
   assert.deepEqual(backend.received.map((r) => r.path), Object.keys(locations));
 });
 
+/** Hop-by-hop fields (and those Connection names) that both strip tests send and expect gone. */
+const HOP_BY_HOP_SENT = [
+  "x-secret",
+  "x-other-secret",
+  "keep-alive",
+  "proxy-connection",
+  "upgrade",
+  "trailer",
+];
+
 Deno.test("balancer strips hop-by-hop and Connection-named headers from responses", async () => {
-  await using backend = startRawBackend(
+  await using backend = rawReplyBackend(
     "HTTP/1.1 200 OK\r\n" +
       "Connection: close, X-Secret\r\n" +
       "Connection: x-other-secret\r\n" +
@@ -317,23 +186,12 @@ Deno.test("balancer strips hop-by-hop and Connection-named headers from response
       "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n",
   );
   await using lb = await startTestBalancer([backend.url]);
-  const raw = await rawExchange(lb.port, "GET / HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n");
+  const raw = await ask(lb.port, "GET /");
   assert.equal(raw.status, 200);
   assert.equal(decoder.decode(raw.body), "hello world");
   assert.equal(headerOf(raw, "x-custom"), "yes");
-  const names = raw.headers.map(([name]) => name);
-  for (
-    const name of [
-      "x-secret",
-      "x-other-secret",
-      "keep-alive",
-      "proxy-connection",
-      "proxy-authenticate",
-      "upgrade",
-      "trailer",
-      "x-checksum",
-    ]
-  ) {
+  const names = raw.fields.map(([name]) => name);
+  for (const name of [...HOP_BY_HOP_SENT, "proxy-authenticate", "x-checksum"]) {
     assert.ok(!names.includes(name), `client saw ${name}`);
   }
   // The balancer may say `Connection: close` for itself, but must not repeat the backend's list.
@@ -371,18 +229,7 @@ Deno.test("balancer strips hop-by-hop and Connection-named headers from requests
   assert.match(raw, /^HTTP\/1\.1 200 /);
   assert.equal(backend.received.length, 1);
   const seen = backend.received[0].headers;
-  for (
-    const name of [
-      "x-secret",
-      "x-other-secret",
-      "keep-alive",
-      "proxy-connection",
-      "proxy-authorization",
-      "te",
-      "trailer",
-      "upgrade",
-    ]
-  ) {
+  for (const name of [...HOP_BY_HOP_SENT, "proxy-authorization", "te"]) {
     assert.equal(seen.has(name), false, `backend saw ${name}`);
   }
   assert.doesNotMatch(seen.get("connection") ?? "", /secret/i);
@@ -393,14 +240,17 @@ Deno.test("balancer strips hop-by-hop and Connection-named headers from requests
 Deno.test("balancer replaces a spoofed X-Forwarded-For and sets X-Forwarded-Proto", async () => {
   await using backend = await startTestBackend();
   await using lb = await startTestBalancer([backend.url]);
-  const raw = await rawRequest(
+  const raw = await ask(
     lb.port,
-    "GET / HTTP/1.1\r\nHost: site.example\r\n" +
-      "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n" +
-      "X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n" +
-      "Forwarded: for=6.6.6.6;proto=https\r\nConnection: close\r\n\r\n",
+    "GET /",
+    "Host: site.example",
+    "X-Forwarded-For: 6.6.6.6",
+    "X-Forwarded-For: 7.7.7.7",
+    "X-Forwarded-Proto: https",
+    "X-Forwarded-Host: evil.example",
+    "Forwarded: for=6.6.6.6;proto=https",
   );
-  assert.match(raw, /^HTTP\/1\.1 200 /);
+  assert.equal(raw.status, 200);
   const seen = backend.received[0].headers;
   assert.equal(seen.get("x-forwarded-for"), "127.0.0.1");
   assert.equal(seen.get("x-forwarded-proto"), "http");
@@ -478,10 +328,7 @@ Deno.test("balancer relays gzip and br bodies to a raw client with truthful head
   await using backend = await compressingBackend();
   await using lb = await startTestBalancer([backend.url]);
   for (const [coding, { decode }] of Object.entries(COMPRESSED)) {
-    const raw = await rawExchange(
-      lb.port,
-      `GET /${coding} HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: ${coding}\r\nConnection: close\r\n\r\n`,
-    );
+    const raw = await ask(lb.port, `GET /${coding}`, `Accept-Encoding: ${coding}`);
     assert.equal(raw.status, 200);
     assertTruthfulFraming(raw);
     const encoding = headerOf(raw, "content-encoding");
@@ -509,10 +356,7 @@ Deno.test({
   async fn() {
     await using backend = await compressingBackend();
     await using lb = await startTestBalancer([backend.url]);
-    const raw = await rawExchange(
-      lb.port,
-      "HEAD /gzip HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
-    );
+    const raw = await ask(lb.port, "HEAD /gzip", "Accept-Encoding: gzip");
     assert.equal(raw.status, 200);
     assert.equal(raw.wireBody.length, 0);
     const length = headerOf(raw, "content-length");
@@ -540,11 +384,7 @@ Deno.test("balancer passes deflate and zstd bodies through untouched", async () 
   });
   await using lb = await startTestBalancer([backend.url]);
   for (const [coding, body] of Object.entries(bodies)) {
-    const raw = await rawExchange(
-      lb.port,
-      `GET /${coding} HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n` +
-        "Connection: close\r\n\r\n",
-    );
+    const raw = await ask(lb.port, `GET /${coding}`, "Accept-Encoding: gzip, deflate, br, zstd");
     assert.equal(raw.status, 200);
     assertTruthfulFraming(raw);
     assert.equal(headerOf(raw, "content-encoding"), coding);
@@ -556,10 +396,7 @@ Deno.test("balancer passes deflate and zstd bodies through untouched", async () 
 Deno.test("balancer passes gzip through untouched to a client that asked for identity", async () => {
   await using backend = await compressingBackend();
   await using lb = await startTestBalancer([backend.url]);
-  const raw = await rawExchange(
-    lb.port,
-    "GET /gzip HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
-  );
+  const raw = await ask(lb.port, "GET /gzip", "Accept-Encoding: identity");
   assert.equal(backend.received[0].headers.get("accept-encoding"), "identity");
   assertTruthfulFraming(raw);
   assert.equal(headerOf(raw, "content-encoding"), "gzip");
@@ -577,11 +414,7 @@ Deno.test("balancer passes a ranged gzip response through undecoded", async () =
     });
   });
   await using lb = await startTestBalancer([backend.url]);
-  const raw = await rawExchange(
-    lb.port,
-    "GET /gzip HTTP/1.1\r\nHost: ok\r\nAccept-Encoding: gzip\r\nRange: bytes=0-9\r\n" +
-      "Connection: close\r\n\r\n",
-  );
+  const raw = await ask(lb.port, "GET /gzip", "Accept-Encoding: gzip", "Range: bytes=0-9");
   assert.equal(raw.status, 206);
   assertTruthfulFraming(raw);
   assert.equal(headerOf(raw, "content-encoding"), "gzip");

@@ -23,11 +23,10 @@ function contextWith(headers: HeadersInit = {}, url = "http://lb.test/"): Select
 
 const KEYS = Array.from({ length: 10_000 }, (_, i) => `client-${i}`);
 
-/** Maps every key through the table path: the same array twice makes it the table's set. */
+/** Maps every key through the table, told `candidates` as the pool tells it. */
 function mapAll(policy: HashPolicy, candidates: readonly Backend[]): Backend[] {
-  policy.selectByKey(candidates, "warm-up");
-  policy.selectByKey(candidates, "warm-up");
-  return KEYS.map((key) => policy.selectByKey(candidates, key));
+  policy.rebuild(candidates);
+  return KEYS.map((key) => policy.selectByKey(key)!);
 }
 
 Deno.test("parseHashKey() accepts ip, path, header:NAME and cookie:NAME", () => {
@@ -72,11 +71,13 @@ Deno.test("HashPolicy.select() sends the same key to the same backend every time
   const policy = new HashPolicy({ key: "header:x-user" });
   const candidates = backends(1, 1, 1, 1, 1);
   const context = contextWith({ "x-user": "alice" });
-  const first = policy.select(candidates, context);
+  policy.rebuild(candidates);
+  const first = policy.select(context);
   for (let i = 0; i < 100; i++) {
-    assert.equal(policy.select(candidates, context), first);
-    // Interleaved retries with other arrays must not disturb the answer for the full set.
-    policy.select(candidates.filter((b) => b !== candidates[i % 5]), context);
+    assert.equal(policy.select(context), first);
+    // Interleaved retries skipping a backend must not disturb the answer for the full set.
+    const retry = policy.select(context, (b) => b !== candidates[i % 5]);
+    assert.equal(retry === first, first !== candidates[i % 5]);
   }
 });
 
@@ -104,11 +105,11 @@ for (const n of [5, 10]) {
     const leaving = all[2];
     const before = mapAll(policy, all);
     const remaining = all.filter((b) => b !== leaving);
-    // The same instance updates its table in place; a fresh one builds from scratch; a retry
-    // (a new array each call) is answered without the table. All three must agree.
+    // A retry that skips the leaving backend is answered without the table; the same instance
+    // then updates its table in place; a fresh one builds from scratch. All three must agree.
+    const onTheFly = KEYS.map((key) => policy.selectByKey(key, (b) => b !== leaving)!);
     const after = mapAll(policy, remaining);
     const fresh = mapAll(new HashPolicy(), remaining);
-    const onTheFly = KEYS.map((key) => policy.selectByKey([...remaining], key));
     assert.deepEqual(after, fresh);
     assert.deepEqual(after, onTheFly);
     let moved = 0;
@@ -155,6 +156,33 @@ Deno.test("HashPolicy.select() stays consistent through many joins and leaves at
   for (const set of sets) {
     assert.deepEqual(mapAll(policy, set), mapAll(new HashPolicy({ tableSize: 4096 }), set));
   }
+});
+
+Deno.test("HashPolicy.rebuild() after a weight change maps as a fresh table would", () => {
+  const policy = new HashPolicy({ tableSize: 4096 });
+  const set = backends(1, 1, 1, 1);
+  const before = mapAll(policy, set);
+  set[0].weight = 5;
+  const after = mapAll(policy, set);
+  assert.deepEqual(after, mapAll(new HashPolicy({ tableSize: 4096 }), set));
+  // Only the heavier backend gains keys: no key moves between the others.
+  for (let i = 0; i < KEYS.length; i++) {
+    if (after[i] !== before[i]) assert.equal(after[i], set[0], `key ${KEYS[i]}`);
+  }
+});
+
+Deno.test("HashPolicy.select() with `accept` gives the owner when accepted, else the runner-up", () => {
+  const policy = new HashPolicy();
+  const set = backends(1, 2, 3, 1, 2);
+  const owners = mapAll(policy, set);
+  for (let i = 0; i < 500; i++) {
+    assert.equal(policy.selectByKey(KEYS[i], () => true), owners[i]);
+    const skipping = set.filter((b) => b !== owners[i]);
+    const fresh = new HashPolicy();
+    fresh.rebuild(skipping);
+    assert.equal(policy.selectByKey(KEYS[i], (b) => b !== owners[i]), fresh.selectByKey(KEYS[i]));
+  }
+  assert.equal(policy.selectByKey("k", () => false), undefined);
 });
 
 Deno.test("new HashPolicy() rejects a bad key or table size with the value in the message", () => {

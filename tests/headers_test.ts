@@ -12,7 +12,6 @@ import {
   HOP_BY_HOP,
   isValidHost,
   readClientHeaders,
-  stripHopByHop,
 } from "../lib/headers.ts";
 import { upstreamHeadersOf } from "./helpers.ts";
 
@@ -22,8 +21,8 @@ function names(headers: Headers): string[] {
   return [...headers.keys()];
 }
 
-Deno.test("stripHopByHop() removes every hop-by-hop header", () => {
-  const headers = new Headers({
+Deno.test("copyWithoutHopByHop() removes every hop-by-hop header", () => {
+  const source = new Headers({
     "Connection": "keep-alive",
     "Keep-Alive": "timeout=5, max=100",
     "Proxy-Connection": "keep-alive",
@@ -36,13 +35,13 @@ Deno.test("stripHopByHop() removes every hop-by-hop header", () => {
     "Content-Type": "text/plain",
     "Authorization": "Bearer t",
   });
-  stripHopByHop(headers);
+  const headers = copyWithoutHopByHop(source);
   assert.deepEqual(names(headers), ["authorization", "content-type"]);
   for (const name of HOP_BY_HOP) assert.equal(headers.has(name), false, name);
 });
 
-Deno.test("stripHopByHop() removes every header named in Connection, mixed case and spaced", () => {
-  const headers = new Headers([
+Deno.test("copyWithoutHopByHop() removes every header named in Connection, mixed case and spaced", () => {
+  const source = new Headers([
     ["Connection", "  X-Secret ,x-other-SECRET,\tKeep-Alive,, "],
     ["Connection", "X-Third"],
     ["x-secret", "1"],
@@ -50,18 +49,16 @@ Deno.test("stripHopByHop() removes every header named in Connection, mixed case 
     ["x-third", "3"],
     ["X-Kept", "4"],
   ]);
-  stripHopByHop(headers);
-  assert.deepEqual(names(headers), ["x-kept"]);
+  assert.deepEqual(names(copyWithoutHopByHop(source)), ["x-kept"]);
 });
 
-Deno.test("stripHopByHop() ignores Connection tokens that are not header names", () => {
-  const headers = new Headers({
+Deno.test("copyWithoutHopByHop() ignores Connection tokens that are not header names", () => {
+  const source = new Headers({
     "connection": `"quoted", a b, x-gone, é`,
     "x-gone": "1",
     "a": "2",
   });
-  stripHopByHop(headers);
-  assert.deepEqual(names(headers), ["a"]);
+  assert.deepEqual(names(copyWithoutHopByHop(source)), ["a"]);
 });
 
 Deno.test("isValidHost() accepts names, IPv4 and bracketed IPv6 with optional port", () => {
@@ -267,7 +264,7 @@ Deno.test("downstreamResponseHeaders() strips hop-by-hop and Connection-named he
   assert.deepEqual(headers.getSetCookie(), ["a=1", "b=2"]);
 });
 
-Deno.test("copyWithoutHopByHop() equals copying then stripHopByHop(), Set-Cookie kept apart", () => {
+Deno.test("copyWithoutHopByHop() keeps end-to-end fields in order, Set-Cookie kept apart", () => {
   const source = new Headers([
     ["Connection", "keep-alive, X-Secret , upgrade"],
     ["X-Secret", "1"],
@@ -280,10 +277,13 @@ Deno.test("copyWithoutHopByHop() equals copying then stripHopByHop(), Set-Cookie
     ["Accept", "application/json"],
     ["X-Forwarded-For", "6.6.6.6"],
   ]);
-  const expected = new Headers(source);
-  stripHopByHop(expected);
   const copy = copyWithoutHopByHop(source);
-  assert.deepEqual([...copy], [...expected]);
+  assert.deepEqual([...copy], [
+    ["accept", "text/html, application/json"],
+    ["set-cookie", "a=1; Path=/"],
+    ["set-cookie", "b=2; Path=/"],
+    ["x-forwarded-for", "6.6.6.6"],
+  ]);
   assert.deepEqual(copy.getSetCookie(), ["a=1; Path=/", "b=2; Path=/"]);
   assert.equal(copy.get("accept"), "text/html, application/json");
   assert.equal(copy.has("x-secret"), false);

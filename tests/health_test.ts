@@ -4,6 +4,7 @@
  * pools side by side, and stop(). Rounds are run with runRound() and their verdicts read from a
  * real Pool's backend state.
  */
+import { createPolicy } from "../lib/policies/mod.ts";
 import assert from "node:assert/strict";
 import { HEALTH_BODY_LIMIT, HealthChecker, type HealthOptions } from "../lib/health.ts";
 import { Pool } from "../lib/pool.ts";
@@ -56,7 +57,7 @@ function checked(urls: string[], options: Partial<HealthOptions> = {}) {
   const pool = new Pool(urls.map((url) => ({ url, weight: 1 })), {
     rise: 2,
     fall: 2,
-    policy: { select: (candidates) => candidates[0] },
+    policy: createPolicy("round-robin"),
   });
   // The balancer's own kind of client: without allowHost, fetch would replace the Host header.
   const client = createBackendClient({}, { allowHost: true });

@@ -76,6 +76,37 @@ export function startTestBackend(
   });
 }
 
+/**
+ * An HTTPS backend on 127.0.0.1 serving `issued` (a certificate and key in PEM), answering with
+ * `handler` ("tls ok" by default); `requests()` counts what reached it.
+ */
+export function startTlsBackend(
+  issued: { cert: string; key: string },
+  handler = (_req: Request) => new Response("tls ok"),
+) {
+  let requests = 0;
+  const server = Deno.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    cert: issued.cert,
+    key: issued.key,
+    onListen: () => {},
+  }, (req) => {
+    requests++;
+    return handler(req);
+  });
+  return {
+    url: `https://127.0.0.1:${server.addr.port}`,
+    requests: () => requests,
+    [Symbol.asyncDispose]: () => server.shutdown(),
+  };
+}
+
+/** A backend that answers with its `name`, health checks included. */
+export function namedBackend(name: string): Promise<TestBackend> {
+  return startTestBackend(() => new Response(name));
+}
+
 /** An address on 127.0.0.1 that refuses connections: bound to port 0, then closed. */
 export function refusingUrl(): string {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -139,6 +170,29 @@ export async function startTestBalancer(
     balancer,
     [Symbol.asyncDispose]: async () => {
       await balancer.shutdown(1000);
+    },
+  };
+}
+
+/**
+ * One backend answering with `handler` behind an in-process balancer (`overrides` applied);
+ * disposing stops the balancer, then the backend.
+ */
+export async function balancerOver(
+  handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>,
+  overrides: Partial<Config> = {},
+) {
+  const backend = await startTestBackend(handler);
+  const lb = await startTestBalancer([backend.url], overrides).catch(async (error) => {
+    await backend.close();
+    throw error;
+  });
+  return {
+    backend,
+    lb,
+    async [Symbol.asyncDispose]() {
+      await lb[Symbol.asyncDispose]();
+      await backend.close();
     },
   };
 }
@@ -306,6 +360,24 @@ export function rawServer(
   };
 }
 
+/**
+ * A backend on a raw socket that reads a request head on each connection, answers `response`
+ * and closes: for answers Deno.serve would not let a handler write (repeated Connection,
+ * chunked with a trailer, a body shorter than its Content-Length).
+ */
+export function rawReplyBackend(response: string | Uint8Array) {
+  const bytes = typeof response === "string" ? new TextEncoder().encode(response) : response;
+  return rawServer(async (conn) => {
+    try {
+      if ((await readHead(conn)).includes("\r\n\r\n")) await writeAll(conn, bytes);
+    } finally {
+      try {
+        conn.close();
+      } catch { /* closed by dispose */ }
+    }
+  });
+}
+
 /** Reads from `conn` until the end of a request head (or EOF); returns the text read. */
 export async function readHead(conn: Deno.Conn): Promise<string> {
   const buffer = new Uint8Array(65536);
@@ -321,9 +393,34 @@ export async function readHead(conn: Deno.Conn): Promise<string> {
 /** Joins byte chunks: the proxy's own helper, under the name the tests use. */
 export { concat };
 
+/** A temp directory named `prefix…`, removed with its contents on dispose. */
+export async function tempDir(prefix = "lb-test-"): Promise<{ path: string } & AsyncDisposable> {
+  const path = await Deno.makeTempDir({ prefix });
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
+}
+
 /** Resolves after `ms`. */
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Resolves like `promise`, or rejects naming `what` after `ms`; the timer never outlives it. */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms}ms waiting for ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The SHA-256 of `bytes` in hex, to compare large bodies in one line of a failure message. */
+export async function sha256(bytes: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new Uint8Array(bytes));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** Polls `condition` every 20 ms until true or `timeoutMs` passes; returns the last result. */

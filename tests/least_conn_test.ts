@@ -5,6 +5,12 @@ import { mulberry32, type RandomSource } from "../lib/policies/random_source.ts"
 
 const context = { clientIp: "192.0.2.1", headers: new Headers(), path: "/" };
 
+/** Tells `policy` the set, as the pool does, and picks once. */
+function pickFrom(policy: Policy, candidates: readonly Backend[]): Backend | undefined {
+  policy.rebuild(candidates);
+  return policy.select(context);
+}
+
 function backends(specs: [weight: number, inflight: number][]): Backend[] {
   return specs.map(([weight, inflight], i) => {
     const backend = new Backend({ url: `http://10.0.0.${i + 1}:8080`, weight });
@@ -16,29 +22,31 @@ function backends(specs: [weight: number, inflight: number][]): Backend[] {
 Deno.test("LeastConnPolicy.select() picks the least loaded when loads differ", () => {
   const policy: Policy = new LeastConnPolicy({ random: mulberry32(1) });
   const candidates = backends([[1, 3], [1, 1], [1, 2]]);
-  for (let i = 0; i < 100; i++) assert.equal(policy.select(candidates, context), candidates[1]);
+  policy.rebuild(candidates);
+  for (let i = 0; i < 100; i++) assert.equal(policy.select(context), candidates[1]);
 });
 
 Deno.test("LeastConnPolicy.select() divides load by weight, counting the new request", () => {
   const policy: Policy = new LeastConnPolicy({ random: mulberry32(1) });
   // (2 + 1) / 4 = 0.75 beats (0 + 1) / 1 = 1: the heavy backend takes more in flight.
   const busyButHeavy = backends([[4, 2], [1, 0]]);
-  assert.equal(policy.select(busyButHeavy, context), busyButHeavy[0]);
+  assert.equal(pickFrom(policy, busyButHeavy), busyButHeavy[0]);
   // (4 + 1) / 4 = 1.25 loses to 1 / 1 once the heavy backend has four in flight.
   const saturated = backends([[4, 4], [1, 0]]);
-  assert.equal(policy.select(saturated, context), saturated[1]);
+  assert.equal(pickFrom(policy, saturated), saturated[1]);
   // Both idle: 1 / 5 beats 1 / 1, so weight matters even with nothing in flight.
   const idle = backends([[1, 0], [5, 0]]);
-  assert.equal(policy.select(idle, context), idle[1]);
+  assert.equal(pickFrom(policy, idle), idle[1]);
 });
 
 Deno.test("LeastConnPolicy.select() spreads ties evenly and never picks a busier backend", () => {
   const policy: Policy = new LeastConnPolicy({ random: mulberry32(42) });
   const candidates = backends([[1, 0], [1, 0], [1, 5], [1, 0], [1, 0]]);
+  policy.rebuild(candidates);
   const counts = new Map<Backend, number>(candidates.map((b) => [b, 0]));
   const picks = 40_000;
   for (let i = 0; i < picks; i++) {
-    const chosen = policy.select(candidates, context);
+    const chosen = policy.select(context)!;
     counts.set(chosen, counts.get(chosen)! + 1);
   }
   assert.equal(counts.get(candidates[2]), 0);
@@ -55,7 +63,7 @@ Deno.test("LeastConnPolicy.select() returns the single candidate without drawing
     },
   });
   const [only] = backends([[1, 9]]);
-  assert.equal(policy.select([only], context), only);
+  assert.equal(pickFrom(policy, [only]), only);
 });
 
 // The index: arrays longer than SCAN_MAX_CANDIDATES, offered by a real Pool, which reports every
@@ -100,15 +108,13 @@ function chiSquare(counts: number[]): number {
   return counts.reduce((sum, c) => sum + (c - expected) ** 2 / expected, 0);
 }
 
-Deno.test("LeastConnPolicy.select() scans a new array once, then answers from its index", () => {
+Deno.test("LeastConnPolicy.select() answers from its index, one draw per pick", () => {
   const random = counting(1);
   const pool = poolOf(Array(20).fill(1), new LeastConnPolicy({ random }));
-  // All idle: a scan draws once per tie after the first (19), the index once per pick.
-  pool.pick(context);
-  assert.equal(random.calls, 19);
+  // All idle: the index draws once per pick (a scan would draw 19 times, once per extra tie).
   for (let i = 1; i <= 100; i++) {
     pool.pick(context);
-    assert.equal(random.calls, 19 + i);
+    assert.equal(random.calls, i);
   }
 });
 
@@ -121,22 +127,19 @@ Deno.test("LeastConnPolicy.select() matches an O(n) scan through random acquire/
     const weights = Array.from({ length: size }, () => 1 + Math.floor(rng() * 4));
     const pool = poolOf(weights, new LeastConnPolicy({ random }));
     const outstanding: Backend[] = [];
-    let scanned = false;
     for (let op = 0; op < 20_000; op++) {
       const roll = rng();
       if (roll < 0.001) {
-        // A weight change gives the pool a new array: scanned once, then indexed afresh.
+        // A weight change: the pool rebuilds the policy, which indexes afresh.
         const backend = pool.backends[Math.floor(rng() * size)];
         pool.setWeight(backend, 1 + Math.floor(rng() * 4));
-        scanned = false;
       } else if (roll < 0.5 || outstanding.length === 0) {
         const expected = lowest(pool.available);
         const before = random.calls;
         const chosen = pool.pick(context)!;
         assert.ok(expected.has(chosen), `op ${op}, n=${size}: not among the least loaded`);
-        // Indexed after the first pick on an array: at most one draw, however many tie.
-        if (scanned) assert.ok(random.calls - before <= 1, `op ${op}, n=${size}: not indexed`);
-        scanned = true;
+        // Indexed: at most one draw, however many tie.
+        assert.ok(random.calls - before <= 1, `op ${op}, n=${size}: not indexed`);
         pool.acquire(chosen);
         outstanding.push(chosen);
       } else {
@@ -177,7 +180,6 @@ Deno.test("LeastConnPolicy.select() treats equal ratios of different weights as 
   // Ten weight-2 backends with one request each, ten idle weight-1 ones: all at (1+1)/2 = 1/1.
   const weights = [...Array(10).fill(2), ...Array(10).fill(1)];
   const pool = poolOf(weights, new LeastConnPolicy({ random: mulberry32(3) }));
-  pool.pick(context);
   for (const backend of pool.backends.slice(0, 10)) pool.acquire(backend);
   const counts = new Map<Backend, number>(pool.backends.map((b) => [b, 0]));
   for (let i = 0; i < 40_000; i++) {
@@ -192,8 +194,6 @@ Deno.test("LeastConnPolicy.select() treats equal ratios of different weights as 
 
 Deno.test("LeastConnPolicy.select() stays fair after loads rose and fell far", () => {
   const pool = poolOf(Array(12).fill(1), new LeastConnPolicy({ random: mulberry32(21) }));
-  pool.pick(context);
-  pool.pick(context);
   // Each backend in turn climbs to 100 in flight and back: hundreds of loads are used once and
   // left empty, so the index must drop and later recreate them.
   for (const backend of pool.backends) {
@@ -238,26 +238,24 @@ Deno.test("LeastConnPolicy.select() keeps in-flight requests proportional to wei
   }
 });
 
-Deno.test("LeastConnPolicy.select() scans copies without disturbing the pool array's index", () => {
+Deno.test("LeastConnPolicy.select() scans retries without disturbing its index", () => {
   const random = counting(11);
   const pool = poolOf(Array(20).fill(1), new LeastConnPolicy({ random }));
-  pool.pick(context);
-  pool.pick(context); // indexed from here
   const [a, b, c] = pool.backends;
   pool.acquire(a);
   pool.acquire(b);
   pool.acquire(b);
   for (let i = 0; i < 200; i++) {
-    // A retry that already tried every idle backend: the copy holds a and b only.
+    // A retry that already tried every idle backend: only a and b are accepted.
     const tried = new Set(pool.backends.slice(2));
     const copy = pool.pick(context, tried)!;
     assert.equal(copy, a);
-    // A retry copy of all but c: 17 idle backends tie, so a scan draws 16 times.
+    // A retry accepting all but c: 17 idle backends tie, so a scan draws 16 times.
     const before = random.calls;
     const retry = pool.pick(context, new Set([c]))!;
     assert.equal(random.calls - before, 16);
     assert.ok(retry !== a && retry !== b && retry !== c);
-    // The pool's own array still answers from its index (one draw) with up-to-date loads.
+    // An unfiltered pick still answers from the index (one draw) with up-to-date loads.
     pool.acquire(retry);
     const chosen = pool.pick(context)!;
     assert.ok(lowest(pool.available).has(chosen));
@@ -273,8 +271,8 @@ Deno.test("LeastConnPolicy.select() scans every pick under max-conns and stays e
   const rng = mulberry32(13);
   const outstanding: Backend[] = [];
   for (let op = 0; op < 5_000; op++) {
-    if (rng() < 0.5 && !pool.saturated) {
-      const candidates = pool.available.filter((b) => b.inflight < 3);
+    const candidates = pool.available.filter((b) => b.inflight < 3);
+    if (rng() < 0.5 && candidates.length > 0) {
       const chosen = pool.pick(context)!;
       assert.ok(lowest(candidates).has(chosen));
       pool.acquire(chosen);
@@ -283,7 +281,7 @@ Deno.test("LeastConnPolicy.select() scans every pick under max-conns and stays e
       pool.release(outstanding.splice(Math.floor(rng() * outstanding.length), 1)[0]);
     }
   }
-  // Every pick got a fresh filtered copy, so nothing was indexed: all idle, a scan draws 19 times.
+  // Every pick is filtered, so every pick scans: all idle, a scan draws 19 times.
   for (const backend of outstanding) pool.release(backend);
   const before = random.calls;
   pool.pick(context);
@@ -295,8 +293,6 @@ Deno.test("LeastConnPolicy.loadChanged() ignores a backend it has not indexed", 
   const stranger = new Backend({ url: "http://192.0.2.9:80", weight: 1 });
   policy.loadChanged(stranger); // nothing indexed yet
   const pool = poolOf(Array(12).fill(1), policy);
-  pool.pick(context);
-  pool.pick(context);
   stranger.inflight = 5;
   policy.loadChanged(stranger);
   const [first] = pool.backends;
@@ -308,13 +304,15 @@ Deno.test("LeastConnPolicy.select() does not crash on zero-weight candidates", (
   const policy: Policy = new LeastConnPolicy({ random: mulberry32(15) });
   // The pool never offers weight 0; a caller might. They lose to any weight and tie together.
   const mixed = backends([...Array(10).fill([0, 0]), [1, 7]]);
-  for (let i = 0; i < 3; i++) assert.equal(policy.select(mixed, context), mixed[10]);
+  policy.rebuild(mixed);
+  for (let i = 0; i < 3; i++) assert.equal(policy.select(context), mixed[10]);
   mixed[10].inflight++;
   policy.loadChanged!(mixed[10]);
-  assert.equal(policy.select(mixed, context), mixed[10]);
+  assert.equal(policy.select(context), mixed[10]);
   const zeros = backends(Array(12).fill([0, 0]));
-  for (let i = 0; i < 3; i++) assert.ok(zeros.includes(policy.select(zeros, context)));
+  policy.rebuild(zeros);
+  for (let i = 0; i < 3; i++) assert.ok(zeros.includes(policy.select(context)!));
   zeros[0].inflight++;
   policy.loadChanged!(zeros[0]);
-  assert.ok(zeros.includes(policy.select(zeros, context)));
+  assert.ok(zeros.includes(policy.select(context)!));
 });

@@ -9,7 +9,8 @@
 import assert from "node:assert/strict";
 import { prepareBody } from "../lib/body.ts";
 import { HttpError } from "../lib/errors.ts";
-import { startTestBackend, startTestBalancer, TEST_FRONTEND, waitFor } from "./helpers.ts";
+import { delay, startTestBackend, startTestBalancer, TEST_FRONTEND, waitFor } from "./helpers.ts";
+import { headEnd, parseHead, statusOf } from "./wire.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -33,7 +34,7 @@ async function bodyRecordingBackend(
   const backend = await startTestBackend(async (req) => {
     const path = req.url.slice(req.url.indexOf("/", req.url.indexOf("://") + 3));
     if (req.body === null) return new Response("no body");
-    if (options.delayBeforeReadMs) await sleep(options.delayBeforeReadMs);
+    if (options.delayBeforeReadMs) await delay(options.delayBeforeReadMs);
     let bytes = 0;
     try {
       for await (const chunk of req.body) bytes += chunk.length;
@@ -47,12 +48,8 @@ async function bodyRecordingBackend(
   return Object.assign(backend, { bodies });
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 /** A parsed response head, plus the body when it has a Content-Length. */
-interface RawResponse {
+interface ClientResponse {
   status: number;
   headers: Map<string, string>;
   body: string;
@@ -92,25 +89,22 @@ class RawClient implements Disposable {
    * Reads one response (head, and a Content-Length body) within `timeoutMs`; fails naming
    * what arrived when the time is up or the peer closes first.
    */
-  async response(timeoutMs = WAIT_MS): Promise<RawResponse> {
+  async response(timeoutMs = WAIT_MS): Promise<ClientResponse> {
     const timer = setTimeout(() => this.close(), timeoutMs);
     try {
-      const headEnd = await this.#readUntil((bytes) => indexOfCrlfCrlf(bytes) !== -1);
-      const end = indexOfCrlfCrlf(this.#buffered);
-      const [statusLine, ...lines] = decoder.decode(this.#buffered.subarray(0, end)).split("\r\n");
-      assert.ok(headEnd, `no complete response head: ${JSON.stringify(this.text())}`);
+      const complete = await this.#readUntil((bytes) => headEnd(bytes) !== -1);
+      const end = headEnd(this.#buffered);
+      assert.ok(complete, `no complete response head: ${JSON.stringify(this.text())}`);
+      const { line, fields } = parseHead(decoder.decode(this.#buffered.subarray(0, end)));
       const headers = new Map<string, string>();
-      for (const line of lines) {
-        const colon = line.indexOf(":");
-        const name = line.slice(0, colon).trim().toLowerCase();
-        const value = line.slice(colon + 1).trim();
+      for (const [name, value] of fields) {
         headers.set(name, headers.has(name) ? `${headers.get(name)}, ${value}` : value);
       }
       const length = Number(headers.get("content-length") ?? 0);
       await this.#readUntil((bytes) => bytes.length >= end + 4 + length);
       const body = decoder.decode(this.#buffered.subarray(end + 4, end + 4 + length));
       this.#buffered = this.#buffered.subarray(end + 4 + length);
-      return { status: Number(statusLine.split(" ")[1]), headers, body };
+      return { status: statusOf(line), headers, body };
     } finally {
       clearTimeout(timer);
     }
@@ -162,15 +156,6 @@ class RawClient implements Disposable {
     }
     return true;
   }
-}
-
-function indexOfCrlfCrlf(bytes: Uint8Array): number {
-  for (let i = 0; i + 3 < bytes.length; i++) {
-    if (bytes[i] === 13 && bytes[i + 1] === 10 && bytes[i + 2] === 13 && bytes[i + 3] === 10) {
-      return i;
-    }
-  }
-  return -1;
 }
 
 /** One chunk of a chunked body, framed. */
@@ -347,7 +332,7 @@ Deno.test("maxBody: no retry after a limit error, on any backend", async () => {
     assert.equal((await client.response()).status, 413);
     assert.ok(await waitFor(() => backends.some((b) => b.bodies.length > 0), WAIT_MS));
     // Give a (wrong) retry time to show up before counting.
-    await sleep(300);
+    await delay(300);
     const requests = backends.reduce((n, b) => n + b.received.length, 0);
     assert.equal(requests, 1, "exactly one attempt reached a backend");
     assert.equal(lb.balancer.metrics.retries.value, 0);
@@ -486,7 +471,7 @@ Deno.test("bodyTimeout: a client that sends its body before the timeout passes",
   await client.write("POST /steady HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: chunked\r\n\r\n");
   for (let i = 0; i < 3; i++) {
     await client.write(chunk(10));
-    await sleep(100);
+    await delay(100);
   }
   await client.write("0\r\n\r\n");
   const response = await client.response();

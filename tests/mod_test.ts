@@ -3,8 +3,6 @@ import { Backend } from "../lib/pool.ts";
 import {
   createPolicy,
   HashPolicy,
-  isPolicyName,
-  latencyObserverOf,
   LeastConnPolicy,
   P2cEwmaPolicy,
   POLICY_NAMES,
@@ -31,14 +29,22 @@ Deno.test("createPolicy() builds the class each name stands for", () => {
   for (const name of POLICY_NAMES) assert.ok(createPolicy(name) instanceof expected[name], name);
 });
 
-Deno.test("createPolicy() policies each return one of the candidates", () => {
+/** Three weighted backends (never contacted), and each policy rebuilt over them. */
+function everyPolicyOverThree() {
   const candidates = [1, 2, 3].map((weight, i) =>
     new Backend({ url: `http://10.0.0.${i + 1}:80`, weight })
   );
-  for (const name of POLICY_NAMES) {
+  return POLICY_NAMES.map((name) => {
     const policy = createPolicy(name, { random: mulberry32(1), now: () => 0 });
+    policy.rebuild(candidates);
+    return { name, policy, candidates };
+  });
+}
+
+Deno.test("createPolicy() policies each return one of the candidates", () => {
+  for (const { name, policy, candidates } of everyPolicyOverThree()) {
     for (let i = 0; i < 20; i++) {
-      assert.ok(candidates.includes(policy.select(candidates, context)), name);
+      assert.ok(candidates.includes(policy.select(context)!), name);
     }
   }
 });
@@ -54,16 +60,21 @@ Deno.test("createPolicy() throws, listing the names, for an unknown name", () =>
   );
 });
 
-Deno.test("isPolicyName() accepts exactly the listed names", () => {
-  for (const name of POLICY_NAMES) assert.ok(isPolicyName(name));
-  for (const name of ["", "Round-Robin", "roundrobin", "least_conn"]) {
-    assert.equal(isPolicyName(name), false);
+Deno.test("createPolicy() policies each skip what `accept` refuses, and find none in an empty set", () => {
+  for (const { name, policy, candidates } of everyPolicyOverThree()) {
+    for (let i = 0; i < 20; i++) {
+      assert.equal(policy.select(context, (b) => b === candidates[1]), candidates[1], name);
+      assert.notEqual(policy.select(context, (b) => b !== candidates[i % 3]), candidates[i % 3]);
+    }
+    assert.equal(policy.select(context, () => false), undefined, name);
+    policy.rebuild([]);
+    assert.equal(policy.select(context), undefined, name);
   }
 });
 
-Deno.test("latencyObserverOf() returns the observer only for p2c-ewma", () => {
+Deno.test("createPolicy() policies offer a latency observer only for p2c-ewma", () => {
   for (const name of POLICY_NAMES) {
     const policy = createPolicy(name);
-    assert.equal(latencyObserverOf(policy) === policy, name === "p2c-ewma", name);
+    assert.equal(policy.latencyObserver !== undefined, name === "p2c-ewma", name);
   }
 });

@@ -1,10 +1,18 @@
 import assert from "node:assert/strict";
-import { Backend } from "../lib/pool.ts";
+import { Backend, type SelectContext } from "../lib/pool.ts";
 import { P2cEwmaPolicy } from "../lib/policies/p2c_ewma.ts";
 import { mulberry32 } from "../lib/policies/random_source.ts";
 
 function backends(...weights: number[]): Backend[] {
   return weights.map((weight, i) => new Backend({ url: `http://10.0.0.${i + 1}:8080`, weight }));
+}
+
+const context: SelectContext = { clientIp: "192.0.2.1", headers: new Headers(), path: "/" };
+
+/** Tells `policy` the set, as the pool does, and picks once. */
+function pickFrom(policy: P2cEwmaPolicy, candidates: readonly Backend[]): Backend {
+  policy.rebuild(candidates);
+  return policy.select(context)!;
 }
 
 /** A clock the test moves by hand. */
@@ -28,6 +36,7 @@ function simulate(
   // Completions in time order: latencies within one run are few, so one FIFO per latency stays
   // sorted without a heap.
   const queues = new Map<number, { at: number; backend: Backend }[]>();
+  policy.rebuild(candidates);
   const perSecond: Map<Backend, number>[] = [];
   for (let second = 0; second < seconds; second++) {
     const counts = new Map<Backend, number>(candidates.map((b) => [b, 0]));
@@ -39,7 +48,7 @@ function simulate(
           policy.observe(backend, latency);
         }
       }
-      const chosen = policy.select(candidates);
+      const chosen = policy.select(context)!;
       counts.set(chosen, counts.get(chosen)! + 1);
       chosen.inflight++;
       const latency = latencyOf(chosen, clock.ms);
@@ -114,11 +123,11 @@ Deno.test("P2cEwmaPolicy.select() lets an unobserved backend compete on load alo
   policy.observe(seen, 100);
   // Idle and tied on borrowed latency: either may win, and both do.
   const picks = new Set<Backend>();
-  for (let i = 0; i < 50; i++) picks.add(policy.select([seen, fresh]));
+  for (let i = 0; i < 50; i++) picks.add(pickFrom(policy, [seen, fresh]));
   assert.equal(picks.size, 2);
   // One request in flight on the observed backend tips every choice to the fresh one.
   seen.inflight = 1;
-  for (let i = 0; i < 50; i++) assert.equal(policy.select([seen, fresh]), fresh);
+  for (let i = 0; i < 50; i++) assert.equal(pickFrom(policy, [seen, fresh]), fresh);
 });
 
 Deno.test("P2cEwmaPolicy.observe() jumps to a higher sample and averages lower ones over time", () => {
@@ -154,7 +163,28 @@ Deno.test("P2cEwmaPolicy.observeFailure() replaces a low estimate with the penal
   policy.observe(healthy, 50);
   policy.observeFailure(failing);
   assert.equal(policy.latencyEstimate(failing), 2_000);
-  for (let i = 0; i < 20; i++) assert.equal(policy.select([failing, healthy]), healthy);
+  for (let i = 0; i < 20; i++) assert.equal(pickFrom(policy, [failing, healthy]), healthy);
+});
+
+Deno.test("P2cEwmaPolicy.select() compares two accepted backends and never a refused one", () => {
+  const clock = fakeClock();
+  const policy = new P2cEwmaPolicy({ random: mulberry32(13), now: clock.now });
+  const candidates = backends(1, 1, 1, 1);
+  const [slow, tried, fast, other] = candidates;
+  policy.observe(slow, 500);
+  policy.observe(fast, 1);
+  policy.observe(other, 1);
+  policy.rebuild(candidates);
+  const picks = new Set<Backend>();
+  for (let i = 0; i < 200; i++) picks.add(policy.select(context, (b) => b !== tried)!);
+  // Three accepted: two distinct are compared, so the slowest never wins.
+  assert.deepEqual(picks, new Set([fast, other]));
+  for (let i = 0; i < 20; i++) {
+    assert.equal(policy.select(context, (b) => b === slow || b === fast), fast);
+    assert.equal(policy.select(context, (b) => b === slow), slow);
+  }
+  assert.equal(policy.select(context, () => false), undefined);
+  assert.equal(policy.latencyObserver, policy);
 });
 
 Deno.test("P2cEwmaPolicy.observe() ignores negative and NaN latencies", () => {

@@ -7,6 +7,7 @@ import {
   type Backend,
   type BackendSpec,
   type BackendStatus,
+  type Policy,
   Pool,
   type PoolOptions,
   type SelectContext,
@@ -14,6 +15,20 @@ import {
 } from "../lib/pool.ts";
 
 const context: SelectContext = { clientIp: "192.0.2.1", headers: new Headers(), path: "/" };
+
+/** Takes the first accepted backend of the set last rebuilt; records every rebuild. */
+function firstCandidate(): Policy & { rebuilds: (readonly Backend[])[] } {
+  let backends: readonly Backend[] = [];
+  const rebuilds: (readonly Backend[])[] = [];
+  return {
+    rebuilds,
+    rebuild(offered) {
+      backends = offered;
+      rebuilds.push([...offered]);
+    },
+    select: (_context, accept) => backends.find((b) => accept?.(b) ?? true),
+  };
+}
 
 /** A pool over `weights` (one backend per entry) with a controllable clock and an event log. */
 function setup(weights: number[], options: Partial<PoolOptions> = {}) {
@@ -28,7 +43,7 @@ function setup(weights: number[], options: Partial<PoolOptions> = {}) {
     rise: 2,
     fall: 3,
     // First candidate: whatever the pool offers first wins, so offering is all that is tested.
-    policy: { select: (candidates) => candidates[0] },
+    policy: firstCandidate(),
     onStatusChange: (backend, from: BackendStatus, to: BackendStatus, reason) => {
       events.push(`${name(pool, backend)}:${from}->${to}`);
       reasons.push(reason);
@@ -270,7 +285,6 @@ Deno.test("Pool never offers a health-down backend, even in panic", () => {
   pool.reportConnectFailure(b[2], "connection refused");
   assert.equal(pool.pick(context), undefined);
   assert.deepEqual(pool.available, []);
-  assert.equal(pool.saturated, false, "nothing available is not the same as all full");
 });
 
 Deno.test("Pool slow start ramps effectiveWeight from weight×1 to weight×STEPS", () => {
@@ -353,17 +367,67 @@ Deno.test("Pool slow start rebuilds the available array at steps only, not per p
   assert.equal(pool.available, [...instances].at(-1), "no rebuilds once the ramp is over");
 });
 
-Deno.test("Pool.pick() skips backends at maxConns; saturated when all are full", () => {
+Deno.test("Pool.pick() skips backends at maxConns and finds none when all are full", () => {
   const { pool, b } = setup([1, 1], { maxConns: 2 });
   b[0].inflight = 2;
   assert.equal(pool.pick(context), b[1]);
-  assert.equal(pool.saturated, false);
   b[1].inflight = 2;
   assert.equal(pool.pick(context), undefined);
-  assert.equal(pool.saturated, true);
   b[0].inflight = 1;
   assert.equal(pool.pick(context), b[0]);
-  assert.equal(pool.saturated, false);
+});
+
+Deno.test("Pool tells the policy the set when it changes, and only then", () => {
+  const policy = firstCandidate();
+  const { pool, clock, b } = setup([1, 1, 1], {
+    policy,
+    outlier: { consecutiveFailures: 1, maxEjectedPercent: 100, baseEjectionMs: 1_000 },
+  });
+  assert.deepEqual(policy.rebuilds, [[b[0], b[1], b[2]]], "at start-up");
+  for (let i = 0; i < 5; i++) pool.pick(context, new Set([b[0]]));
+  pool.reportCheck(b[2], true, "HTTP 200");
+  assert.equal(policy.rebuilds.length, 1, "picks and checks that flip nothing rebuild nothing");
+  fail(pool, b[0], 1);
+  assert.deepEqual(policy.rebuilds.at(-1), [b[1], b[2]], "an ejection");
+  clock.now += 1_000;
+  pool.pick(context);
+  assert.deepEqual(policy.rebuilds.at(-1), [b[0], b[1], b[2]], "the ejection ended");
+  pool.setWeight(b[1], 3);
+  assert.equal(policy.rebuilds.length, 4, "a weight change, same members");
+  pool.setAdmin(b[2], "disabled", "test");
+  assert.deepEqual(policy.rebuilds.at(-1), [b[0], b[1]], "disabled");
+  const replacement = firstCandidate();
+  pool.reconfigure({ rise: 2, fall: 3, policy: replacement });
+  assert.deepEqual(replacement.rebuilds, [[b[0], b[1]]], "a new policy learns the set at once");
+});
+
+Deno.test("Pool.update() and Pool.batch() rebuild the policy once, not once per backend", () => {
+  const policy = firstCandidate();
+  const { pool, b } = setup([1, 1], { policy });
+  const added = Array.from({ length: 5 }, (_, i) => ({ url: `http://10.0.1.${i}:80`, weight: 1 }));
+  pool.update([{ url: b[0].url, weight: 4 }, ...added]);
+  assert.equal(policy.rebuilds.length, 2, "start-up, then one for the whole reload");
+  pool.batch(() => {
+    pool.setWeight(pool.backends[0], 2);
+    pool.remove(added[0].url);
+  });
+  assert.equal(policy.rebuilds.length, 3);
+  assert.deepEqual(
+    policy.rebuilds.at(-1)!.map((backend) => backend.url),
+    [b[0].url, ...added.slice(1).map((spec) => spec.url)],
+    "b1 left with the reload, the first newcomer with the batch",
+  );
+});
+
+Deno.test("Pool does not rebuild the policy for a weight change it cannot see", () => {
+  const policy = firstCandidate();
+  const { pool, b } = setup([1, 1], { policy });
+  pool.setAdmin(b[1], "disabled", "test");
+  const before = policy.rebuilds.length;
+  pool.setWeight(b[1], 5);
+  assert.equal(policy.rebuilds.length, before, "b1 is not offered, its weight changes nothing");
+  pool.setAdmin(b[1], "enabled", "test");
+  assert.deepEqual(policy.rebuilds.at(-1), [b[0], b[1]]);
 });
 
 Deno.test("Pool never offers a weight-0 backend, even in panic", () => {
@@ -389,17 +453,22 @@ Deno.test("Pool.hasCandidate() tells whether pick() would find an untried backen
 });
 
 Deno.test("Pool.pick() returns `preferred`'s choice when it is a candidate", () => {
-  const { pool, b } = setup([1, 1, 1]);
+  const { pool, b } = setup([1, 1, 1], { maxConns: 1 });
   const seen: (readonly Backend[])[] = [];
-  const prefer = (target: Backend) => (candidates: readonly Backend[]) => {
-    seen.push(candidates);
-    return candidates.find((x) => x === target);
+  const prefer = (target: Backend) => (available: readonly Backend[]) => {
+    seen.push(available);
+    return available.find((x) => x === target);
   };
   assert.equal(pool.pick(context, undefined, prefer(b[2])), b[2]);
+  assert.deepEqual(seen.at(-1), [b[0], b[1], b[2]], "it is shown the available backends");
   // Already tried: not a candidate, so the policy decides among the rest.
   assert.equal(pool.pick(context, new Set([b[2]]), prefer(b[2])), b[0]);
-  assert.deepEqual(seen.at(-1), [b[0], b[1]]);
-  // Down: likewise.
+  // Full: likewise.
+  b[1].inflight = 1;
+  assert.equal(pool.pick(context, undefined, prefer(b[1])), b[0]);
+  b[1].inflight = 0;
+  // Down: not even shown.
   pool.reportConnectFailure(b[1], "connection refused");
   assert.equal(pool.pick(context, new Set([b[0]]), prefer(b[1])), b[2]);
+  assert.deepEqual(seen.at(-1), [b[0], b[2]]);
 });

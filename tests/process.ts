@@ -1,6 +1,7 @@
 /**
  * @module
- * Runs the balancer as a real process (as users do), reading its log lines from stderr.
+ * Runs the balancer as a real process (as users do), reading its log lines from stderr; and the
+ * config file such a process reads, rewritten as editors do.
  */
 
 const ROOT = new URL("../", import.meta.url);
@@ -123,4 +124,39 @@ export function spawnBalancer(args: string[], options: RunOptions = {}): Balance
       await exited;
     },
   };
+}
+
+/** A config file `lb.jsonc` in a temp directory of its own. */
+export interface ConfigDir extends AsyncDisposable {
+  readonly dir: string;
+  readonly path: string;
+  /** Replaces the file as editors do: a temp file beside it, renamed over it. */
+  write(text: string): Promise<void>;
+}
+
+/** A temp directory for the config file `lb.jsonc` (not written yet); removed on dispose. */
+export async function configDir(prefix = "lb-config-"): Promise<ConfigDir> {
+  const dir = await Deno.makeTempDir({ prefix });
+  const path = `${dir}/lb.jsonc`;
+  let writes = 0;
+  return {
+    dir,
+    path,
+    async write(text: string): Promise<void> {
+      const temp = `${dir}/.lb.jsonc.${++writes}.tmp`;
+      await Deno.writeTextFile(temp, text);
+      await Deno.rename(temp, path);
+    },
+    [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+  };
+}
+
+/** main.ts on the config file of `cfg` plus `args`, allowed to read the file's folder only. */
+export function spawnOnConfig(
+  cfg: { dir: string; path: string },
+  args: string[] = [],
+): BalancerProcess {
+  return spawnBalancer(["--config", cfg.path, ...args], {
+    permissions: [`--allow-read=${cfg.dir}`],
+  });
 }

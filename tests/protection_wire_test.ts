@@ -20,8 +20,7 @@ import type { RateLimitSpec } from "../lib/rate_limit.ts";
 import type { RouteSpec } from "../lib/routes.ts";
 import {
   captureLog,
-  concat,
-  rawExchangeBytes,
+  namedBackend,
   refusingUrl,
   startTestBackend,
   startTestBalancer,
@@ -31,6 +30,7 @@ import {
   waitFor,
 } from "./helpers.ts";
 import { runMain, spawnBalancer } from "./process.ts";
+import { type RawResponse, rawResponse } from "./wire.ts";
 
 /** `main.ts` flags that select the front end under test (`LB_TEST_FRONTEND`). */
 const FRONTEND_FLAGS = TEST_FRONTEND === "native" ? ["--frontend=native"] : [];
@@ -76,7 +76,7 @@ function sha256(bytes: Uint8Array): string {
 const SLOW_REFILL: RateLimitSpec = { requestsPerSecond: 0.001, burst: 3, key: "ip" };
 
 Deno.test("rateLimit: admits the burst, then 429 with Retry-After, counted per route", async () => {
-  await using backend = await startTestBackend(() => new Response("ok"));
+  await using backend = await namedBackend("ok");
   await using lb = await startTestBalancer([], {
     services: { app: service(backend.url) },
     routes: [
@@ -103,7 +103,7 @@ Deno.test("rateLimit: admits the burst, then 429 with Retry-After, counted per r
 });
 
 Deno.test("rateLimit: admits at most burst + rate x elapsed, and at least the burst", async () => {
-  await using backend = await startTestBackend(() => new Response("ok"));
+  await using backend = await namedBackend("ok");
   const spec: RateLimitSpec = { requestsPerSecond: 5, burst: 5, key: "ip" };
   await using lb = await startTestBalancer([], {
     services: { app: service(backend.url) },
@@ -122,7 +122,7 @@ Deno.test("rateLimit: admits at most burst + rate x elapsed, and at least the bu
 });
 
 Deno.test("rateLimit key header:X-Api-Key: each key has its own bucket; none: the address", async () => {
-  await using backend = await startTestBackend(() => new Response("ok"));
+  await using backend = await namedBackend("ok");
   await using lb = await startTestBalancer([], {
     services: { app: service(backend.url) },
     routes: [{
@@ -143,7 +143,7 @@ Deno.test("rateLimit key header:X-Api-Key: each key has its own bucket; none: th
 });
 
 Deno.test("rateLimit: a reload keeps the buckets of a route it does not change", async () => {
-  await using backend = await startTestBackend(() => new Response("ok"));
+  await using backend = await namedBackend("ok");
   const routes: RouteSpec[] = [
     { name: "limited", pathPrefix: "/limited", service: "app", rateLimit: SLOW_REFILL },
   ];
@@ -166,7 +166,7 @@ Deno.test("rateLimit: a reload keeps the buckets of a route it does not change",
 });
 
 Deno.test("rateLimit: refusals are logged at most once a second per client", async () => {
-  await using backend = await startTestBackend(() => new Response("ok"));
+  await using backend = await namedBackend("ok");
   const log = captureLog();
   await using lb = await startTestBalancer([], {
     services: { app: service(backend.url) },
@@ -198,7 +198,7 @@ Deno.test("rateLimit: refusals are logged at most once a second per client", asy
 // 2. Rate limit with --workers 2
 
 Deno.test("rateLimit with --workers 2: the process as a whole admits one limit, not two", async () => {
-  await using backend = await startTestBackend(() => new Response("ok"));
+  await using backend = await namedBackend("ok");
   const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
   try {
     const rate = 2;
@@ -298,7 +298,7 @@ const ANN = {
 };
 
 Deno.test("basicAuth: none and wrong get 401 with the realm's challenge; right passes", async () => {
-  await using backend = await startTestBackend(() => new Response("secret"));
+  await using backend = await namedBackend("secret");
   await using lb = await startTestBalancer([], {
     services: { app: service(backend.url) },
     routes: [{
@@ -336,7 +336,7 @@ Deno.test("basicAuth usersFile: a reload re-reads it (new user in, removed user 
   try {
     const usersFile = `${dir}/htpasswd`;
     await Deno.writeTextFile(usersFile, `# ops\n${ALICE.user}:${ALICE.hash}\n`);
-    await using backend = await startTestBackend(() => new Response("ok"));
+    await using backend = await namedBackend("ok");
     const overrides: Partial<Config> = {
       services: { app: service(backend.url) },
       routes: [{ name: "ops", service: "app", basicAuth: { realm: "ops", usersFile } }],
@@ -356,7 +356,7 @@ Deno.test("basicAuth usersFile: a reload re-reads it (new user in, removed user 
 });
 
 Deno.test("basicAuth usersFile: SIGHUP re-reads it in a running process", async () => {
-  await using backend = await startTestBackend(() => new Response("ok"));
+  await using backend = await namedBackend("ok");
   const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
   try {
     const usersFile = `${dir}/htpasswd`;
@@ -401,7 +401,7 @@ Deno.test("basicAuth: the Authorization header and passwords appear in no log", 
   const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
   try {
     const accessLog = `${dir}/access.log`;
-    await using backend = await startTestBackend(() => new Response("ok"));
+    await using backend = await namedBackend("ok");
     const log = captureLog();
     const wrongPassword = "hunter2-wrong-password";
     {
@@ -447,7 +447,7 @@ Deno.test("basicAuth: the Authorization header and passwords appear in no log", 
 Deno.test("basicAuth: a burst of 100 wrong passwords fails no request to another route", async () => {
   // Cost 10 (about 70 ms per check): the burst queues seconds of bcrypt work.
   const hash = hashSync("right password", 10);
-  await using backend = await startTestBackend(() => new Response("ok"));
+  await using backend = await namedBackend("ok");
   await using lb = await startTestBalancer([], {
     services: { app: service(backend.url) },
     routes: [
@@ -498,59 +498,17 @@ function bigText(): Uint8Array<ArrayBuffer> {
   return new TextEncoder().encode(lines.join("\n"));
 }
 
-/** A parsed raw HTTP/1.1 answer, with a chunked body joined. */
-interface RawAnswer {
-  status: number;
-  headers: Headers;
-  body: Uint8Array;
-}
-
-function parseAnswer(bytes: Uint8Array): RawAnswer {
-  let end = -1;
-  for (let i = 0; i + 3 < bytes.length; i++) {
-    if (bytes[i] === 13 && bytes[i + 1] === 10 && bytes[i + 2] === 13 && bytes[i + 3] === 10) {
-      end = i;
-      break;
-    }
-  }
-  assert.ok(end > 0, "an answer head");
-  const [statusLine, ...fields] = new TextDecoder().decode(bytes.subarray(0, end)).split("\r\n");
-  const headers = new Headers();
-  for (const field of fields) {
-    const colon = field.indexOf(":");
-    headers.append(field.slice(0, colon).trim(), field.slice(colon + 1).trim());
-  }
-  let body = bytes.subarray(end + 4);
-  if (headers.get("transfer-encoding")?.toLowerCase() === "chunked") {
-    const chunks: Uint8Array[] = [];
-    let at = 0;
-    for (let n = 0; n < 100_000; n++) {
-      let lineEnd = at;
-      while (lineEnd + 1 < body.length && !(body[lineEnd] === 13 && body[lineEnd + 1] === 10)) {
-        lineEnd++;
-      }
-      const size = parseInt(new TextDecoder().decode(body.subarray(at, lineEnd)), 16);
-      assert.ok(Number.isInteger(size), "a chunk size");
-      if (size === 0) break;
-      chunks.push(body.subarray(lineEnd + 2, lineEnd + 2 + size));
-      at = lineEnd + 2 + size + 2;
-    }
-    body = concat(chunks);
-  }
-  return { status: Number(statusLine.split(" ")[1]), headers, body };
-}
-
 /** `method path` with `headers` on a connection of its own, read to its close. */
-async function rawAsk(
+function rawAsk(
   port: number,
   path: string,
   headers: Record<string, string> = {},
   method = "GET",
-): Promise<RawAnswer> {
+): Promise<RawResponse> {
   const head = [`${method} ${path} HTTP/1.1`, `host: 127.0.0.1:${port}`, "connection: close"]
     .concat(Object.entries(headers).map(([name, value]) => `${name}: ${value}`))
     .join("\r\n");
-  return parseAnswer(await rawExchangeBytes(port, `${head}\r\n\r\n`, 10_000));
+  return rawResponse(port, `${head}\r\n\r\n`, 10_000);
 }
 
 // deno-lint-ignore no-explicit-any -- zstd is in node:zlib (22.15+) but not in every typing
@@ -774,7 +732,7 @@ Deno.test("mirror: the client gets every answer before a 2 s mirror has answered
 });
 
 Deno.test("mirror: percent 0 copies nothing; a dead mirror service costs the client nothing", async () => {
-  await using app = await startTestBackend(() => new Response("app"));
+  await using app = await namedBackend("app");
   await using shadow = await stallingMirror();
   shadow.release();
   await using lb = await startTestBalancer([], {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Backend, type Policy } from "../lib/pool.ts";
+import { type Accept, Backend, type Policy } from "../lib/pool.ts";
 import { RandomPolicy } from "../lib/policies/random.ts";
 import { mulberry32 } from "../lib/policies/random_source.ts";
 
@@ -9,9 +9,13 @@ function backends(...weights: number[]): Backend[] {
   return weights.map((weight, i) => new Backend({ url: `http://10.0.0.${i + 1}:8080`, weight }));
 }
 
-function shares(policy: Policy, candidates: Backend[], picks: number): number[] {
+/** Each candidate's share of `picks` picks, the policy told `candidates` first. */
+function shares(policy: Policy, candidates: Backend[], picks: number, accept?: Accept): number[] {
+  policy.rebuild(candidates);
   const counts = candidates.map(() => 0);
-  for (let i = 0; i < picks; i++) counts[candidates.indexOf(policy.select(candidates, context))]++;
+  for (let i = 0; i < picks; i++) {
+    counts[candidates.indexOf(policy.select(context, accept)!)]++;
+  }
   return counts.map((count) => count / picks);
 }
 
@@ -31,7 +35,8 @@ Deno.test("RandomPolicy.select() repeats the same picks for the same seed", () =
   const candidates = backends(1, 2, 7);
   const run = () => {
     const policy: Policy = new RandomPolicy({ random: mulberry32(77) });
-    return Array.from({ length: 50 }, () => policy.select(candidates, context));
+    policy.rebuild(candidates);
+    return Array.from({ length: 50 }, () => policy.select(context));
   };
   assert.deepEqual(run(), run());
 });
@@ -40,6 +45,7 @@ Deno.test("RandomPolicy.select() maps the draw onto cumulative weights at the bo
   const candidates = backends(1, 2, 7);
   let draw = 0;
   const policy: Policy = new RandomPolicy({ random: () => draw });
+  policy.rebuild(candidates);
   // Cumulative weights 1, 3, 10 of 10: draws below 0.1 pick the first, below 0.3 the second.
   const expectations: [draw: number, index: number][] = [
     [0, 0],
@@ -51,7 +57,9 @@ Deno.test("RandomPolicy.select() maps the draw onto cumulative weights at the bo
   ];
   for (const [value, index] of expectations) {
     draw = value;
-    assert.equal(policy.select(candidates, context), candidates[index], `draw ${value}`);
+    assert.equal(policy.select(context), candidates[index], `draw ${value}`);
+    // Filtered through `accept`, the same draws take the other path to the same answers.
+    assert.equal(policy.select(context, () => true), candidates[index], `draw ${value}`);
   }
 });
 
@@ -61,12 +69,32 @@ Deno.test("RandomPolicy.select() never picks a zero-weight candidate", () => {
   assert.equal(got[2], 0);
 });
 
-Deno.test("RandomPolicy.select() rebuilds its table when a different candidate array arrives", () => {
-  const policy: Policy = new RandomPolicy({ random: mulberry32(5) });
-  const [a, b, c] = backends(100, 1, 1);
-  policy.select([a, b, c], context);
-  // A retry's filtered array without the heavy backend must never yield it from the old table.
-  const retry = [b, c];
-  const picks = new Set(Array.from({ length: 200 }, () => policy.select(retry, context)));
-  assert.deepEqual(picks, new Set([b, c]));
+Deno.test("RandomPolicy.select() skips what `accept` refuses, by weight among the rest", () => {
+  const candidates = backends(100, 1, 3);
+  const [a, b, c] = candidates;
+  // A retry that tried the heavy backend must never get it, and shares the rest 1:3.
+  const got = shares(
+    new RandomPolicy({ random: mulberry32(5) }),
+    candidates,
+    40_000,
+    (x) => x !== a,
+  );
+  assert.equal(got[0], 0);
+  assert.ok(Math.abs(got[1] - 0.25) < 0.02, `b: ${got[1]}`);
+  assert.ok(Math.abs(got[2] - 0.75) < 0.02, `c: ${got[2]}`);
+  // Equal weights: the draw is a position among the accepted.
+  const four = backends(2, 2, 2, 2);
+  const equal = shares(
+    new RandomPolicy({ random: mulberry32(6) }),
+    four,
+    30_000,
+    (x) => x !== four[1],
+  );
+  assert.equal(equal[1], 0);
+  for (const i of [0, 2, 3]) assert.ok(Math.abs(equal[i] - 1 / 3) < 0.02, `${equal}`);
+  const policy = new RandomPolicy({ random: mulberry32(7) });
+  policy.rebuild(candidates);
+  assert.equal(policy.select(context, (x) => x === b), b);
+  assert.equal(policy.select(context, (x) => x === c), c);
+  assert.equal(policy.select(context, () => false), undefined);
 });

@@ -435,17 +435,24 @@ function sharedClock(start: number) {
   return { buffer, view };
 }
 
+/** Two threads taking from one shared table of `size` keys, on a shared clock at 1,000,000. */
+async function twoSharing(spec: RateLimitSpec, size: number) {
+  const table = createRateLimitTable(size);
+  const clock = sharedClock(1_000_000);
+  const threads = await Threads.start(2, [
+    { spec, table, clock: clock.buffer },
+    { spec, table, clock: clock.buffer },
+  ]);
+  return Object.assign(threads, { clock });
+}
+
 const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
 
 Deno.test("two threads sharing a table are admitted exactly burst + rate x time together", async () => {
   // A burst far larger than one thread's share of takes: both take from it the whole time.
   const spec: RateLimitSpec = { requestsPerSecond: 400, burst: 200_000, key: "ip" };
-  const table = createRateLimitTable(16);
-  const clock = sharedClock(1_000_000);
-  await using threads = await Threads.start(2, [
-    { spec, table, clock: clock.buffer },
-    { spec, table, clock: clock.buffer },
-  ]);
+  await using threads = await twoSharing(spec, 16);
+  const clock = threads.clock;
   const first = await threads.run([["one"], ["one"]], 150_000);
   assert.ok(first.done.every((d) => d.admitted[0] > 0), JSON.stringify(first.done));
   assert.equal(sum(first.done.map((d) => d.admitted[0])), 200_000);
@@ -470,12 +477,8 @@ Deno.test("two threads adding and dropping keys at once never give a key two buc
   // take each new key at the same moment, while idle keys of the first round are dropped and
   // keys move under the other thread's lookups.
   const spec: RateLimitSpec = { requestsPerSecond: 10, burst: 3, key: "ip" };
-  const table = createRateLimitTable(4096);
-  const clock = sharedClock(1_000_000);
-  await using threads = await Threads.start(2, [
-    { spec, table, clock: clock.buffer },
-    { spec, table, clock: clock.buffer },
-  ]);
+  await using threads = await twoSharing(spec, 4096);
+  const clock = threads.clock;
   const old = Array.from({ length: 2000 }, (_, i) => `old-${i}`);
   await threads.run([old.slice(0, 1000), old.slice(1000)], 1);
   clock.view[0] += 1000;

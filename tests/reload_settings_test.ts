@@ -6,8 +6,16 @@
  */
 import assert from "node:assert/strict";
 import type { Config } from "../lib/config.ts";
-import { delay, startTestBackend, startTestBalancer, testConfig, waitFor } from "./helpers.ts";
-import { type BalancerProcess, spawnBalancer } from "./process.ts";
+import {
+  delay,
+  namedBackend,
+  startTestBackend,
+  startTestBalancer,
+  startTlsBackend,
+  testConfig,
+  waitFor,
+} from "./helpers.ts";
+import { type BalancerProcess, configDir, spawnOnConfig } from "./process.ts";
 import { installed, Pki } from "./pki.ts";
 
 /** Generous: the machine is shared and loaded; a reload or a watch event may take seconds. */
@@ -139,46 +147,32 @@ Deno.test({
     await using pki = await Pki.create();
     const ca = await pki.ca("backend-ca");
     const leaf = await pki.leaf("backend", ca);
-    let requests = 0;
-    const server = Deno.serve({
-      port: 0,
-      hostname: "127.0.0.1",
-      cert: leaf.cert,
-      key: leaf.key,
-      onListen: () => {},
-    }, () => {
-      requests++;
-      return new Response("tls ok");
-    });
-    try {
-      const url = `https://127.0.0.1:${server.addr.port}`;
-      // Fast checks bring the backend back once they pass; the first rounds start at once.
-      const settings = { healthInterval: 100, rise: 1, fall: 1 };
-      await using lb = await startTestBalancer([url], settings);
-      const backend = lb.balancer.pool.backends[0];
-      assert.equal(await statusOf(`${lb.url}/`), 502, "the private CA is not trusted");
-      assert.equal(requests, 0, "nothing reached the backend");
+    await using server = startTlsBackend(leaf);
+    const url = server.url;
+    // Fast checks bring the backend back once they pass; the first rounds start at once.
+    const settings = { healthInterval: 100, rise: 1, fall: 1 };
+    await using lb = await startTestBalancer([url], settings);
+    const backend = lb.balancer.pool.backends[0];
+    assert.equal(await statusOf(`${lb.url}/`), 502, "the private CA is not trusted");
+    assert.equal(server.requests(), 0, "nothing reached the backend");
 
-      await lb.balancer.reload(testConfig([url], { ...settings, backendCa: ca.certPath }));
-      assert.ok(
-        await waitFor(() => backend.status === "up", WAIT_MS),
-        `health checks with the new CA pass: ${backend.lastCheck?.detail}`,
-      );
-      const response = await fetch(`${lb.url}/`);
-      assert.equal(response.status, 200);
-      assert.equal(await response.text(), "tls ok");
+    await lb.balancer.reload(testConfig([url], { ...settings, backendCa: ca.certPath }));
+    assert.ok(
+      await waitFor(() => backend.status === "up", WAIT_MS),
+      `health checks with the new CA pass: ${backend.lastCheck?.detail}`,
+    );
+    const response = await fetch(`${lb.url}/`);
+    assert.equal(response.status, 200);
+    assert.equal(await response.text(), "tls ok");
 
-      // Removing the CA: the kept-alive connection made with it must not serve new requests.
-      const served = requests;
-      await lb.balancer.reload(testConfig([url], settings));
-      const status = await statusOf(`${lb.url}/`);
-      assert.ok(status === 502 || status === 503, `refused again, got ${status}`);
-      assert.equal(requests, served, "no request reached the backend without the CA");
-      assert.ok(await waitFor(() => backend.status === "down", WAIT_MS), "checks fail again");
-      assert.match(backend.lastCheck?.detail ?? "", /UnknownIssuer/);
-    } finally {
-      await server.shutdown();
-    }
+    // Removing the CA: the kept-alive connection made with it must not serve new requests.
+    const served = server.requests();
+    await lb.balancer.reload(testConfig([url], settings));
+    const status = await statusOf(`${lb.url}/`);
+    assert.ok(status === 502 || status === 503, `refused again, got ${status}`);
+    assert.equal(server.requests(), served, "no request reached the backend without the CA");
+    assert.ok(await waitFor(() => backend.status === "down", WAIT_MS), "checks fail again");
+    assert.match(backend.lastCheck?.detail ?? "", /UnknownIssuer/);
   },
 });
 
@@ -216,28 +210,10 @@ Deno.test("reload() lowering the default service's timeout turns a slow answer i
 // ---------------------------------------------------------------------------------------------
 // As a process: the config file is rewritten
 
-/** A temp directory with the config file `lb.jsonc`; removed on dispose. */
-async function configDir() {
-  const dir = await Deno.makeTempDir({ prefix: "lb-reload-settings-" });
-  const path = `${dir}/lb.jsonc`;
-  let writes = 0;
-  return {
-    dir,
-    path,
-    /** Replaces the file as editors do: a temp file beside it, renamed over it. */
-    async write(settings: Record<string, unknown>): Promise<void> {
-      const temp = `${dir}/.lb.jsonc.${++writes}.tmp`;
-      const text = JSON.stringify({ port: 0, host: "127.0.0.1", ...settings }, null, 2);
-      await Deno.writeTextFile(temp, `// written by reload_settings_test.ts\n${text}\n`);
-      await Deno.rename(temp, path);
-    },
-    [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
-  };
-}
-
-/** main.ts on the config file, allowed to read its folder only. */
-function spawnOnConfig(cfg: { dir: string; path: string }): BalancerProcess {
-  return spawnBalancer(["--config", cfg.path], { permissions: [`--allow-read=${cfg.dir}`] });
+/** A config file's text: `settings` plus a loopback listener on an OS-picked port. */
+function settingsText(settings: Record<string, unknown>): string {
+  const text = JSON.stringify({ port: 0, host: "127.0.0.1", ...settings }, null, 2);
+  return `// written by reload_settings_test.ts\n${text}\n`;
 }
 
 /** Index of the first line from `from` on that matches `pattern`, waiting for it. */
@@ -251,11 +227,11 @@ async function lineIndex(lb: BalancerProcess, pattern: RegExp, from = 0): Promis
 }
 
 Deno.test("as a process, a rewritten file switches the log to debug, then to JSON", async () => {
-  await using a = await startTestBackend(() => new Response("A"));
-  await using b = await startTestBackend(() => new Response("B"));
-  await using cfg = await configDir();
+  await using a = await namedBackend("A");
+  await using b = await namedBackend("B");
+  await using cfg = await configDir("lb-reload-settings-");
   const base = { healthInterval: "100ms" };
-  await cfg.write({ ...base, backends: [a.url], logLevel: "info" });
+  await cfg.write(settingsText({ ...base, backends: [a.url], logLevel: "info" }));
   await using lb = spawnOnConfig(cfg);
   await lb.port();
   // Health rounds have run at info: their debug lines were not written.
@@ -263,7 +239,7 @@ Deno.test("as a process, a rewritten file switches the log to debug, then to JSO
   const debugLine = /DEBUG Starting health check\.\.\.$/;
   assert.ok(!lb.lines.some((l) => l.includes("Starting health check")), lb.lines.join("\n"));
 
-  await cfg.write({ ...base, backends: [a.url, b.url], logLevel: "debug" });
+  await cfg.write(settingsText({ ...base, backends: [a.url, b.url], logLevel: "debug" }));
   // main.ts starts watching the file only after its "started" line: SIGHUP is certain.
   lb.child.kill("SIGHUP");
   const reloaded = await lineIndex(lb, /INFO Reloaded: 1 added, 0 removed, 0 reweighted$/);
@@ -276,7 +252,9 @@ Deno.test("as a process, a rewritten file switches the log to debug, then to JSO
   assert.ok(lb.lines.some((l) => l.endsWith(`INFO Configured server: ${b.url}`)));
 
   // No signal this time: the file watcher (running by now) picks the edit up on its own.
-  await cfg.write({ ...base, backends: [a.url, b.url], logLevel: "debug", logFormat: "json" });
+  await cfg.write(
+    settingsText({ ...base, backends: [a.url, b.url], logLevel: "debug", logFormat: "json" }),
+  );
   const json = await lineIndex(lb, /^\{.*"message":"Reloaded: 0 added, 0 removed/, reloaded + 1);
   // Later debug rounds come as JSON too.
   await lineIndex(lb, /^\{.*"level":"debug","message":"Starting health check\.\.\."\}$/, json);
@@ -297,11 +275,15 @@ Deno.test("as a process, a rewritten file switches the log to debug, then to JSO
 
 Deno.test("as a process, a reload raising drainTimeout lets a 1 s request finish on SIGTERM", async () => {
   await using backend = await slowBackend(1000, "finished after a second");
-  await using cfg = await configDir();
-  await cfg.write({ backends: [backend.url], healthInterval: "1m", drainTimeout: "100ms" });
+  await using cfg = await configDir("lb-reload-settings-");
+  await cfg.write(
+    settingsText({ backends: [backend.url], healthInterval: "1m", drainTimeout: "100ms" }),
+  );
   await using lb = spawnOnConfig(cfg);
   const port = await lb.port();
-  await cfg.write({ backends: [backend.url], healthInterval: "1m", drainTimeout: "5s" });
+  await cfg.write(
+    settingsText({ backends: [backend.url], healthInterval: "1m", drainTimeout: "5s" }),
+  );
   // main.ts starts watching the file only after its "started" line: SIGHUP is certain.
   lb.child.kill("SIGHUP");
   await lb.waitForLine(/INFO Reloaded: 0 added, 0 removed, 0 reweighted$/, WAIT_MS);

@@ -5,30 +5,12 @@
  */
 import assert from "node:assert/strict";
 import type { BackendView } from "../lib/admin.ts";
-import { delay, SequentialTraffic, startTestBackend, type TestBackend } from "./helpers.ts";
-import { type BalancerProcess, runMain, spawnBalancer } from "./process.ts";
+import { delay, namedBackend, SequentialTraffic } from "./helpers.ts";
+import { type BalancerProcess, configDir, runMain, spawnOnConfig } from "./process.ts";
 
 /** Requests the traffic loop may send at most (it normally stops long before). */
 /** Generous: a loaded 2-core CI machine may take seconds to notice a file or a signal. */
 const WAIT_MS = 20_000;
-
-/** A temp directory with the config file `lb.jsonc` in it; removed on dispose. */
-async function configDir() {
-  const dir = await Deno.makeTempDir({ prefix: "lb-reload-" });
-  const path = `${dir}/lb.jsonc`;
-  let writes = 0;
-  return {
-    dir,
-    path,
-    /** Replaces the file as editors do: write a temp file beside it, then rename it over. */
-    async write(text: string): Promise<void> {
-      const temp = `${dir}/.lb.jsonc.${++writes}.tmp`;
-      await Deno.writeTextFile(temp, text);
-      await Deno.rename(temp, path);
-    },
-    [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
-  };
-}
 
 /** A config file's text: `backends` plus loopback listeners on OS-picked ports. */
 function configText(backends: string[], extra: Record<string, unknown> = {}): string {
@@ -43,18 +25,6 @@ function configText(backends: string[], extra: Record<string, unknown> = {}): st
   return `// written by reload_test.ts\n${JSON.stringify(settings, null, 2)}\n`;
 }
 
-/** A backend that answers its name. */
-function named(name: string): Promise<TestBackend> {
-  return startTestBackend(() => new Response(name));
-}
-
-/** main.ts on the config file of `cfg` plus `args`, allowed to read the file's folder only. */
-function spawnOnConfig(cfg: { dir: string; path: string }, args: string[] = []): BalancerProcess {
-  return spawnBalancer(["--config", cfg.path, ...args], {
-    permissions: [`--allow-read=${cfg.dir}`],
-  });
-}
-
 /**
  * Where both reload tests start: backends A, B and C, main.ts on a config file naming A and B,
  * and a traffic loop for its port (not started). Disposing stops the balancer first, then
@@ -62,10 +32,10 @@ function spawnOnConfig(cfg: { dir: string; path: string }, args: string[] = []):
  */
 async function balancerOnAB() {
   await using stack = new AsyncDisposableStack();
-  const a = stack.use(await named("A"));
-  const b = stack.use(await named("B"));
-  const c = stack.use(await named("C"));
-  const cfg = stack.use(await configDir());
+  const a = stack.use(await namedBackend("A"));
+  const b = stack.use(await namedBackend("B"));
+  const c = stack.use(await namedBackend("C"));
+  const cfg = stack.use(await configDir("lb-reload-"));
   await cfg.write(configText([a.url, b.url]));
   const lb = stack.use(spawnOnConfig(cfg));
   const traffic = new SequentialTraffic(`http://127.0.0.1:${await lb.port()}/`);
@@ -99,8 +69,8 @@ async function backendsOf(port: number): Promise<BackendView[]> {
 // --check
 
 Deno.test("--check with a valid config file prints ok and exits 0 without starting", async () => {
-  await using a = await named("a");
-  await using cfg = await configDir();
+  await using a = await namedBackend("a");
+  await using cfg = await configDir("lb-reload-");
   await cfg.write(configText([a.url, `${a.url.replace("127.0.0.1", "localhost")}*2`]));
   const { code, stdout, stderr } = await runMain(["--config", cfg.path, "--check"], {
     permissions: [`--allow-read=${cfg.dir}`],
@@ -121,7 +91,7 @@ const SEVERAL_PROBLEMS = `// several problems
 `;
 
 Deno.test("--check lists every problem of a file with path and line:column, one per line; exit 2", async () => {
-  await using cfg = await configDir();
+  await using cfg = await configDir("lb-reload-");
   await cfg.write(SEVERAL_PROBLEMS);
   const { code, stdout, stderr } = await runMain(["--config", cfg.path, "--check"], {
     permissions: [`--allow-read=${cfg.dir}`],
@@ -138,7 +108,7 @@ Deno.test("--check lists every problem of a file with path and line:column, one 
 });
 
 Deno.test("--check reports the flags' problems together with the file's", async () => {
-  await using cfg = await configDir();
+  await using cfg = await configDir("lb-reload-");
   await cfg.write(SEVERAL_PROBLEMS);
   const { code, stderr } = await runMain(
     ["--config", cfg.path, "--check", "--retries=two", "--log-level=loud"],
@@ -157,7 +127,7 @@ Deno.test("--check reports the flags' problems together with the file's", async 
 });
 
 Deno.test("--check names a syntax error's line:column and an unreadable file's reason", async () => {
-  await using cfg = await configDir();
+  await using cfg = await configDir("lb-reload-");
   await cfg.write('{\n  "backends": ["http://127.0.0.1:1"]\n  "port": 0\n}\n');
   const syntax = await runMain(["--config", cfg.path, "--check"], {
     permissions: [`--allow-read=${cfg.dir}`],
@@ -331,9 +301,9 @@ function jsonLines(lines: string[]): { time: string; level: string; message: str
 }
 
 Deno.test("--log-format json makes every stderr line a JSON object with time, level, message", async () => {
-  await using a = await named("A");
-  await using b = await named("B");
-  await using cfg = await configDir();
+  await using a = await namedBackend("A");
+  await using b = await namedBackend("B");
+  await using cfg = await configDir("lb-reload-");
   await cfg.write(configText([a.url, b.url], { fall: 1, healthInterval: "100ms" }));
   await using lb = spawnOnConfig(cfg, ["--log-format", "json"]);
   const port = await lb.port();

@@ -13,12 +13,14 @@ import type { RouteSpec } from "../lib/routes.ts";
 import {
   delay,
   getText,
+  namedBackend,
   rawRequest,
   rawServer,
   readHead,
   refusingUrl,
   startTestBackend,
   startTestBalancer,
+  tempDir,
   TEST_FRONTEND,
   type TestBackend,
   type TestBalancer,
@@ -27,17 +29,13 @@ import {
   writeAll,
 } from "./helpers.ts";
 import { runMain, spawnBalancer } from "./process.ts";
+import { parseHead } from "./wire.ts";
 
 /** `main.ts` flags that select the front end under test (`LB_TEST_FRONTEND`). */
 const FRONTEND_FLAGS = TEST_FRONTEND === "native" ? ["--frontend=native"] : [];
 
 /** Generous bound for anything that waits on health checks or a loaded 2-core machine. */
 const WAIT_MS = 10_000;
-
-/** A backend that answers its name. */
-function named(name: string): Promise<TestBackend> {
-  return startTestBackend(() => new Response(name));
-}
 
 /** In-process service settings over these backend URLs (weight 1 each). */
 function service(urls: string[], extra: ServiceSettings = {}): ServiceSettings {
@@ -98,8 +96,8 @@ function assertRequestId(answer: Answer, what: string): void {
 // 1. Host routing
 
 Deno.test("host routes: exact, *.suffix (not the bare domain), any case, port ignored, first match wins", async () => {
-  await using a = await named("a");
-  await using b = await named("b");
+  await using a = await namedBackend("a");
+  await using b = await namedBackend("b");
   await using lb = await routed({ a: service([a.url]), b: service([b.url]) }, [
     { host: "*.example.com", pathPrefix: "/first", service: "b" },
     { host: "api.example.com", service: "a" },
@@ -134,8 +132,8 @@ Deno.test("host routes: exact, *.suffix (not the bare domain), any case, port ig
 // 2. Path prefixes and rewrites
 
 Deno.test("pathPrefix is segment-aware; stripPrefix and addPrefix rewrite the path and keep the query", async () => {
-  await using a = await named("a");
-  await using b = await named("b");
+  await using a = await namedBackend("a");
+  await using b = await namedBackend("b");
   await using lb = await routed({ a: service([a.url]), b: service([b.url]) }, [
     { pathPrefix: "/api", stripPrefix: true, service: "a" },
     { pathPrefix: "/old", stripPrefix: true, addPrefix: "/new", service: "a" },
@@ -165,10 +163,12 @@ Deno.test("pathPrefix is segment-aware; stripPrefix and addPrefix rewrite the pa
 Deno.test("a route without stripPrefix sends the path upstream byte for byte", async () => {
   const lines: string[] = [];
   await using backend = rawServer(async (conn) => {
-    const head = await readHead(conn);
+    const { line, fields } = parseHead(await readHead(conn));
     // Health checks (the first round runs at start) are not the requests under test.
-    if (!head.toLowerCase().includes(`user-agent: ${HEALTH_CHECK_USER_AGENT}`)) {
-      lines.push(head.slice(0, head.indexOf("\r\n")));
+    if (
+      !fields.some(([name, value]) => name === "user-agent" && value === HEALTH_CHECK_USER_AGENT)
+    ) {
+      lines.push(line);
     }
     const body = "raw";
     await writeAll(
@@ -179,7 +179,7 @@ Deno.test("a route without stripPrefix sends the path upstream byte for byte", a
     );
     conn.close();
   });
-  await using other = await named("other");
+  await using other = await namedBackend("other");
   await using lb = await routed({ raw: service([backend.url]), other: service([other.url]) }, [
     { pathPrefix: "/keep", service: "raw" },
     { service: "other" },
@@ -206,7 +206,7 @@ Deno.test("a route without stripPrefix sends the path upstream byte for byte", a
 // 3. Redirects and fixed answers
 
 Deno.test("redirect and respond routes answer with placeholders, status and body, a request id, and no backend", async () => {
-  await using a = await named("a");
+  await using a = await namedBackend("a");
   await using lb = await routed({ a: service([a.url]) }, [
     { host: "old.example.com", redirect: { to: "https://{host}.example.net{path}", status: 301 } },
     { pathPrefix: "/moved", redirect: { to: "/elsewhere" } },
@@ -329,7 +329,7 @@ Deno.test("requestHeaders reach the backend; responseHeaders reach the client, a
 // 5. No route
 
 Deno.test("a request no route matches gets the balancer's 404 with a request id; no backend sees it", async () => {
-  await using a = await named("a");
+  await using a = await namedBackend("a");
   await using lb = await routed({ a: service([a.url]) }, [
     { host: "only.example.com", service: "a" },
     { pathPrefix: "/api", methods: ["POST"], service: "a" },
@@ -486,10 +486,10 @@ class ConcurrentTraffic {
 }
 
 Deno.test("reload under load moves /api to another service, adds and removes services: zero failed requests", async () => {
-  await using a = await named("A");
-  await using b = await named("B");
-  await using c = await named("C");
-  await using d = await named("D");
+  await using a = await namedBackend("A");
+  await using b = await namedBackend("B");
+  await using c = await namedBackend("C");
+  await using d = await namedBackend("D");
   const before: Partial<Config> = {
     services: { a: service([a.url]), b: service([b.url]), old: service([d.url]) },
     routes: [
@@ -563,11 +563,6 @@ Deno.test("reload under load moves /api to another service, adds and removes ser
 // 9. --check on route files
 
 /** A temp directory for config files; removed on dispose. */
-async function tempDir() {
-  const dir = await Deno.makeTempDir({ prefix: "lb-routing-" });
-  return { dir, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
-}
-
 /** 1-based `line:column` of the first `needle` in `text` (after `after`, when given). */
 function position(text: string, needle: string, after = ""): string {
   const from = after === "" ? 0 : text.indexOf(after);
@@ -606,9 +601,9 @@ const UNREACHABLE_ROUTES = `// routes --check must refuse
 `;
 
 Deno.test("--check refuses a route to an unknown service and unreachable routes, with file:line:column; exit 2", async () => {
-  await using tmp = await tempDir();
+  await using tmp = await tempDir("lb-routing-");
   const text = UNREACHABLE_ROUTES;
-  const { path, code, stdout, stderr } = await checkFile(tmp.dir, "routes.jsonc", text);
+  const { path, code, stdout, stderr } = await checkFile(tmp.path, "routes.jsonc", text);
   assert.equal(code, 2, stderr);
   assert.equal(stdout, "");
   const at = (where: string) => `load-balancer: ${path}:${where}`;
@@ -626,7 +621,7 @@ Deno.test("--check refuses a route to an unknown service and unreachable routes,
 });
 
 Deno.test("--check refuses a redirect with an unknown placeholder, with file:line:column; exit 2", async () => {
-  await using tmp = await tempDir();
+  await using tmp = await tempDir("lb-routing-");
   const text = `{
   "services": { "web": { "backends": ["http://127.0.0.1:1"] } },
   "routes": [
@@ -635,7 +630,7 @@ Deno.test("--check refuses a redirect with an unknown placeholder, with file:lin
   ]
 }
 `;
-  const { path, code, stdout, stderr } = await checkFile(tmp.dir, "placeholder.jsonc", text);
+  const { path, code, stdout, stderr } = await checkFile(tmp.path, "placeholder.jsonc", text);
   assert.equal(code, 2, stderr);
   assert.equal(stdout, "");
   assert.equal(
@@ -646,7 +641,7 @@ Deno.test("--check refuses a redirect with an unknown placeholder, with file:lin
 });
 
 Deno.test("--check warns about a service no route uses, with file:line:column, and exits 0", async () => {
-  await using tmp = await tempDir();
+  await using tmp = await tempDir("lb-routing-");
   const text = `{
   "services": {
     "web": { "backends": ["http://127.0.0.1:1"] },
@@ -655,7 +650,7 @@ Deno.test("--check warns about a service no route uses, with file:line:column, a
   "routes": [{ "service": "web" }]
 }
 `;
-  const { path, code, stdout, stderr } = await checkFile(tmp.dir, "unused.jsonc", text);
+  const { path, code, stdout, stderr } = await checkFile(tmp.path, "unused.jsonc", text);
   assert.equal(code, 0, stderr);
   const output = `${stdout}${stderr}`;
   const warning = output.split("\n").find((line) => line.includes("services.spare"));
@@ -666,11 +661,11 @@ Deno.test("--check warns about a service no route uses, with file:line:column, a
 });
 
 Deno.test("a config file with services and routes (string backends, weights, durations) runs as written", async () => {
-  await using a = await named("a");
-  await using b = await named("b");
-  await using api = await named("api");
-  await using tmp = await tempDir();
-  const path = `${tmp.dir}/lb.jsonc`;
+  await using a = await namedBackend("a");
+  await using b = await namedBackend("b");
+  await using api = await namedBackend("api");
+  await using tmp = await tempDir("lb-routing-");
+  const path = `${tmp.path}/lb.jsonc`;
   await Deno.writeTextFile(
     path,
     `// several services behind one balancer
@@ -697,7 +692,7 @@ Deno.test("a config file with services and routes (string backends, weights, dur
 `,
   );
   await using lb = spawnBalancer(["--config", path, ...FRONTEND_FLAGS], {
-    permissions: [`--allow-read=${tmp.dir}`],
+    permissions: [`--allow-read=${tmp.path}`],
   });
   const port = await lb.port();
   using client = hostClient();
@@ -760,8 +755,8 @@ Deno.test("--demo routes /api to the last demo backend and everything else to th
 // 11. The original command line
 
 Deno.test("without routes, `-backends=URL1,URL2 -port=0` still round-robins every path", async () => {
-  await using a = await named("a");
-  await using b = await named("b");
+  await using a = await namedBackend("a");
+  await using b = await namedBackend("b");
   await using lb = spawnBalancer([
     `-backends=${a.url},${b.url}`,
     "-port=0",

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Backend } from "../lib/pool.ts";
-import { cookieHeader, generateSecret, getCookie, StickyCookie } from "../lib/policies/sticky.ts";
+import { cookieHeader, generateSecret, getCookie, StickyCookie } from "../lib/sticky_cookie.ts";
 
 const SECRET = "correct horse battery staple";
 

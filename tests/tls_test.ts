@@ -11,7 +11,6 @@ import {
   type CertificateInfo,
   certificateProblem,
   coalesceBody,
-  hostWithoutPort,
   redirectToHttps,
   reloadResetWarning,
   TlsError,
@@ -22,6 +21,7 @@ import {
   rawRequest,
   startTestBackend,
   startTestBalancer,
+  startTlsBackend,
   TEST_FRONTEND,
   waitFor,
 } from "./helpers.ts";
@@ -173,25 +173,6 @@ async function tlsProcess(
   }
 }
 
-function startTlsBackend(issued: Issued, handler = (_req: Request) => new Response("tls ok")) {
-  let requests = 0;
-  const server = Deno.serve({
-    port: 0,
-    hostname: "127.0.0.1",
-    cert: issued.cert,
-    key: issued.key,
-    onListen: () => {},
-  }, (req) => {
-    requests++;
-    return handler(req);
-  });
-  return {
-    url: `https://127.0.0.1:${server.addr.port}`,
-    requests: () => requests,
-    [Symbol.asyncDispose]: () => server.shutdown(),
-  };
-}
-
 // ---------------------------------------------------------------------------------------------
 // Pure rules
 
@@ -216,14 +197,6 @@ Deno.test("redirectToHttps() answers 308 to the same host and path on the TLS po
   const noHost = redirect(new Request("http://example.com/"));
   assert.equal(noHost.status, 400);
   await noHost.body?.cancel();
-});
-
-Deno.test("hostWithoutPort() drops the port of names, IPv4 and IPv6 literals", () => {
-  assert.equal(hostWithoutPort("example.com:80"), "example.com");
-  assert.equal(hostWithoutPort("example.com"), "example.com");
-  assert.equal(hostWithoutPort("10.0.0.1:8080"), "10.0.0.1");
-  assert.equal(hostWithoutPort("[::1]:80"), "[::1]");
-  assert.equal(hostWithoutPort("[::1]"), "[::1]");
 });
 
 Deno.test("certificateProblem() names expired and not-yet-valid certificates", () => {

@@ -16,6 +16,7 @@ import {
   upstreamCloseFor,
 } from "../lib/websocket.ts";
 import {
+  balancerOver,
   rawRequest,
   refusingUrl,
   startTestBackend,
@@ -25,6 +26,7 @@ import {
   testConfig,
   waitFor,
 } from "./helpers.ts";
+import { headerOf, rawResponse } from "./wire.ts";
 
 /** Generous bound for every wait: the test machines are shared and loaded. */
 const WAIT_MS = 10_000;
@@ -371,12 +373,12 @@ Deno.test("WebSocket: counts as in flight on its backend for its whole life (lea
   assert.ok(await waitFor(() => busy.inflight === 0, WAIT_MS));
 });
 
-Deno.test({
-  name: "WebSocket: shutdown closes open relays with 1001 going away, backends included",
-  // The native front end keeps its tunnels open until the deadline: the next test.
-  ignore: TEST_FRONTEND === "native",
-}, async () => {
-  await using backend = startEchoBackend("a");
+/**
+ * Echo backend "a" behind a balancer started for shutting down (not disposed by the fixture),
+ * with two relayed clients that have each echoed "up". Disposing closes the backend.
+ */
+async function twoRelays() {
+  const backend = startEchoBackend("a");
   const balancer = await startBalancer(testConfig([backend.url]), quietLog);
   const url = `ws://127.0.0.1:${balancer.port}/`;
   const clients = [await openClient(url), await openClient(url)];
@@ -384,6 +386,16 @@ Deno.test({
     client.socket.send("up");
     assert.equal(await client.next(), "up");
   }
+  return { backend, balancer, clients, [Symbol.asyncDispose]: () => backend.close() };
+}
+
+Deno.test({
+  name: "WebSocket: shutdown closes open relays with 1001 going away, backends included",
+  // The native front end keeps its tunnels open until the deadline: the next test.
+  ignore: TEST_FRONTEND === "native",
+}, async () => {
+  await using relays = await twoRelays();
+  const { backend, balancer, clients } = relays;
   const started = performance.now();
   const left = await balancer.shutdown(2000);
   assert.equal(left, 0, "no HTTP request was cut off");
@@ -410,14 +422,8 @@ Deno.test({
   name: "WebSocket: shutdown keeps native tunnels open until the drain deadline, and counts them",
   ignore: TEST_FRONTEND !== "native",
 }, async () => {
-  await using backend = startEchoBackend("a");
-  const balancer = await startBalancer(testConfig([backend.url]), quietLog);
-  const url = `ws://127.0.0.1:${balancer.port}/`;
-  const clients = [await openClient(url), await openClient(url)];
-  for (const client of clients) {
-    client.socket.send("up");
-    assert.equal(await client.next(), "up");
-  }
+  await using relays = await twoRelays();
+  const { backend, balancer, clients } = relays;
   const stopping = balancer.shutdown(1500);
   // Draining: the tunnels still carry messages both ways.
   for (const client of clients) {
@@ -537,7 +543,7 @@ Deno.test("WebSocket: a malformed handshake gets 400 (426 for a version) and rea
 });
 
 Deno.test("WebSocket: a backend refusing the handshake with 403 gives the client 403; a plain 200 gives 502", async () => {
-  await using refusing = await startTestBalancerOver((req) =>
+  await using refusing = await balancerOver((req) =>
     new URL(req.url).pathname === "/private"
       ? new Response("no", { status: 403 })
       : new Response("plain")
@@ -558,19 +564,6 @@ Deno.test("WebSocket: a backend refusing the handshake with 403 gives the client
   assert.equal(refusing.lb.balancer.pool.backends[0].inflight, 0);
 });
 
-/** A balancer over one plain HTTP backend answering with `handler`. */
-async function startTestBalancerOver(handler: (req: Request) => Response) {
-  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, handler);
-  const lb = await startTestBalancer([`http://127.0.0.1:${server.addr.port}`]);
-  return {
-    lb,
-    async [Symbol.asyncDispose]() {
-      await lb[Symbol.asyncDispose]();
-      await server.shutdown();
-    },
-  };
-}
-
 Deno.test("WebSocket: the 101 carries X-Request-Id and is in the access log as 101", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -579,13 +572,13 @@ Deno.test("WebSocket: the 101 carries X-Request-Id and is in the access log as 1
       testConfig([backend.url], { accessLog: `${dir}/access.log`, accessLogFormat: "json" }),
       quietLog,
     );
-    const answer = await rawRequest(
+    const answer = await rawResponse(
       balancer.port,
       upgradeRequest(balancer.port, [KEY, "Sec-WebSocket-Version: 13", "X-Request-Id: ws-42"]),
       1000,
     );
-    assert.match(answer, /^HTTP\/1\.1 101 /);
-    assert.match(answer, /x-request-id: ws-42\r\n/i);
+    assert.equal(answer.status, 101);
+    assert.equal(headerOf(answer, "x-request-id"), "ws-42");
     await balancer.shutdown(1000);
     const line = JSON.parse((await Deno.readTextFile(`${dir}/access.log`)).trim());
     assert.equal(line.status, 101);

@@ -1,11 +1,12 @@
 /**
  * @module
- * Buffered reads and writes on one raw connection, for tests whose backend speaks HTTP/1.1 by
- * hand (tests/exact_path_test.ts, tests/upstream_native_test.ts): request heads, bodies by length
- * or chunked. Every loop is bounded, so a peer that misbehaves ends a test instead of hanging it.
+ * HTTP/1.1 by hand, for tests: buffered reads and writes on one raw connection (request heads,
+ * bodies by length or chunked) for backends that speak it themselves, and the one parser of raw
+ * responses that clients read off a socket. Every loop is bounded, so a peer that misbehaves ends
+ * a test instead of hanging it.
  */
 
-import { concat, writeAll } from "./helpers.ts";
+import { concat, rawExchangeBytes, writeAll } from "./helpers.ts";
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
@@ -100,7 +101,127 @@ export class Wire {
   }
 }
 
-/** One response read off the wire. */
+/** A head split into its first line and its fields (names lower-cased, in order, repeats kept). */
+export interface ParsedHead {
+  /** The request or status line. */
+  line: string;
+  fields: [string, string][];
+}
+
+/** Splits a head (without the blank line) into its first line and fields. */
+export function parseHead(head: string): ParsedHead {
+  const [line, ...lines] = head.split("\r\n");
+  const fields = lines.map((field): [string, string] => {
+    const colon = field.indexOf(":");
+    return [field.slice(0, colon).trim().toLowerCase(), field.slice(colon + 1).trim()];
+  });
+  return { line, fields };
+}
+
+/** The status code of a status line such as `HTTP/1.1 200 OK`. */
+export function statusOf(statusLine: string): number {
+  return Number(statusLine.split(" ")[1]);
+}
+
+/** One whole response read by a raw client, kept as bytes (bodies may be binary). */
+export interface RawResponse {
+  status: number;
+  /** `HTTP/1.1 200 OK`, as sent. */
+  statusLine: string;
+  /** Header fields in order, names lower-cased, repeats kept. */
+  fields: [string, string][];
+  /** The fields as Headers (repeats joined with ", "); built when first read. */
+  readonly headers: Headers;
+  /** The body with any chunked framing removed; reading it throws when the last chunk is missing. */
+  readonly body: Uint8Array;
+  /** Every byte that followed the head, framing included. */
+  wireBody: Uint8Array;
+}
+
+/**
+ * Parses the one response in `bytes` (as read until the connection closed). Throws, quoting
+ * what arrived, when there is no complete head.
+ */
+export function parseResponse(bytes: Uint8Array): RawResponse {
+  const end = headEnd(bytes);
+  if (end === -1) {
+    throw new Error(
+      `no complete response head in ${JSON.stringify(decoder.decode(bytes.subarray(0, 500)))}`,
+    );
+  }
+  const { line, fields } = parseHead(decoder.decode(bytes.subarray(0, end)));
+  if (!/^HTTP\/1\.1 \d{3}/.test(line)) {
+    throw new Error(`not a status line: ${JSON.stringify(line)}`);
+  }
+  const wireBody = bytes.subarray(end + 4);
+  const chunked = fields.some(([n, v]) => n === "transfer-encoding" && /chunked/i.test(v));
+  let headers: Headers | undefined;
+  let body: Uint8Array | undefined;
+  return {
+    status: statusOf(line),
+    statusLine: line,
+    fields,
+    get headers() {
+      return headers ??= new Headers(fields);
+    },
+    get body() {
+      return body ??= chunked ? dechunk(wireBody) : wireBody;
+    },
+    wireBody,
+  };
+}
+
+/**
+ * Sends `request` on a new connection to 127.0.0.1:port (end it with `Connection: close`), reads
+ * until the peer closes or `timeoutMs` passes, and parses the one response.
+ */
+export async function rawResponse(
+  port: number,
+  request: string | Uint8Array,
+  timeoutMs = 3000,
+): Promise<RawResponse> {
+  return parseResponse(await rawExchangeBytes(port, request, timeoutMs));
+}
+
+/** All values of `name` (lower case) joined with ", ", or undefined when absent. */
+export function headerOf(
+  response: { fields: [string, string][] },
+  name: string,
+): string | undefined {
+  const values = headerValues(response, name);
+  return values.length === 0 ? undefined : values.join(", ");
+}
+
+/** Every value of `name` (lower case) in `response`, in order. */
+export function headerValues(response: { fields: [string, string][] }, name: string): string[] {
+  return response.fields.filter(([n]) => n === name).map(([, v]) => v);
+}
+
+/** Removes chunked framing (extensions ignored, trailers dropped); throws on a truncated body. */
+function dechunk(framed: Uint8Array): Uint8Array {
+  const chunks: Uint8Array[] = [];
+  let offset = 0;
+  for (let i = 0; i < 1_000_000; i++) {
+    const lineEnd = crlfAt(framed, offset);
+    if (lineEnd === -1) throw new Error("chunked body ends without its last chunk");
+    const size = parseInt(decoder.decode(framed.subarray(offset, lineEnd)).split(";")[0], 16);
+    if (!Number.isInteger(size)) throw new Error("bad chunk size line");
+    if (size === 0) break;
+    chunks.push(framed.subarray(lineEnd + 2, lineEnd + 2 + size));
+    offset = lineEnd + 2 + size + 2;
+  }
+  return concat(chunks);
+}
+
+/** Where the next CRLF at or after `from` starts, or -1. */
+function crlfAt(bytes: Uint8Array, from: number): number {
+  for (let i = from; i + 1 < bytes.length; i++) {
+    if (bytes[i] === 13 && bytes[i + 1] === 10) return i;
+  }
+  return -1;
+}
+
+/** One response read off the wire, body as text (see {@linkcode parseResponses}). */
 export interface WireResponse {
   status: number;
   headers: Map<string, string>;
@@ -117,15 +238,11 @@ export function parseResponses(bytes: Uint8Array): WireResponse[] {
   for (let n = 0; n < 1000; n++) {
     const headEnd = rest.indexOf("\r\n\r\n");
     if (!rest.startsWith("HTTP/") || headEnd === -1) break;
-    const [statusLine, ...lines] = rest.slice(0, headEnd).split("\r\n");
-    const headers = new Map<string, string>();
-    for (const line of lines) {
-      const colon = line.indexOf(":");
-      headers.set(line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim());
-    }
+    const { line, fields } = parseHead(rest.slice(0, headEnd));
+    const headers = new Map(fields);
     rest = rest.slice(headEnd + 4);
     let body = "";
-    const status = Number(statusLine.split(" ")[1]);
+    const status = statusOf(line);
     if (headers.get("transfer-encoding") === "chunked") {
       for (let i = 0; i < 100_000; i++) {
         const lineEnd = rest.indexOf("\r\n");

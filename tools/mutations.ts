@@ -144,36 +144,37 @@ export const MUTATIONS: readonly Mutation[] = [
   {
     id: "admin-token-full",
     rule: "The admin token is compared in full, not up to its first character.",
-    file: "lib/admin.ts",
-    original: `for (let i = 0; i < b.length; i++) difference |= (a.charCodeAt(i) || 0)`,
+    file: "lib/constant_time.ts",
+    original: `for (let i = 0; i < secret.length; i++) {`,
     // "bearer " is 7 characters: only the token's first one is compared.
-    replacement: `for (let i = 0; i < 8; i++) difference |= (a.charCodeAt(i) || 0)`,
+    replacement: `for (let i = 0; i < 8; i++) {`,
     tests: ["tests/admin_test.ts"],
   },
   {
     id: "admin-token-length",
     rule: "A token that only starts with the admin token (the token plus more) is refused.",
-    file: "lib/admin.ts",
-    original: `let difference = a.length ^ b.length;`,
+    file: "lib/constant_time.ts",
+    original: `let difference = given.length ^ secret.length;`,
     replacement: `let difference = 0;`,
     tests: ["tests/admin_test.ts"],
   },
-  // Sticky cookie MAC (lib/policies/sticky.ts): clients cannot steer themselves to a backend.
+  // Sticky cookie MAC (lib/sticky_cookie.ts): clients cannot steer themselves to a backend.
   {
     id: "sticky-mac-full",
     rule: "A sticky cookie's MAC is compared in full, not only its first character.",
-    file: "lib/policies/sticky.ts",
-    original: `for (let i = 0; i < a.length; i++) difference |= a.charCodeAt(i) ^ b.charCodeAt(i);`,
-    replacement: `for (let i = 0; i < 1; i++) difference |= a.charCodeAt(i) ^ b.charCodeAt(i);`,
+    file: "lib/constant_time.ts",
+    original: `for (let i = 0; i < secret.length; i++) {`,
+    replacement: `for (let i = 0; i < 1; i++) {`,
     tests: ["tests/sticky_test.ts"],
   },
   {
     id: "sticky-mac-checked",
     rule: "A sticky cookie is accepted only when its MAC matches a candidate's token.",
-    file: "lib/policies/sticky.ts",
-    original: `if (token !== undefined && sameToken(token, value)) found = backend;`,
+    file: "lib/sticky_cookie.ts",
+    original: `if (token !== undefined && constantTimeEqual(value, token)) found = backend;`,
     // `|| true` keeps sameToken referenced: noUnusedLocals would fail the type check.
-    replacement: `if (token !== undefined && (sameToken(token, value) || true)) found = backend;`,
+    replacement:
+      `if (token !== undefined && (constantTimeEqual(value, token) || true)) found = backend;`,
     tests: ["tests/sticky_test.ts"],
   },
   // Access log (lib/access_log.ts).

@@ -17,11 +17,12 @@
  *   with the same backends (in any order) map every key identically.
  *
  * The answer is always "the rendezvous winner among the candidates"; the table only caches it
- * for the pool's current set. See {@linkcode HashPolicy} for how other candidate sets are served.
+ * for the pool's current set. See {@linkcode HashPolicy} for how filtered picks are served.
  */
 
-import type { Backend, Policy, SelectContext } from "../pool.ts";
-import { getCookie } from "./sticky.ts";
+import type { Accept, Backend, Policy, SelectContext } from "../pool.ts";
+import { getCookie } from "../sticky_cookie.ts";
+import { isToken } from "../http_token.ts";
 
 /** Where the hash key comes from. */
 export type HashKeySpec =
@@ -29,9 +30,6 @@ export type HashKeySpec =
   | { kind: "path" }
   | { kind: "header"; name: string }
   | { kind: "cookie"; name: string };
-
-/** RFC 9110 token characters: valid header and cookie names. */
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 /**
  * Parses `ip`, `path`, `header:NAME` or `cookie:NAME` (as given on the command line).
@@ -50,7 +48,7 @@ export function parseHashKey(text: string): HashKeySpec {
     );
   }
   const name = text.slice(colon + 1);
-  if (!TOKEN.test(name)) {
+  if (!isToken(name)) {
     throw new Error(
       `hash key ${JSON.stringify(text)}: ${JSON.stringify(name)} is not a valid ${kind} name`,
     );
@@ -120,36 +118,32 @@ export interface HashPolicyOptions {
 }
 
 /**
- * Consistent-hash selection keyed by {@linkcode hashKeyFor}.
+ * Consistent-hash selection keyed by {@linkcode hashKeyFor}: the rendezvous winner among exactly
+ * the candidates, which is what makes keys of surviving backends stay put.
  *
- * The pool passes only available, not-yet-tried candidates, so the set differs between the
- * first attempt (the pool's available array, the same instance until something changes) and a
- * retry (a freshly filtered copy). Both get the rendezvous winner among exactly the candidates
- * given, which is what makes keys of surviving backends stay put:
- *
- * - the array the table serves: one table read, O(1) (a slot's owner is computed, O(n), the
- *   first time a key lands in it and kept);
- * - any other array: the winner for the key's slot is computed over the candidates, O(n) with no
- *   allocation. Retries take this path and never touch the table;
- * - an array that arrives twice with no other non-table array in between is taken to be the
- *   pool's new available set, and the table switches to it: slots of departed backends are
- *   forgotten (refilled on use) and each newcomer takes the known slots it outscores, O(tableSize)
- *   per backend added or removed. This happens when the set changes, never per request.
+ * - An unfiltered pick is one table read, O(1) (a slot's owner is computed, O(n), the first time
+ *   a key lands in it and kept).
+ * - A pick filtered by `accept` (a retry, max-conns) takes the table's owner when it is accepted,
+ *   and otherwise computes the winner among the accepted backends, O(n) with no allocation: the
+ *   key's next backend in rendezvous order.
+ * - {@linkcode HashPolicy.rebuild} moves the table to the new set: slots of departed backends are
+ *   forgotten (refilled on use) and each newcomer takes the known slots it outscores,
+ *   O(tableSize) per backend added or removed. A weight change refills the table, since every
+ *   slot's score involves the weight.
  */
 export class HashPolicy implements Policy {
   readonly #key: HashKeySpec;
   readonly #size: number;
-  /** The array the table currently serves, with its length as a cheap guard against mutation. */
-  #tableFor: readonly Backend[] | undefined;
-  #tableLength = 0;
-  /** The last array answered without the table: promoted when it comes again. */
-  #pending: readonly Backend[] | undefined;
+  /** The set the table serves. */
+  #backends: readonly Backend[] = [];
   /** Slot to index into #members, or -1 while unowned. */
   #owner: Int32Array | undefined;
   /** The winning score in each slot, to compare newcomers against. */
   #ownerScore: Float64Array | undefined;
   /** Backends the table knows, by stable index; indices of departed backends are reused. */
   #members: (Backend | undefined)[] = [];
+  /** The weight each member's slots were scored with, by the same index. */
+  readonly #memberWeight: number[] = [];
   readonly #memberIndex = new Map<Backend, number>();
   /** Score of the last {@linkcode HashPolicy.#winner} result, saving a recomputation. */
   #winnerScore = -Infinity;
@@ -167,33 +161,37 @@ export class HashPolicy implements Policy {
   }
 
   /** The candidate that owns this request's key. */
-  select(candidates: readonly Backend[], context: SelectContext): Backend {
-    if (candidates.length === 1) return candidates[0];
-    return this.selectByKey(candidates, hashKeyFor(this.#key, context));
+  select(context: SelectContext, accept?: Accept): Backend | undefined {
+    const backends = this.#backends;
+    if (backends.length === 1 && accept === undefined) return backends[0];
+    return this.selectByKey(hashKeyFor(this.#key, context), accept);
   }
 
   /** {@linkcode HashPolicy.select} for an already extracted key. */
-  selectByKey(candidates: readonly Backend[], key: string): Backend {
-    if (candidates.length === 1) return candidates[0];
+  selectByKey(key: string, accept?: Accept): Backend | undefined {
+    const backends = this.#backends;
+    if (backends.length === 0) return undefined;
+    if (backends.length === 1 && accept === undefined) return backends[0];
     const slot = hashString(key) % this.#size;
-    if (candidates !== this.#tableFor || candidates.length !== this.#tableLength) {
-      if (candidates !== this.#pending) {
-        this.#pending = candidates;
-        return this.#winner(candidates, slot);
-      }
-      this.#rebuild(candidates);
-    }
-    return this.#lookup(slot);
+    const owner = this.#lookup(slot);
+    // The owner outscores every backend, so when accepted it is also the accepted set's winner.
+    if (accept === undefined || accept(owner)) return owner;
+    return this.#winner(slot, accept);
   }
 
-  /** The rendezvous winner of `slot` among `candidates` (not empty), computed directly. */
-  #winner(candidates: readonly Backend[], slot: number): Backend {
-    let best = candidates[0];
-    let bestScore = score(this.#hashOf(best), best.weight, slot);
-    for (let i = 1; i < candidates.length; i++) {
-      const backend = candidates[i];
+  /**
+   * The rendezvous winner of `slot` among the backends `accept` lets through (all when it is
+   * undefined), computed directly; undefined when nothing is accepted.
+   */
+  #winner(slot: number, accept?: Accept): Backend | undefined {
+    const backends = this.#backends;
+    let best: Backend | undefined;
+    let bestScore = -Infinity;
+    for (let i = 0; i < backends.length; i++) {
+      const backend = backends[i];
+      if (accept !== undefined && !accept(backend)) continue;
       const candidateScore = score(this.#hashOf(backend), backend.weight, slot);
-      if (beats(candidateScore, backend, bestScore, best)) {
+      if (best === undefined || beats(candidateScore, backend, bestScore, best)) {
         best = backend;
         bestScore = candidateScore;
       }
@@ -206,7 +204,7 @@ export class HashPolicy implements Policy {
   #lookup(slot: number): Backend {
     const index = this.#owner![slot];
     if (index !== UNKNOWN) return this.#members[index]!;
-    const winner = this.#winner(this.#tableFor!, slot);
+    const winner = this.#winner(slot)!;
     this.#owner![slot] = this.#memberIndex.get(winner)!;
     this.#ownerScore![slot] = this.#winnerScore;
     return winner;
@@ -217,7 +215,7 @@ export class HashPolicy implements Policy {
    * {@linkcode HashPolicy.#lookup}, so a first build costs one O(tableSize) fill rather than
    * O(tableSize × n) scoring, which would stall the event loop for 300 backends.
    */
-  #rebuild(candidates: readonly Backend[]): void {
+  rebuild(candidates: readonly Backend[]): void {
     const owner = this.#owner ??= new Int32Array(this.#size).fill(UNKNOWN);
     const ownerScore = this.#ownerScore ??= new Float64Array(this.#size);
     const wanted = new Set(candidates);
@@ -232,7 +230,12 @@ export class HashPolicy implements Policy {
       this.#members[index] = undefined;
       this.#memberIndex.delete(backend);
     }
-    const refill = newcomers.length > MAX_INCREMENTAL_NEWCOMERS || this.#memberIndex.size === 0;
+    const reweighted = candidates.some((backend) => {
+      const index = this.#memberIndex.get(backend);
+      return index !== undefined && this.#memberWeight[index] !== backend.weight;
+    });
+    const refill = reweighted || newcomers.length > MAX_INCREMENTAL_NEWCOMERS ||
+      this.#memberIndex.size === 0;
     if (refill) {
       // Scoring each newcomer against every slot would cost more than refilling lazily.
       owner.fill(UNKNOWN);
@@ -259,9 +262,8 @@ export class HashPolicy implements Policy {
         }
       }
     }
-    this.#tableFor = candidates;
-    this.#tableLength = candidates.length;
-    this.#pending = undefined;
+    for (const [backend, index] of this.#memberIndex) this.#memberWeight[index] = backend.weight;
+    this.#backends = candidates;
   }
 
   #admit(backend: Backend): number {

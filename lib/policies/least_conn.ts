@@ -5,40 +5,23 @@
  * bodies have not been fully delivered (so a long stream counts as load), which makes this count
  * active requests, not TCP connections.
  *
- * Cost: O(1) per pick and O(log n) (amortized) per load change on the pool's array of available
- * backends, one O(n) scan per pick on other arrays. The pool hands policies the same array
- * instance until the set or a weight changes, and tells the policy after every change of
- * `inflight` ({@linkcode Policy.loadChanged}), so the policy keeps that array's backends in a
- * heap ordered by load and answers from its top.
+ * Cost: O(1) per pick and O(log n) (amortized) per load change: {@linkcode LeastConnPolicy.rebuild}
+ * files the backends in a heap ordered by load, and the pool reports every change of `inflight`
+ * ({@linkcode Policy.loadChanged}). Sets of up to {@linkcode SCAN_MAX_CANDIDATES} backends, and
+ * picks filtered by `accept` (retries, max-conns), take one O(n) scan instead.
  *
- * - Arrays of up to {@linkcode SCAN_MAX_CANDIDATES} backends are always scanned: keeping an index
- *   costs two Map lookups per load change, which only pays off beyond about that many backends.
- * - An array instance is indexed the second time in a row it is seen as new (as round-robin
- *   precomputes its cycle); the first time, and for one-off arrays such as the filtered copies
- *   the pool passes on retries and on every pick when max-conns filtering is on, one O(n) scan
- *   answers, so copies never cost an O(n) build they cannot repay. Copies do not touch the index.
  * - The heap's entries are *levels*, one per distinct load, each holding every backend at that
- *   load; a pick draws uniformly among the lowest level's backends, with a fresh draw. Ties are
- *   common (every backend is idle in a quiet period), and a random tie-breaker stored with each
- *   backend, redrawn when its load changes, looks equivalent but is not fair: a backend that
- *   keeps losing keeps a draw known to be larger than every winner's since, while the winner's
- *   is fresh. Under one-at-a-time traffic (pick, acquire, release) the last winner keeps
- *   winning: simulated with 5 idle backends, 100 000 picks switched backend only 37 to 51 times,
- *   and shares ranged from 0.8 % to 55 %.
- * - The index trusts `loadChanged` and reads `effectiveWeight` when a backend is indexed or
- *   its load changes. The pool changes weights only together with the array instance, which
- *   leads to a fresh index; an `inflight` or weight changed behind the policy's back on an
- *   indexed array is not seen until that backend's next `loadChanged`.
+ *   load; a pick draws uniformly among the lowest level's backends, with a fresh draw. A random
+ *   tie-breaker stored with each backend would not be fair: under one-at-a-time traffic the last
+ *   winner, whose draw is fresh, keeps beating backends whose draws lost before.
+ * - The index trusts `loadChanged` and reads `effectiveWeight` when a backend is filed; the pool
+ *   rebuilds after every weight change.
  */
 
-import type { Backend, Policy } from "../pool.ts";
+import type { Accept, Backend, Policy, SelectContext } from "../pool.ts";
 import type { RandomSource } from "./random_source.ts";
 
-/**
- * Candidate arrays this short are scanned on every pick and never indexed. Measured with
- * acquire and release per pick (bench/policies_bench.ts): the scan is faster below about 8
- * backends, the index from about 12.
- */
+/** Sets this short are scanned on every pick: below it the index costs more than it saves. */
 export const SCAN_MAX_CANDIDATES = 8;
 
 /** Options for {@linkcode LeastConnPolicy}. */
@@ -58,36 +41,30 @@ export interface LeastConnOptions {
  */
 export class LeastConnPolicy implements Policy {
   readonly #random: RandomSource;
-  /** The load index of the array instance seen repeatedly: the pool's available backends. */
+  #backends: readonly Backend[] = [];
+  /** The backends by load; undefined for a set short enough to scan. */
   #index: LoadIndex | undefined;
-  /** The last array seen for the first time; indexed if it comes again next. */
-  #pending: readonly Backend[] | undefined;
 
   /** Creates the policy; `options.random` breaks ties. */
   constructor(options: LeastConnOptions = {}) {
     this.#random = options.random ?? Math.random;
   }
 
+  /** Files the backends by load, O(n); a short set is only kept, to be scanned. */
+  rebuild(backends: readonly Backend[]): void {
+    this.#backends = backends;
+    this.#index = backends.length > SCAN_MAX_CANDIDATES ? new LoadIndex(backends) : undefined;
+  }
+
   /**
-   * O(1) on the indexed array (the heap's top; the O(log n) is paid in
-   * {@linkcode LeastConnPolicy.loadChanged}), one O(n) scan otherwise. One `random` call on the
-   * indexed array when the lowest load is shared, none otherwise; a scan calls it once per tie.
+   * O(1) from the index (the heap's top; the O(log n) is paid in
+   * {@linkcode LeastConnPolicy.loadChanged}), one O(n) scan otherwise. One `random` call from the
+   * index when the lowest load is shared, none otherwise; a scan calls it once per tie.
    */
-  select(candidates: readonly Backend[]): Backend {
-    if (candidates.length <= SCAN_MAX_CANDIDATES) return scan(candidates, this.#random);
+  select(_context: SelectContext, accept?: Accept): Backend | undefined {
     const index = this.#index;
-    // The length check catches a caller that reuses one array for different backends (the pool
-    // never does); same-length changes in place are not detected.
-    if (index?.candidates === candidates && index.size === candidates.length) {
-      return index.least(this.#random);
-    }
-    if (candidates === this.#pending) {
-      this.#pending = undefined;
-      this.#index = new LoadIndex(candidates);
-      return this.#index.least(this.#random);
-    }
-    this.#pending = candidates;
-    return scan(candidates, this.#random);
+    if (index !== undefined && accept === undefined) return index.least(this.#random);
+    return scan(this.#backends, this.#random, accept);
   }
 
   /** Re-files `backend` under its new load, O(log n); ignored for a backend not indexed. */
@@ -97,14 +74,24 @@ export class LeastConnPolicy implements Policy {
 }
 
 /**
- * One O(n) pass; no allocation. Calls `random` once per tie found.
+ * One O(n) pass over the backends `accept` lets through (all when undefined); no allocation.
+ * Calls `random` once per tie found. Undefined when nothing is accepted.
  * Cross-multiplied so integer counts and weights compare exactly, without division.
  */
-function scan(candidates: readonly Backend[], random: RandomSource): Backend {
-  let best = candidates[0];
+function scan(
+  backends: readonly Backend[],
+  random: RandomSource,
+  accept: Accept | undefined,
+): Backend | undefined {
+  let best: Backend | undefined;
   let ties = 1;
-  for (let i = 1; i < candidates.length; i++) {
-    const backend = candidates[i];
+  for (let i = 0; i < backends.length; i++) {
+    const backend = backends[i];
+    if (accept !== undefined && !accept(backend)) continue;
+    if (best === undefined) {
+      best = backend;
+      continue;
+    }
     const mine = (backend.inflight + 1) * best.effectiveWeight;
     const theirs = (best.inflight + 1) * backend.effectiveWeight;
     if (mine < theirs) {
@@ -159,7 +146,7 @@ interface Slot {
 }
 
 /**
- * The backends of one array instance, grouped into levels by load, with the non-empty levels in
+ * The backends of one set, grouped into levels by load, with the non-empty levels in
  * a binary min-heap by key. A backend moves between levels in O(1) (swap-remove, push); a level
  * that empties or fills again is a heap delete or insert, O(log n).
  *
@@ -169,8 +156,7 @@ interface Slot {
  * the heap. A sweep visits at most 2n + 65 levels after n + 65 levels emptied: O(1) amortized.
  */
 class LoadIndex {
-  readonly candidates: readonly Backend[];
-  /** `candidates.length` when indexed. */
+  /** How many backends are filed. */
   readonly size: number;
   readonly #heap: Level[] = [];
   /** Every level by key, empty ones included (at most 2n + 65 of them). */
@@ -180,7 +166,6 @@ class LoadIndex {
 
   /** Indexes `candidates` in O(n): group by key, then heapify bottom-up. */
   constructor(candidates: readonly Backend[]) {
-    this.candidates = candidates;
     this.size = candidates.length;
     for (const backend of candidates) {
       // A backend listed twice (never by the pool) is filed once, so it gets one share, not two.

@@ -7,13 +7,12 @@
 import type { Policy } from "../pool.ts";
 import { HashPolicy, type HashPolicyOptions } from "./hash.ts";
 import { LeastConnPolicy } from "./least_conn.ts";
-import { type LatencyObserver, type P2cEwmaOptions, P2cEwmaPolicy } from "./p2c_ewma.ts";
+import { type P2cEwmaOptions, P2cEwmaPolicy } from "./p2c_ewma.ts";
 import { RandomPolicy } from "./random.ts";
 import type { RandomSource } from "./random_source.ts";
 import { RoundRobinPolicy } from "./round_robin.ts";
 
 export { HashPolicy, LeastConnPolicy, P2cEwmaPolicy, RandomPolicy, RoundRobinPolicy };
-export type { LatencyObserver };
 
 /** Names accepted for the balancing policy, the default first. */
 export const POLICY_NAMES = ["round-robin", "least-conn", "p2c-ewma", "random", "hash"] as const;
@@ -30,11 +29,6 @@ export interface PolicyOptions {
   ewma?: Pick<P2cEwmaOptions, "decayMs" | "failurePenaltyMs">;
   /** hash tuning. @default {} (key "ip", tableSize 65536) */
   hash?: HashPolicyOptions;
-}
-
-/** Whether `text` names a policy; for validating configuration. */
-export function isPolicyName(text: string): text is PolicyName {
-  return (POLICY_NAMES as readonly string[]).includes(text);
 }
 
 /**
@@ -61,12 +55,4 @@ export function createPolicy(name: PolicyName, options: PolicyOptions = {}): Pol
         `policy "${name as string}" is not one of: ${POLICY_NAMES.join(", ")}`,
       );
   }
-}
-
-/**
- * The policy's latency observer, when it learns from outcomes (p2c-ewma does); the proxy reports
- * each attempt to it. Undefined for policies that do not.
- */
-export function latencyObserverOf(policy: Policy): (Policy & LatencyObserver) | undefined {
-  return policy instanceof P2cEwmaPolicy ? policy : undefined;
 }

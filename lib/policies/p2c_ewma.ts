@@ -4,20 +4,13 @@
  * "p2c + peak EWMA" balancers: it steers traffic away from slow backends within a few requests
  * and drifts back once they recover, without scanning every backend per request.
  *
- * The proxy feeds it: {@linkcode P2cEwmaPolicy.observe} after each attempt with the time to
- * response headers, {@linkcode P2cEwmaPolicy.observeFailure} when an attempt failed.
+ * The attempt loop feeds it through {@linkcode Policy.latencyObserver}:
+ * {@linkcode P2cEwmaPolicy.observe} after each attempt with the time to response headers,
+ * {@linkcode P2cEwmaPolicy.observeFailure} when an attempt failed.
  */
 
-import type { Backend, Policy } from "../pool.ts";
+import type { Accept, Backend, LatencyObserver, Policy, SelectContext } from "../pool.ts";
 import type { RandomSource } from "./random_source.ts";
-
-/** Something that learns from attempt outcomes; the proxy reports to it when a policy has one. */
-export interface LatencyObserver {
-  /** An attempt got response headers after `latencyMs`. */
-  observe(backend: Backend, latencyMs: number): void;
-  /** An attempt failed before response headers (connect error, reset, timeout). */
-  observeFailure(backend: Backend): void;
-}
 
 /** Options for {@linkcode P2cEwmaPolicy}. */
 export interface P2cEwmaOptions {
@@ -69,6 +62,9 @@ export class P2cEwmaPolicy implements Policy, LatencyObserver {
   readonly #now: () => number;
   /** Weak so that backends dropped by a configuration reload do not pin their estimates. */
   readonly #estimates = new WeakMap<Backend, Estimate>();
+  #backends: readonly Backend[] = [];
+  /** This policy learns from outcomes: the attempt loop reports each one here. */
+  readonly latencyObserver: LatencyObserver = this;
 
   /** Validates the options; throws an Error naming a value that is out of range. */
   constructor(options: P2cEwmaOptions = {}) {
@@ -85,16 +81,56 @@ export class P2cEwmaPolicy implements Policy, LatencyObserver {
     this.#now = options.now ?? (() => performance.now());
   }
 
-  /** Draws two distinct candidates and returns the one with the lower score. */
-  select(candidates: readonly Backend[]): Backend {
-    const n = candidates.length;
-    if (n === 1) return candidates[0];
+  /** Keeps the set; there is nothing to precompute. */
+  rebuild(backends: readonly Backend[]): void {
+    this.#backends = backends;
+  }
+
+  /**
+   * Draws two distinct candidates and returns the one with the lower score. A pick filtered by
+   * `accept` draws among the accepted backends (see {@linkcode P2cEwmaPolicy.#drawAccepted}).
+   */
+  select(_context: SelectContext, accept?: Accept): Backend | undefined {
+    const backends = this.#backends;
+    const n = backends.length;
+    if (accept !== undefined) return this.#drawAccepted(backends, accept);
+    if (n <= 1) return backends[0];
     const first = Math.floor(this.#random() * n);
     // Draw the second from the n - 1 others so the two are always distinct.
     let second = Math.floor(this.#random() * (n - 1));
     if (second >= first) second++;
-    const a = candidates[first];
-    const b = candidates[second];
+    return this.#better(backends[first], backends[second]);
+  }
+
+  /**
+   * Two distinct accepted backends, each uniform: by rejection, which takes one or two draws when
+   * most are accepted (max-conns with room), else by counting them and walking to each draw.
+   */
+  #drawAccepted(backends: readonly Backend[], accept: Accept): Backend | undefined {
+    const n = backends.length;
+    for (let tries = 0; n >= 2 && tries < REJECTION_TRIES; tries++) {
+      const first = Math.floor(this.#random() * n);
+      if (!accept(backends[first])) continue;
+      for (let more = 0; more < REJECTION_TRIES; more++) {
+        let second = Math.floor(this.#random() * (n - 1));
+        if (second >= first) second++;
+        if (accept(backends[second])) return this.#better(backends[first], backends[second]);
+      }
+      break;
+    }
+    const count = countAccepted(backends, accept);
+    if (count <= 1) return nthAccepted(backends, accept, 0);
+    const first = Math.floor(this.#random() * count);
+    let second = Math.floor(this.#random() * (count - 1));
+    if (second >= first) second++;
+    return this.#better(
+      nthAccepted(backends, accept, first)!,
+      nthAccepted(backends, accept, second)!,
+    );
+  }
+
+  /** The lower-scoring of two backends, `a` on a tie. */
+  #better(a: Backend, b: Backend): Backend {
     const now = this.#now();
     const latencyA = this.latencyEstimate(a, now);
     const latencyB = this.latencyEstimate(b, now);
@@ -135,6 +171,24 @@ export class P2cEwmaPolicy implements Policy, LatencyObserver {
     if (estimate === undefined) return undefined;
     return estimate.latencyMs * Math.exp(-Math.max(0, now - estimate.at) / this.#decayMs);
   }
+}
+
+/** Rejected draws before a filtered pick counts the accepted backends instead. */
+const REJECTION_TRIES = 4;
+
+/** How many of `backends` `accept` lets through. */
+function countAccepted(backends: readonly Backend[], accept: Accept): number {
+  let count = 0;
+  for (const backend of backends) if (accept(backend)) count++;
+  return count;
+}
+
+/** The `n`-th (from 0) backend `accept` lets through, or undefined when there are fewer. */
+function nthAccepted(backends: readonly Backend[], accept: Accept, n: number): Backend | undefined {
+  for (const backend of backends) {
+    if (accept(backend) && n-- === 0) return backend;
+  }
+  return undefined;
 }
 
 /** Lower is better; `+ 1` counts the request being placed so idle backends still differ. */

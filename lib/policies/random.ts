@@ -4,7 +4,7 @@
  * between processes and behaves the same however requests are interleaved.
  */
 
-import type { Backend, Policy } from "../pool.ts";
+import type { Accept, Backend, Policy, SelectContext } from "../pool.ts";
 import type { RandomSource } from "./random_source.ts";
 
 /** Options for {@linkcode RandomPolicy}. */
@@ -16,20 +16,16 @@ export interface RandomOptions {
 /**
  * Picks a candidate with probability `weight / total weight`.
  *
- * Cost: O(1) when all weights are equal, otherwise O(log n) by binary search over cumulative
- * weights. The cumulative table is cached for one candidate array and rebuilt (O(n), reusing its
- * buffer) only when a different array arrives. The pool hands over the same array until the
- * available set changes, so the rebuild is rare; a retry passes a freshly filtered array and
- * pays O(n) once, no worse than a linear scan.
+ * Cost: O(1) when all weights are equal, otherwise O(log n) by binary search over the cumulative
+ * weights {@linkcode RandomPolicy.rebuild} computes. A pick filtered by `accept` (a retry,
+ * max-conns) draws among the accepted backends in two O(n) passes, allocating nothing.
  */
 export class RandomPolicy implements Policy {
   readonly #random: RandomSource;
-  #cachedFor: readonly Backend[] | undefined;
-  /** Checked with the identity in case a caller reuses an array and changes its length. */
-  #cachedLength = 0;
+  #backends: readonly Backend[] = [];
   #uniform = true;
   #total = 0;
-  /** `cumulative[i]` is the sum of weights of candidates `0..i`. */
+  /** `cumulative[i]` is the sum of weights of backends `0..i`. */
   #cumulative = new Float64Array(16);
 
   /** Creates the policy; `options.random` makes the draws. */
@@ -37,14 +33,34 @@ export class RandomPolicy implements Policy {
     this.#random = options.random ?? Math.random;
   }
 
+  /** Computes the cumulative weights, O(n), reusing the buffer when it is large enough. */
+  rebuild(backends: readonly Backend[]): void {
+    const n = backends.length;
+    if (this.#cumulative.length < n) {
+      this.#cumulative = new Float64Array(Math.max(n, this.#cumulative.length * 2));
+    }
+    let total = 0;
+    let uniform = true;
+    for (let i = 0; i < n; i++) {
+      const weight = backends[i].effectiveWeight;
+      if (weight !== backends[0].effectiveWeight) uniform = false;
+      total += weight;
+      this.#cumulative[i] = total;
+    }
+    this.#backends = backends;
+    this.#uniform = uniform;
+    this.#total = total;
+  }
+
   /** One draw; O(1) for equal weights, O(log n) otherwise (see the class notes). */
-  select(candidates: readonly Backend[]): Backend {
-    const n = candidates.length;
-    if (n === 1) return candidates[0];
-    if (candidates !== this.#cachedFor || n !== this.#cachedLength) this.#rebuild(candidates);
-    if (this.#uniform) return candidates[Math.floor(this.#random() * n)];
+  select(_context: SelectContext, accept?: Accept): Backend | undefined {
+    const backends = this.#backends;
+    const n = backends.length;
+    if (accept !== undefined) return this.#drawAccepted(accept);
+    if (n <= 1) return backends[0];
+    if (this.#uniform) return backends[Math.floor(this.#random() * n)];
     const target = this.#random() * this.#total;
-    // The first index whose cumulative weight exceeds the target. A zero-weight candidate has
+    // The first index whose cumulative weight exceeds the target. A zero-weight backend has
     // the same cumulative value as its predecessor and so can never be that first index.
     let low = 0;
     let high = n - 1;
@@ -53,25 +69,38 @@ export class RandomPolicy implements Policy {
       if (this.#cumulative[middle] > target) high = middle;
       else low = middle + 1;
     }
-    return candidates[low];
+    return backends[low];
   }
 
-  #rebuild(candidates: readonly Backend[]): void {
-    const n = candidates.length;
-    if (this.#cumulative.length < n) {
-      this.#cumulative = new Float64Array(Math.max(n, this.#cumulative.length * 2));
-    }
+  /** One weighted draw among the accepted backends: a pass to sum them, a pass to find it. */
+  #drawAccepted(accept: Accept): Backend | undefined {
+    const backends = this.#backends;
+    let count = 0;
     let total = 0;
     let uniform = true;
-    for (let i = 0; i < n; i++) {
-      const weight = candidates[i].effectiveWeight;
-      if (weight !== candidates[0].effectiveWeight) uniform = false;
-      total += weight;
-      this.#cumulative[i] = total;
+    let first: Backend | undefined;
+    for (const backend of backends) {
+      if (!accept(backend)) continue;
+      first ??= backend;
+      if (backend.effectiveWeight !== first.effectiveWeight) uniform = false;
+      count++;
+      total += backend.effectiveWeight;
     }
-    this.#cachedFor = candidates;
-    this.#cachedLength = n;
-    this.#uniform = uniform;
-    this.#total = total;
+    if (count <= 1) return first;
+    // Equal weights draw a position, which also serves a set of zero weights.
+    const draw = this.#random();
+    let position = uniform ? Math.floor(draw * count) : -1;
+    const target = draw * total;
+    let sum = 0;
+    let last = first;
+    for (const backend of backends) {
+      if (!accept(backend)) continue;
+      if (position-- === 0) return backend;
+      sum += backend.effectiveWeight;
+      if (!uniform && sum > target) return backend;
+      last = backend;
+    }
+    // Only rounding can leave the target unreached: the last accepted backend takes it.
+    return last;
   }
 }

@@ -9,7 +9,9 @@
  * same secret agrees on them, and a restart with the same secret keeps sessions where they were.
  */
 
-import type { Backend } from "../pool.ts";
+import { constantTimeEqual } from "./constant_time.ts";
+import { isToken } from "./http_token.ts";
+import type { Backend } from "./pool.ts";
 
 /** Bytes of HMAC output kept: 128 bits is plenty against guessing and keeps the cookie short. */
 const TOKEN_BYTES = 16;
@@ -96,18 +98,10 @@ export class StickyCookie {
     let found: Backend | undefined;
     for (const backend of candidates) {
       const token = this.#tokens.get(backend.url);
-      if (token !== undefined && sameToken(token, value)) found = backend;
+      if (token !== undefined && constantTimeEqual(value, token)) found = backend;
     }
     return found;
   }
-}
-
-/** Equal-length comparison whose time does not depend on where the strings differ. */
-function sameToken(a: string, b: string): boolean {
-  if (a.length !== b.length) return false;
-  let difference = 0;
-  for (let i = 0; i < a.length; i++) difference |= a.charCodeAt(i) ^ b.charCodeAt(i);
-  return difference === 0;
 }
 
 function base64url(bytes: Uint8Array): string {
@@ -130,8 +124,6 @@ export interface CookieOptions {
   maxAgeSeconds?: number;
 }
 
-/** RFC 9110 token characters, which RFC 6265 requires of cookie names. */
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** RFC 6265 cookie-octet: no controls, whitespace, DQUOTE, comma, semicolon or backslash. */
 const COOKIE_VALUE = /^[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*$/;
 /** A Path attribute value must not contain controls or `;` (RFC 6265 section 4.1.1). */
@@ -145,7 +137,7 @@ const COOKIE_PATH = /^[\x20-\x3A\x3C-\x7E]+$/;
  */
 export function cookieHeader(name: string, value: string, options: CookieOptions = {}): string {
   const { secure = false, path = "/", httpOnly = true, sameSite = "Lax", maxAgeSeconds } = options;
-  if (!TOKEN.test(name)) throw new Error(`cookie name "${name}" is not a valid token`);
+  if (!isToken(name)) throw new Error(`cookie name "${name}" is not a valid token`);
   if (!COOKIE_VALUE.test(value)) throw new Error(`cookie value "${value}" has invalid characters`);
   if (!COOKIE_PATH.test(path)) throw new Error(`cookie path "${path}" has invalid characters`);
   let header = `${name}=${value}; Path=${path}`;

@@ -1,0 +1,126 @@
+/**
+ * Unit tests of lib/balancer.ts's two halves: Balancer.build (services, routing state, handler;
+ * no sockets) with its reload, and listen (the listeners, shutdown). The built handler is called
+ * in-process; listeners and backends are real, on 127.0.0.1 with OS-picked ports.
+ */
+import assert from "node:assert/strict";
+import type { Config } from "../lib/config.ts";
+import { quietLog } from "../lib/log.ts";
+import type { RouteSpec } from "../lib/routes.ts";
+import { Balancer, listen } from "../lib/balancer.ts";
+import { startTestBackend, testConfig } from "./helpers.ts";
+
+/** Routes answering `/status` with `body`, everything else from the default service. */
+function statusRoutes(body: string): RouteSpec[] {
+  return [
+    { pathPrefix: "/status", respond: { status: 200, body } },
+    { service: "default" },
+  ];
+}
+
+/** A ServeHandlerInfo for in-process calls, its exchange already complete. */
+const INFO: Deno.ServeHandlerInfo = {
+  remoteAddr: { transport: "tcp", hostname: "127.0.0.1", port: 40_000 },
+  completed: Promise.resolve(),
+};
+
+/** Builds a balancer for `config`; disposing stops its services and closes what it opened. */
+async function built(config: Config) {
+  const balancer = await Balancer.build(config, quietLog, "test", {});
+  return {
+    balancer,
+    /** The built handler's answer to GET `path`, as status and text. */
+    async get(path: string): Promise<{ status: number; text: string }> {
+      const response = await balancer.handler(
+        new Request(`http://example.test${path}`, { headers: { host: "example.test" } }),
+        INFO,
+      );
+      return { status: response.status, text: await response.text() };
+    },
+    async [Symbol.asyncDispose]() {
+      await balancer.stop();
+      await balancer.close();
+    },
+  };
+}
+
+Deno.test("Balancer.build() binds nothing: it succeeds on a port in use, where listen() then fails", async () => {
+  await using backend = await startTestBackend(() => new Response("from backend"));
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  await using lb = await built(
+    testConfig([backend.url], { port: taken.addr.port, routes: statusRoutes("v1") }),
+  );
+  // The built handler already serves, in-process.
+  assert.deepEqual(await lb.get("/status"), { status: 200, text: "v1" });
+  assert.deepEqual(await lb.get("/x"), { status: 200, text: "from backend" });
+  assert.throws(() => listen(lb.balancer), /cannot listen on 127\.0\.0\.1:\d+/);
+});
+
+Deno.test("Balancer.reload() swaps the routes for the next request through the same handler", async () => {
+  await using backend = await startTestBackend();
+  const config = testConfig([backend.url], { routes: statusRoutes("v1") });
+  await using lb = await built(config);
+  const before = lb.balancer.routing;
+  assert.equal((await lb.get("/status")).text, "v1");
+  const change = await lb.balancer.reload({ ...config, routes: statusRoutes("v2") });
+  assert.deepEqual(change.restartNeeded, []);
+  assert.notEqual(lb.balancer.routing, before);
+  assert.equal((await lb.get("/status")).text, "v2");
+});
+
+Deno.test("Balancer.reload() reports backends added and removed, and keeps a restart-only setting as it was", async () => {
+  await using a = await startTestBackend(() => new Response("a"));
+  await using b = await startTestBackend(() => new Response("b"));
+  const config = testConfig([a.url]);
+  await using lb = await built(config);
+  const next = testConfig([b.url], { port: config.port + 1 });
+  const change = await lb.balancer.reload(next);
+  assert.deepEqual(change.added, [b.url]);
+  assert.deepEqual(change.removed, [a.url]);
+  assert.deepEqual(change.restartNeeded, ["port"]);
+  assert.equal(lb.balancer.config.port, config.port, "the port in force stays");
+  assert.deepEqual(lb.balancer.pool.backends.map((backend) => backend.url), [b.url]);
+  assert.equal((await lb.get("/")).text, "b");
+});
+
+Deno.test("Balancer.reload() failing in phase one leaves the routes, services and outputs in force", async () => {
+  await using backend = await startTestBackend();
+  const config = testConfig([backend.url], { routes: statusRoutes("v1") });
+  await using lb = await built(config);
+  const { routing, services } = lb.balancer;
+  const dir = await Deno.makeTempDir();
+  try {
+    await assert.rejects(
+      lb.balancer.reload({
+        ...config,
+        routes: statusRoutes("v2"),
+        accessLog: `${dir}/no/such/dir/access.log`,
+      }),
+      Deno.errors.NotFound,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  assert.equal(lb.balancer.routing, routing);
+  assert.equal(lb.balancer.services, services);
+  assert.equal(lb.balancer.outputs.accessLog, undefined);
+  assert.equal(lb.balancer.config, config);
+  assert.equal((await lb.get("/status")).text, "v1");
+});
+
+Deno.test("listen() serves the built handler on a socket; shutdown() drains and refuses later reloads", async () => {
+  await using backend = await startTestBackend(() => new Response("from backend"));
+  const config = testConfig([backend.url], { routes: statusRoutes("v1") });
+  const running = listen(await Balancer.build(config, quietLog, "test", {}));
+  try {
+    assert.ok(running.port > 0);
+    assert.equal(running.adminPort, undefined);
+    const status = await fetch(`http://127.0.0.1:${running.port}/status`);
+    assert.equal(await status.text(), "v1");
+    const proxied = await fetch(`http://127.0.0.1:${running.port}/p`);
+    assert.equal(await proxied.text(), "from backend");
+  } finally {
+    assert.equal(await running.shutdown(1_000), 0, "nothing was left open");
+  }
+  await assert.rejects(running.reload(config), /shutting down/);
+});
