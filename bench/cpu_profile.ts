@@ -7,6 +7,7 @@
  *
  *     deno run -A bench/cpu_profile.ts                          # small GET, 10 s, 50 connections
  *     deno run -A bench/cpu_profile.ts --profile headers        # any profile of bench/wrk.ts
+ *     deno run -A bench/cpu_profile.ts --frontend native        # the native front end
  *     deno run -A bench/cpu_profile.ts --duration 20s --prof-dir /tmp/prof
  *     deno run -A bench/cpu_profile.ts --summarize /tmp/prof/CPU.123.cpuprofile --requests 150000
  */
@@ -221,6 +222,7 @@ async function main(args: string[]): Promise<number> {
       warmup: { type: "string", default: "2s" },
       connections: { type: "string" },
       profile: { type: "string", default: "small" },
+      frontend: { type: "string", default: "deno" },
       "prof-dir": { type: "string", default: "/tmp/prof" },
       "balancer-cpu": { type: "string", default: "1" },
       "load-cpu": { type: "string", default: "0" },
@@ -234,7 +236,8 @@ async function main(args: string[]): Promise<number> {
   if (values.help) {
     console.log(
       "Usage: deno run -A bench/cpu_profile.ts [--duration 10s] [--warmup 2s] " +
-        "[--profile small] [--connections N] [--prof-dir /tmp/prof] [--top 15] [--out FILE]\n" +
+        "[--profile small] [--frontend deno|native] [--connections N] [--prof-dir /tmp/prof] " +
+        "[--top 15] [--out FILE]\n" +
         "       deno run -A bench/cpu_profile.ts --summarize FILE.cpuprofile [--requests N]",
     );
     return 0;
@@ -287,6 +290,8 @@ async function main(args: string[]): Promise<number> {
       "127.0.0.1",
       "--log-level",
       "warn",
+      "--frontend",
+      values.frontend,
     ], { cwd: PROJECT_DIR, cpus: values["balancer-cpu"], logFile: `${tmp}/balancer.log` });
     await waitReady(`http://127.0.0.1:${port}/`, balancer, 30000);
     const script = await writeScript(workload, tmp);

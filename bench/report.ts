@@ -419,6 +419,7 @@ const COLORS: Record<string, string> = {
   go: "#00838f",
   deno: "#ef6c00",
   "deno-fetch": "#8e24aa",
+  "deno-native-front": "#00897b",
   "deno-workers": "#ffa726",
   "deno-minimal": "#bcaaa4",
   "deno-minimal-raw": "#ce93d8",

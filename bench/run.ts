@@ -62,6 +62,7 @@ export const TARGET_IDS = [
   "haproxy",
   "go",
   "deno",
+  "deno-native-front",
   "deno-fetch",
   "deno-workers",
   "deno-minimal",
@@ -259,6 +260,7 @@ async function chooseTargets(opts: BenchOptions, tmp: string, notes: string[]) {
   if (await transportSupport()) {
     deno.set("deno", (o) => thisBalancer({ ...o, transport: "native" }));
     deno.set("deno-fetch", (o) => thisBalancer({ ...o, transport: "fetch" }));
+    deno.set("deno-native-front", (o) => thisBalancer({ ...o, frontend: "native" }));
   } else {
     deno.set("deno", (o) => thisBalancer({ ...o, transport: "default" }));
     unavailable.set(

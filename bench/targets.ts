@@ -239,24 +239,35 @@ function named(id: string, label: string, { v8Flags = "" }: DenoTargetOptions) {
  * `--transport` flag yet) runs it without the flag under the plain `deno` id.
  */
 export function thisBalancer(
-  { transport = "native", workers, ...options }: DenoTargetOptions & {
+  { transport = "native", workers, frontend = "deno", ...options }: DenoTargetOptions & {
     /** @default "native" */
     transport?: "native" | "fetch" | "default";
     /** Run with `--workers N`: the `deno-workers` target, not pinned. @default undefined */
     workers?: number;
+    /** `"native"` runs `--frontend native`: the `deno-native-front` target. @default "deno" */
+    frontend?: "deno" | "native";
   } = {},
 ): Target {
   const args = [
     ...(transport === "fetch" ? ["--transport", "fetch"] : []),
+    ...(frontend === "native" ? ["--frontend", "native"] : []),
     ...(workers === undefined ? [] : ["--workers", String(workers)]),
   ];
   // Worker threads need read access to their module (lib/worker_thread.ts).
   const permissions = workers === undefined ? ["--allow-net"] : ["--allow-net", "--allow-read"];
   const flags = runFlags(permissions, options);
   const { id, label } = named(
-    workers !== undefined ? "deno-workers" : transport === "fetch" ? "deno-fetch" : "deno",
+    workers !== undefined
+      ? "deno-workers"
+      : frontend === "native"
+      ? "deno-native-front"
+      : transport === "fetch"
+      ? "deno-fetch"
+      : "deno",
     workers !== undefined
       ? `this balancer, --workers ${workers}`
+      : frontend === "native"
+      ? "this balancer, native front end"
       : transport === "default"
       ? "this balancer, 1 worker"
       : `this balancer, ${transport} transport`,
