@@ -39,8 +39,6 @@ import {
 import type { Log } from "./log.ts";
 import { describeCertificate, formatCertificate } from "./tls.ts";
 
-export { domainProblem };
-
 /** Let's Encrypt's production directory, the default. */
 export const LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory";
 /** Let's Encrypt's staging directory: untrusted certificates, generous rate limits. */

@@ -31,8 +31,6 @@ import {
 } from "./setting_table.ts";
 
 export type { Problem };
-export { childPath, JsoncSyntaxError, type Location, parseJsonc } from "./jsonc.ts";
-export type { ParseJsoncOptions } from "./jsonc.ts";
 export { ACCESS_LOG_FORMATS, LOG_FORMATS, TRANSPORTS } from "./setting_values.ts";
 
 /** Address of the admin listener, from `"HOST:PORT"` (`"[::1]:9090"` for IPv6). */

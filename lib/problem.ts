@@ -26,7 +26,7 @@ export function show(value: unknown): string {
   if (value !== null && typeof value === "object") return "an object";
   const text = JSON.stringify(value);
   if (text === undefined) return String(value);
-  return text.length > 80 ? `${text.slice(0, 77)}..."` : text;
+  return text.length > 80 ? `${text.slice(0, 76)}..."` : text;
 }
 
 /** A JSON object (not null, not a list). */

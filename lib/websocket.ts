@@ -6,7 +6,7 @@
  * frames are copied both ways until either side closes.
  *
  * Why two WebSockets and not a byte tunnel: `Deno.serve` offers no raw upgraded connection, only
- * `Deno.upgradeWebSocket`, and `fetch` cannot send an upgrade. What that costs (see README):
+ * `Deno.upgradeWebSocket`, and `fetch` cannot send an upgrade. What that costs (see docs/edge.md#websockets):
  * the backend's handshake response headers (its Set-Cookie on the 101, its extensions) do not
  * reach the client, compression is not negotiated, and close codes the WebSocket API forbids a
  * client to send are mapped (see {@linkcode upstreamCloseFor}).

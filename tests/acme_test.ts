@@ -8,15 +8,8 @@
 
 import assert from "node:assert/strict";
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import {
-  AcmeManager,
-  type AcmeOptions,
-  domainProblem,
-  type IssuedCertificate,
-  renewalTime,
-} from "../lib/acme.ts";
-import { accountKeyPath, certificatePaths, domainsName } from "../lib/acme_store.ts";
-import { networkReason } from "../lib/acme_http.ts";
+import { AcmeManager, type AcmeOptions, type IssuedCertificate, renewalTime } from "../lib/acme.ts";
+import { accountKeyPath, certificatePaths } from "../lib/acme_store.ts";
 import {
   captureLog,
   delay,
@@ -32,26 +25,6 @@ import { parseHead } from "./wire.ts";
 const MISSING = await pebbleMissing();
 if (MISSING !== undefined) console.log(`acme_test: Pebble tests skipped: ${MISSING}`);
 
-Deno.test("domainProblem() accepts DNS names and refuses wildcards, IPs, bare and bad labels", () => {
-  for (const name of ["a.example.com", "xn--bcher-kva.example", "a-b.c0.example.org"]) {
-    assert.equal(domainProblem(name), undefined, name);
-  }
-  for (
-    const [name, reason] of [
-      ["-bad-.example", "invalid DNS name"],
-      ["*.example.com", "wildcard"],
-      ["127.0.0.1", "IP addresses"],
-      ["::1", "IP addresses"],
-      ["localhost", "no dot"],
-      ["a..example.com", "invalid DNS name"],
-      ["a_b.example.com", "invalid DNS name"],
-      ["example.123", "numeric"],
-    ]
-  ) {
-    assert.match(domainProblem(name) ?? "", new RegExp(reason.replace("*", "\\*")), name);
-  }
-});
-
 Deno.test("renewalTime() is when the given fraction of the lifetime is left", () => {
   const notBefore = new Date("2026-01-01T00:00:00Z");
   const notAfter = new Date("2026-04-01T00:00:00Z"); // 90 days
@@ -60,36 +33,6 @@ Deno.test("renewalTime() is when the given fraction of the lifetime is left", ()
     "2026-03-02T00:00:00.000Z",
   );
   assert.equal(renewalTime(notBefore, notAfter, 1).getTime(), notBefore.getTime());
-});
-
-Deno.test("certificatePaths() separates ACME directories and domain sets, not name order", () => {
-  const prod = certificatePaths("/s", "https://acme-v02.api.letsencrypt.org/directory", [
-    "b.example.com",
-    "a.example.com",
-  ]);
-  const staging = certificatePaths(
-    "/s",
-    "https://acme-staging-v02.api.letsencrypt.org/directory",
-    ["a.example.com", "b.example.com"],
-  );
-  assert.match(prod.cert, /^\/s\/certificates\/acme-v02\.api\.letsencrypt\.org-directory\//);
-  assert.match(prod.cert, /\/a\.example\.com\+1-[0-9a-f]{8}\/cert\.pem$/);
-  assert.notEqual(prod.dir, staging.dir);
-  assert.equal(
-    domainsName(["b.example.com", "a.example.com"]),
-    domainsName(["A.example.com", "b.example.com"]),
-  );
-  assert.notEqual(domainsName(["a.example.com"]), domainsName(["a.example.com", "b.example.com"]));
-});
-
-Deno.test("networkReason() keeps the cause of a failed fetch, without Deno's wrapping", () => {
-  const error = new TypeError("fetch failed", {
-    cause: new Error(
-      "error sending request for url (https://127.0.0.1:9/dir): client error (Connect): " +
-        "tcp connect error: Connection refused (os error 111)",
-    ),
-  });
-  assert.equal(networkReason(error), "connection refused");
 });
 
 Deno.test("challengeResponse() answers only challenge paths, 404 for unknown tokens", async () => {
@@ -288,7 +231,7 @@ Deno.test({
             let answer = await tlsGet(lb.port, DOMAINS[i % 2], root);
             // Closed before one byte of answer: the request was not read, and a client may
             // retry a GET (RFC 9112 §9.3.1). The swap's old listener closing does that (see
-            // README, net.ipv4.tcp_migrate_req): counted, then retried once.
+            // docs/acme.md, net.ipv4.tcp_migrate_req): counted, then retried once.
             if (answer === "") {
               unanswered++;
               answer = await tlsGet(lb.port, DOMAINS[i % 2], root);

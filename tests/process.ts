@@ -22,7 +22,7 @@ export interface BalancerProcess extends AsyncDisposable {
 /** How to run main.ts beyond its arguments. */
 export interface RunOptions {
   /**
-   * Permissions added to `--allow-net` (which the README documents and every run gets), e.g.
+   * Permissions added to `--allow-net` (which docs/operations.md#permissions documents and every run gets), e.g.
    * `--allow-read=/tmp/x` for a config file or `--allow-env=LB_ADMIN_TOKEN`. @default []
    */
   permissions?: string[];
@@ -30,7 +30,7 @@ export interface RunOptions {
   env?: Record<string, string>;
 }
 
-/** The command that runs an entry point with the permissions README documents. */
+/** The command that runs an entry point with the permissions docs/operations.md#permissions documents. */
 export function denoRun(
   entry: string,
   args: string[],

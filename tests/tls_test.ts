@@ -6,7 +6,6 @@
  * and mTLS. Without openssl the tests that need certificates are skipped, saying why.
  */
 import assert from "node:assert/strict";
-import { parseCommandLine } from "../lib/settings.ts";
 import {
   type CertificateInfo,
   certificateProblem,
@@ -268,21 +267,6 @@ Deno.test("coalesceBody() turns a body that ends in time into bytes, else stream
   await assert.rejects(failing.text(), /cut/);
 });
 
-Deno.test("parseCommandLine() accepts the TLS and HTTPS-backend flags", () => {
-  const invocation = parseCommandLine([
-    "--backends=https://127.0.0.1:1",
-    "--tls-cert=c.pem",
-    "--tls-key=k.pem",
-    "--redirect-http=8080",
-    "--backend-ca=ca.pem",
-    "--backend-cert=bc.pem",
-    "--backend-key=bk.pem",
-  ]);
-  assert.ok(invocation.kind === "run");
-  assert.equal(invocation.config.tlsCert, "c.pem");
-  assert.equal(invocation.config.redirectHttp, 8080);
-});
-
 // ---------------------------------------------------------------------------------------------
 // TLS termination
 
@@ -507,7 +491,7 @@ Deno.test({
     assert.equal(lb.balancer.reloadCertificate(), "reloaded");
     assert.ok(log.lines.some((l) => l.startsWith("INFO TLS certificate reloaded: CN=server-2")));
     // The old listener closes when the event loop next runs: a connection reaching it before
-    // that may be reset (README: net.ipv4.tcp_migrate_req). From then on, every new connection
+    // that may be reset (docs/edge.md: net.ipv4.tcp_migrate_req). From then on, every new connection
     // gets the new certificate.
     await delay(50);
     for (let i = 0; i < 10; i++) {

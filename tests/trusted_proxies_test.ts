@@ -6,7 +6,6 @@
 
 import assert from "node:assert/strict";
 import { forwardedElement } from "../lib/headers.ts";
-import { parseCommandLine } from "../lib/settings.ts";
 import { rawRequest, startTestBackend, startTestBalancer, upstreamHeadersOf } from "./helpers.ts";
 
 const FACTS = { clientIp: "192.0.2.10", proto: "https", host: "lb.example" };
@@ -153,16 +152,4 @@ Deno.test("a trusted peer's multiple X-Forwarded-For lines are kept in order", a
     backend.received[0].headers.get("x-forwarded-for"),
     "203.0.113.5, 198.51.100.2, 127.0.0.1",
   );
-});
-
-Deno.test("--trusted-proxies and --forwarded are accepted by the command line", () => {
-  const invocation = parseCommandLine([
-    "--backends=http://127.0.0.1:1",
-    "--trusted-proxies=127.0.0.1/32,10.0.0.0/8",
-    "--forwarded",
-  ]);
-  assert.equal(invocation.kind, "run");
-  if (invocation.kind !== "run") return;
-  assert.deepEqual(invocation.config.trustedProxies, ["127.0.0.1/32", "10.0.0.0/8"]);
-  assert.equal(invocation.config.forwarded, true);
 });

@@ -1,22 +1,15 @@
 /**
- * The native transport (lib/upstream_native.ts) and its parser (lib/http1_parse.ts), called
- * directly: pure parser rules first, then real sockets on 127.0.0.1 with ports from the OS,
- * against `Deno.serve` backends and hand-written ones (tests/wire.ts) that misbehave on
- * purpose. Every backend and transport is closed by its test; run with
+ * The native transport (lib/upstream_native.ts), called directly over real sockets on 127.0.0.1
+ * with ports from the OS, against `Deno.serve` backends and hand-written ones (tests/wire.ts)
+ * that misbehave on purpose (the parser's and head builder's own rules are in
+ * tests/http1_parse_test.ts and tests/http1_request_test.ts). Every backend and transport is
+ * closed by its test; run with
  * `deno test --allow-all --sanitize-ops --sanitize-resources tests/upstream_native_test.ts`.
  */
 
 import assert from "node:assert/strict";
 import * as nodeTls from "node:tls";
 import { gzipSync } from "node:zlib";
-import {
-  ChunkedDecoder,
-  Framing,
-  MalformedResponse,
-  MAX_HEADERS,
-  parseHead,
-} from "../lib/http1_parse.ts";
-import { buildHead, encodeHead } from "../lib/http1_request.ts";
 import {
   createNativeTransport,
   type NativeTransport,
@@ -197,162 +190,6 @@ async function malformedDetail(result: AttemptResult, bodyFailures: string[]): P
   assert.equal(bodyFailures.length, 1, "the backend is blamed once");
   return bodyFailures[0];
 }
-
-// ---------------------------------------------------------------------------------------------
-// The parser (pure)
-// ---------------------------------------------------------------------------------------------
-
-Deno.test("parseHead() frames bodies by RFC 9112 §6.3", () => {
-  const head = (text: string, method = "GET") => parseHead(`${text}\r\n\r\n`, method);
-  assert.equal(head("HTTP/1.1 200 OK\r\ncontent-length: 5").framing, Framing.Length);
-  assert.equal(head("HTTP/1.1 200 OK\r\ncontent-length: 5").length, 5);
-  assert.equal(head("HTTP/1.1 200 OK\r\ncontent-length: 5", "HEAD").framing, Framing.None);
-  assert.equal(head("HTTP/1.1 204 No\r\ncontent-length: 5").framing, Framing.None);
-  assert.equal(head("HTTP/1.1 304 Not\r\ntransfer-encoding: chunked").framing, Framing.None);
-  assert.equal(head("HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked").framing, Framing.Chunked);
-  const close = head("HTTP/1.1 200 OK");
-  assert.equal(close.framing, Framing.Close);
-  assert.equal(close.keepAlive, false);
-  assert.equal(head("HTTP/1.1 200 OK\r\ncontent-length: 0").keepAlive, true);
-  assert.equal(head("HTTP/1.1 200 OK\r\nConnection: Close\r\ncontent-length: 0").keepAlive, false);
-  assert.equal(head("HTTP/1.0 200 OK\r\ncontent-length: 0").keepAlive, false);
-  assert.equal(
-    head("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0").keepAlive,
-    true,
-  );
-  assert.equal(head("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\nContent-Length: 7").length, 7);
-});
-
-Deno.test("parseHead() keeps fields as received, trimmed, and the reason phrase", () => {
-  const head = parseHead("HTTP/1.1 404 Not Found\nX-A:  b c \t\nx-b:\n\n", "GET");
-  assert.equal(head.status, 404);
-  assert.equal(head.statusText, "Not Found");
-  assert.deepEqual(head.headers, [["X-A", "b c"], ["x-b", ""]]);
-  assert.equal(parseHead("HTTP/1.1 200\r\n\r\n", "GET").statusText, "");
-  assert.equal(parseHead("HTTP/1.1 200 \r\n\r\n", "GET").statusText, "");
-});
-
-Deno.test("parseHead() refuses more than MAX_HEADERS fields", () => {
-  const fields = Array.from({ length: MAX_HEADERS + 1 }, (_, i) => `x-${i}: v`).join("\r\n");
-  assert.throws(() => parseHead(`HTTP/1.1 200 OK\r\n${fields}\r\n\r\n`, "GET"), /more than 100/);
-  const most = Array.from({ length: MAX_HEADERS }, (_, i) => `x-${i}: v`).join("\r\n");
-  assert.equal(parseHead(`HTTP/1.1 200 OK\r\n${most}\r\n\r\n`, "GET").headers.length, 100);
-});
-
-Deno.test("ChunkedDecoder decodes byte by byte what it decodes at once", () => {
-  const body = latin1Bytes("3;a=b\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nx-t: 1\r\n\r\n");
-  for (const step of [1, 2, 7, body.length]) {
-    const dec = new ChunkedDecoder();
-    let out = "";
-    let pos = 0;
-    for (
-      let end = Math.min(step, body.length);
-      !dec.done;
-      end = Math.min(end + step, body.length)
-    ) {
-      while (pos < end && !dec.done) {
-        pos = dec.advance(body, pos, end);
-        const take = Math.min(dec.dataLeft, end - pos);
-        if (take > 0) {
-          out += decoder.decode(body.subarray(pos, pos + take));
-          pos += take;
-          dec.took(take);
-        }
-      }
-    }
-    assert.equal(out, "abc0123456789abcdef", `step ${step}`);
-    assert.equal(pos, body.length);
-  }
-});
-
-Deno.test("ChunkedDecoder refuses framing errors", () => {
-  const cases: [string, RegExp][] = [
-    ["zz\r\n", /bad chunk size/],
-    ["\r\n", /bad chunk size/],
-    ["3\nabc\r\n", /bare LF/],
-    ["3 x\r\n", /bad chunk size/],
-    ["fffffffffffff\r\n", /too large/],
-    ["3\r\nabcd", /not followed by CRLF/],
-    [`3;${"e".repeat(5000)}\r\n`, /line too long/],
-    ["3;a\x00\r\n", /chunk extension/],
-    [`0\r\n${"x: y\r\n".repeat(4000)}`, /trailers too large/],
-    ["0\r\nx: \x01\r\n", /control character in a trailer/],
-    ["0\r\n\rx", /final CRLF/],
-  ];
-  for (const [text, why] of cases) {
-    const dec = new ChunkedDecoder();
-    const bytes = latin1Bytes(text);
-    assert.throws(
-      () => {
-        let pos = 0;
-        while (pos < bytes.length) {
-          pos = dec.advance(bytes, pos, bytes.length);
-          const take = Math.min(dec.dataLeft, bytes.length - pos);
-          pos += take;
-          dec.took(take);
-          if (dec.done) break;
-        }
-      },
-      (e: unknown) => e instanceof MalformedResponse && why.test(e.message),
-      JSON.stringify(text),
-    );
-  }
-});
-
-Deno.test("buildHead() puts Host first and replaces the caller's framing with its own", () => {
-  const headers = new Headers({
-    "x-a": "1",
-    host: "example.test",
-    connection: "close",
-    "keep-alive": "timeout=5",
-    "transfer-encoding": "chunked",
-    "content-length": "7",
-  });
-  const framing = (method: string, body: Uint8Array | ReadableStream<Uint8Array> | null) => {
-    const head = buildHead(method, "/p", pairsOf(headers), body, "origin:80");
-    assert.ok(typeof head !== "string");
-    const lines = head.text.split("\r\n");
-    assert.deepEqual(lines.slice(0, 3), [`${method} /p HTTP/1.1`, "host: example.test", "x-a: 1"]);
-    return lines.slice(3, -2).join("|");
-  };
-  assert.equal(framing("GET", null), "content-length: 0", "the caller declared a length");
-  assert.equal(framing("POST", encoder.encode("abc")), "content-length: 3");
-  assert.equal(framing("POST", streamOf(data(7))), "content-length: 7", "the declared length");
-  headers.delete("content-length");
-  assert.equal(framing("GET", null), "");
-  assert.equal(framing("PUT", null), "content-length: 0");
-  assert.equal(framing("POST", streamOf(data(7))), "transfer-encoding: chunked");
-  const noHost = buildHead("GET", "/", [], null, "origin:8080");
-  assert.ok(
-    typeof noHost !== "string" && noHost.text.startsWith("GET / HTTP/1.1\r\nhost: origin:8080\r\n"),
-  );
-});
-
-Deno.test("buildHead() refuses what cannot be written, and expects 100-continue only with a body", () => {
-  assert.equal(buildHead("GE T", "/", [], null, "h"), "method is not a token");
-  assert.match(String(buildHead("GET", "/a b", [], null, "h")), /space or control/);
-  assert.match(String(buildHead("GET", "/a\rb", [], null, "h")), /space or control/);
-  const expect = pairsOf({ expect: "100-Continue" });
-  const withBody = buildHead("PUT", "/", expect, encoder.encode("x"), "h");
-  const without = buildHead("PUT", "/", expect, null, "h");
-  assert.ok(typeof withBody !== "string" && withBody.expectContinue);
-  assert.ok(typeof without !== "string" && !without.expectContinue);
-});
-
-Deno.test("encodeHead() writes the target as UTF-8 and header values as bytes (Latin-1)", () => {
-  const head = buildHead("GET", "/caf\u00e9", pairsOf({ "x-v": "caf\u00e9" }), null, "h");
-  assert.ok(typeof head !== "string");
-  assert.equal(head.ascii, false);
-  const bytes = encodeHead(head, encoder.encode("!"), new Uint8Array(16));
-  const text = [...bytes].map((b) => String.fromCharCode(b)).join("");
-  assert.ok(text.startsWith("GET /caf\u00c3\u00a9 HTTP/1.1\r\n"), "UTF-8 target");
-  assert.ok(text.includes("x-v: caf\u00e9\r\n"), "one byte per character");
-  assert.ok(text.endsWith("\r\n\r\n!"));
-  const ascii = buildHead("GET", "/", [], null, "h");
-  assert.ok(typeof ascii !== "string");
-  const scratch = new Uint8Array(4096);
-  assert.equal(encodeHead(ascii, null, scratch).buffer, scratch.buffer, "in the reused buffer");
-});
 
 // ---------------------------------------------------------------------------------------------
 // Pass-through, framing, keep-alive
@@ -557,25 +394,6 @@ Deno.test("send() refuses a header value with CR, LF or NUL, or a bad name, and 
     }
   }
   assert.equal(server.connections(), 0);
-});
-
-Deno.test("buildHead() treats names in any case alike: one Host, the transport's own framing", () => {
-  const head = buildHead(
-    "POST",
-    "/",
-    [["Host", "a.test"], ["Content-Length", "9"], ["Connection", "close"], ["X-A", "1"]],
-    encoder.encode("abc"),
-    "origin:80",
-  );
-  assert.ok(typeof head !== "string");
-  assert.deepEqual(head.text.split("\r\n"), [
-    "POST / HTTP/1.1",
-    "host: a.test",
-    "x-a: 1",
-    "content-length: 3",
-    "",
-    "",
-  ]);
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import assert from "node:assert/strict";
 import { type BalancerProcess, runMain, spawnBalancer } from "./process.ts";
 import { captureLog, delay, startTestBackend, type TestBackend, waitFor } from "./helpers.ts";
 import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
-import { mergeExpositions } from "../lib/worker_protocol.ts";
 import { shareRandomSettings, WorkerGroup } from "../lib/workers.ts";
 import { type RunningBalancer, startBalancer } from "../lib/balancer.ts";
 import { quietLog } from "../lib/log.ts";
@@ -368,45 +367,5 @@ Deno.test("--workers: a port another process holds is refused, one line, exit 1"
   assert.match(
     stderr,
     new RegExp(`(^|\\n)load-balancer: cannot listen on 127\\.0\\.0\\.1:${port}: .+\\n$`),
-  );
-});
-
-Deno.test("mergeExpositions adds counters, histograms and in-flight; other gauges take the max", () => {
-  const thread = (requests: number, inflight: number, up: number) =>
-    [
-      "# HELP lb_requests_total Requests.",
-      "# TYPE lb_requests_total counter",
-      `lb_requests_total{backend="http://a:1",code="2xx"} ${requests}`,
-      "# HELP lb_request_duration_seconds Durations.",
-      "# TYPE lb_request_duration_seconds histogram",
-      `lb_request_duration_seconds_bucket{backend="http://a:1",le="+Inf"} ${requests}`,
-      `lb_request_duration_seconds_sum{backend="http://a:1"} 0.5`,
-      `lb_request_duration_seconds_count{backend="http://a:1"} ${requests}`,
-      "# HELP lb_backend_inflight In flight.",
-      "# TYPE lb_backend_inflight gauge",
-      `lb_backend_inflight{backend="http://a:1"} ${inflight}`,
-      "# HELP lb_backend_up Up.",
-      "# TYPE lb_backend_up gauge",
-      `lb_backend_up{backend="http://a:1"} ${up}`,
-    ].join("\n") + "\n";
-  const merged = mergeExpositions([thread(3, 1, 1), thread(4, 2, 0)]);
-  assert.equal(
-    merged,
-    [
-      "# HELP lb_requests_total Requests.",
-      "# TYPE lb_requests_total counter",
-      `lb_requests_total{backend="http://a:1",code="2xx"} 7`,
-      "# HELP lb_request_duration_seconds Durations.",
-      "# TYPE lb_request_duration_seconds histogram",
-      `lb_request_duration_seconds_bucket{backend="http://a:1",le="+Inf"} 7`,
-      `lb_request_duration_seconds_sum{backend="http://a:1"} 1`,
-      `lb_request_duration_seconds_count{backend="http://a:1"} 7`,
-      "# HELP lb_backend_inflight In flight.",
-      "# TYPE lb_backend_inflight gauge",
-      `lb_backend_inflight{backend="http://a:1"} 3`,
-      "# HELP lb_backend_up Up.",
-      "# TYPE lb_backend_up gauge",
-      `lb_backend_up{backend="http://a:1"} 1`,
-    ].join("\n") + "\n",
   );
 });

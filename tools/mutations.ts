@@ -84,7 +84,7 @@ export const MUTATIONS: readonly Mutation[] = [
     original: `failure.kind === "client-gone") break;`,
     replacement: `failure.kind === "client-gone") { ` +
       `if (failure.kind === "client-gone") pool.reportFailure(backend, failure.detail); break; }`,
-    tests: ["tests/failover_test.ts", "tests/outlier_test.ts"],
+    tests: ["tests/attempt_loop_test.ts", "tests/failover_test.ts", "tests/outlier_test.ts"],
   },
   // Hop-by-hop headers (lib/headers.ts, RFC 9110 §7.6.1), both directions.
   {
@@ -148,7 +148,7 @@ export const MUTATIONS: readonly Mutation[] = [
     original: `for (let i = 0; i < secret.length; i++) {`,
     // "bearer " is 7 characters: only the token's first one is compared.
     replacement: `for (let i = 0; i < 8; i++) {`,
-    tests: ["tests/admin_test.ts"],
+    tests: ["tests/constant_time_test.ts", "tests/admin_test.ts"],
   },
   {
     id: "admin-token-length",
@@ -156,7 +156,7 @@ export const MUTATIONS: readonly Mutation[] = [
     file: "lib/constant_time.ts",
     original: `let difference = given.length ^ secret.length;`,
     replacement: `let difference = 0;`,
-    tests: ["tests/admin_test.ts"],
+    tests: ["tests/constant_time_test.ts", "tests/admin_test.ts"],
   },
   // Sticky cookie MAC (lib/sticky_cookie.ts): clients cannot steer themselves to a backend.
   {
@@ -165,7 +165,7 @@ export const MUTATIONS: readonly Mutation[] = [
     file: "lib/constant_time.ts",
     original: `for (let i = 0; i < secret.length; i++) {`,
     replacement: `for (let i = 0; i < 1; i++) {`,
-    tests: ["tests/sticky_test.ts"],
+    tests: ["tests/constant_time_test.ts", "tests/sticky_cookie_test.ts"],
   },
   {
     id: "sticky-mac-checked",
@@ -175,7 +175,7 @@ export const MUTATIONS: readonly Mutation[] = [
     // `|| true` keeps sameToken referenced: noUnusedLocals would fail the type check.
     replacement:
       `if (token !== undefined && (constantTimeEqual(value, token) || true)) found = backend;`,
-    tests: ["tests/sticky_test.ts"],
+    tests: ["tests/sticky_cookie_test.ts"],
   },
   // Access log (lib/access_log.ts).
   {

@@ -1,3 +1,8 @@
+/**
+ * The sticky cookie (lib/sticky_cookie.ts) called directly: its MAC tokens, the Set-Cookie
+ * header it builds, and reading cookies.
+ */
+
 import assert from "node:assert/strict";
 import { Backend } from "../lib/pool.ts";
 import { cookieHeader, generateSecret, getCookie, StickyCookie } from "../lib/sticky_cookie.ts";
