@@ -11,6 +11,7 @@
 
 import { hasToken, type RequestHead } from "./http1_request_head.ts";
 import { REASONS } from "./errors.ts";
+import { responseFields, responseSymbol } from "./response_fields.ts";
 
 const encoder = new TextEncoder();
 const CRLF = new Uint8Array([13, 10]);
@@ -99,12 +100,18 @@ function httpDate(): string {
   return dateText;
 }
 
-/** Latin-1 bytes of `text` (header values are byte strings). */
-function encodeHead(text: string): Uint8Array {
-  const out = new Uint8Array(text.length);
-  // All of it fits one byte a character only when it is ASCII (UTF-8 = Latin-1 there).
-  if (encoder.encodeInto(text, out).read === text.length) return out;
-  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+/**
+ * Latin-1 bytes of `text` (header values are byte strings), followed by `body` when given: one
+ * buffer, so that a small response leaves in one write with one copy.
+ */
+function encodeHead(text: string, body?: Uint8Array): Uint8Array {
+  const out = new Uint8Array(text.length + (body?.length ?? 0));
+  // One byte a character only when it is ASCII (UTF-8 = Latin-1 there).
+  const { read, written } = encoder.encodeInto(text, out);
+  if (read !== text.length || written !== text.length) {
+    for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  }
+  if (body !== undefined) out.set(body, text.length);
   return out;
 }
 
@@ -121,13 +128,12 @@ function joined(a: Uint8Array, b: Uint8Array, c?: Uint8Array): Uint8Array {
  * `new Response(Uint8Array)` as static bytes, and only builds a stream when `.body` is read,
  * which is dear for every response. These symbols let such a body be written as it is. If Deno's
  * internals change shape, {@linkcode staticBody} finds nothing and the stream path is taken
- * (tests/frontend_native_test.ts notices).
+ * (tests/http1_response_test.ts notices).
  */
-const RESPONSE_SYMBOLS = (() => {
-  const symbols = Object.getOwnPropertySymbols(new Response("x"));
-  const named = (name: string) => symbols.find((s) => s.description === name);
-  return { inner: named("response"), lazy: named("lazy static body") };
-})();
+const RESPONSE_SYMBOLS = {
+  inner: responseSymbol("response"),
+  lazy: responseSymbol("lazy static body"),
+};
 
 /** The whole body of `response` when Deno holds it in memory (see above), else undefined. */
 export function staticBody(response: Response): Uint8Array | string | undefined {
@@ -169,7 +175,10 @@ export async function writeResponse(
   let hasDate = false;
   // Before the headers are read: reading them makes Deno move a lazy body into a stream.
   const held = head === null ? undefined : staticBody(response);
-  for (const [name, value] of response.headers) {
+  // As `response.headers` iterates, without the iterator (lib/response_fields.ts).
+  const fields = responseFields(response);
+  for (let i = 0; i < fields.length; i++) {
+    const [name, value] = fields[i];
     switch (name) {
       case "content-length":
         // Not digits (a list, say): framed as if absent.
@@ -205,10 +214,10 @@ export async function writeResponse(
   if (held !== undefined) {
     const bytes = typeof held === "string" ? encoder.encode(held) : held;
     const length = declared === -1 ? bytes.length : declared;
-    const headBytes = encodeHead(`${text}content-length: ${length}\r\n${connection()}\r\n`);
+    const headText = `${text}content-length: ${length}\r\n${connection()}\r\n`;
     // A declared length is kept to, as for streamed bodies: a longer body is cut (and the
     // connection closed), a shorter one ends the connection.
-    await writeBody(conn, headBytes, bytes.length > length ? bytes.subarray(0, length) : bytes);
+    await writeBody(conn, headText, bytes.length > length ? bytes.subarray(0, length) : bytes);
     if (bytes.length < length) throw new Error("response body shorter than its Content-Length");
     return keepAlive && bytes.length === length;
   }
@@ -230,16 +239,14 @@ export async function writeResponse(
     const second = await Promise.race([next, soon()]);
     if (second?.done === true) {
       // The whole body was at hand: its length is known.
-      const headBytes = encodeHead(
-        `${text}content-length: ${first.value.length}\r\n${connection()}\r\n`,
-      );
-      await writeBody(conn, headBytes, first.value);
+      const headText = `${text}content-length: ${first.value.length}\r\n${connection()}\r\n`;
+      await writeBody(conn, headText, first.value);
       return keepAlive;
     }
     if (http10) {
       // No chunked coding in HTTP/1.0: the body ends with the connection.
       keepAlive = false;
-      await writeBody(conn, encodeHead(`${text}${connection()}\r\n`), first.value);
+      await writeBody(conn, `${text}${connection()}\r\n`, first.value);
       for (let r = await next; !r.done; r = await reader.read()) await writeAll(conn, r.value);
       return false;
     }
@@ -269,9 +276,8 @@ async function writeLength(
   declared: number,
   connection: string,
 ): Promise<boolean> {
-  const headBytes = encodeHead(`${text}content-length: ${declared}\r\n${connection}\r\n`);
   let left = declared;
-  let pendingHead: Uint8Array | null = headBytes;
+  let pendingHead: string | null = `${text}content-length: ${declared}\r\n${connection}\r\n`;
   for (let r = await reader.read(); !r.done; r = await reader.read()) {
     if (r.value.length === 0) continue;
     const part = r.value.length > left ? r.value.subarray(0, left) : r.value;
@@ -284,19 +290,16 @@ async function writeLength(
       return false;
     }
   }
-  if (pendingHead !== null) await writeAll(conn, pendingHead);
+  if (pendingHead !== null) await writeAll(conn, encodeHead(pendingHead));
   if (left > 0) throw new Error(`response body ended ${left} bytes short of its Content-Length`);
   return true;
 }
 
-async function writeBody(
-  conn: Deno.Conn,
-  headBytes: Uint8Array | null,
-  data: Uint8Array,
-): Promise<void> {
-  if (headBytes === null) return await writeAll(conn, data);
-  if (data.length <= COALESCE_BYTES) return await writeAll(conn, joined(headBytes, data));
-  await writeAll(conn, headBytes);
+/** Writes `data` after the head `head` (null: sent already). */
+async function writeBody(conn: Deno.Conn, head: string | null, data: Uint8Array): Promise<void> {
+  if (head === null) return await writeAll(conn, data);
+  if (data.length <= COALESCE_BYTES) return await writeAll(conn, encodeHead(head, data));
+  await writeAll(conn, encodeHead(head));
   await writeAll(conn, data);
 }
 

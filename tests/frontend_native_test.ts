@@ -16,19 +16,9 @@ import {
   switchProtocols,
 } from "../lib/frontend_native.ts";
 import { encodeProxyV1, encodeProxyV2 } from "../lib/proxy_protocol.ts";
-import { staticBody } from "../lib/http1_response.ts";
 import { canTunnel, openTunnel } from "../lib/tunnel_upstream.ts";
 import { Pki } from "./pki.ts";
-import {
-  concat,
-  delay,
-  rawExchange,
-  rawServer,
-  readHead,
-  refusingUrl,
-  sha256,
-  writeAll,
-} from "./helpers.ts";
+import { concat, delay, rawExchange, rawServer, readHead, sha256, writeAll } from "./helpers.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -389,18 +379,6 @@ Deno.test("serveNative() frames a body known at once with Content-Length and a s
   assert.ok(text.endsWith("\r\n\r\npart1 part2"), text);
 });
 
-Deno.test("staticBody() finds the in-memory body of string and byte responses on this Deno (the fast path)", () => {
-  // Deno internals (2.9.6): when this fails after an upgrade, responses still go out, by the
-  // slower stream path; re-check lib/http1_response.ts's RESPONSE_SYMBOLS.
-  assert.equal(staticBody(new Response("text")), "text");
-  assert.equal(staticBody(new Response("text", { headers: { "x-a": "1" } })), "text");
-  assert.deepEqual(staticBody(new Response(new Uint8Array([1, 2]))), new Uint8Array([1, 2]));
-  assert.equal(staticBody(new Response(new ReadableStream())), undefined);
-  const consumed = new Response("gone");
-  consumed.body!.cancel();
-  assert.equal(staticBody(consumed), undefined);
-});
-
 Deno.test("serveNative() sends 100 Continue only when the handler reads the body", async () => {
   await using server = start();
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
@@ -732,22 +710,6 @@ Deno.test("openTunnel() + switchProtocols() relay a real WebSocket end to end: t
   }
 });
 
-Deno.test("openTunnel() returns the backend's status when it refuses the upgrade, and a connect failure as such", async () => {
-  await using upstream = rawServer(async (conn) => {
-    await readHead(conn);
-    await writeAll(conn, encoder.encode("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"));
-    conn.close();
-  });
-  const opened = await openTunnel(upstream.url, "/", "websocket", [[
-    "sec-websocket-version",
-    "13",
-  ]]);
-  assert.deepEqual(opened, { ok: false, status: 403 });
-  // A refused connect sent nothing: another backend may be tried.
-  const refused = await openTunnel(refusingUrl(), "/", "websocket", []);
-  assert.ok(!refused.ok && "failure" in refused && refused.failure.kind === "connect");
-});
-
 Deno.test("drain() lets a request in flight finish with Connection: close and closes idle connections at once", async () => {
   let release!: () => void;
   const released = new Promise<void>((resolve) => (release = resolve));
@@ -769,4 +731,62 @@ Deno.test("drain() lets a request in flight finish with Connection: close and cl
   assert.equal(response.headers.get("connection"), "close");
   assert.ok(outcome.closed);
   assert.equal(await drained, 0);
+});
+
+Deno.test("serveNative() writes the fields a Response has when written: sorted, joined, changes after construction included", async () => {
+  const bytes = encoder.encode("abc");
+  await using server = start({}, () => {
+    // Built as the proxy's relay builds a response, then changed as route rules change one.
+    const response = new Response(bytes, { status: 200 });
+    for (const [name, value] of [["Server", "b"], ["x-b", "1"], ["Set-Cookie", "s=2"]]) {
+      response.headers.append(name, value);
+    }
+    response.headers.append("X-B", "2");
+    response.headers.append("set-cookie", "s=1");
+    response.headers.append("date", "Mon, 07 Dec 2026 06:00:00 GMT");
+    response.headers.append("x-gone", "1");
+    response.headers.delete("x-gone");
+    response.headers.set("server", "changed");
+    return response;
+  });
+  const { raw } = await exchange(server.port, `${GET}Connection: close\r\n\r\n`);
+  assert.equal(
+    raw,
+    "HTTP/1.1 200 OK\r\n" +
+      "date: Mon, 07 Dec 2026 06:00:00 GMT\r\n" +
+      "server: changed\r\n" +
+      "set-cookie: s=2\r\n" +
+      "set-cookie: s=1\r\n" +
+      "x-b: 1, 2\r\n" +
+      "content-length: 3\r\n" +
+      "connection: close\r\n\r\nabc",
+  );
+});
+
+Deno.test("serveNative() gives each request a signal of its own, made when first read", async () => {
+  const signals: AbortSignal[] = [];
+  await using server = start({}, (req) => {
+    signals.push(req.signal, req.signal);
+    assert.ok(req instanceof Request);
+    return new Response("ok");
+  });
+  const { responses } = await exchange(server.port, `${GET}\r\n${GET}Connection: close\r\n\r\n`);
+  assert.deepEqual(responses.map((r) => r.status), [200, 200]);
+  assert.equal(signals.length, 4);
+  assert.equal(signals[0], signals[1]);
+  assert.notEqual(signals[0], signals[2]);
+  // Both responses were delivered: neither request's signal was aborted.
+  assert.deepEqual(signals.map((s) => s.aborted), [false, false, false, false]);
+});
+
+Deno.test("serveNative() writes a Latin-1 header value as one byte a character, with the body after it", async () => {
+  await using server = start({}, () =>
+    new Response(encoder.encode("abc"), {
+      headers: { "x-latin": "caf\u00e9", date: "Mon, 07 Dec 2026 06:00:00 GMT" },
+    }));
+  const { bytes } = await rawExchange(server.port, `${GET}Connection: close\r\n\r\n`, WAIT_MS);
+  const expected =
+    "HTTP/1.1 200 OK\r\ndate: Mon, 07 Dec 2026 06:00:00 GMT\r\nx-latin: caf\u00e9\r\n" +
+    "content-length: 3\r\nconnection: close\r\n\r\nabc";
+  assert.deepEqual(bytes, Uint8Array.from(expected, (ch) => ch.charCodeAt(0)));
 });

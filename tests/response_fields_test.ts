@@ -1,0 +1,81 @@
+import assert from "node:assert/strict";
+import { responseFields } from "../lib/response_fields.ts";
+
+/** Responses built every way the balancer builds them, and some it does not. */
+function samples(): [string, () => Response][] {
+  const bytes = new Uint8Array([1, 2, 3]);
+  return [
+    ["a string body", () => new Response("text")],
+    ["a string body with headers", () => new Response("text", { headers: { "X-A": "1" } })],
+    ["bytes and a status", () => new Response(bytes, { status: 201, statusText: "Made" })],
+    ["no body", () => new Response(null, { status: 204 })],
+    ["a stream", () => new Response(new ReadableStream(), { headers: [["b", "2"], ["a", "1"]] })],
+    ["Response.json", () => Response.json({ a: 1 }, { headers: { "x-z": "z" } })],
+    ["Response.redirect", () => Response.redirect("http://127.0.0.1/next", 302)],
+    ["a Blob", () => new Response(new Blob(["x"], { type: "text/x-blob" }))],
+    ["form parameters", () => new Response(new URLSearchParams("a=1"))],
+    ["repeated and mixed-case fields", () =>
+      new Response(bytes, {
+        headers: [
+          ["Vary", "accept"],
+          ["set-cookie", "b=2"],
+          ["x-b", "1"],
+          ["Set-Cookie", "a=1"],
+          ["vary", "origin"],
+          ["X-B", "2"],
+          ["content-type", "text/plain"],
+        ],
+      })],
+    ["fields appended after construction, as the proxy's relay builds them", () => {
+      const r = new Response(bytes, { status: 200 });
+      for (const [n, v] of [["server", "nginx"], ["date", "x"], ["content-length", "3"]]) {
+        r.headers.append(n, v);
+      }
+      r.headers.append("x-request-id", "id");
+      r.headers.append("set-cookie", "lb=1");
+      return r;
+    }],
+    ["fields changed after construction (set, delete)", () => {
+      const r = new Response("text", { headers: [["x-a", "1"], ["x-b", "2"], ["x-a", "3"]] });
+      r.headers.set("x-a", "new");
+      r.headers.delete("x-b");
+      r.headers.append("cache-control", "no-store");
+      return r;
+    }],
+    ["a consumed body", () => {
+      const r = new Response("gone", { headers: { "x-a": "1" } });
+      r.body!.cancel();
+      return r;
+    }],
+  ];
+}
+
+Deno.test("responseFields() gives what iterating response.headers gives, for every kind of Response", () => {
+  for (const [what, make] of samples()) {
+    // Read first from a fresh Response: iterating the headers can change Deno's lazy state.
+    const fields = responseFields(make());
+    assert.deepEqual(fields, [...make().headers], what);
+  }
+});
+
+Deno.test("responseFields() reads the live list: changes after an earlier read are seen", () => {
+  const r = new Response(new Uint8Array([1]), { headers: { "x-a": "1" } });
+  assert.deepEqual(responseFields(r), [["x-a", "1"]]);
+  r.headers.set("x-a", "2");
+  r.headers.append("x-b", "3");
+  assert.deepEqual(responseFields(r), [["x-a", "2"], ["x-b", "3"]]);
+  r.headers.delete("x-a");
+  assert.deepEqual(responseFields(r), [["x-b", "3"]]);
+});
+
+Deno.test("responseFields() reads Deno's header list without the Headers object on this Deno (the fast path)", () => {
+  // Deno internals (2.9.6): when this fails after an upgrade, responses still go out the same,
+  // through the iterator; re-check lib/response_fields.ts's symbols.
+  class Untouchable extends Response {
+    override get headers(): Headers {
+      throw new Error("the Headers object was read");
+    }
+  }
+  const r = new Untouchable(new Uint8Array([1]), { headers: [["x-b", "2"], ["X-A", "1"]] });
+  assert.deepEqual(responseFields(r), [["x-a", "1"], ["x-b", "2"]]);
+});
