@@ -62,16 +62,20 @@ export type LoopResult<T> =
   | { ok: true; value: T; backend: Backend }
   | { ok: false; failure: Failure | undefined };
 
-/** Tries backends for one request until one answers or the rules say stop. */
+/**
+ * Tries backends for one request until one answers or the rules say stop. `now` is a
+ * `performance.now()` the caller read in the same synchronous run, to save a clock read.
+ */
 export async function runAttempts<T>(
   plan: AttemptPlan<T>,
   options: AttemptLoopOptions,
+  now: number = performance.now(),
 ): Promise<LoopResult<T>> {
   const { pool, log, retryBudget } = options;
   // Made on the first failure: most requests never need one.
   let tried: Set<Backend> | undefined;
   // One clock read serves the budget and the first attempt's latency (reads cost an op each).
-  let started = performance.now();
+  let started = now;
   retryBudget?.recordRequest(started);
   let failure: Failure | undefined;
   for (let attempt = 0; attempt <= options.retries; attempt++) {

@@ -53,7 +53,7 @@ function namedByConnection(connection: string | null): Set<string> | undefined {
  */
 export function copyWithoutHopByHop(source: Headers): Headers {
   const copy = new Headers();
-  appendEndToEnd(fieldsOf(source), copy, false, undefined);
+  appendEndToEnd(fieldsOf(source), copy, false, undefined, undefined);
   return copy;
 }
 
@@ -68,13 +68,16 @@ function fieldsOf(headers: Headers): HeaderPairs {
  * Appends `fields` to `to` without hop-by-hop ones, those their `Connection` names, and
  * `except` (a lower-case name the caller sets itself). With `decoded` (fetch decoded the body),
  * `Content-Encoding` and `Content-Length` are dropped and a strong ETag is weakened, as
- * {@linkcode downstreamResponseHeaders} says. Returns the Content-Length passed on, or null.
+ * {@linkcode downstreamResponseHeaders} says. With `list` (the live list behind `to`, for fields
+ * `to.append` would take unchanged), fields are pushed to it instead. Returns the
+ * Content-Length passed on, or null.
  */
 function appendEndToEnd(
   fields: HeaderPairs,
   to: Headers,
   decoded: boolean,
   except: string | undefined,
+  list: HeaderPairs | undefined,
 ): string | null {
   let connection: string | null = null;
   for (let i = 0; i < fields.length; i++) {
@@ -96,7 +99,8 @@ function appendEndToEnd(
       if (name === "content-encoding") continue;
       if (name === "etag" && !value.startsWith("W/")) value = `W/${value}`;
     }
-    to.append(name, value);
+    if (list === undefined) to.append(name, value);
+    else list.push([name, value]);
   }
   return length;
 }
@@ -378,19 +382,23 @@ export function downstreamResponseHeaders(
  * {@linkcode downstreamResponseHeaders}, appended to `to` (a new Response's headers: building
  * the Response first and appending costs less than giving pairs to its constructor, which
  * converts them through WebIDL), leaving out `except` too, a lower-case name the caller sets
- * itself. `upstream` may be the fields as received (names in any case). Returns the
- * Content-Length passed on, or null.
+ * itself. `upstream` may be the fields as received (names in any case). `list` is the live list
+ * behind `to` (lib/response_fields.ts `headerListOf`), to be given only when `to.append` would
+ * take every field of `upstream` unchanged (lib/upstream_native.ts `NativeResponse`): the fields
+ * are pushed to it without append's checks. Returns the Content-Length passed on, or null.
  */
 export function appendResponseHeaders(
   upstream: Headers | HeaderPairs,
   to: Headers,
   decoded: boolean,
   except?: string,
+  list?: HeaderPairs,
 ): string | null {
   return appendEndToEnd(
     upstream instanceof Headers ? fieldsOf(upstream) : upstream,
     to,
     decoded,
     except,
+    list,
   );
 }

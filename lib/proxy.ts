@@ -45,6 +45,8 @@ import {
   type RequestBody,
 } from "./body.ts";
 import { parseTarget, type Target } from "./target.ts";
+import { NativeResponse } from "./upstream_native.ts";
+import { headerListOf } from "./response_fields.ts";
 import {
   afterDelay,
   type AttemptOptions,
@@ -457,7 +459,9 @@ export class ReverseProxy implements ServiceProxy {
     trace: Trace,
   ): Promise<Answer> {
     const clientGone = new AbortController();
-    const watch = afterDelay(CLIENT_WATCH_DELAY_MS, () => watchClient(req, clientGone));
+    // One clock read for the watch and the attempt loop (each read is an op).
+    const now = performance.now();
+    const watch = afterDelay(CLIENT_WATCH_DELAY_MS, () => watchClient(req, clientGone), now);
     // A client failing to send its body (too large, too slow, malformed) cancels the attempt.
     const signal = mayFailWhileSent(body)
       ? AbortSignal.any([clientGone.signal, body.signal])
@@ -465,7 +469,7 @@ export class ReverseProxy implements ServiceProxy {
     const transport = this.transportFor(context.path);
     const plan = new Forwarding(this, req.method, headers, body, context, transport, signal, trace);
     try {
-      const result = await runAttempts(plan, this.loop);
+      const result = await runAttempts(plan, this.loop, now);
       if (result.ok) {
         const { pool } = this;
         const { backend } = result;
@@ -587,7 +591,8 @@ export class Forwarding implements AttemptPlan<UpstreamResponse> {
 /**
  * The client's response from the backend's: same status and body, the backend's end-to-end
  * headers, and the balancer's X-Request-Id (replacing any the backend sent) and Set-Cookie.
- * Built once, with the fields appended (see `appendResponseHeaders`).
+ * Built once, with the fields appended (see `appendResponseHeaders`), or pushed to its header list
+ * when the native transport's parser already checked them.
  */
 export function relay(
   upstream: UpstreamResponse,
@@ -617,9 +622,19 @@ export function relay(
       statusText: upstream.statusText,
     });
     const headers = response.headers;
-    const length = appendResponseHeaders(upstream.headers, headers, decoded, REQUEST_ID_HEADER);
+    // Fields the native transport's parser checked skip append's WebIDL conversion and checks.
+    const list = upstream instanceof NativeResponse ? headerListOf(response) : undefined;
+    const length = appendResponseHeaders(
+      upstream.headers,
+      headers,
+      decoded,
+      REQUEST_ID_HEADER,
+      list,
+    );
     trace.contentLength = length === null ? undefined : Number(length);
-    headers.append(REQUEST_ID_HEADER, requestId);
+    // The id is well formed or a UUID (lib/request_id.ts).
+    if (list === undefined) headers.append(REQUEST_ID_HEADER, requestId);
+    else list.push([REQUEST_ID_HEADER, requestId]);
     if (setCookie !== undefined) headers.append("set-cookie", setCookie);
     return response;
   } catch (error) {
@@ -652,6 +667,8 @@ const FETCH_NORMALISED = new Set(["DELETE", "GET", "HEAD", "OPTIONS", "POST", "P
  * (methods are case-sensitive, RFC 9110 §9.1).
  */
 function refuseUnsendableMethod(method: string): void {
+  // Most requests: no case conversion for them.
+  if (method === "GET") return;
   const upper = method.toUpperCase();
   if (FETCH_FORBIDDEN.has(upper) || (upper !== method && FETCH_NORMALISED.has(upper))) {
     throw new HttpError(501, "method cannot be forwarded");

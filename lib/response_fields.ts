@@ -7,6 +7,9 @@
  * The list is the live one: whatever changed the headers after the Response was built is in it.
  * When Deno's internals are not where this module looks, or the Response keeps its fields in a
  * lazy form that the list does not show yet, it iterates `response.headers` instead.
+ *
+ * The proxy also appends fields to that list ({@linkcode headerListOf}) when they were already
+ * validated, skipping the WebIDL conversion and checks `Headers.append` repeats for each one.
  */
 
 /** Symbols Deno keys a Response's internal slots with. */
@@ -51,3 +54,34 @@ export function responseFields(response: Response): [string, string][] {
   }
   return fields;
 }
+
+/**
+ * The live header list of `response`, for appending fields that `response.headers.append` would
+ * accept unchanged: names lower-case tokens, values without NUL, CR or LF and without
+ * surrounding whitespace. Read `response.headers` first: that takes a Response off Deno.serve's
+ * fast path for a body with no fields, which would send none of those appended here.
+ * Undefined when the list is not at hand (Deno's internals moved): then use `append`.
+ */
+export function headerListOf(response: Response): [string, string][] | undefined {
+  if (!LIST_IS_LIVE) return undefined;
+  const inner = (response as unknown as Record<symbol, { headerList?: unknown } | undefined>)[
+    INNER!
+  ];
+  const list = inner?.headerList;
+  return Array.isArray(list) ? list as [string, string][] : undefined;
+}
+
+/** Whether a field pushed to the internal list shows in `response.headers`, checked once. */
+const LIST_IS_LIVE = (() => {
+  if (INNER === undefined) return false;
+  try {
+    const probe = new Response(new Uint8Array(1), { status: 200 });
+    const headers = probe.headers;
+    const list = (probe as unknown as Record<symbol, { headerList?: unknown }>)[INNER]?.headerList;
+    if (!Array.isArray(list) || list.length !== 0) return false;
+    list.push(["x-probe", "1"]);
+    return headers.get("x-probe") === "1";
+  } catch {
+    return false;
+  }
+})();

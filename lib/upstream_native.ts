@@ -198,9 +198,6 @@ interface Waiter {
   settle(turn: Connection | Failure | Dial): void;
 }
 
-/** The stale-connection outcome: a reused connection ended before any response byte. */
-const STALE = Symbol("stale");
-
 /** Creates a transport with its own connection pools. Throws RangeError for bad options. */
 export function createNativeTransport(options: NativeTransportOptions = {}): NativeTransport {
   const maxIdle = options.maxIdlePerOrigin ?? 128;
@@ -685,7 +682,11 @@ class ExchangeError extends Error {
   }
 }
 
-async function send(
+/**
+ * Sends one attempt. Not async: a request that finds an idle connection (most do) gets the
+ * exchange's own promise, one promise and microtask turn fewer.
+ */
+function send(
   state: TransportState,
   origin: string,
   url: string,
@@ -693,8 +694,8 @@ async function send(
   clientSignal: AbortSignal,
   options: AttemptOptions,
 ): Promise<AttemptResult> {
-  if (clientSignal.aborted) return { ok: false, failure: CLIENT_GONE };
-  if (state.closed) return failed("connect", "transport closed");
+  if (clientSignal.aborted) return Promise.resolve({ ok: false, failure: CLIENT_GONE });
+  if (state.closed) return Promise.resolve(failed("connect", "transport closed"));
   let pool: OriginPool;
   let body: RequestBody;
   let head: RequestHead | string;
@@ -703,27 +704,53 @@ async function send(
     body = requestBody(request.body);
     head = buildHead(request.method, targetOf(origin, url), request.headers, body, pool.authority);
   } catch (error) {
-    return failed("connect", `request not sent: ${describe(error)}`);
+    return Promise.resolve(failed("connect", `request not sent: ${describe(error)}`));
   }
   // Nothing was sent: `connect` is the kind that says so (no Headers object can hold such a
   // value, so the proxy never gets here).
-  if (typeof head === "string") return failed("connect", `request not sent: ${head}`);
-  // An idle connection is taken without the promise of acquire(): most requests find one.
-  const c = pool.take() ?? await pool.acquire(options, clientSignal);
+  if (typeof head === "string") {
+    return Promise.resolve(failed("connect", `request not sent: ${head}`));
+  }
+  const c = pool.take();
+  if (c !== undefined) return exchange(c, head, body, request, clientSignal, options);
+  return sendOnAcquired(pool, head, body, request, clientSignal, options);
+}
+
+/** {@linkcode send} when no connection is idle: waits for one (or a new one), then exchanges. */
+async function sendOnAcquired(
+  pool: OriginPool,
+  head: RequestHead,
+  body: RequestBody,
+  request: AttemptRequest,
+  clientSignal: AbortSignal,
+  options: AttemptOptions,
+): Promise<AttemptResult> {
+  const c = await pool.acquire(options, clientSignal);
   if (!(c instanceof Connection)) return { ok: false, failure: c };
-  const reused = c.uses > 0;
-  const result = await exchange(c, head, body, request, clientSignal, options);
-  if (result !== STALE) return result;
-  // The idle-connection race: the backend closed a kept-alive connection as the request went
-  // out. Sent again only when that cannot do harm (RFC 9110 §9.2.2) and the body is replayable.
-  if (!reused || body instanceof ReadableStream || !isIdempotent(request.method)) {
+  return await exchange(c, head, body, request, clientSignal, options);
+}
+
+/**
+ * The idle-connection race: the backend closed a kept-alive connection as the request went
+ * out. Sent again on a new connection only when that cannot do harm (RFC 9110 §9.2.2) and the
+ * body is replayable.
+ */
+async function resend(
+  pool: OriginPool,
+  head: RequestHead,
+  body: RequestBody,
+  request: AttemptRequest,
+  clientSignal: AbortSignal,
+  options: AttemptOptions,
+): Promise<AttemptResult> {
+  if (body instanceof ReadableStream || !isIdempotent(request.method)) {
     return failed("maybe-sent", "reused connection closed by the backend before any response");
   }
   if (clientSignal.aborted) return { ok: false, failure: CLIENT_GONE };
   const fresh = await connect(pool, options, clientSignal);
   if (!(fresh instanceof Connection)) return { ok: false, failure: fresh };
-  const again = await exchange(fresh, head, body, request, clientSignal, options);
-  return again === STALE ? failed("maybe-sent", "connection closed before any response") : again;
+  // A new connection is never stale: its failures are the exchange's own.
+  return await exchange(fresh, head, body, request, clientSignal, options);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -863,8 +890,8 @@ function closeQuietly(conn: Deno.Conn): void {
 
 /**
  * Sends the request on `c` and reads the response head; returns the response (its body read
- * whole, or streaming), the failure, or {@linkcode STALE} when `c` was reused and ended before
- * any response byte.
+ * whole, or streaming) or the failure. When `c` was reused and ended before any response byte,
+ * the request may go again on a new connection ({@linkcode resend}).
  *
  * The common case (a small request, its answer in one read) is this one function: one write,
  * one read, parsing and the body slice synchronous. Every further await costs a promise and a
@@ -877,7 +904,7 @@ async function exchange(
   request: AttemptRequest,
   clientSignal: AbortSignal,
   options: AttemptOptions,
-): Promise<AttemptResult | typeof STALE> {
+): Promise<AttemptResult> {
   c.uses++;
   c.failure = undefined;
   c.streaming = false;
@@ -932,7 +959,9 @@ async function exchange(
     c.close();
     c.gate?.(false);
     if (c.failure !== undefined) return { ok: false, failure: c.failure };
-    if (error instanceof ExchangeError && error.nothingReceived && c.uses > 1) return STALE;
+    if (error instanceof ExchangeError && error.nothingReceived && c.uses > 1) {
+      return resend(c.pool, head, body, request, clientSignal, options);
+    }
     return failed("maybe-sent", describe(error));
   }
   headerDeadline.cancel();
@@ -1104,15 +1133,25 @@ function toResponse(
     if (body instanceof ReadableStream || body.length > 0) c.abandon(UNUSABLE);
     body = null;
   }
-  // parseHead() admits only what a Response can hold: a status of 200-599 here, a reason
-  // phrase of field characters, token names, values without CR, LF or NUL.
-  return {
-    status: head.status,
-    statusText: head.statusText,
-    headers: head.headers,
-    body,
-    decoded: false,
-  };
+  return new NativeResponse(head.status, head.statusText, head.headers, body);
+}
+
+/**
+ * A response of this transport. parseHead() admits only what a Response can hold: a status of
+ * 200-599 here, a reason phrase of field characters, token names, values trimmed and without
+ * NUL, CR or LF. So `Headers.append` would take every field unchanged (once its name is lower
+ * case) and the proxy skips its checks (`relay` in lib/proxy.ts).
+ */
+export class NativeResponse implements UpstreamResponse {
+  /** This transport never decodes a body. */
+  readonly decoded = false;
+
+  constructor(
+    public status: number,
+    public statusText: string,
+    public headers: [string, string][],
+    public body: Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> | null,
+  ) {}
 }
 
 /** Closes a connection whose response was fine but whose body is dropped. */

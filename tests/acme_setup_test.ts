@@ -11,6 +11,9 @@ import { placeholderCertificate } from "../lib/acme_placeholder.ts";
 import { writePair } from "../lib/acme_store.ts";
 import { captureLog, tempDir, testConfig } from "./helpers.ts";
 
+/** A loopback directory URL: the manager is never started, and must never reach the Internet. */
+const NEVER_CONTACTED = "https://127.0.0.1:1/directory";
+
 Deno.test("defaultAcmeDir() is acme/ beside the config file, else under the user's data folder", () => {
   assert.equal(defaultAcmeDir("/etc/lb/config.jsonc"), "/etc/lb/acme");
   assert.equal(defaultAcmeDir("config.jsonc"), "acme");
@@ -25,9 +28,13 @@ Deno.test("defaultAcmeDir() is acme/ beside the config file, else under the user
   }
 });
 
-Deno.test("setUpAcme() points TLS at the manager's files, opens port 80 and starts on a placeholder", async () => {
+Deno.test("setUpAcme() points TLS at the manager's files, takes port 80 for challenges and starts on a placeholder", async () => {
   await using dir = await tempDir("lb-acme-setup-");
-  const config = testConfig([], { acmeDomains: ["a.example.com"], acmeDir: dir.path });
+  const config = testConfig([], {
+    acmeDomains: ["a.example.com"],
+    acmeDir: dir.path,
+    acmeDirectory: NEVER_CONTACTED,
+  });
   const setup = await setUpAcme(config, undefined, captureLog(), () => {});
   assert.equal(config.tlsCert, setup.manager.files.cert);
   assert.equal(config.tlsKey, setup.manager.files.key);
@@ -45,6 +52,7 @@ Deno.test("setUpAcme() serves a stored certificate that is still valid: no place
   const config = testConfig([], {
     acmeDomains: ["a.example.com"],
     acmeDir: dir.path,
+    acmeDirectory: NEVER_CONTACTED,
     redirectHttp: 8080,
   });
   const first = await setUpAcme(structuredClone(config), undefined, captureLog(), () => {});

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The admin listener over real sockets: the backends API (list, add, remove, drain, enable,
  * disable, weight), bearer-token auth, health probes, /metrics (strict parser and promtool),
  * and the operations features it reports on: the alert webhook and the access log.

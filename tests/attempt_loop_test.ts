@@ -103,6 +103,19 @@ Deno.test("runAttempts() retries any method after a refused connect, unless the 
   assert.deepEqual(spent.sent, [URLS[0]], "a body partly sent cannot be sent again");
 });
 
+Deno.test("runAttempts() waits out the backoff of each retry, numbered from 1", async () => {
+  const target = pool();
+  const get = plan(target, { [URLS[0]]: fail("connect"), [URLS[1]]: fail("connect") });
+  const asked: number[] = [];
+  const result = await runAttempts(
+    get,
+    options(target, { backoff: (retry) => (asked.push(retry), 0) }),
+  );
+  assert.ok(result.ok);
+  assert.deepEqual(get.sent, URLS);
+  assert.deepEqual(asked, [1, 2], "one backoff per retry, none before the first attempt");
+});
+
 Deno.test("runAttempts() never retries a timeout, even of a GET", async () => {
   const target = pool();
   const get = plan(target, { [URLS[0]]: fail("timeout") });

@@ -1,4 +1,5 @@
 /**
+ * @module
  * Unit tests of lib/balancer.ts's two halves: Balancer.build (services, routing state, handler;
  * no sockets) with its reload, and listen (the listeners, shutdown). The built handler is called
  * in-process; listeners and backends are real, on 127.0.0.1 with OS-picked ports.

@@ -1,4 +1,5 @@
 /**
+ * @module
  * lib/body.ts: which requests carry a body, and bodies offered to more than one attempt.
  * Streams here stand in for Deno.serve's request bodies; the wire behaviour (fetch reading
  * ahead while connecting) is covered in forwarding_test.ts.

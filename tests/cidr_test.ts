@@ -1,4 +1,5 @@
 /**
+ * @module
  * Address ranges (lib/cidr.ts) called directly: what parses as a range or an address, and which
  * addresses a range contains.
  */

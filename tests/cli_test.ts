@@ -1,4 +1,5 @@
 /**
+ * @module
  * The command line as users type it: flags in both styles, bad input, help/version, logs,
  * signals. Each test runs main.ts as a real process.
  */

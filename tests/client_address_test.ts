@@ -1,4 +1,5 @@
 /**
+ * @module
  * The client's address (lib/client_address.ts) called directly: the socket peer, or the
  * X-Forwarded-For walk from the right past trusted proxies, and bare addresses from entries.
  */

@@ -1,4 +1,5 @@
 /**
+ * @module
  * `deno task compile` builds standalone binaries. `deno compile` needs a `denort` runtime, which
  * it downloads on first use; where that download is impossible (no internet, as on the build
  * machines) and no DENORT_BIN names one, this test reports itself as skipped with the reason.

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The secret comparison (lib/constant_time.ts) called directly: equal only when every character
  * and the length agree, wherever the difference is.
  */
@@ -9,7 +10,7 @@ import { constantTimeEqual } from "../lib/constant_time.ts";
 Deno.test("constantTimeEqual() is true only for the same string", () => {
   const secret = "s3cr3t-token-0123456789";
   assert.equal(constantTimeEqual(secret, secret), true);
-  assert.equal(constantTimeEqual(String(secret), secret), true);
+  assert.equal(constantTimeEqual(secret.slice(0, 5) + secret.slice(5), secret), true, "a copy");
   assert.equal(constantTimeEqual("", ""), true);
   // A difference at each position, the first and the last included, is found.
   for (let i = 0; i < secret.length; i++) {

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The dashboard page (lib/dashboard.ts): a check of its source, and real headless-Chromium runs
  * against the admin handler over two services with three real backends (tests/admin_harness.ts:
  * real pools, health checks and requests), driven by playwright-core.

@@ -1,4 +1,5 @@
 /**
+ * @module
  * DNS service discovery (lib/discovery.ts): the SRV and A/AAAA rules and the last-good-set rule
  * with an injected resolver, then the real thing against a dnsmasq this file starts per test on
  * 127.0.0.1 (its own config, a free port, no upstream, nothing but 127.0.0.x in its records).

@@ -190,6 +190,7 @@ Deno.test("createDispatcher() checks access (403) before the rate limit (429) be
   assert.equal(verifier.calls, 1, "password guessing is limited before bcrypt runs");
   assert.deepEqual(lb.refusals, ["guarded 403", "guarded 401", "guarded 429"]);
   assert.deepEqual(web.calls, []);
+  assert.equal(lb.outcomes.length, 3);
   assert.ok(lb.outcomes.every((o) => !o.fromBackend && o.route === "guarded"));
 });
 
@@ -197,13 +198,21 @@ Deno.test("createDispatcher() lets a right password through and answers 503 when
   const web = stubService("web");
   const users = new Map<string, string>();
   let outcome: BasicAuthOutcome = "ok";
-  const verifier = { verify: () => Promise.resolve(outcome) } as unknown as BasicAuthVerifier;
+  const seen: (string | null)[] = [];
+  const verifier = {
+    verify: (_users: Map<string, string>, authorization: string | null) => {
+      seen.push(authorization);
+      return Promise.resolve(outcome);
+    },
+  } as unknown as BasicAuthVerifier;
   await using lb = serve(() =>
     state([{ service: "web" }], { web }, [{ auth: { realm: "r", users, verifier } }])
   );
-  assert.equal((await get(lb.url, "/")).status, 200);
+  const credentials = { authorization: `Basic ${btoa("ann:right")}` };
+  assert.equal((await get(lb.url, "/", credentials)).status, 200);
+  assert.deepEqual(seen, [credentials.authorization], "the client's credentials are checked");
   outcome = "busy";
-  const busy = await get(lb.url, "/");
+  const busy = await get(lb.url, "/", credentials);
   assert.equal(busy.status, 503);
   assert.equal(busy.headers.get("retry-after"), "1");
   assert.equal(web.calls.length, 1);

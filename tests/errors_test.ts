@@ -1,4 +1,5 @@
 /**
+ * @module
  * Errors that answer clients (lib/errors.ts) called directly: the one mapping from errors to
  * responses, which says the status and never an error's own message.
  */

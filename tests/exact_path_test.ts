@@ -1,4 +1,5 @@
 /**
+ * @module
  * Byte-exact request targets (issue 5): the native transport (lib/upstream_native.ts, the
  * default) writes every target as received; with `--transport fetch`, requests whose path
  * fetch's URL parser would rewrite (`..`, `%2e%2e`, `\`) still go through the native transport,

@@ -1,4 +1,5 @@
 /**
+ * @module
  * Balancing, health, retries and gateway errors over real sockets: backends are started, killed,
  * black-holed and reset by the tests themselves on 127.0.0.1.
  */

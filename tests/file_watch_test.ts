@@ -1,4 +1,5 @@
 /**
+ * @module
  * lib/file_watch.ts on real files in a temp directory: an in-place write, an editor's
  * rename-over, a Kubernetes ConfigMap `..data` swap and a symlink into another directory each
  * fire once; unrelated files and same-content rewrites never do; close() leaves nothing open.

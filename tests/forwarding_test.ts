@@ -1,4 +1,5 @@
 /**
+ * @module
  * What goes over the wire through the balancer, checked on real sockets: status and headers
  * relayed, hop-by-hop headers stripped both ways, X-Forwarded-* set, compressed bodies described
  * truthfully, bodies streamed and intact both ways, retries with a replayed body, and bodies that

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The native front end (lib/frontend_native.ts) on real sockets: the strict parser's refusals,
  * pipelining, keep-alive, bodies both ways, 100-continue, HEAD, the header and idle timeouts,
  * the connection cap, the PROXY protocol, TLS with ALPN, tunnels and drains.
@@ -763,7 +764,7 @@ Deno.test("serveNative() writes the fields a Response has when written: sorted, 
   );
 });
 
-Deno.test("serveNative() gives each request a signal of its own, made when first read", async () => {
+Deno.test("serveNative() gives each request one signal of its own, the same on every read, never aborted after delivery", async () => {
   const signals: AbortSignal[] = [];
   await using server = start({}, (req) => {
     signals.push(req.signal, req.signal);

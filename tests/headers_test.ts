@@ -1,4 +1,5 @@
 /**
+ * @module
  * Pure unit tests of lib/headers.ts: hop-by-hop stripping, Host validation, the upstream header
  * set, and describing a body that fetch decoded by itself.
  */

@@ -1,4 +1,5 @@
 /**
+ * @module
  * lib/health.ts against real backends on 127.0.0.1 port 0: expected statuses, the Host header
  * on the wire, body checks (an endless body is cut at 64 KiB), timeouts, two checkers on two
  * pools side by side, and stop(). Rounds are run with runRound() and their verdicts read from a

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The native front end's request-head parser (lib/http1_request_head.ts) called directly: what
  * it reads from a valid head, and the status it gives what it refuses (its refusals on the wire
  * are tested through the front end in tests/frontend_native_test.ts).

@@ -1,4 +1,5 @@
 /**
+ * @module
  * Writing request heads for the native transport (lib/http1_request.ts) called directly: Host
  * first, the transport's own framing, refusals, and the bytes of a head. Pure: no sockets (the
  * transport's wire tests are tests/upstream_native_test.ts).

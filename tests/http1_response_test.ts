@@ -1,4 +1,5 @@
 /**
+ * @module
  * Writing responses for the native front end (lib/http1_response.ts) called directly (its wire
  * behaviour is tested through the front end in tests/frontend_native_test.ts).
  */

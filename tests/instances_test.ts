@@ -1,4 +1,5 @@
 /**
+ * @module
  * Several balancer instances with the same configuration make the same choice where it matters:
  * with `--policy=hash`, two separate processes send each key to the same backend, so a client
  * whose requests land on either instance (DNS round-robin, an L4 balancer) keeps its backend.

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The JSONC parser (lib/jsonc.ts) called directly: plain JSON as JSON.parse reads it, comments
  * and trailing commas, syntax errors with line and column, and the locations it records.
  */

@@ -1,4 +1,5 @@
 /**
+ * @module
  * Request body limits on real sockets: `maxBody` (413 before any upstream request for a declared
  * length, a cut-off upstream request for a chunked or HTTP/2 body that grows past it) and
  * `bodyTimeout` (408 for a client that stalls mid-body, with its slot and upstream request

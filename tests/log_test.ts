@@ -1,4 +1,5 @@
 /**
+ * @module
  * The process log (lib/log.ts) called directly: Go's line shape, JSON lines, levels that are
  * left out, and a log that follows a reload.
  */

@@ -1,4 +1,5 @@
 /**
+ * @module
  * lib/mirror.ts: the `mirror` key's check, sampling, the in-flight limit, body limits, the
  * body tee, and on real sockets that a stalled or dead mirror costs the client nothing.
  */

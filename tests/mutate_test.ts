@@ -1,4 +1,5 @@
 /**
+ * @module
  * The pure parts of `deno task mutate` (tools/mutate.ts): options, the anchor rule, verdicts,
  * the summary, and the shape of the mutation list. Nothing here runs a mutation: the whole list
  * takes minutes and is run by hand (docs/mutation_testing.md).

@@ -1,4 +1,5 @@
 /**
+ * @module
  * Balancing policies, weights, ejection, retry budget, sticky cookies, max-conns and slow start
  * over real sockets on 127.0.0.1. Counts are exact where the algorithm is deterministic; where
  * it is not, each bound says why it holds with a wide margin.

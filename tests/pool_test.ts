@@ -1,4 +1,5 @@
 /**
+ * @module
  * Pool availability bookkeeping with a fake clock and a policy that takes the first candidate,
  * so every assertion is about what the pool offers, not about how a policy chooses.
  */

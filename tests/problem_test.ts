@@ -1,4 +1,5 @@
 /**
+ * @module
  * The helpers every configuration check reports with (lib/problem.ts) called directly: values
  * shown in one short line, and unknown keys named with the key they most likely meant.
  */

@@ -1,4 +1,5 @@
 /**
+ * @module
  * Protection per route through a real balancer: access rules (allow/deny, IPv4 and IPv6, the
  * client address behind trusted proxies), and `--check` on bad values.
  */

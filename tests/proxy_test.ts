@@ -1,4 +1,5 @@
 /**
+ * @module
  * Unit tests of lib/proxy.ts's steps: readRequest, the ReverseProxy's upstreamHeaders, pick,
  * transportFor, attempt and forward, relay, and createProxyHandler's outcome. Backends are real
  * servers on 127.0.0.1 (port 0); handlers are called in-process with a ServeHandlerInfo of the
@@ -26,6 +27,7 @@ import {
   type Trace,
 } from "../lib/proxy.ts";
 import type { AttemptResult, Transport } from "../lib/upstream.ts";
+import { NativeResponse } from "../lib/upstream_native.ts";
 import { refusingUrl, startTestBackend } from "./helpers.ts";
 
 /** A pool of `urls` (weight 1, round-robin). */
@@ -315,6 +317,40 @@ Deno.test("relay() drops hop-by-hop fields, replaces the backend's X-Request-Id,
   assert.equal(response.headers.get("x-kept"), "yes");
   assert.equal(trace.contentLength, 2);
   assert.equal(await response.text(), "ok");
+});
+
+Deno.test("relay() gives the native transport's fields the same headers as any other's", () => {
+  const fields = (): [string, string][] => [
+    ["Server", "nginx"],
+    ["Connection", "x-secret"],
+    ["X-Secret", "1"],
+    ["Set-Cookie", "a=1"],
+    ["Content-Length", "2"],
+    ["set-cookie", "b=2"],
+    ["X-Request-Id", "from-backend"],
+  ];
+  const body = () => new TextEncoder().encode("ok");
+  const plain = relay(
+    { status: 200, statusText: "OK", headers: fields(), body: body(), decoded: false },
+    [],
+    "GET",
+    "s=1",
+    "rid",
+    newTrace(),
+  );
+  const trace = newTrace();
+  const native = relay(
+    new NativeResponse(200, "OK", fields(), body()),
+    [],
+    "GET",
+    "s=1",
+    "rid",
+    trace,
+  );
+  assert.deepEqual([...native.headers], [...plain.headers]);
+  assert.equal(native.headers.get("x-request-id"), "rid");
+  assert.equal(native.headers.get("x-secret"), null);
+  assert.equal(trace.contentLength, 2);
 });
 
 Deno.test("relay() refuses a 1xx with 502 and gives a decoded HEAD an empty stream, not a false length", async () => {

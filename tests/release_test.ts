@@ -1,4 +1,5 @@
 /**
+ * @module
  * Release tooling: `deno task compile:all` (tools/compile_all.ts), the release workflow
  * (.github/workflows/release.yml) and the deployment examples (examples/kubernetes.yaml,
  * examples/consul.jsonc).

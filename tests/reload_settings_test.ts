@@ -1,4 +1,5 @@
 /**
+ * @module
  * A reload applies global settings live, not only backends: the admin token, the access log
  * (file and format), the CA trusted for HTTPS backends, trusted proxies, a service's timeout,
  * the process log's level and format, and the drain timeout used at the next SIGTERM. The

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The config file as operators use it, with main.ts as a real process: `--check`, reload on a
  * file change and on SIGHUP under continuous traffic, a broken file kept out, and the JSON
  * process log. Each test writes its config into its own temp directory.

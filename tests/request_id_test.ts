@@ -1,4 +1,5 @@
 /**
+ * @module
  * X-Request-Id (lib/request_id.ts): the rule for keeping a client's id, and over real sockets
  * that the id reaches the backend, comes back to the client (also on the balancer's own
  * errors), and is written in both access log formats.

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The retry rules (lib/retry.ts), as a table: a retry must never make a request happen twice
  * unless its method says that is harmless, and never follow a timeout or a client hang-up.
  */

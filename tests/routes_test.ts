@@ -1,4 +1,5 @@
 /**
+ * @module
  * Pure unit tests of lib/routes.ts: matching (hosts, wildcards, ports, segment-aware prefixes,
  * normalised paths, methods, headers, precedence), the per-request helpers (upstream path,
  * redirect Location, header rules, descriptions) and the config checks (checkRoutes, lintRoutes).

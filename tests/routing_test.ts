@@ -1,4 +1,5 @@
 /**
+ * @module
  * Several services behind one balancer, on the wire: host and path routing to real backends,
  * path rewrites, redirects and fixed answers, header rules (also on the balancer's own 502/503),
  * the 404 of no route, per-service timeouts and health checks, a reload that moves routes under

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The adversarial suite: a raw-socket client sends each hostile request to a balancer started
  * in-process in front of a recording backend, and each test asserts both the answer (a 4xx or a
  * closed connection) and what reached the backend (usually nothing).

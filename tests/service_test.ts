@@ -110,7 +110,9 @@ Deno.test("Service.prepare() changes nothing; commit() swaps backends, settings,
   assert.notEqual(service.proxy, proxy, "requests from now on get the new proxy");
   assert.equal(service.pool.find(b.url), kept, "a backend kept by URL keeps its record");
   assert.equal(kept.requests, 1, "and its counters");
-  assert.deepEqual((await running.answers(4)).sort(), ["b", "b", "c", "c"]);
+  // least-conn breaks ties at random: sixteen sequential requests reach both (all but 2^-15).
+  const answers = await running.answers(16);
+  assert.deepEqual([...new Set(answers)].sort(), ["b", "c"], "only the new set answers, all of it");
 });
 
 Deno.test("Service.prepare() then abort() leaves the service as it was", async () => {

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The setting table (lib/setting_table.ts) and what is generated from it: `--help`, the
  * validator of services and routes, the service resolver, `lb.schema.json` and
  * docs/configuration.md.

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The value parsers behind the settings table (lib/setting_values.ts) called directly: backend
  * items and DNS discovery targets (the checks themselves run through validateFileSettings() in
  * tests/config_file_test.ts).

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The command line as lib/settings.ts layers it (defaults, the config file, the flags), called
  * directly: defaults, every flag in both dash styles, help and version, one-line refusals, and
  * the --config file named in problems.
@@ -211,8 +212,18 @@ Deno.test("parseCommandLine() accepts the TLS and HTTPS-backend flags", () => {
     "--backend-key=bk.pem",
   ]);
   assert.ok(invocation.kind === "run");
-  assert.equal(invocation.config.tlsCert, "c.pem");
-  assert.equal(invocation.config.redirectHttp, 8080);
+  const { tlsCert, tlsKey, redirectHttp, backendCa, backendCert, backendKey } = invocation.config;
+  assert.deepEqual(
+    { tlsCert, tlsKey, redirectHttp, backendCa, backendCert, backendKey },
+    {
+      tlsCert: "c.pem",
+      tlsKey: "k.pem",
+      redirectHttp: 8080,
+      backendCa: "ca.pem",
+      backendCert: "bc.pem",
+      backendKey: "bk.pem",
+    },
+  );
 });
 
 Deno.test("--trusted-proxies and --forwarded are accepted by the command line", () => {

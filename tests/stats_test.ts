@@ -1,4 +1,5 @@
 /**
+ * @module
  * The latency window (lib/stats.ts) called directly: nearest-rank percentiles, numeric order,
  * and the ring that forgets the oldest samples.
  */

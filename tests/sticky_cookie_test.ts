@@ -1,4 +1,5 @@
 /**
+ * @module
  * The sticky cookie (lib/sticky_cookie.ts) called directly: its MAC tokens, the Set-Cookie
  * header it builds, and reading cookies.
  */

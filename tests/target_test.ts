@@ -1,4 +1,5 @@
 /**
+ * @module
  * lib/target.ts: reading the request target safely. Unit tests feed parseTarget() what
  * Deno.serve hands a handler (its `req.url` is built from Host or an absolute-form target); the
  * wire tests send raw bytes through the balancer, since fetch would normalise exactly what

@@ -1,4 +1,5 @@
 /**
+ * @module
  * TLS on both sides, with throw-away certificates made by openssl in a temp directory:
  * termination with h2 and http/1.1 by ALPN (Deno, openssl and curl clients), the plain-HTTP
  * redirect listener, certificate reload (in-process, on SIGHUP and on a file change) with a

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The native transport as the balancer uses it (issue 12): `--read-timeout` cutting off a
  * stalled response body, the backend blamed and the next request unaffected; the per-backend
  * connection figures in /metrics; a removed backend's kept-alive connections closed. Real

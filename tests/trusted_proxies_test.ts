@@ -1,4 +1,5 @@
 /**
+ * @module
  * Trusted proxies and the RFC 7239 `Forwarded` header (lib/headers.ts): the pure header rules,
  * then over real sockets on 127.0.0.1, trusted (`127.0.0.1/32`) versus untrusted (`10.0.0.0/8`:
  * the same traffic, from a peer outside the ranges).

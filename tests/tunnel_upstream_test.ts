@@ -1,4 +1,5 @@
 /**
+ * @module
  * Opening a tunnel to a backend (lib/tunnel_upstream.ts) called directly, against a raw backend
  * on 127.0.0.1 with a port from the OS (the relay through the native front end is tested in
  * tests/frontend_native_test.ts).

@@ -1,4 +1,7 @@
-/** Unit tests of lib/units.ts. */
+/**
+ * @module
+ * Unit tests of lib/units.ts: durations and sizes as the settings and bench flags take them.
+ */
 
 import assert from "node:assert/strict";
 import { parseDuration, sizeValue } from "../lib/units.ts";

@@ -1,4 +1,5 @@
 /**
+ * @module
  * The native transport (lib/upstream_native.ts), called directly over real sockets on 127.0.0.1
  * with ports from the OS, against `Deno.serve` backends and hand-written ones (tests/wire.ts)
  * that misbehave on purpose (the parser's and head builder's own rules are in

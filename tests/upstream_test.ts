@@ -1,4 +1,5 @@
 /**
+ * @module
  * Unit tests of lib/upstream.ts: sendAttempt (fetch) against real backends on 127.0.0.1,
  * guardAttempt's deadlines, afterDelay's shared timer, and canConnect. fetchRewritesTarget is
  * tested in tests/exact_path_test.ts next to the wire tests it serves; afterDelay's ordering in

@@ -1,4 +1,5 @@
 /**
+ * @module
  * WebSocket relaying (lib/websocket.ts) over real sockets on 127.0.0.1: echo backends behind an
  * in-process balancer, a backend process killed mid-session, stickiness, in-flight accounting,
  * shutdown, failover and refused handshakes; plus the pure close-code and handshake rules.

@@ -12,7 +12,7 @@ function exposition(lines: string): string {
   return lines.slice(1);
 }
 
-Deno.test("mergeExpositions adds counters, histograms and in-flight; other gauges take the max", () => {
+Deno.test("mergeExpositions() adds counters, histograms and in-flight; other gauges take the max", () => {
   const thread = (requests: number, inflight: number, up: number) =>
     exposition(`
 # HELP lb_requests_total Requests.

@@ -1,4 +1,5 @@
 /**
+ * @module
  * `--workers N` (lib/workers.ts, lib/worker_thread.ts): the balancer as a real process with a
  * worker thread beside the main thread, both serving one port. Every request goes on a new
  * connection (the kernel spreads connections over the threads' listeners), and the debug log
