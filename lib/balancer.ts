@@ -575,7 +575,14 @@ export class Balancer {
 export function listen(balancer: Balancer): RunningBalancer {
   const { config, log, extras, handler } = balancer;
   const server = config.frontend === "native"
-    ? serveNatively(config, handler, log, balancer.served, extras.reusePort)
+    ? serveNatively(
+      config,
+      handler,
+      log,
+      balancer.served,
+      extras.reusePort,
+      extras.worker !== undefined,
+    )
     : serve(
       config.port,
       config.host,
@@ -775,6 +782,16 @@ function inAnyService(services: ReadonlyMap<string, Service>, url: string): bool
 }
 
 /**
+ * Throws when another socket holds `hostname:port`. SO_REUSEPORT (TLS, --workers) would let a
+ * bind succeed next to another process already on the port, silently sharing its connections (an
+ * old instance left running, or anyone running as the same user): a plain bind must succeed first,
+ * as it would without it. Port 0 is always free.
+ */
+function refuseTakenPort(hostname: string, port: number): void {
+  if (port !== 0) Deno.listen({ hostname, port }).close();
+}
+
+/**
  * The main listener on the balancer's own HTTP/1.1 front end (`--frontend native`), with the
  * same face as {@linkcode serve}'s.
  */
@@ -784,9 +801,13 @@ function serveNatively(
   log: Log,
   tls: CertifiedKey | undefined,
   reusePort = false,
+  joiningOwnProcess = false,
 ) {
   let server: ReturnType<typeof serveNative>;
   try {
+    if ((tls !== undefined || reusePort) && !joiningOwnProcess) {
+      refuseTakenPort(config.host, config.port);
+    }
     server = serveNative({
       hostname: config.host,
       port: config.port,
@@ -808,7 +829,13 @@ function serveNatively(
         ? handler(req, info)
         : Promise.resolve(handler(req, info)).then((response) => coalesceBody(response)));
   } catch (error) {
-    throw new Error(`cannot listen on ${config.host}:${config.port}: ${(error as Error).message}`);
+    const message = (error as Error).message;
+    // serveNative names the address itself.
+    throw new Error(
+      message.startsWith("cannot listen on ")
+        ? message
+        : `cannot listen on ${config.host}:${config.port}: ${message}`,
+    );
   }
   return {
     http: {
@@ -841,13 +868,8 @@ function serve(
   /** Shutdowns of listeners replaced by a certificate reload, still finishing their requests. */
   const retiring: Promise<void>[] = [];
   try {
-    // SO_REUSEPORT (TLS, --workers) would let this bind succeed next to another process already
-    // on the port, silently sharing its connections (an old instance left running, or anyone
-    // running as the same user): a plain bind first must succeed, as it would without it. A
-    // worker thread joins the main thread's listener, which is the point.
-    if ((tls !== undefined || reusePort) && !joiningOwnProcess && port !== 0) {
-      Deno.listen({ hostname, port }).close();
-    }
+    // A worker thread joins the main thread's listener, which is the point.
+    if ((tls !== undefined || reusePort) && !joiningOwnProcess) refuseTakenPort(hostname, port);
     http = bind(port, tls);
   } catch (error) {
     throw new Error(`cannot listen on ${hostname}:${port}: ${(error as Error).message}`);

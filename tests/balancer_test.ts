@@ -57,6 +57,33 @@ Deno.test("Balancer.build() binds nothing: it succeeds on a port in use, where l
   assert.throws(() => listen(lb.balancer), /cannot listen on 127\.0\.0\.1:\d+/);
 });
 
+Deno.test("listen() with SO_REUSEPORT refuses a port another process's SO_REUSEPORT socket holds, on both front ends", async () => {
+  await using backend = await startTestBackend();
+  // What an old instance left running with --workers or TLS holds: the kernel would let a
+  // second SO_REUSEPORT socket join it and silently share its connections.
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0, reusePort: true });
+  for (const frontend of ["deno", "native"] as const) {
+    const balancer = await Balancer.build(
+      testConfig([backend.url], { port: taken.addr.port, frontend }),
+      quietLog,
+      "test",
+      { reusePort: true },
+    );
+    try {
+      assert.throws(
+        () => listen(balancer),
+        (error: Error) =>
+          /^cannot listen on 127\.0\.0\.1:\d+: Address already in use/.test(error.message) &&
+          error.message.indexOf("cannot listen") === error.message.lastIndexOf("cannot listen"),
+        frontend,
+      );
+    } finally {
+      await balancer.stop();
+      await balancer.close();
+    }
+  }
+});
+
 Deno.test("Balancer.reload() swaps the routes for the next request through the same handler", async () => {
   await using backend = await startTestBackend();
   const config = testConfig([backend.url], { routes: statusRoutes("v1") });
