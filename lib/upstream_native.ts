@@ -713,19 +713,22 @@ function send(
   }
   const c = pool.take();
   if (c !== undefined) return exchange(c, head, body, request, clientSignal, options);
-  return sendOnAcquired(pool, head, body, request, clientSignal, options);
+  return sendOn(pool.acquire(options, clientSignal), head, body, request, clientSignal, options);
 }
 
-/** {@linkcode send} when no connection is idle: waits for one (or a new one), then exchanges. */
-async function sendOnAcquired(
-  pool: OriginPool,
+/**
+ * The exchange on the connection `pending` gives (an idle or new one from `pool.acquire`, or a
+ * new one for a resend), or its failure.
+ */
+async function sendOn(
+  pending: Promise<Connection | Failure>,
   head: RequestHead,
   body: RequestBody,
   request: AttemptRequest,
   clientSignal: AbortSignal,
   options: AttemptOptions,
 ): Promise<AttemptResult> {
-  const c = await pool.acquire(options, clientSignal);
+  const c = await pending;
   if (!(c instanceof Connection)) return { ok: false, failure: c };
   return await exchange(c, head, body, request, clientSignal, options);
 }
@@ -733,24 +736,22 @@ async function sendOnAcquired(
 /**
  * The idle-connection race: the backend closed a kept-alive connection as the request went
  * out. Sent again on a new connection only when that cannot do harm (RFC 9110 §9.2.2) and the
- * body is replayable.
+ * body is replayable. A new connection is never stale: its failures are the exchange's own.
  */
-async function resend(
+function resend(
   pool: OriginPool,
   head: RequestHead,
   body: RequestBody,
   request: AttemptRequest,
   clientSignal: AbortSignal,
   options: AttemptOptions,
-): Promise<AttemptResult> {
+): Promise<AttemptResult> | AttemptResult {
   if (body instanceof ReadableStream || !isIdempotent(request.method)) {
     return failed("maybe-sent", "reused connection closed by the backend before any response");
   }
   if (clientSignal.aborted) return { ok: false, failure: CLIENT_GONE };
-  const fresh = await connect(pool, options, clientSignal);
-  if (!(fresh instanceof Connection)) return { ok: false, failure: fresh };
-  // A new connection is never stale: its failures are the exchange's own.
-  return await exchange(fresh, head, body, request, clientSignal, options);
+  const fresh = connect(pool, options, clientSignal);
+  return sendOn(fresh, head, body, request, clientSignal, options);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -107,12 +107,55 @@ export function namedBackend(name: string): Promise<TestBackend> {
   return startTestBackend(() => new Response(name));
 }
 
-/** An address on 127.0.0.1 that refuses connections: bound to port 0, then closed. */
+/** Ports {@linkcode closedPort} has handed out: never handed out again. */
+const handedOut = new Set<number>();
+
+/** The low end of the kernel's ephemeral port range (Linux), or undefined where unknown. */
+function ephemeralLow(): number | undefined {
+  try {
+    const text = Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range");
+    const low = Number(text.trim().split(/\s+/)[0]);
+    return Number.isInteger(low) ? low : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A port on 127.0.0.1 that was free when checked (bound, then closed), below the kernel's
+ * ephemeral range where one exists: a later bind to port 0 (the next backend or balancer) or an
+ * outgoing connection's own port cannot take it. An ephemeral port just closed was handed out
+ * again by a later bind to port 0 about once in 5,000 binds here. Never the same port twice.
+ */
+export function closedPort(): number {
+  const high = ephemeralLow();
+  const low = 10_000;
+  for (let attempt = 0; high !== undefined && high - low >= 1_000 && attempt < 1_000; attempt++) {
+    const port = low + Math.floor(Math.random() * (high - low));
+    if (handedOut.has(port)) continue;
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+    } catch {
+      continue; // in use
+    }
+    handedOut.add(port);
+    return port;
+  }
+  // No range known (not Linux): the kernel's pick, at least not one handed out before.
+  for (let attempt = 0; attempt < 1_000; attempt++) {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = listener.addr.port;
+    listener.close();
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error("no free port found in 1,000 tries");
+}
+
+/** An address on 127.0.0.1 that refuses connections: {@linkcode closedPort}. */
 export function refusingUrl(): string {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  return `http://127.0.0.1:${port}`;
+  return `http://127.0.0.1:${closedPort()}`;
 }
 
 /** A balancer started in-process for a test. */

@@ -5,11 +5,12 @@
  * dispose. The mock DNS answers every A query with 127.0.0.1, so Pebble validates HTTP-01
  * challenges against `httpPort` on loopback whatever the domain.
  *
- * Ports are picked by binding port 0, reading the number and closing it before the tools bind
- * it: another process could take a port in between (a small race, made rarer by the kernel's
- * not handing out a just-closed ephemeral port again at once).
+ * Ports are picked by {@linkcode closedPort} (helpers.ts) and closed before the tools bind them:
+ * below the ephemeral range, so no bind to port 0 takes one in between, and never one twice (six
+ * ports picked by binding port 0 and closing it held a repeat about once in 500 starts).
  */
 
+import { closedPort } from "./helpers.ts";
 import { installed, Pki } from "./pki.ts";
 
 /** A running Pebble with its mock DNS. */
@@ -60,12 +61,9 @@ async function which(tool: string): Promise<boolean> {
   }
 }
 
-/** A port that was free a moment ago on 127.0.0.1 (see the module note on the race). */
+/** A port that was free a moment ago on 127.0.0.1 (see the module note). */
 export function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
+  return closedPort();
 }
 
 /** Starts pebble-challtestsrv and Pebble, waits until Pebble's directory answers. */

@@ -769,14 +769,19 @@ Deno.test({
     );
     const { lb, port, ca1, ca2, live, leaf2 } = tls;
     await lb.waitForLine(/Started 2 workers/);
-    // New connections spread over both threads' listeners; the debug lines tell which served.
-    for (let i = 0; i < 20; i++) {
+    // New connections spread over both threads' listeners at random (all 30 on one thread:
+    // probability 2^-29); the debug lines tell which served.
+    const connections = 30;
+    for (let i = 0; i < connections; i++) {
       using client = Deno.createHttpClient({ caCerts: [ca1.cert], poolMaxIdlePerHost: 0 });
       const response = await fetch(`https://127.0.0.1:${port}/`, { client });
       assert.equal(response.status, 200);
       await response.body?.cancel();
     }
-    const selected = lb.lines.filter((line) => line.includes("Selected backend:"));
+    // Each selection is logged before its request is forwarded, but read here from a pipe.
+    const selections = () => lb.lines.filter((line) => line.includes("Selected backend:"));
+    await waitFor(() => selections().length >= connections, WAIT_MS);
+    const selected = selections();
     const byWorker = selected.filter((line) => line.includes("[worker 1]")).length;
     assert.ok(byWorker > 0 && byWorker < selected.length, `both threads served: ${byWorker}`);
 

@@ -9,7 +9,14 @@
 
 import assert from "node:assert/strict";
 import { type BalancerProcess, runMain, spawnBalancer } from "./process.ts";
-import { captureLog, delay, startTestBackend, type TestBackend, waitFor } from "./helpers.ts";
+import {
+  captureLog,
+  delay,
+  refusingUrl,
+  startTestBackend,
+  type TestBackend,
+  waitFor,
+} from "./helpers.ts";
 import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
 import { shareRandomSettings, WorkerGroup } from "../lib/workers.ts";
 import { type RunningBalancer, startBalancer } from "../lib/balancer.ts";
@@ -113,13 +120,16 @@ Deno.test("--workers 2: a backend the health checks mark down is skipped by ever
   let healthStatus = 500;
   await using a = await namedBackend("a", () => healthStatus);
   await using b = await namedBackend("b");
-  const { lb, url } = await startWorkers([a.url, b.url], [
+  const { lb, url, admin } = await startWorkers([a.url, b.url], [
     "--health-interval=100ms",
     "--fall=1",
     "--rise=1",
   ]);
   await using _lb = lb;
   await lb.waitForLine(new RegExp(`${a.url} \\[down\\]`));
+  // The main thread posts the flip to the worker thread in the task that logs it; a stats
+  // request, posted later on the same ordered port, is answered only once the flip is applied.
+  await adminGet(admin, "/metrics");
   const from = lb.lines.length;
   const results = await freshConnectionGets(url);
   assert.ok(results.every((r) => r.status === 200 && r.body === "b"));
@@ -144,24 +154,24 @@ Deno.test("--workers 2: a backend the health checks mark down is skipped by ever
 
 Deno.test("--workers 2: a refused connection seen by one thread takes the backend out for all", async () => {
   await using b = await namedBackend("b");
-  // Listening, then closed: connections to it are refused.
-  const refusing = await namedBackend("gone");
-  const goneUrl = refusing.url;
-  await refusing.close();
+  // Connections to it are refused (a port the balancer's own listeners cannot be given).
+  const goneUrl = refusingUrl();
   // Health checks far apart: only the threads' own traffic can find out.
   const { lb, url, admin } = await startWorkers([goneUrl, b.url], [
     "--health-interval=1h",
     "--fall=3",
   ]);
   await using _lb = lb;
-  // Requests until one thread has hit the refusing backend (round-robin: within a few).
-  const marked = (line: string) => line.includes(`${goneUrl} [down] (connection failed`);
-  for (let i = 0; i < 10 && !lb.lines.some(marked); i++) {
+  // Requests until one thread has hit the refusing backend (round-robin: within a few). Not
+  // until its log line is seen: that comes through a pipe and may lag, and a request sent
+  // meanwhile might reach the other thread before it has heard. A stats request is answered
+  // only after the news (one ordered message port each way), and the retry is counted first.
+  const retries = async () => metricSum(await adminGet(admin, "/metrics"), /^lb_retries_total /);
+  for (let i = 0; i < 10 && (await retries()) === 0; i++) {
     await freshConnectionGets(url, 1);
   }
   await lb.waitForLine(new RegExp(`${goneUrl} \\[down\\] \\(connection failed`));
-  await delay(300);
-  const retriesBefore = metricSum(await adminGet(admin, "/metrics"), /^lb_retries_total /);
+  const retriesBefore = await retries();
   // One thread found out the hard way; the other learned it from the main thread.
   assert.equal(retriesBefore, 1);
   const from = lb.lines.length;
@@ -202,7 +212,9 @@ Deno.test("--workers 2: admin drain and sticky cookies hold in every thread", as
   });
   await drained.body?.cancel();
   assert.equal(drained.status, 200);
-  await delay(300);
+  // The main thread posts the drain to the worker thread before it answers; a stats request,
+  // posted later on the same ordered port, is answered only once the drain is applied.
+  await adminGet(admin, "/metrics");
   const before = a.received.length;
   const results = await freshConnectionGets(url);
   assert.ok(results.every((r) => r.status === 200 && r.body === "b"));
@@ -210,30 +222,43 @@ Deno.test("--workers 2: admin drain and sticky cookies hold in every thread", as
 });
 
 Deno.test("--workers 2: SIGTERM lets requests in flight on both threads finish", async () => {
+  // Held until the balancer is shutting down, so every one is in flight at SIGTERM however
+  // slowly they arrive.
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
   let arrived = 0;
   await using slow = await startTestBackend(async (req) => {
     if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("ok");
     arrived++;
-    await delay(700);
+    await released;
     return new Response("slow done");
   });
   const { lb, url } = await startWorkers([slow.url], ["--drain-timeout=10s"]);
   await using _lb = lb;
+  // The kernel spreads connections at random: all 24 on one thread has probability 2^-23.
+  const count = 24;
   const clients = Array.from(
-    { length: 12 },
+    { length: count },
     () => Deno.createHttpClient({ poolMaxIdlePerHost: 0 }),
   );
   const pending = clients.map(async (client) => {
     const response = await fetch(url, { client });
     return { status: response.status, body: await response.text() };
   });
-  assert.ok(await waitFor(() => arrived === 12, 10_000), `12 requests in flight (${arrived})`);
-  const seen = selections(lb);
-  assert.ok(
-    seen.main > 0 && seen.worker > 0,
-    `both threads hold requests: ${JSON.stringify(seen)}`,
-  );
-  lb.child.kill("SIGTERM");
+  try {
+    assert.ok(await waitFor(() => arrived === count, 10_000), `${count} in flight (${arrived})`);
+    // Each request's selection is logged before it is forwarded, but read here from a pipe.
+    await waitFor(() => selections(lb).main + selections(lb).worker === count, 10_000);
+    const seen = selections(lb);
+    assert.ok(
+      seen.main > 0 && seen.worker > 0,
+      `both threads hold requests: ${JSON.stringify(seen)}`,
+    );
+    lb.child.kill("SIGTERM");
+    await lb.waitForLine(/Shutting down/);
+  } finally {
+    release();
+  }
   const results = await Promise.all(pending);
   for (const client of clients) client.close();
   assert.deepEqual(results.filter((r) => r.status !== 200 || r.body !== "slow done"), []);
