@@ -384,7 +384,7 @@ export function downstreamResponseHeaders(
  * converts them through WebIDL), leaving out `except` too, a lower-case name the caller sets
  * itself. `upstream` may be the fields as received (names in any case). `list` is the live list
  * behind `to` (lib/response_fields.ts `headerListOf`), to be given only when `to.append` would
- * take every field of `upstream` unchanged (lib/upstream_native.ts `NativeResponse`): the fields
+ * take every field of `upstream` unchanged (`UpstreamResponse.fieldsChecked`): the fields
  * are pushed to it without append's checks. Returns the Content-Length passed on, or null.
  */
 export function appendResponseHeaders(

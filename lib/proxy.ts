@@ -45,7 +45,6 @@ import {
   type RequestBody,
 } from "./body.ts";
 import { parseTarget, type Target } from "./target.ts";
-import { NativeResponse } from "./upstream_native.ts";
 import { headerListOf } from "./response_fields.ts";
 import {
   afterDelay,
@@ -592,7 +591,7 @@ export class Forwarding implements AttemptPlan<UpstreamResponse> {
  * The client's response from the backend's: same status and body, the backend's end-to-end
  * headers, and the balancer's X-Request-Id (replacing any the backend sent) and Set-Cookie.
  * Built once, with the fields appended (see `appendResponseHeaders`), or pushed to its header list
- * when the native transport's parser already checked them.
+ * when the transport's parser already checked them.
  */
 export function relay(
   upstream: UpstreamResponse,
@@ -622,8 +621,8 @@ export function relay(
       statusText: upstream.statusText,
     });
     const headers = response.headers;
-    // Fields the native transport's parser checked skip append's WebIDL conversion and checks.
-    const list = upstream instanceof NativeResponse ? headerListOf(response) : undefined;
+    // Fields the transport's parser checked skip append's WebIDL conversion and checks.
+    const list = upstream.fieldsChecked === true ? headerListOf(response) : undefined;
     const length = appendResponseHeaders(
       upstream.headers,
       headers,

@@ -57,6 +57,12 @@ export interface UpstreamResponse {
    * (`fetchDecodedBody` in lib/headers.ts), which is what {@linkcode sendAttempt} gives.
    */
   decoded?: boolean;
+  /**
+   * Whether the transport's parser admitted only fields `Headers.append` takes unchanged (token
+   * names, values trimmed and without NUL, CR or LF): the proxy then adds them without append's
+   * checks. Left out: not checked.
+   */
+  fieldsChecked?: boolean;
 }
 
 /**

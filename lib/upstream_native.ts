@@ -1146,6 +1146,7 @@ function toResponse(
 export class NativeResponse implements UpstreamResponse {
   /** This transport never decodes a body. */
   readonly decoded = false;
+  readonly fieldsChecked = true;
 
   constructor(
     public status: number,
