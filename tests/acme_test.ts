@@ -224,7 +224,8 @@ Deno.test({
           let unanswered = 0;
           const deadline = Date.now() + 30_000;
           let after = 0;
-          for (let i = 0; i < 2000 && Date.now() < deadline && after < 10; i++) {
+          // Bounded by time: under load the renewal can outlast any small count of requests.
+          for (let i = 0; i < 100_000 && Date.now() < deadline && after < 10; i++) {
             if (i === 5) {
               offset = renewalTime(new Date(), first.notAfter, 1 / 3).getTime() - Date.now() + 1;
             }
@@ -243,7 +244,10 @@ Deno.test({
             console.log(`acme_test: the swap closed ${unanswered} connection(s) unanswered`);
           }
           await manager.stop();
-          assert.ok(renewed, `renewed within the time: ${log.lines.join("\n")}`);
+          assert.ok(
+            renewed,
+            `renewed within 30 s (${statuses.length} requests): ${log.lines.join("\n")}`,
+          );
           assert.deepEqual(reloads, ["reloaded"]);
           assert.equal(manager.status().renewals, 1);
           assert.ok(statuses.length > 15);

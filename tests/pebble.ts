@@ -239,8 +239,11 @@ export async function tlsGet(
     }
     return text + decoder.decode();
   } catch (error) {
-    // Reset before any answer (a certificate swap's old listener closing): unanswered, like "".
-    if (error instanceof Deno.errors.ConnectionReset && text === "") return "";
+    // Closed before any answer (a certificate swap's old listener closing, during the handshake
+    // or before the request was read): unanswered, like "".
+    const closed = error instanceof Deno.errors.ConnectionReset ||
+      error instanceof Deno.errors.UnexpectedEof || error instanceof Deno.errors.BrokenPipe;
+    if (closed && text === "") return "";
     throw error;
   } finally {
     clearTimeout(timer);
