@@ -428,7 +428,13 @@ export class Balancer {
     // Phase one prepares everything that can fail or wait (files, DNS, keys) and changes
     // nothing requests see; phase two applies it all in one synchronous run.
     const before = { ...deps };
-    const clients = ["backendCa", "backendCert", "backendKey", "maxBackendConnections"]
+    const clients = [
+        "backendCa",
+        "backendCert",
+        "backendKey",
+        "maxBackendConnections",
+        "maxIdleBackendConnections",
+      ]
         .some((key) => changed(key as keyof Config))
       ? backendClients(kept)
       : undefined;
@@ -745,6 +751,7 @@ function backendClients(config: Config): BackendClients {
     native: createNativeTransport({
       tls,
       maxConnsPerOrigin: config.maxBackendConnections || Infinity,
+      maxIdlePerOrigin: config.maxIdleBackendConnections || Infinity,
     }),
     backendCaCerts: tls.ca === undefined ? undefined : [tls.ca],
     backendClientCert: tls.cert === undefined || tls.key === undefined

@@ -231,6 +231,8 @@ export interface Config {
   mirror?: MirrorSpec | false;
   /** Connections the native transport opens per backend origin; 0 is unlimited. @default 0 */
   maxBackendConnections?: number;
+  /** Idle keep-alive connections kept per backend origin; 0 is no cap. @default 0 */
+  maxIdleBackendConnections?: number;
   /** Services by name (file only); see {@linkcode ServiceSettings}. @default undefined */
   services?: Record<string, ServiceSettings>;
   /** Routes to services, in order, first match wins (file only). @default undefined */

@@ -329,6 +329,17 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     scope: "global",
     restart: false,
   },
+  maxIdleBackendConnections: {
+    check: integer(0, 1_000_000),
+    default: 0,
+    flag: "value",
+    arg: "N",
+    help: "idle keep-alive connections kept per backend, 0 = no cap (default {default})",
+    doc:
+      "Idle keep-alive connections the native transport keeps to one backend origin; a connection released when that many are idle is closed (nginx's keepalive N). 0 is no cap: connections stay until unused for 30 s, as HAProxy's and Envoy's pools, since a cap below the number of requests in flight closes and reopens connections all the time under load.",
+    scope: "global",
+    restart: false,
+  },
   drainTimeout: {
     check: duration(0),
     default: 10_000,

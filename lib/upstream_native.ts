@@ -104,7 +104,11 @@ export interface NativeTlsOptions {
 export interface NativeTransportOptions {
   /** TLS for `https:` origins. @default default roots, no client certificate */
   tls?: NativeTlsOptions;
-  /** Idle connections kept per origin; more are closed when released. @default 128 */
+  /**
+   * Idle connections kept per origin; more are closed when released. Without a cap a burst's
+   * connections stay until `idleTimeout`, as HAProxy's and Envoy's pools do: a cap below the
+   * concurrency closes and reopens connections all the time under load. @default Infinity
+   */
   maxIdlePerOrigin?: number;
   /** An idle connection unused this long (ms) is closed. @default 30000 */
   idleTimeout?: number;
@@ -200,11 +204,11 @@ interface Waiter {
 
 /** Creates a transport with its own connection pools. Throws RangeError for bad options. */
 export function createNativeTransport(options: NativeTransportOptions = {}): NativeTransport {
-  const maxIdle = options.maxIdlePerOrigin ?? 128;
+  const maxIdle = options.maxIdlePerOrigin ?? Infinity;
   const idleTimeout = options.idleTimeout ?? 30_000;
   const maxDialing = options.maxConnectingPerOrigin ?? 32;
   const maxConns = options.maxConnsPerOrigin ?? Infinity;
-  if (!Number.isInteger(maxIdle) || maxIdle < 0) {
+  if (!(maxIdle === Infinity || (Number.isInteger(maxIdle) && maxIdle >= 0))) {
     throw new RangeError(`maxIdlePerOrigin: expected a whole number >= 0, got ${maxIdle}`);
   }
   if (!Number.isInteger(maxDialing) || maxDialing < 1) {

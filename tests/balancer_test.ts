@@ -152,3 +152,30 @@ Deno.test("listen() serves the built handler on a socket; shutdown() drains and 
   }
   await assert.rejects(running.reload(config), /shutting down/);
 });
+
+Deno.test("maxIdleBackendConnections caps the idle keep-alive connections per backend; 0 keeps them all", async () => {
+  for (const [cap, connections] of [[1, 5], [0, 3]] as const) {
+    const ports = new Set<number>();
+    let arrived = 0;
+    let all = Promise.withResolvers<void>();
+    await using backend = await startTestBackend(async (req, info) => {
+      // Health checks come on connections of their own.
+      if (new URL(req.url).pathname !== "/x") return new Response("up");
+      ports.add((info.remoteAddr as Deno.NetAddr).port);
+      if (++arrived % 3 === 0) all.resolve();
+      await all.promise;
+      return new Response("ok");
+    });
+    await using lb = await built(
+      testConfig([backend.url], { maxIdleBackendConnections: cap, transport: "native" }),
+    );
+    // Two rounds of three requests at once: with a cap of 1, two of the first round's three
+    // connections are closed when released, and the second round opens two again.
+    for (let round = 0; round < 2; round++) {
+      const answers = await Promise.all([0, 1, 2].map(() => lb.get("/x")));
+      assert.deepEqual(answers.map((a) => a.status), [200, 200, 200]);
+      all = Promise.withResolvers<void>();
+    }
+    assert.equal(ports.size, connections, `cap ${cap}`);
+  }
+});

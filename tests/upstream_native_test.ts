@@ -244,6 +244,31 @@ Deno.test("send() keeps at most maxIdlePerOrigin idle connections", async () => 
   assert.equal(t.stats(backend.url).open, 1);
 });
 
+Deno.test("send() keeps every released connection idle by default: no cap to close them under load", async () => {
+  // More requests at once than a fixed cap of 128 would keep: a cap below the concurrency closed
+  // and reopened connections all the time at 2,000 client connections.
+  const concurrent = 150;
+  let arrived = 0;
+  const all = Promise.withResolvers<void>();
+  await using backend = await startTestBackend(async () => {
+    if (++arrived === concurrent) all.resolve();
+    await all.promise;
+    return new Response("ok");
+  });
+  await using t = transport();
+  const results = await Promise.all(
+    Array.from({ length: concurrent }, () => send(t, backend.url)),
+  );
+  for (const result of results) assert.equal(await ok(result).text(), "ok");
+  assert.deepEqual(t.stats(backend.url), {
+    open: concurrent,
+    idle: concurrent,
+    connects: concurrent,
+    reuses: 0,
+    waiting: 0,
+  });
+});
+
 Deno.test("send() gives HEAD, 204 and 304 no body even when their headers claim a length", async () => {
   const answers: Record<string, Uint8Array> = {
     HEAD: encoder.encode("HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n"),
