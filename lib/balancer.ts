@@ -42,6 +42,7 @@ import { describeRoute, RouteTable } from "./routes.ts";
 import { type PreparedChange, Service, type ServiceDeps } from "./service.ts";
 import { createDispatcher, type RoutingState } from "./dispatch.ts";
 import { serveNative } from "./frontend_native.ts";
+import { admitted } from "./admission.ts";
 import { compileGuards, type GuardResources } from "./protection.ts";
 import { createRateLimitTable, DEFAULT_MAX_KEYS } from "./rate_limit.ts";
 import { BasicAuthVerifier } from "./basic_auth.ts";
@@ -579,7 +580,14 @@ export class Balancer {
 
 /** Puts a built balancer on the network: the main listener, then the redirect and admin ones. */
 export function listen(balancer: Balancer): RunningBalancer {
-  const { config, log, extras, handler } = balancer;
+  const { config, log, extras } = balancer;
+  const admission = admitted(balancer.handler);
+  const handler = admission.handler;
+  balancer.metrics.registry.gaugeFunc(
+    "lb_admission_queued",
+    "Requests waiting to be worked on while the thread is saturated (lib/admission.ts).",
+    () => [{ value: admission.gate.queued }],
+  );
   const server = config.frontend === "native"
     ? serveNatively(
       config,
@@ -656,6 +664,7 @@ export function listen(balancer: Balancer): RunningBalancer {
     },
     async shutdown(drainMs: number): Promise<number> {
       const deadline = performance.now() + drainMs;
+      admission.stop();
       await balancer.stop();
       // Deno.serve's shutdown() closes every upgraded WebSocket at once (denoland/deno#35105):
       // the balancer closes them first, 1001 to clients and a clean close to backends.

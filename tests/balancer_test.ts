@@ -147,6 +147,8 @@ Deno.test("listen() serves the built handler on a socket; shutdown() drains and 
     assert.equal(await status.text(), "v1");
     const proxied = await fetch(`http://127.0.0.1:${running.port}/p`);
     assert.equal(await proxied.text(), "from backend");
+    // Nothing saturates this thread: nothing waits for admission (lib/admission.ts).
+    assert.match(running.metrics.render(), /^lb_admission_queued 0$/m);
   } finally {
     assert.equal(await running.shutdown(1_000), 0, "nothing was left open");
   }
