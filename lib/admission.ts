@@ -28,6 +28,17 @@ const MIN_ACTIVE = 64;
 /** How often the thread's CPU use is sampled (its clock counts in 10 ms ticks). */
 const SAMPLE_MS = 100;
 
+/** What a handler gets for a request that waited for admission: when it arrived. */
+export interface QueuedInfo extends Deno.ServeHandlerInfo {
+  /** `performance.now()` when the request reached the gate. */
+  readonly arrivedAt: number;
+}
+
+/** When the request reached the balancer: its arrival at the gate if it waited, else now. */
+export function arrivalTime(info: Deno.ServeHandlerInfo): number {
+  return (info as Partial<QueuedInfo>).arrivedAt ?? performance.now();
+}
+
 /** A limit on requests at work, adapted to how busy the thread is. */
 export class AdmissionGate {
   /**
@@ -148,7 +159,14 @@ export function admitted(
     handler: async (req, info) => {
       if (timer === undefined && !stopped) sample();
       const admittedIn = gate.enter();
-      const epoch = typeof admittedIn === "number" ? admittedIn : await admittedIn;
+      let epoch: number;
+      if (typeof admittedIn === "number") epoch = admittedIn;
+      else {
+        // The wait counts in the request's duration (metrics, access log), as HAProxy's Tw.
+        const arrivedAt = performance.now();
+        epoch = await admittedIn;
+        info = { remoteAddr: info.remoteAddr, completed: info.completed, arrivedAt } as QueuedInfo;
+      }
       try {
         return await handler(req, info);
       } finally {

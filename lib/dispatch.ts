@@ -34,6 +34,7 @@ import {
   upstreamPath,
 } from "./routes.ts";
 import type { Target } from "./target.ts";
+import { arrivalTime } from "./admission.ts";
 
 /** The routes and services in force; replaced whole by a reload. */
 export interface RoutingState {
@@ -115,7 +116,7 @@ export function createDispatcher(options: DispatchOptions): Handler {
       contentLength: undefined,
       fromBackend: false,
     } as Trace & { fromBackend: boolean };
-    const startedAt = performance.now();
+    const startedAt = arrivalTime(info);
     const state = options.state();
     const client = readClientHeaders(req.headers);
     const requestId = requestIdFor(client.requestId);

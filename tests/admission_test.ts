@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { AdmissionGate, admitted } from "../lib/admission.ts";
+import { AdmissionGate, admitted, arrivalTime, type QueuedInfo } from "../lib/admission.ts";
 
 /** Enters `n` requests; each must be admitted at once. Returns their periods. */
 function enterNow(gate: AdmissionGate, n: number): number[] {
@@ -121,5 +121,41 @@ Deno.test("admitted() leaves the gate when the handler answers and when it throw
   } finally {
     failing.stop();
     answering.stop();
+  }
+});
+
+Deno.test("admitted() tells a request that waited when it arrived (arrivalTime), and one that did not nothing", async () => {
+  const gate = new AdmissionGate();
+  enterNow(gate, 100);
+  gate.observe(1); // limit 75 with 100 at work: the next request waits
+  const seen: { arrivedAt: number | undefined; remote: string }[] = [];
+  const wrapped = admitted((_req, info) => {
+    seen.push({
+      arrivedAt: (info as Partial<QueuedInfo>).arrivedAt,
+      remote: (info.remoteAddr as Deno.NetAddr).hostname,
+    });
+    return Promise.resolve(new Response("ok"));
+  }, gate);
+  try {
+    const req = new Request("http://example.test/");
+    const info = {
+      remoteAddr: { transport: "tcp" as const, hostname: "192.0.2.7", port: 1 },
+      completed: Promise.resolve(),
+    };
+    const before = performance.now();
+    const answer = wrapped.handler(req, info);
+    assert.equal(gate.queued, 1);
+    gate.open();
+    await answer;
+    assert.ok(seen[0].arrivedAt! >= before && seen[0].arrivedAt! <= performance.now());
+    assert.equal(seen[0].remote, "192.0.2.7");
+    assert.ok(
+      arrivalTime(info as Deno.ServeHandlerInfo) >= before,
+      "now, for one that did not wait",
+    );
+    await wrapped.handler(req, info);
+    assert.equal(seen[1].arrivedAt, undefined);
+  } finally {
+    wrapped.stop();
   }
 });
