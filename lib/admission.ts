@@ -1,18 +1,17 @@
 /**
  * @module
- * Admission of requests into the balancer's work while its event loop is saturated.
+ * Admission of requests into the balancer's work while its thread is saturated.
  *
  * With thousands of clients on one busy thread, every request Deno hands over starts at once and
  * then waits for the thread: all of them keep their objects alive across collections, so V8
- * copies and promotes them again and again, and GC takes most of the CPU. The gate samples the
- * thread's CPU use; while the thread is saturated, it lowers the number of requests being worked
- * on and queues the others,
- * first come first served, before any work (a queued request holds only what Deno gave it). When
- * the thread has time to spare it raises the limit again, up to no limit at all, so slow backends
- * (many requests waiting on I/O, the thread idle) are not held back. The idea is Envoy's adaptive
- * concurrency filter, with the thread's CPU use as the signal and a queue instead of a 503. (The
- * loop's timer lag was tried first: timers run between batches of I/O, so it stayed low while the
- * thread was saturated.)
+ * copies and promotes them again and again and GC dominates (docs/performance.md). The gate
+ * samples the thread's CPU use; while the thread is saturated, it lowers the number of requests
+ * being worked on and queues the others, first come first served, before any work (a queued
+ * request holds only what Deno gave it). When the thread has time to spare it raises the limit
+ * again, up to no limit at all, so slow backends (many requests waiting on I/O, the thread idle)
+ * are not held back. The idea is Envoy's adaptive concurrency filter, with the thread's CPU use
+ * as the signal and a queue instead of a 503. (The loop's timer lag was tried first: timers run
+ * between batches of I/O, so it stayed low while the thread was saturated.)
  */
 
 import process from "node:process";
