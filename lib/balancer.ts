@@ -605,6 +605,7 @@ export function listen(balancer: Balancer): RunningBalancer {
       balancer.served,
       extras.reusePort,
       extras.worker !== undefined,
+      config.backlog ?? DEFAULTS.backlog,
     );
   const redirect = config.redirectHttp === undefined || balancer.served === undefined
     ? undefined
@@ -832,6 +833,7 @@ function serveNatively(
       headerTimeoutMs: config.headerTimeout ?? DEFAULTS.headerTimeout,
       idleTimeoutMs: config.idleTimeout ?? DEFAULTS.idleTimeout,
       maxConnections: config.maxConnections || undefined,
+      backlog: config.backlog ?? DEFAULTS.backlog,
       proxyProtocol: config.proxyProtocol
         ? { trusted: (config.trustedProxies ?? []).map((text) => parseCidr(text)!) }
         : undefined,
@@ -877,6 +879,7 @@ function serve(
   tls?: CertifiedKey,
   reusePort = false,
   joiningOwnProcess = false,
+  backlog?: number,
 ) {
   let open = 0;
   const closed = () => open--;
@@ -897,6 +900,7 @@ function serve(
       // Deno.serve cannot change its certificate: a reload binds a second listener to the same
       // port (SO_REUSEPORT, --unstable-net) and then shuts the first one down.
       ...(tls === undefined ? { reusePort } : { cert: tls.cert, key: tls.key, reusePort: true }),
+      tcpBacklog: backlog,
       onListen: () => {},
       onError: (error) => {
         log.error(`Unhandled error: ${(error as Error)?.stack ?? error}`);

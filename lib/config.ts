@@ -207,6 +207,8 @@ export interface Config {
   idleTimeout?: number;
   /** Native front end: client connections at once; 0 = unlimited. @default 0 */
   maxConnections?: number;
+  /** Listen backlog of the main listener (the kernel caps it at somaxconn). @default 4096 */
+  backlog?: number;
   /** Native front end: PROXY protocol headers from `trustedProxies`. @default false */
   proxyProtocol?: boolean;
   /** Automatic HTTPS from an ACME server; on whenever `acmeDomains` is set. @default false */

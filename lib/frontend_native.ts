@@ -68,6 +68,8 @@ export interface FrontendOptions {
    * ones close; none is refused or reset by the balancer. Unset: no limit.
    */
   maxConnections?: number;
+  /** Connections the kernel queues before they are accepted (capped by somaxconn). @default 511 */
+  backlog?: number;
   /**
    * Expect a PROXY protocol header (v1 or v2) on every connection from these peers; a
    * connection from any other peer is closed at once, as is one with a malformed header.
@@ -229,6 +231,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
   const headerTimeout = positive(options.headerTimeoutMs ?? HEADER_TIMEOUT_MS, "headerTimeoutMs");
   const idleTimeout = positive(options.idleTimeoutMs ?? IDLE_TIMEOUT_MS, "idleTimeoutMs");
   const maxConnections = options.maxConnections ?? Infinity;
+  const backlog = options.backlog ?? 511;
   if (maxConnections !== Infinity) positive(maxConnections, "maxConnections");
   if (options.proxyProtocol !== undefined && options.tls !== undefined) {
     throw new Error("the PROXY protocol cannot be combined with TLS on the native front end");
@@ -248,11 +251,12 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
   function listen(port: number, tls: { cert: string; key: string } | undefined, reuse: boolean) {
     try {
       return tls === undefined
-        ? Deno.listen({ hostname: options.hostname, port, reusePort: reuse })
+        ? Deno.listen({ hostname: options.hostname, port, reusePort: reuse, tcpBacklog: backlog })
         : Deno.listenTls({
           hostname: options.hostname,
           port,
           reusePort: reuse,
+          tcpBacklog: backlog,
           cert: tls.cert,
           key: tls.key,
           alpnProtocols: ["http/1.1"],

@@ -846,6 +846,17 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     scope: "global",
     restart: true,
   },
+  backlog: {
+    check: integer(1, 1_000_000),
+    default: 4096,
+    flag: "value",
+    arg: "N",
+    help: "listen backlog of the main listener, capped by net.core.somaxconn (default {default})",
+    doc:
+      "Connections the kernel queues on the main listener before the balancer accepts them (nginx's and HAProxy's backlog); the kernel caps it at net.core.somaxconn. With thousands of clients connecting at once, a short queue drops SYNs, which clients retry only after a second.",
+    scope: "global",
+    restart: true,
+  },
   proxyProtocol: {
     check: bool,
     default: false,

@@ -181,3 +181,37 @@ Deno.test("maxIdleBackendConnections caps the idle keep-alive connections per ba
     assert.equal(ports.size, connections, `cap ${cap}`);
   }
 });
+
+Deno.test("listen() gives the main listener the configured backlog, on both front ends", async (t) => {
+  const ss = await new Deno.Command("ss", { args: ["-V"], stdout: "null", stderr: "null" })
+    .output().then((o) => o.success, () => false);
+  if (!ss) {
+    console.log("backlog test skipped: no `ss` (Debian: iproute2)");
+    return;
+  }
+  await using backend = await startTestBackend();
+  for (const frontend of ["deno", "native"] as const) {
+    await t.step(frontend, async () => {
+      const running = listen(
+        await Balancer.build(
+          testConfig([backend.url], { frontend, backlog: 1234 }),
+          quietLog,
+          "test",
+          {},
+        ),
+      );
+      try {
+        const out = await new Deno.Command("ss", {
+          args: ["-ltnH", `sport = :${running.port}`],
+          stdout: "piped",
+        }).output();
+        // ss shows a listener's backlog in the Send-Q column.
+        const columns = new TextDecoder().decode(out.stdout).trim().split(/\s+/);
+        assert.equal(columns[0], "LISTEN");
+        assert.equal(columns[2], "1234");
+      } finally {
+        await running.shutdown(1_000);
+      }
+    });
+  }
+});
