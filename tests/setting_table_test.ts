@@ -78,6 +78,7 @@ Deno.test("RESTART_ONLY is exactly the settings a reload cannot apply", () => {
     "acmeDomains",
     "acmeEmail",
     "admin",
+    "backlog",
     "frontend",
     "headerTimeout",
     "host",
