@@ -27,15 +27,12 @@ const MIN_ACTIVE = 64;
 /** How often the thread's CPU use is sampled (its clock counts in 10 ms ticks). */
 const SAMPLE_MS = 100;
 
-/** What a handler gets for a request that waited for admission: when it arrived. */
-export interface QueuedInfo extends Deno.ServeHandlerInfo {
-  /** `performance.now()` when the request reached the gate. */
-  readonly arrivedAt: number;
-}
+/** `performance.now()` when each request that waited for admission reached the gate. */
+const arrivals = new WeakMap<Request, number>();
 
-/** When the request reached the balancer: its arrival at the gate if it waited, else now. */
-export function arrivalTime(info: Deno.ServeHandlerInfo): number {
-  return (info as Partial<QueuedInfo>).arrivedAt ?? performance.now();
+/** When `req` reached the balancer: its arrival at the gate if it waited, else now. */
+export function arrivalTime(req: Request): number {
+  return arrivals.get(req) ?? performance.now();
 }
 
 /** A limit on requests at work, adapted to how busy the thread is. */
@@ -162,9 +159,10 @@ export function admitted(
       if (typeof admittedIn === "number") epoch = admittedIn;
       else {
         // The wait counts in the request's duration (metrics, access log), as HAProxy's Tw.
-        const arrivedAt = performance.now();
+        // Kept beside the request, not in a copy of `info`: that would drop the native front
+        // end's fields (the PROXY protocol's client address).
+        arrivals.set(req, performance.now());
         epoch = await admittedIn;
-        info = { remoteAddr: info.remoteAddr, completed: info.completed, arrivedAt } as QueuedInfo;
       }
       try {
         return await handler(req, info);

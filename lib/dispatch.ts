@@ -116,7 +116,7 @@ export function createDispatcher(options: DispatchOptions): Handler {
       contentLength: undefined,
       fromBackend: false,
     } as Trace & { fromBackend: boolean };
-    const startedAt = arrivalTime(info);
+    const startedAt = arrivalTime(req);
     const state = options.state();
     const client = readClientHeaders(req.headers);
     const requestId = requestIdFor(client.requestId);
