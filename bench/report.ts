@@ -423,6 +423,7 @@ const COLORS: Record<string, string> = {
   "deno-workers": "#ffa726",
   "deno-minimal": "#bcaaa4",
   "deno-minimal-raw": "#ce93d8",
+  "deno-minimal-listen": "#80cbc4",
 };
 
 function escapeXml(text: string): string {

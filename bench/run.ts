@@ -44,6 +44,7 @@ import {
   minimalForwarder,
   nginx,
   PROJECT_DIR,
+  rawListenForwarder,
   rawMinimalForwarder,
   type RunningTarget,
   startBackend,
@@ -67,6 +68,7 @@ export const TARGET_IDS = [
   "deno-workers",
   "deno-minimal",
   "deno-minimal-raw",
+  "deno-minimal-listen",
 ];
 
 const USAGE = `Usage: deno run -A bench/run.ts [options]
@@ -284,6 +286,7 @@ async function chooseTargets(opts: BenchOptions, tmp: string, notes: string[]) {
   }
   deno.set("deno-minimal", minimalForwarder);
   deno.set("deno-minimal-raw", rawMinimalForwarder);
+  deno.set("deno-minimal-listen", rawListenForwarder);
 
   const wanted = opts.targets ??
     TARGET_IDS.filter((id) => id !== "deno-minimal" || opts.baseline);

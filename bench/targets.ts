@@ -323,6 +323,27 @@ export function rawMinimalForwarder(options: DenoTargetOptions = {}): Target {
   };
 }
 
+/**
+ * {@linkcode ./raw_listen_forwarder.ts}: Deno.listen with its own connection loop + a Deno.connect
+ * keep-alive pool, no features: the native front end's floor.
+ */
+export function rawListenForwarder(options: DenoTargetOptions = {}): Target {
+  const flags = runFlags(["--allow-net"], options);
+  return {
+    ...named("deno-minimal-listen", "Deno.listen + Deno.connect, no features", options),
+    description: `deno run ${
+      flags.join(" ")
+    } bench/raw_listen_forwarder.ts (the native front end's floor, not a correct proxy)`,
+    pinned: true,
+    start: startDenoTarget(
+      "minimal listen forwarder",
+      flags,
+      "bench/raw_listen_forwarder.ts",
+      forwarderArgs,
+    ),
+  };
+}
+
 /** Where `go build` keeps its cache between runs (it takes ~15 s to build net/http cold). */
 function goCacheDir(): string {
   const base = Deno.env.get("XDG_CACHE_HOME") ??

@@ -46,6 +46,7 @@ import {
 } from "./body.ts";
 import { parseTarget, type Target } from "./target.ts";
 import { headerListOf } from "./response_fields.ts";
+import { responseOver } from "./response_body.ts";
 import {
   afterDelay,
   type AttemptOptions,
@@ -616,10 +617,9 @@ export function relay(
     body = new ReadableStream({ start: (controller) => controller.close() });
   }
   try {
-    const response = new Response(body, {
-      status: upstream.status,
-      statusText: upstream.statusText,
-    });
+    const response = body instanceof Uint8Array
+      ? responseOver(body, upstream.status, upstream.statusText)
+      : new Response(body, { status: upstream.status, statusText: upstream.statusText });
     const headers = response.headers;
     // Fields the transport's parser checked skip append's WebIDL conversion and checks.
     const list = upstream.fieldsChecked === true ? headerListOf(response) : undefined;
