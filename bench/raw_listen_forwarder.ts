@@ -8,6 +8,11 @@
  * timeouts, retries or health: an unsupported request or answer closes the client connection).
  *
  *     deno run --allow-net bench/raw_listen_forwarder.ts 3030 http://127.0.0.1:8081 http://127.0.0.1:8082
+ *
+ * An experiment for issue 16 (not the floor): `--read-slots=N` first lets only N connections read
+ * or carry a request at a time, the others waiting their turn first come first served before they
+ * post their read (docs/performance.md, "At fd4e3b6"). A connection holds its slot while its read
+ * waits, so this suits wrk, whose connections always have a request ready, not idle clients.
  */
 
 interface Side {
@@ -17,7 +22,25 @@ interface Side {
   n: number;
 }
 
-const [port, ...origins] = Deno.args;
+const slotsFlag = Deno.args[0]?.startsWith("--read-slots=") ? Deno.args[0] : undefined;
+const [port, ...origins] = slotsFlag === undefined ? Deno.args : Deno.args.slice(1);
+const readSlots = slotsFlag === undefined ? Infinity : Number(slotsFlag.split("=")[1]);
+let freeSlots = readSlots;
+const slotQueue: (() => void)[] = [];
+
+function takeSlot(): Promise<void> | undefined {
+  if (freeSlots > 0) {
+    freeSlots--;
+    return undefined;
+  }
+  return new Promise<void>((resolve) => slotQueue.push(resolve));
+}
+
+function giveSlot(): void {
+  const waiter = slotQueue.shift();
+  if (waiter !== undefined) waiter();
+  else freeSlots++;
+}
 const backends = origins.map((o) => ({ url: new URL(o), idle: [] as Side[] }));
 let next = 0;
 
@@ -85,29 +108,44 @@ async function serve(conn: Deno.TcpConn): Promise<void> {
   const client: Side = { conn, buf: new Uint8Array(16384), n: 0 };
   try {
     for (;;) {
-      const end = await readHead(client);
-      if (end === 0) return;
-      const backend = backends[next];
-      next = (next + 1) % backends.length;
-      let upstream = backend.idle.pop();
-      if (upstream === undefined) {
-        const c = await Deno.connect({ hostname: backend.url.hostname, port: +backend.url.port });
-        c.setNoDelay(true);
-        upstream = { conn: c, buf: new Uint8Array(16384), n: 0 };
+      if (readSlots < Infinity) await takeSlot();
+      try {
+        if (!await forwardOne(client)) return;
+      } finally {
+        if (readSlots < Infinity) giveSlot();
       }
-      const isHead = client.buf[0] === 72 && client.buf[1] === 69; // "HE"
-      const close = find(client.buf, end, CLOSE) > 0;
-      if (!await relay(client, upstream.conn, false)) return;
-      if (!await relay(upstream, conn, isHead)) throw new Error("backend closed");
-      // The backend got the client's `Connection: close` too.
-      if (close) return upstream.conn.close();
-      backend.idle.push(upstream);
     }
   } catch {
     // Not a correct proxy: anything unexpected closes the client connection.
   } finally {
     conn.close();
   }
+}
+
+/** Reads one request from `client` and relays it and its answer; false: close the connection. */
+async function forwardOne(client: Side): Promise<boolean> {
+  const conn = client.conn;
+  const end = await readHead(client);
+  if (end === 0) return false;
+  const backend = backends[next];
+  next = (next + 1) % backends.length;
+  let upstream = backend.idle.pop();
+  if (upstream === undefined) {
+    const c = await Deno.connect({ hostname: backend.url.hostname, port: +backend.url.port });
+    c.setNoDelay(true);
+    upstream = { conn: c, buf: new Uint8Array(16384), n: 0 };
+  }
+  const isHead = client.buf[0] === 72 && client.buf[1] === 69; // "HE"
+  const close = find(client.buf, end, CLOSE) > 0;
+  if (!await relay(client, upstream.conn, false)) return false;
+  if (!await relay(upstream, conn, isHead)) throw new Error("backend closed");
+  // The backend got the client's `Connection: close` too.
+  if (close) {
+    upstream.conn.close();
+    return false;
+  }
+  backend.idle.push(upstream);
+  return true;
 }
 
 for await (const conn of Deno.listen({ hostname: "127.0.0.1", port: Number(port) })) serve(conn);
