@@ -126,18 +126,21 @@ export class AdmissionGate {
 /**
  * `handler` behind `gate`, with the thread's CPU use sampled every {@linkcode SAMPLE_MS} ms, from
  * the first request on, by a timer that does not keep the process alive. `stop()` ends the
- * sampling and lifts the limit.
+ * sampling and lifts the limit. A front end that admits requests itself (the native one, before
+ * it reads each request) uses `gate` with `start()` (which starts the sampling, once) instead of
+ * `handler`.
  */
 export function admitted(
   handler: Handler,
   gate = new AdmissionGate(),
-): { handler: Handler; gate: AdmissionGate; stop(): void } {
+): { handler: Handler; gate: AdmissionGate; start(): void; stop(): void } {
   let wall = 0;
   let cpu: number | undefined;
   let timer: ReturnType<typeof setInterval> | undefined;
   let stopped = false;
   // Started by the first request: a balancer that never listened leaves no timer behind.
-  const sample = () => {
+  const start = () => {
+    if (timer !== undefined || stopped) return;
     wall = performance.now();
     cpu = cpuMicros();
     const every = setInterval(() => {
@@ -152,8 +155,9 @@ export function admitted(
   };
   return {
     gate,
+    start,
     handler: async (req, info) => {
-      if (timer === undefined && !stopped) sample();
+      start();
       const admittedIn = gate.enter();
       let epoch: number;
       if (typeof admittedIn === "number") epoch = admittedIn;

@@ -41,7 +41,7 @@ import {
 import { describeRoute, RouteTable } from "./routes.ts";
 import { type PreparedChange, Service, type ServiceDeps } from "./service.ts";
 import { createDispatcher, type RoutingState } from "./dispatch.ts";
-import { serveNative } from "./frontend_native.ts";
+import { type FrontendOptions, serveNative } from "./frontend_native.ts";
 import { admitted } from "./admission.ts";
 import { compileGuards, type GuardResources } from "./protection.ts";
 import { createRateLimitTable, DEFAULT_MAX_KEYS } from "./rate_limit.ts";
@@ -585,13 +585,23 @@ export function listen(balancer: Balancer): RunningBalancer {
   const handler = admission.handler;
   balancer.metrics.registry.gaugeFunc(
     "lb_admission_queued",
-    "Requests waiting to be worked on while the thread is saturated (lib/admission.ts).",
+    "Requests (native front end: connections) waiting to be worked on while the thread is saturated (lib/admission.ts).",
     () => [{ value: admission.gate.queued }],
   );
+  // The native front end admits each request before reading it (fairer under saturation, see
+  // FrontendOptions.admission), so its handler is not gated a second time.
+  const nativeAdmission = {
+    enter: () => {
+      admission.start();
+      return admission.gate.enter();
+    },
+    leave: (ticket: number) => admission.gate.leave(ticket),
+  };
   const server = config.frontend === "native"
     ? serveNatively(
       config,
-      handler,
+      balancer.handler,
+      nativeAdmission,
       log,
       balancer.served,
       extras.reusePort,
@@ -815,6 +825,7 @@ function refuseTakenPort(hostname: string, port: number): void {
 function serveNatively(
   config: Config,
   handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>,
+  admission: FrontendOptions["admission"],
   log: Log,
   tls: CertifiedKey | undefined,
   reusePort = false,
@@ -837,6 +848,7 @@ function serveNatively(
       proxyProtocol: config.proxyProtocol
         ? { trusted: (config.trustedProxies ?? []).map((text) => parseCidr(text)!) }
         : undefined,
+      admission,
       onError: (error) => {
         log.error(`Unhandled error: ${(error as Error)?.stack ?? error}`);
         return new Response("500 Internal Server Error\n", { status: 500 });

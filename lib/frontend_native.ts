@@ -78,6 +78,16 @@ export interface FrontendOptions {
    */
   proxyProtocol?: { trusted: readonly Cidr[] };
   /**
+   * Admission before each request is read (lib/admission.ts's gate): a connection takes a place
+   * before it reads its next request and gives it back once the response is delivered, so while
+   * the thread is saturated only so many connections read or carry a request at a time and the
+   * others take turns, first come first served. Reads posted on thousands of sockets at once
+   * complete very unevenly on a saturated thread (some clients wait seconds); the queue keeps
+   * them fair. `enter()` returns a ticket, or a promise of one while the gate is full; `leave()`
+   * takes it back. The wait counts against the header or idle timeout. Unset: no admission.
+   */
+  admission?: { enter(): number | Promise<number>; leave(ticket: number): void };
+  /**
    * Answers a handler that threw. Unset: an empty 500.
    */
   onError?: (error: unknown) => Response;
@@ -239,6 +249,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
   const trusted = options.proxyProtocol?.trusted;
   const scheme = options.tls === undefined ? "http" : "https";
   const onError = options.onError ?? (() => new Response(null, { status: 500 }));
+  const admission = options.admission;
 
   const connections = new Set<Connection>();
   let active = 0;
@@ -336,9 +347,19 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
     }
     if (trusted !== undefined && !(await readProxyHeader(c, trusted))) return;
     for (let requests = 0; !c.closed && requests < Number.MAX_SAFE_INTEGER; requests++) {
-      const head = await readHead(c);
-      if (head === undefined) return;
-      if (!(await exchange(c, head))) return;
+      if (admission === undefined) {
+        const head = await readHead(c);
+        if (head === undefined || !(await exchange(c, head))) return;
+        continue;
+      }
+      let ticket = admission.enter();
+      if (typeof ticket !== "number") ticket = await ticket;
+      try {
+        const head = await readHead(c);
+        if (head === undefined || !(await exchange(c, head))) return;
+      } finally {
+        admission.leave(ticket);
+      }
     }
   }
 
