@@ -78,13 +78,15 @@ export interface FrontendOptions {
    */
   proxyProtocol?: { trusted: readonly Cidr[] };
   /**
-   * Admission before each request is read (lib/admission.ts's gate): a connection takes a place
-   * before it reads its next request and gives it back once the response is delivered, so while
-   * the thread is saturated only so many connections read or carry a request at a time and the
-   * others take turns, first come first served. Reads posted on thousands of sockets at once
-   * complete very unevenly on a saturated thread (some clients wait seconds); the queue keeps
-   * them fair. `enter()` returns a ticket, or a promise of one while the gate is full; `leave()`
-   * takes it back. The wait counts against the header or idle timeout. Unset: no admission.
+   * Admission before each request is read (lib/admission.ts's gate): a kept-alive connection
+   * takes a place before it reads its next request and gives it back once the response is
+   * delivered, so while the thread is saturated only so many connections read or carry a request
+   * at a time and the others take turns, first come first served. Reads posted on thousands of
+   * sockets at once complete very unevenly on a saturated thread (some clients wait seconds); the
+   * queue keeps them fair. A new connection asks for its place once its first request head is
+   * in, so a client that never completes a head holds none. `enter()` returns a ticket, or a
+   * promise of one while the gate is full; `leave()` takes it back. The wait counts against the
+   * idle timeout (the header timeout for a first request). Unset: no admission.
    */
   admission?: { enter(): number | Promise<number>; leave(ticket: number): void };
   /**
@@ -159,6 +161,8 @@ class Connection {
   closed = false;
   /** Aborts the current request's signal. */
   abort: AbortController | null = null;
+  /** Set while the connection waits for admission: its close ends the wait. */
+  onClosedWhileQueued: (() => void) | undefined = undefined;
   remoteAddr: Deno.NetAddr;
   clientAddress?: string;
   proxyAddr?: Deno.NetAddr;
@@ -170,6 +174,9 @@ class Connection {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    const queued = this.onClosedWhileQueued;
+    this.onClosedWhileQueued = undefined;
+    queued?.();
     this.abort?.abort(new DOMException("client connection closed", "AbortError"));
     try {
       this.conn.close();
@@ -352,15 +359,41 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
         if (head === undefined || !(await exchange(c, head))) return;
         continue;
       }
-      let ticket = admission.enter();
-      if (typeof ticket !== "number") ticket = await ticket;
+      // A kept-alive connection waits for its place before reading; a new one reads its first
+      // head first, so a client that never completes a head (slowloris) never holds a place.
+      let head = requests === 0 ? await readHead(c) : undefined;
+      if (requests === 0 && head === undefined) return;
+      const entered = admission.enter();
+      const ticket = typeof entered === "number" ? entered : await admittedUnlessClosed(c, entered);
+      if (ticket === undefined) return;
       try {
-        const head = await readHead(c);
+        head ??= await readHead(c);
         if (head === undefined || !(await exchange(c, head))) return;
       } finally {
         admission.leave(ticket);
       }
     }
+  }
+
+  /**
+   * The ticket `entered` resolves to, or undefined when `c` closes first (a drain, a timeout):
+   * then the place, once given, goes straight back.
+   */
+  function admittedUnlessClosed(
+    c: Connection,
+    entered: Promise<number>,
+  ): Promise<number | undefined> {
+    return new Promise((resolve) => {
+      c.onClosedWhileQueued = () => {
+        entered.then((ticket) => admission!.leave(ticket));
+        resolve(undefined);
+      };
+      entered.then((ticket) => {
+        if (c.onClosedWhileQueued === undefined) return;
+        c.onClosedWhileQueued = undefined;
+        resolve(ticket);
+      });
+    });
   }
 
   /** Reads the PROXY header; false when the connection must close. */

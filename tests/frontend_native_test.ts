@@ -17,7 +17,6 @@ import {
   switchProtocols,
 } from "../lib/frontend_native.ts";
 import { encodeProxyV1, encodeProxyV2 } from "../lib/proxy_protocol.ts";
-import { AdmissionGate } from "../lib/admission.ts";
 import { canTunnel, openTunnel } from "../lib/tunnel_upstream.ts";
 import { Pki } from "./pki.ts";
 import { concat, delay, rawExchange, rawServer, readHead, sha256, writeAll } from "./helpers.ts";
@@ -712,13 +711,6 @@ Deno.test("openTunnel() + switchProtocols() relay a real WebSocket end to end: t
   }
 });
 
-/** A gate with room for one request at work, and the front end's admission over it. */
-function oneAtATime(): { gate: AdmissionGate; admission: FrontendOptions["admission"] } {
-  const gate = new AdmissionGate();
-  gate.limit = 1; // as a saturated thread sets it, without waiting for samples
-  return { gate, admission: { enter: () => gate.enter(), leave: (t) => gate.leave(t) } };
-}
-
 /** The body of the next response on `conn` (its Content-Length), or null when it closed first. */
 async function nextBody(conn: Deno.Conn): Promise<string | null> {
   const wire = new Wire(conn);
@@ -728,85 +720,51 @@ async function nextBody(conn: Deno.Conn): Promise<string | null> {
   return decoder.decode(await wire.bytes(length));
 }
 
-/** A handler that records each path and answers it only when the test releases it. */
-function heldHandler() {
-  const seen: string[] = [];
-  const releases = new Map<string, () => void>();
-  const arrived = new Map<string, () => void>();
-  const arrivals = new Map<string, Promise<void>>();
-  for (const path of ["/a", "/b", "/c"]) {
-    arrivals.set(path, new Promise<void>((resolve) => arrived.set(path, resolve)));
-  }
-  const handler: NativeHandler = async (req) => {
-    const path = new URL(req.url).pathname;
-    seen.push(path);
-    const released = new Promise<void>((resolve) => releases.set(path, resolve));
-    arrived.get(path)?.();
-    await released;
-    return new Response(`done ${path}`);
+Deno.test("serveNative() with admission: a new connection asks for a place once its first head is in, a kept-alive one before it reads; the place goes back after the response; a slow head takes none; a drain ends the wait", async () => {
+  const calls: string[] = [];
+  const admits: ((ticket: number) => void)[] = [];
+  const admission = {
+    enter: () => {
+      calls.push("enter");
+      return new Promise<number>((resolve) => admits.push(resolve));
+    },
+    leave: (ticket: number) => void calls.push(`leave ${ticket}`),
   };
-  return { seen, releases, arrivals, handler };
-}
-
-Deno.test("serveNative() with admission reads a connection's request only once it has a place; waiting connections take turns in order", async () => {
-  const { gate, admission } = oneAtATime();
-  const { seen, releases, arrivals, handler } = heldHandler();
-  await using server = start({ admission }, handler);
-  const conns: Deno.Conn[] = [];
+  await using server = start({ admission });
+  const paths = () => server.seen.map((r) => new URL(r.url).pathname);
+  const waitForCalls = async (n: number) => {
+    for (let i = 0; i < 100 && calls.length < n; i++) await delay(10);
+  };
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+  const slow = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
   try {
-    // a takes the one place; b, then c, queue for it.
-    for (let i = 0; i < 3; i++) {
-      conns.push(await Deno.connect({ hostname: "127.0.0.1", port: server.port }));
-      for (let j = 0; j < 50 && gate.active + gate.queued < i + 1; j++) await delay(10);
-    }
-    assert.deepEqual([gate.active, gate.queued], [1, 2]);
-    const [a, b, c] = conns;
-    // c's request is sent before b's: the order of the queue, not of the bytes, decides.
-    await writeAll(c, encoder.encode(`GET /c HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n`));
-    await writeAll(b, encoder.encode(`GET /b HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n`));
-    await writeAll(a, encoder.encode(`GET /a HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n`));
-    await arrivals.get("/a");
-    await delay(100);
-    assert.deepEqual(seen, ["/a"], "a waiting connection's request was read");
-    for (const [path, conn] of [["/a", a], ["/b", b], ["/c", c]] as const) {
-      await arrivals.get(path);
-      releases.get(path)!();
-      assert.equal(await nextBody(conn), `done ${path}`);
-    }
-    assert.deepEqual(seen, ["/a", "/b", "/c"]);
-    assert.deepEqual([gate.active, gate.queued], [0, 0]);
+    await writeAll(slow, encoder.encode("GET /slow HTTP/1.1\r\nHo"));
+    // A first request: read, then held until its place is given.
+    await writeAll(conn, encoder.encode(`GET /a HTTP/1.1\r\nHost: ok\r\n\r\n`));
+    await waitForCalls(1);
+    await delay(50);
+    assert.deepEqual([calls, paths()], [["enter"], []]);
+    admits[0](5);
+    assert.equal(await nextBody(conn), "ok /a");
+    await waitForCalls(3);
+    assert.deepEqual(calls, ["enter", "leave 5", "enter"], "kept alive, it asks again at once");
+    // The next request waits in the socket until the place is given.
+    await writeAll(conn, encoder.encode(`GET /b HTTP/1.1\r\nHost: ok\r\n\r\n`));
+    await delay(150);
+    assert.deepEqual(paths(), ["/a"]);
+    admits[1](7);
+    assert.equal(await nextBody(conn), "ok /b");
+    await waitForCalls(5);
+    assert.deepEqual(calls, ["enter", "leave 5", "enter", "leave 7", "enter"]);
+    // The slow head never asked for a place. A drain closes the connection waiting for one: no
+    // wait on the gate, and the place, once given, goes straight back.
+    assert.equal(await server.drain(performance.now() + WAIT_MS), 0);
+    admits[2](9);
+    await delay(10);
+    assert.deepEqual(calls, ["enter", "leave 5", "enter", "leave 7", "enter", "leave 9"]);
   } finally {
-    for (const conn of conns) conn.close();
-  }
-});
-
-Deno.test("serveNative() with admission: an idle keep-alive connection holds its place only until it ages out of the gate", async () => {
-  const { gate, admission } = oneAtATime();
-  const { seen, releases, arrivals, handler } = heldHandler();
-  await using server = start({ admission }, handler);
-  const idle = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
-  let waiting: Deno.Conn | undefined;
-  try {
-    await writeAll(idle, encoder.encode(`GET /a HTTP/1.1\r\nHost: ok\r\n\r\n`));
-    await arrivals.get("/a");
-    releases.get("/a")!();
-    assert.equal(await nextBody(idle), "done /a");
-    // Kept alive, it takes the place again to read its next request, which does not come.
-    waiting = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
-    await writeAll(waiting, encoder.encode(`GET /b HTTP/1.1\r\nHost: ok\r\n\r\n`));
-    await delay(200);
-    assert.deepEqual(seen, ["/a"]);
-    assert.deepEqual([gate.active, gate.queued], [1, 1]);
-    // Two sampling periods (neither saturated nor idle: the limit stays 1) age the idle place out.
-    gate.observe(0.8);
-    gate.observe(0.8);
-    await arrivals.get("/b");
-    assert.deepEqual(seen, ["/a", "/b"]);
-    releases.get("/b")!();
-    assert.equal(await nextBody(waiting), "done /b");
-  } finally {
-    idle.close();
-    waiting?.close();
+    conn.close();
+    slow.close();
   }
 });
 
