@@ -289,17 +289,34 @@ export function thisBalancer(
   };
 }
 
-/** {@linkcode ./minimal_forwarder.ts}: Deno.serve + fetch with no features. */
-export function minimalForwarder(options: DenoTargetOptions = {}): Target {
+/**
+ * A feature-less forwarder of bench/ as a pinned target (id, report label, process name):
+ * `script` run with `--allow-net` and the forwarders' positional arguments (its port, then the
+ * backend URLs).
+ */
+function forwarderTarget(
+  [id, label, processName]: [string, string, string],
+  script: string,
+  what: string,
+  options: DenoTargetOptions,
+): Target {
   const flags = runFlags(["--allow-net"], options);
   return {
-    ...named("deno-minimal", "Deno.serve + fetch, no features", options),
-    description: `deno run ${
-      flags.join(" ")
-    } bench/minimal_forwarder.ts (baseline, not a correct proxy)`,
+    ...named(id, label, options),
+    description: `deno run ${flags.join(" ")} ${script} (${what})`,
     pinned: true,
-    start: startDenoTarget("minimal forwarder", flags, "bench/minimal_forwarder.ts", forwarderArgs),
+    start: startDenoTarget(processName, flags, script, forwarderArgs),
   };
+}
+
+/** {@linkcode ./minimal_forwarder.ts}: Deno.serve + fetch with no features. */
+export function minimalForwarder(options: DenoTargetOptions = {}): Target {
+  return forwarderTarget(
+    ["deno-minimal", "Deno.serve + fetch, no features", "minimal forwarder"],
+    "bench/minimal_forwarder.ts",
+    "baseline, not a correct proxy",
+    options,
+  );
 }
 
 /**
@@ -307,20 +324,12 @@ export function minimalForwarder(options: DenoTargetOptions = {}): Target {
  * features, the platform's floor.
  */
 export function rawMinimalForwarder(options: DenoTargetOptions = {}): Target {
-  const flags = runFlags(["--allow-net"], options);
-  return {
-    ...named("deno-minimal-raw", "Deno.serve + Deno.connect, no features", options),
-    description: `deno run ${
-      flags.join(" ")
-    } bench/raw_minimal_forwarder.ts (the platform's floor, not a correct proxy)`,
-    pinned: true,
-    start: startDenoTarget(
-      "minimal raw forwarder",
-      flags,
-      "bench/raw_minimal_forwarder.ts",
-      forwarderArgs,
-    ),
-  };
+  return forwarderTarget(
+    ["deno-minimal-raw", "Deno.serve + Deno.connect, no features", "minimal raw forwarder"],
+    "bench/raw_minimal_forwarder.ts",
+    "the platform's floor, not a correct proxy",
+    options,
+  );
 }
 
 /**
@@ -328,20 +337,12 @@ export function rawMinimalForwarder(options: DenoTargetOptions = {}): Target {
  * keep-alive pool, no features: the native front end's floor.
  */
 export function rawListenForwarder(options: DenoTargetOptions = {}): Target {
-  const flags = runFlags(["--allow-net"], options);
-  return {
-    ...named("deno-minimal-listen", "Deno.listen + Deno.connect, no features", options),
-    description: `deno run ${
-      flags.join(" ")
-    } bench/raw_listen_forwarder.ts (the native front end's floor, not a correct proxy)`,
-    pinned: true,
-    start: startDenoTarget(
-      "minimal listen forwarder",
-      flags,
-      "bench/raw_listen_forwarder.ts",
-      forwarderArgs,
-    ),
-  };
+  return forwarderTarget(
+    ["deno-minimal-listen", "Deno.listen + Deno.connect, no features", "minimal listen forwarder"],
+    "bench/raw_listen_forwarder.ts",
+    "the native front end's floor, not a correct proxy",
+    options,
+  );
 }
 
 /** Where `go build` keeps its cache between runs (it takes ~15 s to build net/http cold). */
