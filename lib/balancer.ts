@@ -42,6 +42,7 @@ import { describeRoute, RouteTable } from "./routes.ts";
 import { type PreparedChange, Service, type ServiceDeps } from "./service.ts";
 import { createDispatcher, type RoutingState } from "./dispatch.ts";
 import { type FrontendOptions, serveNative } from "./frontend_native.ts";
+import { BodyPool } from "./body_pool.ts";
 import { admitted } from "./admission.ts";
 import { compileGuards, type GuardResources } from "./protection.ts";
 import { createRateLimitTable, DEFAULT_MAX_KEYS } from "./rate_limit.ts";
@@ -181,6 +182,11 @@ export class Balancer {
   served: CertifiedKey | undefined;
   /** The handler every listener serves: routes each request by the routing state now. */
   readonly handler: Handler;
+  /**
+   * Response body buffers the native transport fills and the native front end gives back;
+   * undefined with Deno.serve in front (it would give none back).
+   */
+  readonly bodyPool: BodyPool | undefined;
   /** The configuration in force (restart-only settings as they were at start). */
   config: Config;
   /** The services now, by name; a reload replaces the map. */
@@ -234,6 +240,7 @@ export class Balancer {
     this.log = log;
     this.extras = extras;
     const worker = extras.worker;
+    this.bodyPool = config.frontend === "native" ? new BodyPool() : undefined;
     this.outputs = { alerts: createAlerts(config, log), accessLog: openAccessLog(config, log) };
     this.metrics = this.#createMetrics(version);
     this.tlsFiles = config.tlsCert === undefined || config.tlsKey === undefined
@@ -250,7 +257,7 @@ export class Balancer {
     if (resetWarning !== undefined) log.warn(resetWarning);
     this.#deps = {
       log,
-      ...backendClients(config),
+      ...backendClients(config, this.bodyPool),
       transport: extras.transport,
       observer: createObserver(this.metrics, () => this.outputs.accessLog),
       webSockets: this.webSockets,
@@ -437,7 +444,7 @@ export class Balancer {
         "maxIdleBackendConnections",
       ]
         .some((key) => changed(key as keyof Config))
-      ? backendClients(kept)
+      ? backendClients(kept, this.bodyPool)
       : undefined;
     const started = new Map<string, Service>();
     this.#joining = started;
@@ -602,6 +609,7 @@ export function listen(balancer: Balancer): RunningBalancer {
       config,
       balancer.handler,
       nativeAdmission,
+      balancer.bodyPool,
       log,
       balancer.served,
       extras.reusePort,
@@ -763,7 +771,7 @@ interface BackendClients {
  * One set of certificates for every client that talks to backends: requests (native or fetch)
  * and health checks (fetch) trust and present the same ones. Throws on unreadable files.
  */
-function backendClients(config: Config): BackendClients {
+function backendClients(config: Config, bodyPool: BodyPool | undefined): BackendClients {
   const files = { ca: config.backendCa, cert: config.backendCert, key: config.backendKey };
   const tls = readBackendTls(files);
   return {
@@ -772,6 +780,7 @@ function backendClients(config: Config): BackendClients {
       tls,
       maxConnsPerOrigin: config.maxBackendConnections || Infinity,
       maxIdlePerOrigin: config.maxIdleBackendConnections || Infinity,
+      bodyPool,
     }),
     backendCaCerts: tls.ca === undefined ? undefined : [tls.ca],
     backendClientCert: tls.cert === undefined || tls.key === undefined
@@ -826,6 +835,7 @@ function serveNatively(
   config: Config,
   handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>,
   admission: FrontendOptions["admission"],
+  bodyPool: BodyPool | undefined,
   log: Log,
   tls: CertifiedKey | undefined,
   reusePort = false,
@@ -849,6 +859,7 @@ function serveNatively(
         ? { trusted: (config.trustedProxies ?? []).map((text) => parseCidr(text)!) }
         : undefined,
       admission,
+      bodyPool,
       onError: (error) => {
         log.error(`Unhandled error: ${(error as Error)?.stack ?? error}`);
         return new Response("500 Internal Server Error\n", { status: 500 });

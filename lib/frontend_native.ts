@@ -16,6 +16,7 @@
  * smaller timeout, 10-250 ms), not a timer per request: a deadline fires up to one tick late.
  */
 
+import type { BodyPool } from "./body_pool.ts";
 import type { Cidr } from "./cidr.ts";
 import { cidrContains } from "./cidr.ts";
 import { ChunkedDecoder, findHeadEnd, latin1, MAX_HEAD_BYTES } from "./http1_parse.ts";
@@ -89,6 +90,11 @@ export interface FrontendOptions {
    * idle timeout (the header timeout for a first request). Unset: no admission.
    */
   admission?: { enter(): number | Promise<number>; leave(ticket: number): void };
+  /**
+   * Where response bodies held in memory go back once written: the pool the native transport
+   * takes them from (lib/body_pool.ts). Unset: none go back.
+   */
+  bodyPool?: BodyPool;
   /**
    * Answers a handler that threw. Unset: an empty 500.
    */
@@ -257,6 +263,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
   const scheme = options.tls === undefined ? "http" : "https";
   const onError = options.onError ?? (() => new Response(null, { status: 500 }));
   const admission = options.admission;
+  const bodyPool = options.bodyPool;
 
   const connections = new Set<Connection>();
   let active = 0;
@@ -512,7 +519,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
       keepAlive &&= !stopping && !c.eof && (body === undefined || body.drainable());
       const tunnel = tunnelOf(response);
       if (tunnel !== undefined) return await runTunnel(c, response, tunnel);
-      keepAlive = await writeResponse(c.conn, response, head, keepAlive);
+      keepAlive = await writeResponse(c.conn, response, head, keepAlive, bodyPool);
       completed();
       if (keepAlive && body !== undefined && !body.done) {
         c.deadline = performance.now() + headerTimeout;

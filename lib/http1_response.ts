@@ -10,6 +10,7 @@
  */
 
 import { hasToken, type RequestHead } from "./http1_request_head.ts";
+import type { BodyPool } from "./body_pool.ts";
 import { REASONS } from "./errors.ts";
 import { responseFields, responseSymbol } from "./response_fields.ts";
 
@@ -161,13 +162,15 @@ async function soon(): Promise<undefined> {
  * Writes `response` to `conn` for the request `head` (null: the 101 of a tunnel). `keepAlive`
  * says whether the connection may carry another request; returns whether it still may (the
  * handler asked for `Connection: close`, or the body forced a close). Rejects when the client
- * is gone or the body failed: the connection must then close.
+ * is gone or the body failed: the connection must then close. A body held in memory that came
+ * from `bodies` goes back to it once written (or abandoned).
  */
 export async function writeResponse(
   conn: Deno.Conn,
   response: Response,
   head: RequestHead | null,
   keepAlive: boolean,
+  bodies?: BodyPool,
 ): Promise<boolean> {
   const status = head === null ? 101 : response.status;
   let text = `HTTP/1.1 ${status} ${REASONS[status] ?? (response.statusText || "Unknown")}\r\n`;
@@ -217,7 +220,11 @@ export async function writeResponse(
     const headText = `${text}content-length: ${length}\r\n${connection()}\r\n`;
     // A declared length is kept to, as for streamed bodies: a longer body is cut (and the
     // connection closed), a shorter one ends the connection.
-    await writeBody(conn, headText, bytes.length > length ? bytes.subarray(0, length) : bytes);
+    try {
+      await writeBody(conn, headText, bytes.length > length ? bytes.subarray(0, length) : bytes);
+    } finally {
+      bodies?.giveBack(bytes);
+    }
     if (bytes.length < length) throw new Error("response body shorter than its Content-Length");
     return keepAlive && bytes.length === length;
   }

@@ -74,6 +74,7 @@ import {
   writeStream,
 } from "./http1_request.ts";
 import { concatBytes } from "./body.ts";
+import type { BodyPool } from "./body_pool.ts";
 import { unbracket } from "./host.ts";
 import { type Failure, type FailureKind, isIdempotent } from "./retry.ts";
 import {
@@ -124,6 +125,11 @@ export interface NativeTransportOptions {
    * (server-sent events) beyond it until their timeout. @default Infinity
    */
   maxConnsPerOrigin?: number;
+  /**
+   * Buffers for bodies read whole (up to 64 KiB), given back by whoever writes them to the
+   * client (the native front end). Unset: a fresh array per body.
+   */
+  bodyPool?: BodyPool;
 }
 
 /** Connection counts of one origin. */
@@ -224,7 +230,14 @@ export function createNativeTransport(options: NativeTransportOptions = {}): Nat
   if ((tls.cert === undefined) !== (tls.key === undefined)) {
     throw new RangeError("tls: cert and key go together");
   }
-  const state = new TransportState(maxIdle, idleTimeout, tls, maxDialing, maxConns);
+  const state = new TransportState(
+    maxIdle,
+    idleTimeout,
+    tls,
+    maxDialing,
+    maxConns,
+    options.bodyPool,
+  );
 
   return {
     send: (origin, url, request, clientSignal, attemptOptions) =>
@@ -276,6 +289,7 @@ class TransportState {
     readonly tls: NativeTlsOptions,
     readonly maxDialing: number,
     readonly maxConns: number,
+    readonly bodies: BodyPool | undefined,
   ) {
     this.#sweepEvery = Math.max(10, Math.min(1000, Math.round(idleTimeout / 4)));
     this.#sweepsToExpire = Math.ceil(idleTimeout / this.#sweepEvery);
@@ -1109,8 +1123,7 @@ function respond(
     case Framing.Length:
       if (head.length > BUFFER_BODY_LIMIT) body = stream(c, head, request, null, null);
       else if (c.end - c.start >= head.length) {
-        body = c.buf.slice(c.start, c.start + head.length);
-        c.start += head.length;
+        body = bufferedBody(c, head.length);
       } else return readWhole(c, head.length).then((bytes) => toResponse(c, head, bytes));
       break;
     case Framing.Chunked: {
@@ -1183,15 +1196,21 @@ function finish(c: Connection, keepAlive: boolean): void {
   else c.close();
 }
 
+/** The next `n` body bytes, all in the buffer, in an array of their own. */
+function bufferedBody(c: Connection, n: number): Uint8Array<ArrayBuffer> {
+  const bodies = c.pool.owner.bodies;
+  let out: Uint8Array<ArrayBuffer>;
+  if (bodies === undefined) out = c.buf.slice(c.start, c.start + n);
+  else (out = bodies.take(n)).set(c.buf.subarray(c.start, c.start + n));
+  c.start += n;
+  return out;
+}
+
 /** Exactly `n` body bytes: what the buffer holds, then read straight into the result. */
 async function readWhole(c: Connection, n: number): Promise<Uint8Array<ArrayBuffer>> {
   const available = c.end - c.start;
-  if (available >= n) {
-    const out = c.buf.slice(c.start, c.start + n);
-    c.start += n;
-    return out;
-  }
-  const out = new Uint8Array(n);
+  if (available >= n) return bufferedBody(c, n);
+  const out = c.pool.owner.bodies?.take(n) ?? new Uint8Array(n);
   out.set(c.buf.subarray(c.start, c.end));
   c.start = c.end = 0;
   let got = available;
