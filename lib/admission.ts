@@ -14,6 +14,7 @@
  * between batches of I/O, so it stayed low while the thread was saturated.)
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import process from "node:process";
 import { availableParallelism } from "node:os";
 import type { Handler } from "./proxy.ts";
@@ -28,10 +29,10 @@ const MIN_ACTIVE = 64;
 const SAMPLE_MS = 100;
 
 /** `performance.now()` when each request that waited for admission reached the gate. */
-const arrivals = new WeakMap<Request, number>();
+const arrivals = new WeakMap<IncomingRequest, number>();
 
 /** When `req` reached the balancer: its arrival at the gate if it waited, else now. */
-export function arrivalTime(req: Request): number {
+export function arrivalTime(req: IncomingRequest): number {
   return arrivals.get(req) ?? performance.now();
 }
 

@@ -7,6 +7,7 @@
  * file watchers and signals; tests start it in-process.
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import type { Config } from "./config.ts";
 import type { Log } from "./log.ts";
 import type { Pool, PoolOptions, StatusChangeListener } from "./pool.ts";
@@ -705,7 +706,7 @@ function redirectHandler(
   handler: Handler,
   httpsPort: number,
   acme: BalancerExtras["acme"],
-): (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response> {
+): (req: IncomingRequest, info: Deno.ServeHandlerInfo) => Response | Promise<Response> {
   const toHttps = redirectToHttps(httpsPort);
   if (acme === undefined) return toHttps;
   return (req, info) => {
@@ -833,7 +834,7 @@ function refuseTakenPort(hostname: string, port: number): void {
  */
 function serveNatively(
   config: Config,
-  handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>,
+  handler: (req: IncomingRequest, info: Deno.ServeHandlerInfo) => Response | Promise<Response>,
   admission: FrontendOptions["admission"],
   bodyPool: BodyPool | undefined,
   log: Log,

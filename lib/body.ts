@@ -12,6 +12,7 @@
  * balancer waiting for its next bytes longer than `bodyTimeout` is given up on.
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import { BadRequestError, ContentTooLargeError, HttpError, RequestTimeoutError } from "./errors.ts";
 
 /** Bodies up to this size (by Content-Length) are kept for replay. */
@@ -113,7 +114,7 @@ function lengthOf(value: string): number | undefined {
  * reports its failure through {@linkcode RequestBody.signal} and `clientError` instead.
  */
 export async function prepareBody(
-  req: Request,
+  req: IncomingRequest,
   limits: BodyLimits = UNLIMITED,
 ): Promise<RequestBody> {
   if (req.body === null) return NO_BODY;

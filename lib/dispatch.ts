@@ -5,6 +5,7 @@
  * once per request, so a reload never changes the rules under a request in flight.
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import { HttpError, RefusedError } from "./errors.ts";
 import { type ClientHeaders, readClientHeaders } from "./headers.ts";
 import { admits } from "./access_rules.ts";
@@ -71,7 +72,7 @@ export function createDispatcher(options: DispatchOptions): Handler {
   function answer(
     route: CompiledRoute,
     state: RoutingState,
-    req: Request,
+    req: IncomingRequest,
     info: Deno.ServeHandlerInfo,
     client: ReturnType<typeof readClientHeaders>,
     target: Target,
@@ -168,7 +169,7 @@ export function createDispatcher(options: DispatchOptions): Handler {
  */
 async function enforce(
   guards: RouteGuards,
-  req: Request,
+  req: IncomingRequest,
   info: Deno.ServeHandlerInfo,
   client: ClientHeaders,
   trustedProxies: readonly Cidr[],

@@ -16,6 +16,7 @@
  * smaller timeout, 10-250 ms), not a timer per request: a deadline fires up to one tick late.
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import type { BodyPool } from "./body_pool.ts";
 import type { Cidr } from "./cidr.ts";
 import { cidrContains } from "./cidr.ts";
@@ -114,7 +115,10 @@ export interface NativeServeInfo extends Deno.ServeHandlerInfo<Deno.NetAddr> {
 }
 
 /** The request handler, as Deno.serve's. */
-export type NativeHandler = (req: Request, info: NativeServeInfo) => Response | Promise<Response>;
+export type NativeHandler = (
+  req: IncomingRequest,
+  info: NativeServeInfo,
+) => Response | Promise<Response>;
 
 /** A running native front end. */
 export interface FrontendServer {
@@ -502,7 +506,8 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
         info.clientAddress = c.clientAddress;
         info.proxyAddr = c.proxyAddr;
       }
-      req = buildRequest(head, urlOf(head, scheme, addr.port), c, body);
+      req = new NativeRequest(head.method, urlOf(head, scheme, addr.port), head.headers, c, body);
+      if (head.upgrade) markTunnelable(req);
       let response: Response;
       try {
         response = await handler(req, info);
@@ -796,61 +801,39 @@ const CONTINUE = new TextEncoder().encode("HTTP/1.1 100 Continue\r\n\r\n");
 /** Most unread request body bytes dropped after a response to keep the connection (hyper's is 64 KiB too). */
 const DRAIN_LIMIT = 64 * 1024;
 
-/** Methods `new Request` refuses (Fetch's forbidden methods) or rewrites (case). */
-const PLAIN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]);
-
 /**
- * The handler's Request. Deno.serve hands on the method and target as sent; `new Request`
- * would upper-case `get`, refuse CONNECT/TRACE/TRACK, drop a GET's body and resolve `..` in the
- * URL. So the Request is built from safe stand-ins and its `url` and `method` then shadowed by
- * the raw values (own properties over the prototype's getters), which is what every reader in
- * the balancer sees. A GET or HEAD body is not handed on (Request cannot carry one); it is
- * dropped after the response like any unread body.
+ * The handler's request (lib/incoming.ts), not a Fetch `Request`: building one costs more than
+ * the rest of reading the request (URL parsing, WebIDL conversions, internal records), and
+ * `new Request` would also upper-case `get`, refuse CONNECT/TRACE/TRACK and resolve `..` in the
+ * URL, where Deno.serve hands on the method and target as sent. So does this. A GET or HEAD body
+ * is not handed on (a Fetch `Request` cannot carry one); it is dropped after the response like
+ * any unread body. The `signal` is made on first use: a controller and a watching read are dear
+ * per request, and the proxy looks at the signal only for requests that take a while.
  */
-function buildRequest(
-  head: RequestHead,
-  url: string,
-  c: Connection,
-  body: BodyReader | undefined,
-): NativeRequest {
-  const plain = PLAIN_METHODS.has(head.method);
-  const carriesBody = body !== undefined && head.method !== "GET" && head.method !== "HEAD";
-  const method = plain ? head.method : carriesBody ? "POST" : "GET";
-  // A GET without init, and the fields appended after: cheaper than converting an init
-  // dictionary and its header pairs through WebIDL (the parser has validated them already).
-  const req = method === "GET"
-    ? new NativeRequest(url, undefined, c, body)
-    : new NativeRequest(url, { method, body: carriesBody ? body.stream : null }, c, body);
-  const headers = req.headers;
-  const fields = head.headers;
-  for (let i = 0; i < fields.length; i++) headers.append(fields[i][0], fields[i][1]);
-  if (req.url !== url) Object.defineProperty(req, "url", { value: url });
-  if (head.upgrade) markTunnelable(req);
-  if (!plain) Object.defineProperty(req, "method", { value: head.method });
-  return req;
-}
-
-/**
- * A Request whose `signal` is made on first use: a controller and a watching read are dear
- * per request, and the proxy looks at the signal only for requests that take a while. The
- * getter is the class's, so a request costs no property definition of its own.
- */
-class NativeRequest extends Request {
+class NativeRequest implements IncomingRequest {
+  readonly headers = new Headers();
+  readonly body: ReadableStream<Uint8Array> | null;
   #c: Connection;
-  #body: BodyReader | undefined;
+  #reader: BodyReader | undefined;
   #controller: AbortController | undefined;
   /** The response has been delivered or abandoned: a signal made now is never aborted. */
   #finished = false;
 
   constructor(
-    url: string,
-    init: RequestInit | undefined,
+    readonly method: string,
+    readonly url: string,
+    fields: readonly (readonly [string, string])[],
     c: Connection,
-    body: BodyReader | undefined,
+    reader: BodyReader | undefined,
   ) {
-    super(url, init);
+    // The parser has validated the fields: append takes each as it is.
+    const headers = this.headers;
+    for (let i = 0; i < fields.length; i++) headers.append(fields[i][0], fields[i][1]);
+    this.body = reader === undefined || method === "GET" || method === "HEAD"
+      ? null
+      : reader.stream;
     this.#c = c;
-    this.#body = body;
+    this.#reader = reader;
   }
 
   /** The exchange is over: the connection's later requests are not this one's business. */
@@ -858,14 +841,14 @@ class NativeRequest extends Request {
     this.#finished = true;
   }
 
-  override get signal(): AbortSignal {
+  get signal(): AbortSignal {
     if (this.#controller !== undefined) return this.#controller.signal;
     const controller = this.#controller = new AbortController();
     const c = this.#c;
     if (this.#finished) return controller.signal;
     c.abort = controller;
     if (c.eof) controller.abort(new DOMException("client hung up", "AbortError"));
-    else if (this.#body === undefined || this.#body.done) c.watch();
+    else if (this.#reader === undefined || this.#reader.done) c.watch();
     return controller.signal;
   }
 }

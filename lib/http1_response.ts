@@ -9,6 +9,7 @@
  * a WebSocket upgrade with {@linkcode switchProtocols}, and the front end relays bytes.
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import { hasToken, type RequestHead } from "./http1_request_head.ts";
 import type { BodyPool } from "./body_pool.ts";
 import { REASONS } from "./errors.ts";
@@ -53,10 +54,10 @@ export function switchProtocols(
   return response;
 }
 
-const tunnelable = new WeakSet<Request>();
+const tunnelable = new WeakSet<IncomingRequest>();
 
 /** Marks `req` as served by a front end that understands {@linkcode switchProtocols}. */
-export function markTunnelable(req: Request): void {
+export function markTunnelable(req: IncomingRequest): void {
   tunnelable.add(req);
 }
 
@@ -64,7 +65,7 @@ export function markTunnelable(req: Request): void {
  * Whether `req` came through a front end that relays {@linkcode switchProtocols} responses
  * (the native one, for requests carrying Upgrade); with Deno.serve use Deno.upgradeWebSocket.
  */
-export function canTunnel(req: Request): boolean {
+export function canTunnel(req: IncomingRequest): boolean {
   return tunnelable.has(req);
 }
 

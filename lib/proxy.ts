@@ -16,6 +16,7 @@
  *    removed and a decoded body described truthfully.
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import {
   BadGatewayError,
   BadRequestError,
@@ -153,7 +154,7 @@ export interface RequestOutcome {
 /** Hooks for whoever measures the proxy; each must be cheap and must not throw. */
 export interface ProxyObserver {
   /** Called once per request, when its response headers are ready. */
-  outcome(req: Request, info: Deno.ServeHandlerInfo, outcome: RequestOutcome): void;
+  outcome(req: IncomingRequest, info: Deno.ServeHandlerInfo, outcome: RequestOutcome): void;
   /** A retry is about to be made. */
   retry(): void;
   /** A retry was refused by the retry budget. */
@@ -191,7 +192,7 @@ export interface ServiceProxy {
    * {@linkcode HttpError} for the balancer's own answers (502, 503, 504, 4xx on the body).
    */
   handle(
-    req: Request,
+    req: IncomingRequest,
     info: Deno.ServeHandlerInfo,
     routed: RoutedRequest,
     trace: Trace,
@@ -199,14 +200,14 @@ export interface ServiceProxy {
 }
 
 /** A `Deno.serve` handler. */
-export type Handler = (req: Request, info: Deno.ServeHandlerInfo) => Promise<Response>;
+export type Handler = (req: IncomingRequest, info: Deno.ServeHandlerInfo) => Promise<Response>;
 
 /**
  * Reads and validates what every request needs whatever its route: the target, the method, a
  * body on GET/HEAD, the request id. Throws an {@linkcode HttpError} for a request to refuse.
  */
 export function readRequest(
-  req: Request,
+  req: IncomingRequest,
   client: ClientHeaders,
 ): Target {
   const target = parseTarget(req, client.host);
@@ -274,10 +275,10 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
  * "Request closed").
  */
 export function observable(
-  req: Request,
+  req: IncomingRequest,
   info: Deno.ServeHandlerInfo,
   client: ClientHeaders,
-): { req: Request; info: Deno.ServeHandlerInfo } {
+): { req: IncomingRequest; info: Deno.ServeHandlerInfo } {
   if (client.upgrade === null || !isWebSocketUpgrade(req)) return { req, info };
   return {
     req: new Request(req.url, { method: req.method, headers: req.headers }),
@@ -379,7 +380,7 @@ export class ReverseProxy implements ServiceProxy {
 
   /** Headers, (upgrade), body, forward (pick + attempt), relay: see the module's list. */
   async handle(
-    req: Request,
+    req: IncomingRequest,
     info: Deno.ServeHandlerInfo,
     routed: RoutedRequest,
     trace: Trace,
@@ -424,7 +425,7 @@ export class ReverseProxy implements ServiceProxy {
 
   /** Relays a WebSocket upgrade to a backend picked like any request's; see lib/websocket.ts. */
   async upgrade(
-    req: Request,
+    req: IncomingRequest,
     headers: HeaderPairs,
     context: SelectContext,
     requestId: string,
@@ -451,7 +452,7 @@ export class ReverseProxy implements ServiceProxy {
    * the client has the body. Throws the balancer's own answer (502, 503, 504, or the body's 4xx).
    */
   async forward(
-    req: Request,
+    req: IncomingRequest,
     info: Deno.ServeHandlerInfo,
     headers: HeaderPairs,
     body: RequestBody,
@@ -648,7 +649,7 @@ export function relay(
 const CLIENT_WATCH_DELAY_MS = 100;
 
 /** Aborts `clientGone` when `req`'s client disconnects (at once if it already has). */
-function watchClient(req: Request, clientGone: AbortController): void {
+function watchClient(req: IncomingRequest, clientGone: AbortController): void {
   const signal = req.signal;
   if (signal.aborted) clientGone.abort();
   else signal.addEventListener("abort", () => clientGone.abort(), { once: true });

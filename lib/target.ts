@@ -7,6 +7,7 @@
  * after the authority has been validated.
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import { BadRequestError, HttpError } from "./errors.ts";
 import { isValidHost } from "./headers.ts";
 
@@ -25,7 +26,7 @@ export interface Target {
  * 405 for CONNECT (this is a reverse proxy, not a tunnel).
  */
 export function parseTarget(
-  req: Request,
+  req: IncomingRequest,
   hostHeader: string | null = req.headers.get("host"),
 ): Target {
   if (req.method === "CONNECT") {

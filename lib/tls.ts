@@ -12,6 +12,7 @@
  *   for mTLS. Health checks and requests share it, so both trust the same backends.
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import { X509Certificate } from "node:crypto";
 import { concatBytes } from "./body.ts";
 import { BadRequestError, errorResponse } from "./errors.ts";
@@ -200,9 +201,9 @@ function readPemFile(path: string, what: string): string {
  * 443). Host is validated as for proxied requests; a missing or invalid Host gets 400, since
  * there is no name to redirect to.
  */
-export function redirectToHttps(httpsPort: number): (req: Request) => Response {
+export function redirectToHttps(httpsPort: number): (req: IncomingRequest) => Response {
   const portSuffix = httpsPort === 443 ? "" : `:${httpsPort}`;
-  return function redirect(req: Request): Response {
+  return function redirect(req: IncomingRequest): Response {
     try {
       // Without Host (HTTP/1.0), Deno makes one up for req.url: never redirect to that.
       if (req.headers.get("host") === null) throw new BadRequestError("no Host header");

@@ -16,6 +16,7 @@
  * the handshake end to end, through the same attempt loop.
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import { BadGatewayError, BadRequestError, HttpError, NoBackendError } from "./errors.ts";
 import type { Log } from "./log.ts";
 import { isToken } from "./http_token.ts";
@@ -30,7 +31,7 @@ export const CLOSE_GOING_AWAY = 1001;
 export const CLOSE_INTERNAL_ERROR = 1011;
 
 /** Whether `req` asks to become a WebSocket: a GET with `websocket` in `Upgrade` (RFC 6455 §4.1). */
-export function isWebSocketUpgrade(req: Request): boolean {
+export function isWebSocketUpgrade(req: IncomingRequest): boolean {
   // Other methods may ignore Upgrade (RFC 9110 §7.8) and are forwarded as plain HTTP.
   return req.method === "GET" && hasToken(req.headers.get("upgrade"), "websocket");
 }
@@ -392,7 +393,7 @@ export interface WebSocketTrace {
  * until it closes, so least-conn, `maxConns` and draining see it.
  */
 export async function proxyWebSocket(
-  req: Request,
+  req: IncomingRequest,
   headers: Headers,
   pathAndQuery: string,
   pick: (tried: ReadonlySet<Backend>, attempt: number) => Backend | undefined,
@@ -463,14 +464,16 @@ interface Tunneled {
 
 /** Accepts the client's upgrade with the backend's subprotocol and starts relaying. */
 function accept(
-  req: Request,
+  req: IncomingRequest,
   relay: Relay,
   backend: Backend,
   options: WebSocketProxyOptions,
 ): Response {
   let upgrade: Deno.WebSocketUpgrade;
   try {
-    upgrade = Deno.upgradeWebSocket(req, { protocol: relay.protocol || undefined });
+    // Only Deno.serve's requests come here, and they are Requests: the native front end's
+    // upgrades are tunnels.
+    upgrade = Deno.upgradeWebSocket(req as Request, { protocol: relay.protocol || undefined });
   } catch (error) {
     relay.abandon();
     relay.settled.then(() => options.loop.pool.release(backend));

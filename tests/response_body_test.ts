@@ -5,6 +5,7 @@
  * Deno.serve and by the native front end.
  */
 
+import type { IncomingRequest } from "../lib/incoming.ts";
 import assert from "node:assert/strict";
 import { ADOPTS_BODIES, responseOver } from "../lib/response_body.ts";
 import { serveNative } from "../lib/frontend_native.ts";
@@ -50,7 +51,7 @@ function bodyOfSize(n: number): Uint8Array<ArrayBuffer> {
   return Uint8Array.from({ length: n }, (_, i) => (i * 31) & 0xff);
 }
 
-function handler(req: Request): Response {
+function handler(req: IncomingRequest): Response {
   const n = Number(new URL(req.url).searchParams.get("n"));
   const response = responseOver(bodyOfSize(n), 200, "OK");
   if (n > 0) response.headers.append("x-size", String(n));
