@@ -7,7 +7,7 @@
 
 import type { IncomingRequest } from "./incoming.ts";
 import { HttpError, RefusedError } from "./errors.ts";
-import { type ClientHeaders, readClientHeaders } from "./headers.ts";
+import { type ClientHeaders, readClientRequest } from "./headers.ts";
 import { admits } from "./access_rules.ts";
 import type { Cidr } from "./cidr.ts";
 import { clientAddress } from "./client_address.ts";
@@ -74,7 +74,7 @@ export function createDispatcher(options: DispatchOptions): Handler {
     state: RoutingState,
     req: IncomingRequest,
     info: Deno.ServeHandlerInfo,
-    client: ReturnType<typeof readClientHeaders>,
+    client: ClientHeaders,
     target: Target,
     requestId: string,
     trace: Trace & { fromBackend: boolean },
@@ -119,7 +119,7 @@ export function createDispatcher(options: DispatchOptions): Handler {
     } as Trace & { fromBackend: boolean };
     const startedAt = arrivalTime(req);
     const state = options.state();
-    const client = readClientHeaders(req.headers);
+    const client = readClientRequest(req);
     const requestId = requestIdFor(client.requestId);
     const observed = observer === undefined ? undefined : observable(req, info, client);
     let route: CompiledRoute | undefined;
@@ -128,7 +128,7 @@ export function createDispatcher(options: DispatchOptions): Handler {
     try {
       const target = readRequest(req, client);
       path = target.pathAndQuery;
-      route = state.table.match(target.host, path, req.method, req.headers);
+      route = state.table.match(target.host, path, req.method, req);
       if (route === undefined) throw new NoRouteError();
       const guards = state.guards[route.index];
       if (guards !== undefined) await enforce(guards, req, info, client, state.trustedProxies);

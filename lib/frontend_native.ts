@@ -807,12 +807,12 @@ const DRAIN_LIMIT = 64 * 1024;
  * `new Request` would also upper-case `get`, refuse CONNECT/TRACE/TRACK and resolve `..` in the
  * URL, where Deno.serve hands on the method and target as sent. So does this. A GET or HEAD body
  * is not handed on (a Fetch `Request` cannot carry one); it is dropped after the response like
- * any unread body. The `signal` is made on first use: a controller and a watching read are dear
- * per request, and the proxy looks at the signal only for requests that take a while.
+ * any unread body. The `headers` and `signal` are made on first use: the proxy reads the
+ * parsed `fields` instead, and looks at the signal only for requests that take a while.
  */
 class NativeRequest implements IncomingRequest {
-  readonly headers = new Headers();
   readonly body: ReadableStream<Uint8Array> | null;
+  #headers: Headers | undefined;
   #c: Connection;
   #reader: BodyReader | undefined;
   #controller: AbortController | undefined;
@@ -822,13 +822,10 @@ class NativeRequest implements IncomingRequest {
   constructor(
     readonly method: string,
     readonly url: string,
-    fields: readonly (readonly [string, string])[],
+    readonly fields: readonly (readonly [string, string])[],
     c: Connection,
     reader: BodyReader | undefined,
   ) {
-    // The parser has validated the fields: append takes each as it is.
-    const headers = this.headers;
-    for (let i = 0; i < fields.length; i++) headers.append(fields[i][0], fields[i][1]);
     this.body = reader === undefined || method === "GET" || method === "HEAD"
       ? null
       : reader.stream;
@@ -839,6 +836,15 @@ class NativeRequest implements IncomingRequest {
   /** The exchange is over: the connection's later requests are not this one's business. */
   finish(): void {
     this.#finished = true;
+  }
+
+  get headers(): Headers {
+    if (this.#headers !== undefined) return this.#headers;
+    const headers = this.#headers = new Headers();
+    // The parser has validated the fields: append takes each as it is.
+    const fields = this.fields;
+    for (let i = 0; i < fields.length; i++) headers.append(fields[i][0], fields[i][1]);
+    return headers;
   }
 
   get signal(): AbortSignal {

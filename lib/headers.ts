@@ -4,6 +4,7 @@
  * set, and strict validation of the client's Host.
  */
 
+import type { IncomingRequest } from "./incoming.ts";
 import { isToken } from "./http_token.ts";
 
 /**
@@ -136,6 +137,37 @@ export function readClientHeaders(headers: Headers): ClientHeaders {
   const client = new ClientHeaders();
   headers.forEach(readClientField, client);
   return client;
+}
+
+/** {@linkcode readClientHeaders} of the request's fields as received when it has them. */
+export function readClientRequest(req: IncomingRequest): ClientHeaders {
+  const fields = req.fields;
+  if (fields === undefined) return readClientHeaders(req.headers);
+  const client = new ClientHeaders();
+  const combined = combineFields(fields);
+  for (let i = 0; i < combined.length; i++) {
+    readClientField.call(client, combined[i][1], combined[i][0]);
+  }
+  return client;
+}
+
+/**
+ * `fields` as `Headers` would give them: names in lower case, the values of a repeated name
+ * joined with ", " (RFC 9110 §5.3), but in the order received rather than sorted.
+ */
+function combineFields(fields: readonly (readonly [string, string])[]): [string, string][] {
+  const out: [string, string][] = [];
+  outer: for (let i = 0; i < fields.length; i++) {
+    const name = fields[i][0].toLowerCase();
+    for (let j = 0; j < out.length; j++) {
+      if (out[j][0] === name) {
+        out[j][1] = `${out[j][1]}, ${fields[i][1]}`;
+        continue outer;
+      }
+    }
+    out.push([name, fields[i][1]]);
+  }
+  return out;
 }
 
 /** How {@linkcode readClientField} treats a request field; others go upstream untouched. */

@@ -15,4 +15,10 @@ export interface IncomingRequest {
   readonly body: ReadableStream<Uint8Array> | null;
   /** Aborted when the client goes away before its response has been delivered. */
   readonly signal: AbortSignal;
+  /**
+   * The header fields in the order received, names as sent: the native front end's parse, read
+   * instead of `headers` where it will do, so that its `Headers` need not be built. Deno.serve's
+   * Requests have none.
+   */
+  readonly fields?: readonly (readonly [string, string])[];
 }

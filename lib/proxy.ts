@@ -30,7 +30,7 @@ import {
   type ClientHeaders,
   fetchDecodedBody,
   type HeaderPairs,
-  readClientHeaders,
+  readClientRequest,
   upstreamRequestHeaders,
 } from "./headers.ts";
 import { applyRequestHeaderRules, type HeaderRules } from "./routes.ts";
@@ -234,7 +234,7 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   return async function proxyHandler(req, info) {
     const trace: Trace = { backend: undefined, attempts: 0, contentLength: undefined };
     const startedAt = performance.now();
-    const client = readClientHeaders(req.headers);
+    const client = readClientRequest(req);
     const requestId = requestIdFor(client.requestId);
     let response: Response;
     let fromBackend = false;
@@ -388,7 +388,7 @@ export class ReverseProxy implements ServiceProxy {
     const method = req.method;
     const clientIp = (info.remoteAddr as Deno.NetAddr).hostname;
     const headers = this.upstreamHeaders(routed, clientIp);
-    const context: SelectContext = { clientIp, headers: req.headers, path: routed.upstreamPath };
+    const context = new RequestContext(clientIp, req, routed.upstreamPath);
     if (routed.client.upgrade !== null && isWebSocketUpgrade(req)) {
       return this.upgrade(req, headers, context, routed.requestId, trace);
     }
@@ -548,6 +548,22 @@ export class ReverseProxy implements ServiceProxy {
     const value = sticky.cookie.encode(backend);
     if (value === undefined || getCookie(context.headers, sticky.name) === value) return undefined;
     return cookieHeader(sticky.name, value, { secure: this.proto === "https" });
+  }
+}
+
+/**
+ * A request's {@linkcode SelectContext}: its headers are read only when a policy or the sticky
+ * cookie asks (the native front end builds them on first use).
+ */
+class RequestContext implements SelectContext {
+  constructor(
+    readonly clientIp: string,
+    readonly request: IncomingRequest,
+    readonly path: string,
+  ) {}
+
+  get headers(): Headers {
+    return this.request.headers;
   }
 }
 

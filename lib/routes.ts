@@ -675,13 +675,14 @@ export class RouteTable {
 
   /**
    * First route that matches, or undefined. `host` is the Host header / :authority as received
-   * (may include a port, may be null); `path` is path + query as received.
+   * (may include a port, may be null); `path` is path + query as received; `request`'s headers
+   * are read only for a route with header conditions.
    */
   match(
     host: string | null,
     path: string,
     method: string,
-    headers: Headers,
+    request: { readonly headers: Headers },
   ): CompiledRoute | undefined {
     if (this.#first !== undefined) return this.#first;
     let routingName: string | undefined;
@@ -696,7 +697,8 @@ export class RouteTable {
         if (!prefixMatches(route, routingPath)) continue;
       }
       if (route.methods !== undefined && !route.methods.includes(method)) continue;
-      if (route.headers !== undefined && !headersMatch(route.headers, headers)) continue;
+      // Only read for a route with header conditions (a request may build its Headers then).
+      if (route.headers !== undefined && !headersMatch(route.headers, request.headers)) continue;
       return route;
     }
     return undefined;

@@ -13,6 +13,7 @@ import {
   HOP_BY_HOP,
   isValidHost,
   readClientHeaders,
+  readClientRequest,
 } from "../lib/headers.ts";
 import { upstreamHeadersOf } from "./helpers.ts";
 
@@ -379,4 +380,53 @@ Deno.test("fetchDecodedBody() reads request pairs as it reads Headers", () => {
   assert.equal(fetchDecodedBody([["accept-encoding", "gzip"]], response), true);
   assert.equal(fetchDecodedBody([["accept-encoding", " Identity "]], response), false);
   assert.equal(fetchDecodedBody([["range", "bytes=0-1"]], response), false);
+});
+
+Deno.test("readClientRequest() reads a request's fields as received as readClientHeaders() reads its Headers, in arrival order, without building the Headers", () => {
+  const cases: [string, string][][] = [
+    [["Host", "a.example"], ["Accept", "*/*"]],
+    [
+      ["host", "b.example:8080"],
+      ["X-Forwarded-For", "10.0.0.1"],
+      ["Cookie", "a=1"],
+      ["x-forwarded-for", "10.0.0.2"],
+      ["Connection", "keep-alive, X-Secret"],
+      ["X-Secret", "1"],
+      ["Accept-Encoding", "gzip"],
+      ["Content-Length", "5"],
+      ["Cookie", "b=2"],
+      ["X-Request-Id", "req-1"],
+      ["Forwarded", "for=10.0.0.3"],
+      ["X-Forwarded-Proto", "https"],
+      ["X-Forwarded-Host", "c.example"],
+      ["Keep-Alive", "timeout=5"],
+      ["Upgrade", "websocket"],
+      ["Transfer-Encoding", "chunked"],
+    ],
+  ];
+  for (const fields of cases) {
+    const request = {
+      method: "GET",
+      url: "http://a.example/",
+      body: null,
+      signal: new AbortController().signal,
+      fields,
+      get headers(): Headers {
+        throw new Error("the Headers were built");
+      },
+    };
+    const fromFields = readClientRequest(request);
+    const fromHeaders = readClientHeaders(new Headers(fields));
+    const { fields: inOrder, ...rest } = fromFields;
+    const { fields: sorted, ...restFromHeaders } = fromHeaders;
+    assert.deepEqual(rest, restFromHeaders);
+    assert.deepEqual([...inOrder].sort(([a], [b]) => a < b ? -1 : 1), sorted);
+    // Arrival order: the first field's name comes first whatever its place in the alphabet.
+    const keptNames = fields.map(([name]) => name.toLowerCase())
+      .filter((name, i, all) => all.indexOf(name) === i && inOrder.some(([n]) => n === name));
+    assert.deepEqual(inOrder.map(([name]) => name), keptNames);
+  }
+  // Without fields (a Request from Deno.serve), the Headers are read.
+  const viaHeaders = readClientRequest(new Request("http://a.example/", { headers: { a: "1" } }));
+  assert.deepEqual(viaHeaders.fields, [["a", "1"]]);
 });

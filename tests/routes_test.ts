@@ -35,7 +35,7 @@ function pick(
   method = "GET",
   headers = NO_HEADERS,
 ): string | undefined {
-  return table.match(host, path, method, headers)?.name;
+  return table.match(host, path, method, { headers })?.name;
 }
 
 /** The one route of a table of `spec`. */
@@ -193,10 +193,10 @@ Deno.test("RouteTable.match() checks methods exactly and headers by exact value"
 
 Deno.test("RouteTable.match() returns the catch-all itself when it is the first route", () => {
   const table = new RouteTable([{ service: "web" }]);
-  const route = table.match("any", "/x?y", "DELETE", NO_HEADERS);
+  const route = table.match("any", "/x?y", "DELETE", { headers: NO_HEADERS });
   assert.equal(route, table.routes[0]);
   assert.equal(route?.name, "route-0");
-  assert.equal(table.match(null, "/", "GET", NO_HEADERS), route);
+  assert.equal(table.match(null, "/", "GET", { headers: NO_HEADERS }), route);
 });
 
 Deno.test("RouteTable.match() returns undefined when no route matches, and for an empty table", () => {
