@@ -106,8 +106,9 @@ function httpDate(): string {
  * Latin-1 bytes of `text` (header values are byte strings), followed by `body` when given: one
  * buffer, so that a small response leaves in one write with one copy.
  */
-function encodeHead(text: string, body?: Uint8Array): Uint8Array {
-  const out = new Uint8Array(text.length + (body?.length ?? 0));
+function encodeHead(text: string, body?: Uint8Array, bodies?: BodyPool): Uint8Array {
+  const size = text.length + (body?.length ?? 0);
+  const out = bodies === undefined ? new Uint8Array(size) : bodies.take(size);
   // One byte a character only when it is ASCII (UTF-8 = Latin-1 there).
   const { read, written } = encoder.encodeInto(text, out);
   if (read !== text.length || written !== text.length) {
@@ -115,6 +116,21 @@ function encodeHead(text: string, body?: Uint8Array): Uint8Array {
   }
   if (body !== undefined) out.set(body, text.length);
   return out;
+}
+
+/** Writes {@linkcode encodeHead}'s bytes; a buffer taken from `bodies` goes back once written. */
+async function writeHead(
+  conn: Deno.Conn,
+  text: string,
+  body?: Uint8Array,
+  bodies?: BodyPool,
+): Promise<void> {
+  const bytes = encodeHead(text, body, bodies);
+  try {
+    await writeAll(conn, bytes);
+  } finally {
+    bodies?.giveBack(bytes);
+  }
 }
 
 function joined(a: Uint8Array, b: Uint8Array, c?: Uint8Array): Uint8Array {
@@ -163,8 +179,9 @@ async function soon(): Promise<undefined> {
  * Writes `response` to `conn` for the request `head` (null: the 101 of a tunnel). `keepAlive`
  * says whether the connection may carry another request; returns whether it still may (the
  * handler asked for `Connection: close`, or the body forced a close). Rejects when the client
- * is gone or the body failed: the connection must then close. A body held in memory that came
- * from `bodies` goes back to it once written (or abandoned).
+ * is gone or the body failed: the connection must then close. With `bodies`, heads are encoded
+ * into its buffers, and a body held in memory that came from it goes back once written (or
+ * abandoned).
  */
 export async function writeResponse(
   conn: Deno.Conn,
@@ -202,7 +219,7 @@ export async function writeResponse(
   }
   if (!hasDate) text += `date: ${httpDate()}\r\n`;
   if (head === null) {
-    await writeAll(conn, encodeHead(text + "\r\n"));
+    await writeHead(conn, text + "\r\n", undefined, bodies);
     return false;
   }
   const http10 = head.http10;
@@ -212,7 +229,7 @@ export async function writeResponse(
     // RFC 9110 §8.6: a HEAD or 304 response may announce the length a GET would have.
     if (declared >= 0 && status !== 204 && status >= 200) text += `content-length: ${declared}\r\n`;
     await response.body?.cancel().catch(() => {});
-    await writeAll(conn, encodeHead(text + connection() + "\r\n"));
+    await writeHead(conn, text + connection() + "\r\n", undefined, bodies);
     return keepAlive;
   }
   if (held !== undefined) {
@@ -222,7 +239,8 @@ export async function writeResponse(
     // A declared length is kept to, as for streamed bodies: a longer body is cut (and the
     // connection closed), a shorter one ends the connection.
     try {
-      await writeBody(conn, headText, bytes.length > length ? bytes.subarray(0, length) : bytes);
+      const body = bytes.length > length ? bytes.subarray(0, length) : bytes;
+      await writeBody(conn, headText, body, bodies);
     } finally {
       bodies?.giveBack(bytes);
     }
@@ -231,16 +249,16 @@ export async function writeResponse(
   }
   const reader = response.body?.getReader();
   if (reader === undefined) {
-    await writeAll(conn, encodeHead(`${text}content-length: 0\r\n${connection()}\r\n`));
+    await writeHead(conn, `${text}content-length: 0\r\n${connection()}\r\n`, undefined, bodies);
     return keepAlive;
   }
   try {
     if (declared >= 0) {
-      return await writeLength(conn, reader, text, declared, connection()) && keepAlive;
+      return await writeLength(conn, reader, text, declared, connection(), bodies) && keepAlive;
     }
     const first = await reader.read();
     if (first.done) {
-      await writeAll(conn, encodeHead(`${text}content-length: 0\r\n${connection()}\r\n`));
+      await writeHead(conn, `${text}content-length: 0\r\n${connection()}\r\n`, undefined, bodies);
       return keepAlive;
     }
     const next = reader.read();
@@ -248,13 +266,13 @@ export async function writeResponse(
     if (second?.done === true) {
       // The whole body was at hand: its length is known.
       const headText = `${text}content-length: ${first.value.length}\r\n${connection()}\r\n`;
-      await writeBody(conn, headText, first.value);
+      await writeBody(conn, headText, first.value, bodies);
       return keepAlive;
     }
     if (http10) {
       // No chunked coding in HTTP/1.0: the body ends with the connection.
       keepAlive = false;
-      await writeBody(conn, `${text}${connection()}\r\n`, first.value);
+      await writeBody(conn, `${text}${connection()}\r\n`, first.value, bodies);
       for (let r = await next; !r.done; r = await reader.read()) await writeAll(conn, r.value);
       return false;
     }
@@ -283,13 +301,14 @@ async function writeLength(
   text: string,
   declared: number,
   connection: string,
+  bodies: BodyPool | undefined,
 ): Promise<boolean> {
   let left = declared;
   let pendingHead: string | null = `${text}content-length: ${declared}\r\n${connection}\r\n`;
   for (let r = await reader.read(); !r.done; r = await reader.read()) {
     if (r.value.length === 0) continue;
     const part = r.value.length > left ? r.value.subarray(0, left) : r.value;
-    await writeBody(conn, pendingHead, part);
+    await writeBody(conn, pendingHead, part, bodies);
     pendingHead = null;
     left -= part.length;
     if (r.value.length > part.length) {
@@ -298,16 +317,21 @@ async function writeLength(
       return false;
     }
   }
-  if (pendingHead !== null) await writeAll(conn, encodeHead(pendingHead));
+  if (pendingHead !== null) await writeHead(conn, pendingHead, undefined, bodies);
   if (left > 0) throw new Error(`response body ended ${left} bytes short of its Content-Length`);
   return true;
 }
 
 /** Writes `data` after the head `head` (null: sent already). */
-async function writeBody(conn: Deno.Conn, head: string | null, data: Uint8Array): Promise<void> {
+async function writeBody(
+  conn: Deno.Conn,
+  head: string | null,
+  data: Uint8Array,
+  bodies: BodyPool | undefined,
+): Promise<void> {
   if (head === null) return await writeAll(conn, data);
-  if (data.length <= COALESCE_BYTES) return await writeAll(conn, encodeHead(head, data));
-  await writeAll(conn, encodeHead(head));
+  if (data.length <= COALESCE_BYTES) return await writeHead(conn, head, data, bodies);
+  await writeHead(conn, head, undefined, bodies);
   await writeAll(conn, data);
 }
 
