@@ -13,7 +13,7 @@ import type { IncomingRequest } from "./incoming.ts";
 import { hasToken, type RequestHead } from "./http1_request_head.ts";
 import type { BodyPool } from "./body_pool.ts";
 import { REASONS } from "./errors.ts";
-import { responseFields, responseSymbol } from "./response_fields.ts";
+import { responseSymbol, wireFields } from "./response_fields.ts";
 
 const encoder = new TextEncoder();
 const CRLF = new Uint8Array([13, 10]);
@@ -196,10 +196,11 @@ export async function writeResponse(
   let hasDate = false;
   // Before the headers are read: reading them makes Deno move a lazy body into a stream.
   const held = head === null ? undefined : staticBody(response);
-  // As `response.headers` iterates, without the iterator (lib/response_fields.ts).
-  const fields = responseFields(response);
+  // In the order Deno.serve writes them, without the iterator (lib/response_fields.ts).
+  const fields = wireFields(response);
   for (let i = 0; i < fields.length; i++) {
-    const [name, value] = fields[i];
+    const name = fields[i][0].toLowerCase();
+    const value = fields[i][1];
     switch (name) {
       case "content-length":
         // Not digits (a list, say): framed as if absent.

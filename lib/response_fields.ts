@@ -1,12 +1,12 @@
 /**
  * @module
  * A `Response`'s header fields read from Deno's own header list, for the native front end
- * (lib/http1_response.ts): the same fields, in the same order, as iterating `response.headers`
- * gives (names lower-cased and sorted, repeated fields joined with ", " except Set-Cookie, as
- * the Fetch standard's "sort and combine"), without the iterator Deno builds per response.
- * The list is the live one: whatever changed the headers after the Response was built is in it.
- * When Deno's internals are not where this module looks, or the Response keeps its fields in a
- * lazy form that the list does not show yet, it iterates `response.headers` instead.
+ * (lib/http1_response.ts): the fields as Deno.serve writes them (in insertion order, a repeated
+ * name on lines of its own), without the iterator Deno builds per response (which sorts them
+ * and joins repeats) or a copy. The list is the live one: whatever changed the headers after
+ * the Response was built is in it. When Deno's internals are not where this module looks, or
+ * the Response keeps its fields in a lazy form that the list does not show yet, it iterates
+ * `response.headers` instead.
  *
  * The proxy also appends fields to that list ({@linkcode headerListOf}) when they were already
  * validated, skipping the WebIDL conversion and checks `Headers.append` repeats for each one.
@@ -37,22 +37,14 @@ function headerList(response: Response): readonly (readonly [string, string])[] 
   return Array.isArray(list) ? list : undefined;
 }
 
-/** The fields of `response`, as `[...response.headers]` gives them. */
-export function responseFields(response: Response): [string, string][] {
-  const list = headerList(response);
-  if (list === undefined) return [...response.headers];
-  const fields: [string, string][] = [];
-  for (let i = 0; i < list.length; i++) {
-    const name = list[i][0].toLowerCase();
-    const value = list[i][1];
-    // Insertion sort, stable: lists are short, and mostly in order.
-    let at = fields.length;
-    while (at > 0 && fields[at - 1][0] > name) at--;
-    if (at > 0 && fields[at - 1][0] === name && name !== "set-cookie") {
-      fields[at - 1][1] += `, ${value}`;
-    } else fields.splice(at, 0, [name, value]);
-  }
-  return fields;
+/**
+ * The fields of `response` as Deno.serve writes them: its header list as it is now, in insertion
+ * order, a repeated name on lines of its own, names as given (compare them lower-cased). The live
+ * list itself, not a copy: read it before anything can change it. When the list is not at hand
+ * or not complete yet, what iterating `response.headers` gives (sorted, joined).
+ */
+export function wireFields(response: Response): readonly (readonly [string, string])[] {
+  return headerList(response) ?? [...response.headers];
 }
 
 /**

@@ -791,7 +791,7 @@ Deno.test("drain() lets a request in flight finish with Connection: close and cl
   assert.equal(await drained, 0);
 });
 
-Deno.test("serveNative() writes the fields a Response has when written: sorted, joined, changes after construction included", async () => {
+Deno.test("serveNative() writes the fields a Response has when written, as Deno.serve does: in order, repeats on their own lines, changes after construction included", async () => {
   const bytes = encoder.encode("abc");
   await using server = start({}, () => {
     // Built as the proxy's relay builds a response, then changed as route rules change one.
@@ -811,11 +811,12 @@ Deno.test("serveNative() writes the fields a Response has when written: sorted, 
   assert.equal(
     raw,
     "HTTP/1.1 200 OK\r\n" +
-      "date: Mon, 07 Dec 2026 06:00:00 GMT\r\n" +
       "server: changed\r\n" +
+      "x-b: 1\r\n" +
       "set-cookie: s=2\r\n" +
+      "x-b: 2\r\n" +
       "set-cookie: s=1\r\n" +
-      "x-b: 1, 2\r\n" +
+      "date: Mon, 07 Dec 2026 06:00:00 GMT\r\n" +
       "content-length: 3\r\n" +
       "connection: close\r\n\r\nabc",
   );
@@ -845,7 +846,7 @@ Deno.test("serveNative() writes a Latin-1 header value as one byte a character, 
     }));
   const { bytes } = await rawExchange(server.port, `${GET}Connection: close\r\n\r\n`, WAIT_MS);
   const expected =
-    "HTTP/1.1 200 OK\r\ndate: Mon, 07 Dec 2026 06:00:00 GMT\r\nx-latin: caf\u00e9\r\n" +
+    "HTTP/1.1 200 OK\r\nx-latin: caf\u00e9\r\ndate: Mon, 07 Dec 2026 06:00:00 GMT\r\n" +
     "content-length: 3\r\nconnection: close\r\n\r\nabc";
   assert.deepEqual(bytes, Uint8Array.from(expected, (ch) => ch.charCodeAt(0)));
 });
