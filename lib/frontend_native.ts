@@ -32,9 +32,9 @@ import {
   markTunnelable,
   type Tunnel,
   tunnelOf,
-  writeAll,
   writeResponse,
 } from "./http1_response.ts";
+import { writeAll } from "./http1_request.ts";
 import { MalformedProxyHeader, parseProxyHeader } from "./proxy_protocol.ts";
 
 export { canTunnel, switchProtocols } from "./http1_response.ts";

@@ -199,8 +199,11 @@ export function encodeHead(
   return out;
 }
 
+/** Writes all of `bytes` (a single write may take only part of it). */
 export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let offset = 0;
+  if (bytes.length === 0) return;
+  // Most writes take everything at once: no view for them.
+  let offset = await conn.write(bytes);
   while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
 }
 

@@ -13,6 +13,7 @@ import type { IncomingRequest } from "./incoming.ts";
 import { hasToken, type RequestHead } from "./http1_request_head.ts";
 import type { BodyPool } from "./body_pool.ts";
 import { REASONS } from "./errors.ts";
+import { writeAll } from "./http1_request.ts";
 import { responseSymbol, wireFields } from "./response_fields.ts";
 
 const encoder = new TextEncoder();
@@ -83,11 +84,6 @@ export function errorHead(status: number): Uint8Array {
   );
 }
 
-/** Writes all of `data` (a single write may take only part of it). */
-export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  for (let offset = 0; offset < data.length;) offset += await conn.write(data.subarray(offset));
-}
-
 let dateText = "";
 let dateSecond = -1;
 
@@ -127,7 +123,9 @@ async function writeHead(
 ): Promise<void> {
   const bytes = encodeHead(text, body, bodies);
   try {
-    await writeAll(conn, bytes);
+    // writeAll's loop, inline: one async frame fewer on every response.
+    let offset = await conn.write(bytes);
+    while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
   } finally {
     bodies?.giveBack(bytes);
   }
@@ -324,14 +322,24 @@ async function writeLength(
 }
 
 /** Writes `data` after the head `head` (null: sent already). */
-async function writeBody(
+function writeBody(
   conn: Deno.Conn,
   head: string | null,
   data: Uint8Array,
   bodies: BodyPool | undefined,
 ): Promise<void> {
-  if (head === null) return await writeAll(conn, data);
-  if (data.length <= COALESCE_BYTES) return await writeHead(conn, head, data, bodies);
+  // Not async itself: the common cases hand on a single write's promise.
+  if (head === null) return writeAll(conn, data);
+  if (data.length <= COALESCE_BYTES) return writeHead(conn, head, data, bodies);
+  return writeHeadThenBody(conn, head, data, bodies);
+}
+
+async function writeHeadThenBody(
+  conn: Deno.Conn,
+  head: string,
+  data: Uint8Array,
+  bodies: BodyPool | undefined,
+): Promise<void> {
   await writeHead(conn, head, undefined, bodies);
   await writeAll(conn, data);
 }
