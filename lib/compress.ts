@@ -36,6 +36,7 @@ import zlib from "node:zlib";
 import { childPath } from "./jsonc.ts";
 import { isToken, TCHAR } from "./http_token.ts";
 import { type Problem, show } from "./problem.ts";
+import { staticBody } from "./http1_response.ts";
 
 /** What the compressors emit: bytes in an ordinary (not shared) buffer. */
 type Bytes = Uint8Array<ArrayBuffer>;
@@ -315,8 +316,10 @@ export function typeMatches(contentType: string | null, types: readonly string[]
  */
 function compressible(spec: CompressSpec, response: Response): boolean {
   const status = response.status;
-  if (response.body === null || status < 200 || status === 204 || status === 206) return false;
-  if (status === 304) return false;
+  if (status < 200 || status === 204 || status === 206 || status === 304) return false;
+  // A body held in memory is not null, and `.body` would turn it into a stream (a copy, and
+  // the native front end's buffer not reused) even when the answer is not compressed.
+  if (staticBody(response) === undefined && response.body === null) return false;
   const headers = response.headers;
   const encoding = headers.get("content-encoding");
   if (encoding !== null && encoding.trim().toLowerCase() !== "identity") return false;

@@ -153,19 +153,23 @@ export function readClientRequest(req: IncomingRequest): ClientHeaders {
 
 /**
  * `fields` as `Headers` would give them: names in lower case, the values of a repeated name
- * joined with ", " (RFC 9110 §5.3), but in the order received rather than sorted.
+ * joined with ", " (RFC 9110 §5.3) as Deno joins them (an empty value so far gives way to the
+ * next), Set-Cookie never joined, but in the order received rather than sorted.
  */
 function combineFields(fields: readonly (readonly [string, string])[]): [string, string][] {
   const out: [string, string][] = [];
   outer: for (let i = 0; i < fields.length; i++) {
     const name = fields[i][0].toLowerCase();
-    for (let j = 0; j < out.length; j++) {
-      if (out[j][0] === name) {
-        out[j][1] = `${out[j][1]}, ${fields[i][1]}`;
-        continue outer;
+    const value = fields[i][1];
+    if (name !== "set-cookie") {
+      for (let j = 0; j < out.length; j++) {
+        if (out[j][0] === name) {
+          out[j][1] = out[j][1] === "" ? value : `${out[j][1]}, ${value}`;
+          continue outer;
+        }
       }
     }
-    out.push([name, fields[i][1]]);
+    out.push([name, value]);
   }
   return out;
 }

@@ -151,19 +151,32 @@ const RESPONSE_SYMBOLS = {
   lazy: responseSymbol("lazy static body"),
 };
 
+/** Deno's record of a body held as bytes (`consumed` says whether it was read). */
+interface HeldBody {
+  body?: unknown;
+  consumed?: boolean;
+}
+
+/** The record of `response`'s body when Deno holds it as bytes, unread; else undefined. */
+function heldBody(response: Response): HeldBody | undefined {
+  const inner = RESPONSE_SYMBOLS.inner;
+  if (inner === undefined) return undefined;
+  const record = response as unknown as Record<symbol, unknown>;
+  const body = (record[inner] as { body?: { streamOrStatic?: unknown } } | undefined)?.body;
+  const held = body?.streamOrStatic as HeldBody | undefined;
+  if (held === undefined || held instanceof ReadableStream || held.consumed !== false) {
+    return undefined;
+  }
+  return held;
+}
+
 /** The whole body of `response` when Deno holds it in memory (see above), else undefined. */
 export function staticBody(response: Response): Uint8Array | string | undefined {
   const { inner, lazy } = RESPONSE_SYMBOLS;
   if (inner === undefined || lazy === undefined) return undefined;
-  const record = response as unknown as Record<symbol, unknown>;
-  const text = record[lazy];
+  const text = (response as unknown as Record<symbol, unknown>)[lazy];
   if (typeof text === "string") return text;
-  const body = (record[inner] as { body?: { streamOrStatic?: unknown } } | undefined)?.body;
-  const held = body?.streamOrStatic as { body?: unknown; consumed?: boolean } | undefined;
-  if (held === undefined || held instanceof ReadableStream || held.consumed !== false) {
-    return undefined;
-  }
-  const bytes = held.body;
+  const bytes = heldBody(response)?.body;
   return bytes instanceof Uint8Array || typeof bytes === "string" ? bytes : undefined;
 }
 
@@ -191,6 +204,8 @@ export async function writeResponse(
   const status = head === null ? 101 : response.status;
   let text = `HTTP/1.1 ${status} ${REASONS[status] ?? (response.statusText || "Unknown")}\r\n`;
   let declared = -1;
+  /** Content-Length fields seen (repeats that differ: framed as if there were none). */
+  let lengths = 0;
   let hasDate = false;
   // Before the headers are read: reading them makes Deno move a lazy body into a stream.
   const held = head === null ? undefined : staticBody(response);
@@ -200,10 +215,12 @@ export async function writeResponse(
     const name = fields[i][0].toLowerCase();
     const value = fields[i][1];
     switch (name) {
-      case "content-length":
-        // Not digits (a list, say): framed as if absent.
-        declared = /^\d{1,15}$/.test(value) ? Number(value) : -1;
+      case "content-length": {
+        // Not digits (a list, say), or repeats that differ: framed as if absent.
+        const length = /^\d{1,15}$/.test(value) ? Number(value) : -1;
+        declared = lengths++ === 0 || length === declared ? length : -1;
         continue;
+      }
       case "transfer-encoding":
       case "keep-alive":
         continue;
@@ -241,6 +258,10 @@ export async function writeResponse(
       const body = bytes.length > length ? bytes.subarray(0, length) : bytes;
       await writeBody(conn, headText, body, bodies);
     } finally {
+      // Read, as Deno.serve marks a body it writes: a later reader gets an error, not the
+      // bytes of a buffer that has gone back to the pool for another response.
+      const record = heldBody(response);
+      if (record !== undefined) record.consumed = true;
       bodies?.giveBack(bytes);
     }
     if (bytes.length < length) throw new Error("response body shorter than its Content-Length");

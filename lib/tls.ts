@@ -20,6 +20,7 @@ import { fileFailure } from "./file_failure.ts";
 import { hostWithoutPort } from "./host.ts";
 import type { Log } from "./log.ts";
 import { parseTarget } from "./target.ts";
+import { staticBody } from "./http1_response.ts";
 
 /** A certificate chain and its private key, PEM text, as `Deno.serve` takes them. */
 export interface CertifiedKey {
@@ -234,16 +235,19 @@ export interface CoalesceOptions {
  * Works around Deno's TLS listeners: a response body that is not complete when the response
  * is returned reaches the client late, as Nagle's algorithm meeting the client's delayed ACK on
  * a socket without TCP_NODELAY would (Deno.serve offers no option to set it; plain-TCP
- * listeners do not wait), and every proxied body is a stream. So the body is read
+ * listeners do not wait), and a streamed body is not complete then. So the body is read
  * ahead for up to `waitMs`: when it ends within `limit` bytes, it is answered as bytes, which
  * Deno writes with the headers. Otherwise what was read is sent first and the rest streams.
- * Bodyless responses, upgrades and responses declaring more than `limit` bytes pass as they
- * are. A body that fails while being read reaches the client as a broken stream, as before.
+ * Bodies held in memory, bodyless responses, upgrades and responses declaring more than `limit`
+ * bytes pass as they are. A body that fails while being read reaches the client as a broken stream, as before.
  */
 export async function coalesceBody(
   response: Response,
   options: CoalesceOptions = {},
 ): Promise<Response> {
+  // A body held in memory is written with the headers already (and reading it here would
+  // turn it into a stream and a copy).
+  if (staticBody(response) !== undefined) return response;
   const limit = options.limit ?? 64 * 1024;
   const declared = response.headers.get("content-length");
   if (

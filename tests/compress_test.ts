@@ -26,6 +26,7 @@ import {
 import type { Problem } from "../lib/problem.ts";
 import { concat, sha256, waitFor, within } from "./helpers.ts";
 import { headEnd, rawResponse } from "./wire.ts";
+import { staticBody } from "../lib/http1_response.ts";
 
 const SPEC: CompressSpec = structuredClone(DEFAULT_COMPRESS) as CompressSpec;
 const MIB = 1024 * 1024;
@@ -779,4 +780,18 @@ Deno.test("a Deno.serve using encodeResponse() cancels the backend body when the
     conn.close();
   }
   assert.ok(await waitFor(() => state.cancelled !== "not cancelled", 10_000), "body cancelled");
+});
+
+Deno.test("encodeResponse() leaves a body held in memory unread when it does not compress it", async () => {
+  // An image type (not compressed), and a body too small to be worth it: both kept as they are,
+  // their bytes still held (the native front end writes them from its pooled buffer).
+  const image = new Response(new Uint8Array(4096), { headers: { "content-type": "image/png" } });
+  assert.equal(await encodeResponse(SPEC, "GET", accepting("gzip"), image), image);
+  const tiny = new Response(encoder.encode("ok"), {
+    headers: { "content-type": "text/plain", "content-length": "2" },
+  });
+  assert.equal(await encodeResponse(SPEC, "GET", accepting("gzip"), tiny), tiny);
+  for (const response of [image, tiny]) {
+    assert.notEqual(staticBody(response), undefined, "the body was turned into a stream");
+  }
 });

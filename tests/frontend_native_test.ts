@@ -850,3 +850,23 @@ Deno.test("serveNative() writes a Latin-1 header value as one byte a character, 
     "content-length: 3\r\nconnection: close\r\n\r\nabc";
   assert.deepEqual(bytes, Uint8Array.from(expected, (ch) => ch.charCodeAt(0)));
 });
+
+Deno.test("serveNative() frames a body by its bytes when a handler's Content-Length fields differ, and keeps the connection", async () => {
+  const lengths = [["3", "5"], ["3", "3"], ["x", "3"]];
+  let next = 0;
+  await using server = start({}, () => {
+    const response = new Response(encoder.encode("abc"));
+    for (const value of lengths[next++]) response.headers.append("content-length", value);
+    return response;
+  });
+  const { responses, closed } = await exchange(
+    server.port,
+    `${GET}\r\n${GET}\r\n${GET}Connection: close\r\n\r\n`,
+  );
+  assert.deepEqual(responses.map((r) => [r.headers.get("content-length"), r.body]), [
+    ["3", "abc"],
+    ["3", "abc"],
+    ["3", "abc"],
+  ]);
+  assert.ok(closed);
+});

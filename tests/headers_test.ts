@@ -403,6 +403,9 @@ Deno.test("readClientRequest() reads a request's fields as received as readClien
       ["Upgrade", "websocket"],
       ["Transfer-Encoding", "chunked"],
     ],
+    // Deno's joining of empty values, and Set-Cookie (never joined).
+    [["host", "a"], ["x-e", ""], ["x-e", "1"], ["x-f", "1"], ["x-f", ""], ["x-f", "2"]],
+    [["host", "a"], ["Set-Cookie", "a=1"], ["set-cookie", "b=2"], ["x-g", ""], ["x-g", ""]],
   ];
   for (const fields of cases) {
     const request = {
@@ -423,7 +426,9 @@ Deno.test("readClientRequest() reads a request's fields as received as readClien
     assert.deepEqual([...inOrder].sort(([a], [b]) => a < b ? -1 : 1), sorted);
     // Arrival order: the first field's name comes first whatever its place in the alphabet.
     const keptNames = fields.map(([name]) => name.toLowerCase())
-      .filter((name, i, all) => all.indexOf(name) === i && inOrder.some(([n]) => n === name));
+      .filter((name, i, all) =>
+        (name === "set-cookie" || all.indexOf(name) === i) && inOrder.some(([n]) => n === name)
+      );
     assert.deepEqual(inOrder.map(([name]) => name), keptNames);
   }
   // Without fields (a Request from Deno.serve), the Headers are read.

@@ -260,6 +260,10 @@ Deno.test("coalesceBody() turns a body that ends in time into bytes, else stream
   await large.body?.cancel();
   const empty = new Response(null, { status: 204 });
   assert.equal(await coalesceBody(empty), empty);
+  // Held in memory (the proxy's relayed bodies): already written with the headers, not read.
+  const held = new Response(new TextEncoder().encode("whole"), { headers: { "x-a": "1" } });
+  assert.equal(await coalesceBody(held), held);
+  assert.equal(held.bodyUsed, false);
 
   // A body that fails while read ahead still fails for the client.
   const failing = await coalesceBody(
