@@ -7,7 +7,10 @@
  * for 64 KiB. A buffer given back once its bytes are written is used again by a later response.
  *
  * Only the native front end gives buffers back: it knows when it has written them. With
- * Deno.serve in front there is no pool (its writes end out of sight).
+ * Deno.serve in front there is no pool (its writes end out of sight). A pooled body is a view on
+ * a larger buffer: read such a Response as a stream or with `bytes()`, since Deno's
+ * `arrayBuffer()` hands out the whole underlying buffer. Idle buffers kept: at most about 20 MiB
+ * in all (the caps below), and only as many as were once in flight together.
  */
 
 /** Smallest buffer: anything shorter takes one of these. */
