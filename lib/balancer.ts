@@ -184,8 +184,9 @@ export class Balancer {
   /** The handler every listener serves: routes each request by the routing state now. */
   readonly handler: Handler;
   /**
-   * Response body buffers the native transport fills and the native front end gives back;
-   * undefined with Deno.serve in front (it would give none back).
+   * Buffers for response bodies the native transport fills and for the heads the native front
+   * end encodes, given back once written; undefined with Deno.serve in front (nothing would
+   * come back).
    */
   readonly bodyPool: BodyPool | undefined;
   /** The configuration in force (restart-only settings as they were at start). */

@@ -92,8 +92,9 @@ export interface FrontendOptions {
    */
   admission?: { enter(): number | Promise<number>; leave(ticket: number): void };
   /**
-   * Where response bodies held in memory go back once written: the pool the native transport
-   * takes them from (lib/body_pool.ts). Unset: none go back.
+   * Buffers for the response heads, and where response bodies held in memory go back once
+   * written: the pool the native transport takes them from (lib/body_pool.ts). Unset: fresh
+   * arrays for heads, and nothing goes back.
    */
   bodyPool?: BodyPool;
   /**
