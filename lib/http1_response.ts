@@ -115,20 +115,19 @@ function encodeHead(text: string, body?: Uint8Array, bodies?: BodyPool): Uint8Ar
 }
 
 /** Writes {@linkcode encodeHead}'s bytes; a buffer taken from `bodies` goes back once written. */
-async function writeHead(
+function writeHead(
   conn: Deno.Conn,
   text: string,
   body?: Uint8Array,
   bodies?: BodyPool,
 ): Promise<void> {
   const bytes = encodeHead(text, body, bodies);
-  try {
-    // writeAll's loop, inline: one async frame fewer on every response.
-    let offset = await conn.write(bytes);
-    while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
-  } finally {
-    bodies?.giveBack(bytes);
-  }
+  if (bodies === undefined) return writeAll(conn, bytes);
+  // Not async itself: writeAll's promise, with the buffer given back once it settles.
+  return writeAll(conn, bytes).then(() => bodies.giveBack(bytes), (error) => {
+    bodies.giveBack(bytes);
+    throw error;
+  });
 }
 
 function joined(a: Uint8Array, b: Uint8Array, c?: Uint8Array): Uint8Array {
