@@ -424,6 +424,9 @@ const COLORS: Record<string, string> = {
   "deno-minimal": "#bcaaa4",
   "deno-minimal-raw": "#ce93d8",
   "deno-minimal-listen": "#80cbc4",
+  "deno-layer-front": "#b2dfdb",
+  "deno-layer-mini": "#4db6ac",
+  "deno-layer-transport": "#26a69a",
 };
 
 function escapeXml(text: string): string {

@@ -41,6 +41,8 @@ import {
   direct,
   goPeer,
   haproxy,
+  LAYER_TARGETS,
+  layeredForwarder,
   minimalForwarder,
   nginx,
   PROJECT_DIR,
@@ -69,6 +71,9 @@ export const TARGET_IDS = [
   "deno-minimal",
   "deno-minimal-raw",
   "deno-minimal-listen",
+  "deno-layer-front",
+  "deno-layer-mini",
+  "deno-layer-transport",
 ];
 
 const USAGE = `Usage: deno run -A bench/run.ts [options]
@@ -78,7 +83,8 @@ const USAGE = `Usage: deno run -A bench/run.ts [options]
   --rounds N         interleaved rounds over all targets and profiles (default 2; --quick: 1)
   --quick            smoke run: --duration 2s --rounds 1 (about 2 minutes)
   --targets LIST     subset of: ${TARGET_IDS.join(",")}
-                     (default: all available except deno-minimal)
+                     (default: all available except deno-minimal and the deno-layer-*
+                     targets, which take the native path apart: docs/performance.md)
   --baseline         add deno-minimal: Deno.serve + fetch with no features
   --profiles LIST    subset of: ${PROFILES.map((p) => p.id).join(",")} (default all)
   --workers N        worker count for the deno-workers target (default: cores)
@@ -287,9 +293,15 @@ async function chooseTargets(opts: BenchOptions, tmp: string, notes: string[]) {
   deno.set("deno-minimal", minimalForwarder);
   deno.set("deno-minimal-raw", rawMinimalForwarder);
   deno.set("deno-minimal-listen", rawListenForwarder);
+  for (const id of Object.keys(LAYER_TARGETS) as (keyof typeof LAYER_TARGETS)[]) {
+    deno.set(id, (options) => layeredForwarder(id, options));
+  }
 
+  // The layers are asked for by name only.
   const wanted = opts.targets ??
-    TARGET_IDS.filter((id) => id !== "deno-minimal" || opts.baseline);
+    TARGET_IDS.filter((id) =>
+      (id !== "deno-minimal" || opts.baseline) && !Object.hasOwn(LAYER_TARGETS, id)
+    );
   const targets: Target[] = [];
   for (const id of TARGET_IDS.filter((id) => wanted.includes(id))) {
     const make = deno.get(id);

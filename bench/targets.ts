@@ -299,13 +299,20 @@ function forwarderTarget(
   script: string,
   what: string,
   options: DenoTargetOptions,
+  leadingArgs: string[] = [],
 ): Target {
   const flags = runFlags(["--allow-net"], options);
+  const args = leadingArgs.map((arg) => ` ${arg}`).join("");
   return {
     ...named(id, label, options),
-    description: `deno run ${flags.join(" ")} ${script} (${what})`,
+    description: `deno run ${flags.join(" ")} ${script}${args} (${what})`,
     pinned: true,
-    start: startDenoTarget(processName, flags, script, forwarderArgs),
+    start: startDenoTarget(
+      processName,
+      flags,
+      script,
+      (backends, port) => [...leadingArgs, ...forwarderArgs(backends, port)],
+    ),
   };
 }
 
@@ -342,6 +349,31 @@ export function rawListenForwarder(options: DenoTargetOptions = {}): Target {
     "bench/raw_listen_forwarder.ts",
     "the native front end's floor, not a correct proxy",
     options,
+  );
+}
+
+/** The layers of {@linkcode ./layered_forwarder.ts}, as target ids. */
+export const LAYER_TARGETS = {
+  "deno-layer-front": ["front", "native front end alone, answering itself"],
+  "deno-layer-mini": ["mini", "native front end + a minimal Deno.connect upstream"],
+  "deno-layer-transport": ["transport", "native front end + native transport, no proxy"],
+} as const;
+
+/**
+ * {@linkcode ./layered_forwarder.ts} with one `--layer`: the native path taken apart between
+ * its floor and the balancer (docs/performance.md).
+ */
+export function layeredForwarder(
+  id: keyof typeof LAYER_TARGETS,
+  options: DenoTargetOptions = {},
+): Target {
+  const [layer, label] = LAYER_TARGETS[id];
+  return forwarderTarget(
+    [id, label, `layered forwarder (${layer})`],
+    "bench/layered_forwarder.ts",
+    "a measuring tool, not a correct proxy",
+    options,
+    [`--layer=${layer}`],
   );
 }
 
