@@ -44,6 +44,7 @@ import { type PreparedChange, Service, type ServiceDeps } from "./service.ts";
 import { createDispatcher, type RoutingState } from "./dispatch.ts";
 import { type FrontendOptions, serveNative } from "./frontend_native.ts";
 import { BodyPool } from "./body_pool.ts";
+import { ResponseBodyError } from "./errors.ts";
 import { admitted } from "./admission.ts";
 import { compileGuards, type GuardResources } from "./protection.ts";
 import { createRateLimitTable, DEFAULT_MAX_KEYS } from "./rate_limit.ts";
@@ -928,6 +929,9 @@ function serve(
       tcpBacklog: backlog,
       onListen: () => {},
       onError: (error) => {
+        // Deno.serve also reports a response body that failed once its headers were sent; the
+        // proxy has logged that one already (its answer here goes nowhere).
+        if (error instanceof ResponseBodyError) return new Response(null, { status: 502 });
         log.error(`Unhandled error: ${(error as Error)?.stack ?? error}`);
         return new Response("500 Internal Server Error\n", { status: 500 });
       },

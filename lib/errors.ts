@@ -67,6 +67,14 @@ export class GatewayTimeoutError extends HttpError {
   }
 }
 
+/**
+ * A backend's response body that broke off after its headers went to the client (cut short, read
+ * timeout, bad chunk): the client's connection is aborted and the proxy has logged it already.
+ */
+export class ResponseBodyError extends Error {
+  override name = "ResponseBodyError";
+}
+
 /** A route's protection answered the request itself (403, 429, 401); counted by `reason`. */
 export class RefusedError extends HttpError {
   constructor(

@@ -442,16 +442,21 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
     // Bytes after c.start already searched for the blank line (an offset: fill() may move
     // the bytes to the buffer's start).
     let scanned = 0;
+    // Bytes of empty lines skipped so far, over every read of this head.
+    let skipped = 0;
     for (let i = 0; i < 100_000; i++) {
       // Empty lines before a request line are skipped (RFC 9112 §2.2).
-      for (let n = 0; c.start < c.end && (c.buf[c.start] === 10 || c.buf[c.start] === 13); n++) {
-        if (n === MAX_LEADING_EMPTY_LINES * 2) {
+      while (c.start < c.end && (c.buf[c.start] === 10 || c.buf[c.start] === 13)) {
+        if (skipped === MAX_LEADING_EMPTY_LINES * 2) {
           return refuse(c, new MalformedRequest("empty lines"));
         }
-        if (c.buf[c.start] === 13 && c.start + 1 < c.end && c.buf[c.start + 1] !== 10) {
-          return refuse(c, new MalformedRequest("bare CR"));
+        if (c.buf[c.start] === 13) {
+          // The byte after a CR decides; a CR that ends what has arrived waits for it.
+          if (c.start + 1 === c.end) break;
+          if (c.buf[c.start + 1] !== 10) return refuse(c, new MalformedRequest("bare CR"));
         }
         c.start++;
+        skipped++;
         scanned = 0;
       }
       if (c.end > c.start) {

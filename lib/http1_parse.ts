@@ -291,16 +291,18 @@ function isOws(c: number): boolean {
 
 /**
  * Throws `Malformed` unless the codings are exactly `chunked` (any case), applied once: for
- * response heads and the native front end's request heads.
+ * response heads and the native front end's request heads. Empty list elements are skipped
+ * (RFC 9110 §5.6.1) unless `emptyElements` is false, which refuses them.
  */
 export function checkChunkedOnly(
   value: string,
   Malformed: new (message: string) => Error = MalformedResponse,
+  emptyElements = true,
 ): void {
   let seen = 0;
   for (const part of value.split(",")) {
     const coding = part.trim();
-    if (coding === "") continue;
+    if (coding === "" && emptyElements) continue;
     if (coding.toLowerCase() !== "chunked" || ++seen > 1) {
       throw new Malformed(`Transfer-Encoding ${JSON.stringify(value)} (only chunked)`);
     }

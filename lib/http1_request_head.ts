@@ -126,7 +126,8 @@ export function parseRequestHead(text: string): RequestHead {
     // RFC 9112 §6.1: both at once may be an attempt at smuggling.
     if (contentLength !== -1) throw new MalformedRequest("Content-Length with Transfer-Encoding");
     if (http10) throw new MalformedRequest("Transfer-Encoding in an HTTP/1.0 request");
-    checkChunkedOnly(transferEncoding, MalformedRequest);
+    // Empty list elements (`chunked,`, a second empty field) are refused, as hyper does.
+    checkChunkedOnly(transferEncoding, MalformedRequest, false);
   }
   // RFC 9110 §9.3.6: CONNECT content has no meaning; what follows is the next request (hyper).
   const framing = method === "CONNECT"

@@ -74,6 +74,7 @@ import {
   writeStream,
 } from "./http1_request.ts";
 import { concatBytes } from "./body.ts";
+import { ResponseBodyError } from "./errors.ts";
 import type { BodyPool } from "./body_pool.ts";
 import { unbracket } from "./host.ts";
 import { type Failure, type FailureKind, isIdempotent } from "./retry.ts";
@@ -1346,7 +1347,7 @@ class BodySource implements UnderlyingDefaultSource<Uint8Array> {
     const cause = c.failure;
     c.close();
     const detail = cause?.detail ?? why;
-    controller.error(new Error(`response body failed: ${detail}`));
+    controller.error(new ResponseBodyError(`response body failed: ${detail}`));
     // The client's doing or a shutdown is not the backend's; a read timeout is.
     if (cause !== undefined && cause.kind === "client-gone") return;
     try {

@@ -91,8 +91,60 @@ Deno.test("serveNative() refuses CL with TE, bad or differing Content-Length and
     "POST / HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
     "POST / HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n",
     "POST / HTTP/1.0\r\nHost: ok\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    // Empty list elements, in one field or as a second one (hyper refuses them too).
+    "POST / HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: chunked,\r\n\r\n0\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: ,chunked\r\n\r\n0\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n0\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: ,\r\n\r\n0\r\n\r\n",
   ];
   for (const request of cases) await assertRefused(request, JSON.stringify(request));
+});
+
+/** Sends `pieces` one write each, `gapMs` apart; returns the responses and who closed. */
+async function exchangeInPieces(port: number, pieces: string[], gapMs = 20) {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const timer = setTimeout(() => conn.close(), WAIT_MS);
+  const chunks: Uint8Array[] = [];
+  let closed = false;
+  try {
+    for (const piece of pieces) {
+      await writeAll(conn, encoder.encode(piece));
+      await delay(gapMs);
+    }
+    const buffer = new Uint8Array(16 * 1024);
+    for (let i = 0; i < 1000; i++) {
+      const n = await conn.read(buffer);
+      if (n === null) {
+        closed = true;
+        break;
+      }
+      chunks.push(buffer.slice(0, n));
+    }
+  } catch {
+    /* closed by the timer, or reset */
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn.close();
+    } catch { /* closed already */ }
+  }
+  return { responses: parseResponses(concat(chunks)), closed };
+}
+
+Deno.test("serveNative() judges empty lines before a request line across reads", async () => {
+  await using server = start();
+  const request = "GET /after HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n";
+  // A CR that ends a read waits for the next byte: not an LF, so a bare CR (as in one write).
+  const bareCr = await exchangeInPieces(server.port, ["\r", request]);
+  assert.deepEqual(bareCr.responses.map((r) => r.status), [400]);
+  assert.ok(bareCr.closed);
+  // At most four empty lines in all, however many reads bring them.
+  const many = await exchangeInPieces(server.port, [...Array(5).fill("\r\n"), request]);
+  assert.deepEqual(many.responses.map((r) => r.status), [400]);
+  // Up to four, split as they may be, are skipped.
+  const few = await exchangeInPieces(server.port, ["\r", "\n\r\n", "\r", "\n", request]);
+  assert.deepEqual(few.responses.map((r) => [r.status, r.body]), [[200, "ok /after"]]);
+  assert.deepEqual(server.seen.map((r) => new URL(r.url).pathname), ["/after"]);
 });
 
 Deno.test("serveNative() refuses obs-fold, bare CR, control characters and invalid tokens", async () => {

@@ -181,6 +181,10 @@ Deno.test("malformed and obfuscated Transfer-Encoding gets 400 and close (hyper)
       "Transfer-Encoding : chunked", // space before the colon
       "X-Pad: 1\r\n Transfer-Encoding: chunked", // obs-fold hiding the header
       "Transfer-Encoding: \x0bchunked", // vertical tab is not whitespace in HTTP
+      "Transfer-Encoding: chunked,", // empty list elements
+      "Transfer-Encoding: ,chunked",
+      "Transfer-Encoding: chunked\r\nTransfer-Encoding:",
+      "Transfer-Encoding: chunked\r\nTransfer-Encoding: ,",
     ]
   ) {
     const outcome = await attack(`POST /a HTTP/1.1\r\nHost: ok\r\n${framing}\r\n\r\n${chunked}`);
