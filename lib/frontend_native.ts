@@ -32,6 +32,7 @@ import {
   markTunnelable,
   type Tunnel,
   tunnelOf,
+  UnsentResponseError,
   writeResponse,
 } from "./http1_response.ts";
 import { writeAll } from "./http1_request.ts";
@@ -542,7 +543,11 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
       c.phase = c.end > c.start ? Phase.Head : Phase.Idle;
       c.deadline = performance.now() + (c.phase === Phase.Head ? headerTimeout : idleTimeout);
       return true;
-    } catch {
+    } catch (error) {
+      // Nothing of the response went out: the client gets a 502 rather than a bare close.
+      if (error instanceof UnsentResponseError && !c.closed) {
+        await writeAll(c.conn, errorHead(502)).catch(() => {});
+      }
       c.abort?.abort(new DOMException("response not delivered", "AbortError"));
       return false;
     } finally {

@@ -186,6 +186,19 @@ async function soon(): Promise<undefined> {
 }
 
 /**
+ * A response body that failed before any byte of the response was written (its head waits for
+ * the first chunk): the connection may still carry an answer of the front end's own.
+ */
+export class UnsentResponseError extends Error {
+  override name = "UnsentResponseError";
+  constructor(cause: unknown) {
+    super(`response body failed before anything was sent: ${(cause as Error)?.message ?? cause}`, {
+      cause,
+    });
+  }
+}
+
+/**
  * Writes `response` to `conn` for the request `head` (null: the 101 of a tunnel). `keepAlive`
  * says whether the connection may carry another request; returns whether it still may (the
  * handler asked for `Connection: close`, or the body forced a close). Rejects when the client
@@ -275,13 +288,13 @@ export async function writeResponse(
     if (declared >= 0) {
       return await writeLength(conn, reader, text, declared, connection(), bodies) && keepAlive;
     }
-    const first = await reader.read();
+    const first = await reader.read().catch(unsent);
     if (first.done) {
       await writeHead(conn, `${text}content-length: 0\r\n${connection()}\r\n`, undefined, bodies);
       return keepAlive;
     }
     const next = reader.read();
-    const second = await Promise.race([next, soon()]);
+    const second = await Promise.race([next, soon()]).catch(unsent);
     if (second?.done === true) {
       // The whole body was at hand: its length is known.
       const headText = `${text}content-length: ${first.value.length}\r\n${connection()}\r\n`;
@@ -324,7 +337,9 @@ async function writeLength(
 ): Promise<boolean> {
   let left = declared;
   let pendingHead: string | null = `${text}content-length: ${declared}\r\n${connection}\r\n`;
-  for (let r = await reader.read(); !r.done; r = await reader.read()) {
+  // Until the head is out, a failed read leaves the client nothing: an answer can still go.
+  const read = () => pendingHead === null ? reader.read() : reader.read().catch(unsent);
+  for (let r = await read(); !r.done; r = await read()) {
     if (r.value.length === 0) continue;
     const part = r.value.length > left ? r.value.subarray(0, left) : r.value;
     await writeBody(conn, pendingHead, part, bodies);
@@ -339,6 +354,10 @@ async function writeLength(
   if (pendingHead !== null) await writeHead(conn, pendingHead, undefined, bodies);
   if (left > 0) throw new Error(`response body ended ${left} bytes short of its Content-Length`);
   return true;
+}
+
+function unsent(error: unknown): never {
+  throw new UnsentResponseError(error);
 }
 
 /** Writes `data` after the head `head` (null: sent already). */

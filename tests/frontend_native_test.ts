@@ -487,6 +487,36 @@ Deno.test("serveNative() cuts a body longer than its Content-Length and closes",
   assert.ok(outcome.closed);
 });
 
+Deno.test("serveNative() answers 502 when a body fails before any byte went out, and cuts it after", async () => {
+  const failing = (chunks: string[], length?: number) => () => {
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent < chunks.length) controller.enqueue(encoder.encode(chunks[sent++]));
+        else controller.error(new Error("backend went away"));
+      },
+    });
+    const headers: Record<string, string> = length === undefined
+      ? {}
+      : { "content-length": String(length) };
+    return new Response(body, { headers });
+  };
+  // Nothing sent yet, streamed or with a length: the head waits for the first bytes (without a
+  // length, for a second read too), so the client can still be told.
+  for (const [chunks, length] of [[[], undefined], [["partial"], undefined], [[], 10]] as const) {
+    await using server = start({}, failing([...chunks], length));
+    const outcome = await exchange(server.port, `${GET}\r\n${GET}\r\n`);
+    assert.deepEqual(outcome.responses.map((r) => r.status), [502], outcome.raw);
+    assert.ok(outcome.closed);
+  }
+  // After some bytes went out, the connection ends without a last chunk: never complete.
+  await using late = start({}, failing(["partial", "more"]));
+  const cut = await exchange(late.port, `${GET}\r\n${GET}\r\n`);
+  assert.ok(cut.raw.startsWith("HTTP/1.1 200 OK\r\n"), cut.raw);
+  assert.ok(cut.raw.includes("partial") && !cut.raw.endsWith("0\r\n\r\n"), cut.raw);
+  assert.ok(cut.closed);
+});
+
 Deno.test("serveNative() answers a throwing handler with onError, or an empty 500", async () => {
   await using plain = start({}, () => {
     throw new Error("boom");
