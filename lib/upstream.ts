@@ -7,6 +7,7 @@
 import { unbracket } from "./host.ts";
 import type { HeaderPairs } from "./headers.ts";
 import { classifyFetchError, type Failure } from "./retry.ts";
+import { ResponseBodyError } from "./errors.ts";
 
 /** Timeouts and transport for attempts. */
 export interface AttemptOptions {
@@ -124,7 +125,8 @@ export const sendAttempt: Transport = async (origin, url, request, clientSignal,
       await response.body?.cancel();
       return { ok: false, failure: abandoned };
     }
-    const { status, statusText, headers, body } = response;
+    const { status, statusText, headers } = response;
+    const body = reportBodyFailure(response.body, request, clientSignal);
     return { ok: true, value: { status, statusText, headers, body }, status };
   } catch (error) {
     return { ok: false, failure: abandoned ?? classifyFetchError(error) };
@@ -132,6 +134,41 @@ export const sendAttempt: Transport = async (origin, url, request, clientSignal,
     disarm();
   }
 };
+
+/**
+ * `body`, telling `request.onBodyFailure` when it breaks off by the backend's doing (not when the
+ * client left): fetch's own stream fails without a word to the proxy. The stream then fails with
+ * a {@linkcode ResponseBodyError}, as the native transport's do.
+ */
+function reportBodyFailure(
+  body: ReadableStream<Uint8Array> | null,
+  request: AttemptRequest,
+  clientSignal: AbortSignal,
+): ReadableStream<Uint8Array> | null {
+  const onFailure = request.onBodyFailure;
+  if (body === null || onFailure === undefined) return body;
+  const reader = body.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let chunk: ReadableStreamReadResult<Uint8Array>;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        const detail = (error as Error)?.message ?? String(error);
+        if (!clientSignal.aborted) {
+          try {
+            onFailure(detail);
+          } catch { /* a hook must not break the stream */ }
+        }
+        controller.error(new ResponseBodyError(`response body failed: ${detail}`));
+        return;
+      }
+      if (chunk.done) controller.close();
+      else controller.enqueue(chunk.value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
+}
 
 /**
  * Arms what ends an attempt before its response headers, for every transport: the client

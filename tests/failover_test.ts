@@ -222,17 +222,17 @@ Deno.test("a backend resetting mid-body aborts the client's response", async () 
   assert.equal(raw.status, 200);
   assert.ok(raw.wireBody.length < 100000);
   assert.ok(!/\r\n0\r\n\r\n$/.test(new TextDecoder().decode(raw.wireBody)), "no terminating chunk");
-  // One line per failure naming the backend, on either front end; never an "Unhandled error"
-  // (Deno.serve reports the failed body to its onError as well). fetch says nothing of it.
+  // One line per failure naming the backend, on either front end and transport; never an
+  // "Unhandled error" (Deno.serve reports the failed body to its onError as well).
+  const problems = () => log.lines.filter((line) => /^(WARN|ERROR)/.test(line));
+  assert.ok(await waitFor(() => problems().length >= 2, 2000), log.lines.join("\n"));
+  await delay(50);
+  for (const line of problems()) {
+    assert.match(line, /^WARN http:\/\/127\.0\.0\.1:\d+ failed: .+ \(GET, response body\)$/);
+  }
+  assert.equal(problems().length, 2, problems().join("\n"));
   if (TEST_TRANSPORT === "native") {
-    const problems = () => log.lines.filter((line) => /^(WARN|ERROR)/.test(line));
-    assert.ok(await waitFor(() => problems().length >= 2, 2000), log.lines.join("\n"));
-    assert.deepEqual(
-      problems().map((line) => line.replace(/\d+/g, "N")),
-      Array(2).fill(
-        "WARN http://N.N.N.N:N failed: backend closed the connection mid-body (GET, response body)",
-      ),
-    );
+    assert.match(problems()[0], /backend closed the connection mid-body/);
   }
 });
 
