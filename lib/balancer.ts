@@ -492,6 +492,7 @@ export class Balancer {
       ]);
       if (clients !== undefined) {
         clients.client.close();
+        clients.freshClient.close();
         await clients.native.close();
       }
       throw error;
@@ -531,7 +532,11 @@ export class Balancer {
     this.#joining = new Map();
     this.config = kept;
     if (clients !== undefined) {
-      this.#replacedClients.push({ client: before.client, native: before.native });
+      this.#replacedClients.push({
+        client: before.client,
+        freshClient: before.freshClient,
+        native: before.native,
+      });
       // Idle connections made with the old certificates close now, busy ones after their request.
       for (const service of previous.values()) {
         for (const backend of service.pool.backends) before.native.retire(backend.url);
@@ -575,8 +580,9 @@ export class Balancer {
 
   /** Closes backend clients and outputs, once the listeners have drained (after stop()). */
   async close(): Promise<void> {
-    for (const { client, native } of [...this.#replacedClients, this.#deps]) {
+    for (const { client, freshClient, native } of [...this.#replacedClients, this.#deps]) {
       client.close();
+      freshClient.close();
       await native.close();
     }
     await Promise.all([
@@ -762,6 +768,11 @@ function routingOf(config: Config, resources: GuardResources): Omit<RoutingState
 interface BackendClients {
   /** Keep-alive fetch client (fetch transport, health checks). */
   client: Deno.HttpClient;
+  /**
+   * fetch client that never reuses a connection, for requests that must not be sent twice:
+   * Deno's fetch resends a request whose kept-alive connection closes before the answer.
+   */
+  freshClient: Deno.HttpClient;
   /** The balancer's own HTTP/1.1 transport. */
   native: NativeTransport;
   /** `--backend-ca`'s certificates, for WebSocket tunnels to `wss` backends. */
@@ -779,6 +790,7 @@ function backendClients(config: Config, bodyPool: BodyPool | undefined): Backend
   const tls = readBackendTls(files);
   return {
     client: createBackendClient(files, { allowHost: true }, tls),
+    freshClient: createBackendClient(files, { allowHost: true, poolMaxIdlePerHost: 0 }, tls),
     native: createNativeTransport({
       tls,
       maxConnsPerOrigin: config.maxBackendConnections || Infinity,

@@ -90,6 +90,8 @@ export interface ProxyOptions {
   proto: "http" | "https";
   /** Keep-alive client for backends, created with `allowHost: true`. */
   client: Deno.HttpClient;
+  /** The same without reuse, for non-idempotent requests (see `AttemptOptions`). */
+  freshClient?: Deno.HttpClient;
   /** Whether a 5xx answer counts as a failure for outlier ejection. @default false */
   ejectOn5xx?: boolean;
   /** Caps retries to a share of traffic; undefined = no cap. @default undefined */
@@ -355,6 +357,7 @@ export class ReverseProxy implements ServiceProxy {
     };
     this.attemptOptions = {
       client: options.client,
+      freshClient: options.freshClient,
       timeout: options.timeout,
       connectTimeout: options.connectTimeout,
       readTimeout: options.readTimeout,

@@ -26,6 +26,8 @@ export interface ServiceDeps {
   log: Log;
   /** Keep-alive fetch client for backends (fetch transport, health checks). */
   client: Deno.HttpClient;
+  /** fetch client that never reuses a connection (non-idempotent requests on fetch). */
+  freshClient: Deno.HttpClient;
   /** The balancer's own HTTP/1.1 transport, shared by every service (pooled per origin). */
   native: NativeTransport;
   /** Replaces the configured transport (tests, the benchmark). @default the configured one */
@@ -234,6 +236,7 @@ export class Service {
     const exactTransport = onFetch ? deps.native.send : undefined;
     const attempt = {
       client: deps.client,
+      freshClient: deps.freshClient,
       timeout: config.timeout,
       connectTimeout: config.connectTimeout,
       readTimeout: config.readTimeout,
@@ -252,6 +255,7 @@ export class Service {
       retryAfterSeconds: Math.max(1, Math.ceil(config.healthCheck.interval / 1000)),
       proto: deps.proto,
       client: deps.client,
+      freshClient: deps.freshClient,
       ejectOn5xx: config.ejectOn5xx,
       retryBudget: this.#retryBudget,
       latencyObserver: this.pool.policy.latencyObserver,

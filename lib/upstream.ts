@@ -6,13 +6,19 @@
 
 import { unbracket } from "./host.ts";
 import type { HeaderPairs } from "./headers.ts";
-import { classifyFetchError, type Failure } from "./retry.ts";
+import { classifyFetchError, type Failure, isIdempotent } from "./retry.ts";
 import { ResponseBodyError } from "./errors.ts";
 
 /** Timeouts and transport for attempts. */
 export interface AttemptOptions {
   /** Shared keep-alive client created with `allowHost: true` so the client's Host passes. */
   client: Deno.HttpClient;
+  /**
+   * The same client without connection reuse, for non-idempotent requests: fetch resends a
+   * request whose reused connection closed before the answer, whatever its method (hyper's
+   * retry of canceled requests), which would send a POST twice. @default `client`
+   */
+  freshClient?: Deno.HttpClient;
   /** Time from sending the request to receiving response headers (ms). */
   timeout: number;
   /** Time allowed to establish a connection (ms); see {@linkcode sendAttempt}. */
@@ -119,7 +125,7 @@ export const sendAttempt: Transport = async (origin, url, request, clientSignal,
       body: request.body,
       redirect: "manual",
       signal: controller.signal,
-      client: options.client,
+      client: isIdempotent(request.method) ? options.client : options.freshClient ?? options.client,
     });
     if (abandoned !== undefined) {
       await response.body?.cancel();

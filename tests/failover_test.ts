@@ -199,6 +199,56 @@ Deno.test("a reset before headers: GET is retried elsewhere, POST is not (502)",
   assert.equal(lb.balancer.pool.backends[0].state, "up", "a reset is not a connect failure");
 });
 
+Deno.test("a POST whose kept-alive connection closes before the answer is sent once: 502", async () => {
+  // The backend reads the whole request, then closes without answering: the race of a keep-alive
+  // close. fetch (hyper) resends such a request on its own when the connection was reused,
+  // whatever the method; the balancer must not let a POST go twice on either transport.
+  const arrivals: string[] = [];
+  await using backend = rawServer(async (conn) => {
+    const buffer = new Uint8Array(64 * 1024);
+    let pending = "";
+    for (let requests = 0; requests < 100; requests++) {
+      let end = pending.indexOf("\r\n\r\n");
+      for (let reads = 0; end === -1 && reads < 100; reads++) {
+        const n = await conn.read(buffer);
+        if (n === null) return;
+        pending += new TextDecoder().decode(buffer.subarray(0, n));
+        end = pending.indexOf("\r\n\r\n");
+      }
+      if (end === -1) return;
+      const head = pending.slice(0, end);
+      const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+      for (let reads = 0; pending.length < end + 4 + length && reads < 100; reads++) {
+        const n = await conn.read(buffer);
+        if (n === null) return;
+        pending += new TextDecoder().decode(buffer.subarray(0, n));
+      }
+      pending = pending.slice(end + 4 + length);
+      const line = head.slice(0, head.indexOf("\r\n"));
+      arrivals.push(line);
+      if (line.includes(" /drop")) {
+        conn.close();
+        return;
+      }
+      await conn.write(new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    }
+  });
+  await using lb = await startTestBalancer([backend.url], { retries: 2 });
+  for (let i = 0; i < 3; i++) {
+    // Keeps a connection to the backend idle in the pool, for the POST to reuse.
+    assert.equal((await getText(`${lb.url}/ok`)).status, 200);
+    const post = await fetch(`${lb.url}/drop`, { method: "POST", body: "x".repeat(1000) });
+    assert.equal(post.status, 502);
+    await post.body?.cancel();
+    await delay(50);
+    assert.equal(
+      arrivals.filter((line) => line.startsWith("POST")).length,
+      i + 1,
+      arrivals.join("\n"),
+    );
+  }
+});
+
 Deno.test("a backend resetting mid-body aborts the client's response", async () => {
   await using breaker = rawServer(async (conn) => {
     await readHead(conn);

@@ -26,10 +26,12 @@ function settings(
 /** A service started over `config`, served on 127.0.0.1 through one catch-all route. */
 async function startService(config: ServiceConfig) {
   const client = Deno.createHttpClient({ allowHost: true });
+  const freshClient = Deno.createHttpClient({ allowHost: true, poolMaxIdlePerHost: 0 });
   const native = createNativeTransport();
   const deps: ServiceDeps = {
     log: quietLog,
     client,
+    freshClient,
     native,
     observer: { outcome: () => {}, retry: () => {}, budgetExhausted: () => {} },
     webSockets: new WebSocketRelays(),
@@ -68,6 +70,7 @@ async function startService(config: ServiceConfig) {
       await service.stop();
       await native.close();
       client.close();
+      freshClient.close();
     },
   };
 }
