@@ -178,6 +178,8 @@ class Connection {
   remoteAddr: Deno.NetAddr;
   clientAddress?: string;
   proxyAddr?: Deno.NetAddr;
+  /** Waiting for the PROXY header: no HTTP spoken yet, so a timeout answers nothing. */
+  readingProxyHeader = false;
 
   constructor(readonly conn: Deno.Conn, readonly onClose: () => void) {
     this.remoteAddr = conn.remoteAddr as Deno.NetAddr;
@@ -318,7 +320,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
   function timeOut(c: Connection): void {
     c.deadline = 0;
     // Part of a request came: say why it ends (HAProxy's 408); an idle connection just closes.
-    if (c.phase === Phase.Head && c.end > c.start) {
+    if (c.phase === Phase.Head && c.end > c.start && !c.readingProxyHeader) {
       writeAll(c.conn, errorHead(408)).finally(() => c.close()).catch(() => {});
     } else c.close();
   }
@@ -413,6 +415,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
   async function readProxyHeader(c: Connection, trusted: readonly Cidr[]): Promise<boolean> {
     const peer = c.remoteAddr.hostname;
     if (!trusted.some((range) => cidrContains(range, peer))) return false;
+    c.readingProxyHeader = true;
     for (let i = 0; i < 1000; i++) {
       let header;
       try {
@@ -422,6 +425,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
         throw error;
       }
       if (header !== undefined) {
+        c.readingProxyHeader = false;
         c.start += header.length;
         if (header.source !== undefined) {
           c.proxyAddr = c.remoteAddr;
@@ -568,10 +572,17 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
     try {
       await writeResponse(c.conn, response, null, true);
       const up = (async () => {
-        // The read started while the handler ran lands in the buffer: relay it first.
-        if (c.pending !== null) await c.pending;
-        if (c.end > c.start) await writeAll(tunnel.conn, c.buf.slice(c.start, c.end));
-        c.start = c.end;
+        // Bytes that came with the request go first, without waiting for more: a client that
+        // sent them with the upgrade may wait for their answer. Then what the read started
+        // while the handler ran brings.
+        for (let round = 0; round < 2; round++) {
+          if (c.end > c.start) {
+            const early = c.buf.slice(c.start, c.end);
+            c.start = c.end;
+            await writeAll(tunnel.conn, early);
+          }
+          if (round === 0 && c.pending !== null) await c.pending;
+        }
         if (!c.eof) await copy(c.conn, tunnel.conn);
       })();
       const down = (async () => {

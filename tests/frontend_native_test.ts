@@ -658,6 +658,15 @@ Deno.test("serveNative() closes PROXY connections from untrusted peers and with 
     assert.equal(outcome.raw, "");
   }
   assert.deepEqual([untrusting.seen, server.seen], [[], []]);
+  // A trusted peer that stops partway through its header: closed at the header timeout, with
+  // no HTTP answer (none was asked for yet).
+  await using quick = start({
+    proxyProtocol: { trusted: [parseCidr("127.0.0.1")!] },
+    headerTimeoutMs: 200,
+  });
+  const stalled = await exchangeInPieces(quick.port, ["PROXY TCP4 203.0.113.9"], 0);
+  assert.ok(stalled.closed);
+  assert.deepEqual(stalled.responses, []);
 });
 
 Deno.test("serveNative() serves HTTP/1.1 over TLS, negotiating ALPN http/1.1, and replaces its certificate", async () => {
@@ -740,6 +749,47 @@ Deno.test("serveNative() tunnels bytes both ways after switchProtocols(), and a 
   } finally {
     client.close();
     await server.drain(performance.now());
+  }
+});
+
+Deno.test("serveNative() relays bytes sent with the upgrade request at once, before any more come", async () => {
+  await using upstream = rawServer(async (conn) => {
+    const buf = new Uint8Array(1024);
+    for (let i = 0; i < 100; i++) {
+      const n = await conn.read(buf).catch(() => null);
+      if (n === null) break;
+      await writeAll(conn, concat([encoder.encode("echo:"), buf.subarray(0, n)]));
+    }
+    conn.close();
+  });
+  const port = Number(new URL(upstream.url).port);
+  await using server = start({}, async (req) => {
+    // Watching for a hang-up (as the proxy does) starts a read that more bytes would end.
+    req.signal.addEventListener("abort", () => {});
+    await delay(20);
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    return switchProtocols({ upgrade: "test", connection: "upgrade" }, conn, new Uint8Array());
+  });
+  const client = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+  try {
+    // One write: the head and the first bytes of the new protocol; then the client waits.
+    await writeAll(
+      client,
+      encoder.encode(
+        `GET / HTTP/1.1\r\nHost: ok\r\nUpgrade: test\r\nConnection: upgrade\r\n\r\nearly`,
+      ),
+    );
+    const wire = new Wire(client);
+    assert.equal(parseHead((await wire.head()) ?? "").line, "HTTP/1.1 101 Switching Protocols");
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const echoed = await Promise.race([
+      wire.bytes("echo:early".length).then((bytes) => decoder.decode(bytes)),
+      new Promise<string>((resolve) => timer = setTimeout(() => resolve("nothing in 2 s"), 2000)),
+    ]);
+    clearTimeout(timer);
+    assert.equal(echoed, "echo:early");
+  } finally {
+    client.close();
   }
 });
 
