@@ -24,7 +24,7 @@ import { applyDiscoveryChange, DnsDiscovery, mergeBackends } from "./discovery.t
 /** What every service of one balancer shares. */
 export interface ServiceDeps {
   log: Log;
-  /** Keep-alive fetch client for backends (fetch transport, health checks). */
+  /** Keep-alive fetch client for backends (fetch transport, its health checks). */
   client: Deno.HttpClient;
   /** fetch client that never reuses a connection (non-idempotent requests on fetch). */
   freshClient: Deno.HttpClient;
@@ -34,9 +34,15 @@ export interface ServiceDeps {
   transport?: Transport;
   observer: ProxyObserver;
   webSockets: WebSocketRelays;
-  /** `--backend-ca`'s certificates (PEM), for WebSocket tunnels. Unset: the system's roots. */
+  /**
+   * `--backend-ca`'s certificates (PEM), for WebSocket tunnels and native health checks. Unset:
+   * the system's roots.
+   */
   backendCaCerts?: string[];
-  /** `--backend-cert`/`--backend-key` (PEM), presented by WebSocket tunnels. Unset: none. */
+  /**
+   * `--backend-cert`/`--backend-key` (PEM), presented by WebSocket tunnels and native health
+   * checks. Unset: none.
+   */
   backendClientCert?: { cert: string; key: string };
   proto: "http" | "https";
   trustedProxies: readonly Cidr[];
@@ -221,6 +227,13 @@ export class Service {
       expectStatus: check.expectStatus,
       host: check.host,
       bodyContains: check.bodyContains,
+      // As requests go: the native transport reaches ports fetch refuses (10080, 6000, ...).
+      transport: this.#config.transport === "fetch" ? "fetch" : "native",
+      tls: {
+        ca: this.#deps.backendCaCerts?.join("\n"),
+        cert: this.#deps.backendClientCert?.cert,
+        key: this.#deps.backendClientCert?.key,
+      },
       client: this.#deps.client,
       onResult: (backend, ok) => this.#deps.onHealthResult(this.name, backend.url, ok),
     };

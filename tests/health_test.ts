@@ -3,7 +3,8 @@
  * lib/health.ts against real backends on 127.0.0.1 port 0: expected statuses, the Host header
  * on the wire, body checks (an endless body is cut at 64 KiB), timeouts, two checkers on two
  * pools side by side, and stop(). Rounds are run with runRound() and their verdicts read from a
- * real Pool's backend state.
+ * real Pool's backend state. Checks go the way of `LB_TEST_TRANSPORT` (native by default;
+ * `deno task test:fetch` runs them on fetch), except those about a port fetch blocks.
  */
 import { createPolicy } from "../lib/policies/mod.ts";
 import assert from "node:assert/strict";
@@ -11,7 +12,7 @@ import { HEALTH_BODY_LIMIT, HealthChecker, type HealthOptions } from "../lib/hea
 import { Pool } from "../lib/pool.ts";
 import { quietLog } from "../lib/log.ts";
 import { createBackendClient } from "../lib/tls.ts";
-import { waitFor } from "./helpers.ts";
+import { captureLog, startTestBalancer, TEST_TRANSPORT, waitFor } from "./helpers.ts";
 
 /** Longest wait for something a test expects (a loaded machine may be slow). */
 const WAIT_MS = 10_000;
@@ -26,11 +27,14 @@ interface Seen {
  * A backend whose answers come from `handler`, recording path and Host of every request.
  * `released` resolves when the test ends, so a handler that waits for it cannot outlive it.
  */
-function backend(handler: (req: Request, released: Promise<void>) => Response | Promise<Response>) {
+function backend(
+  handler: (req: Request, released: Promise<void>) => Response | Promise<Response>,
+  port = 0,
+) {
   const seen: Seen[] = [];
   let release = () => {};
   const released = new Promise<void>((resolve) => release = resolve);
-  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, (req) => {
+  const server = Deno.serve({ port, hostname: "127.0.0.1", onListen() {} }, (req) => {
     const url = new URL(req.url);
     seen.push({ path: url.pathname, host: req.headers.get("host") });
     return handler(req, released);
@@ -54,7 +58,7 @@ function clientGone(req: Request, released: Promise<void>): Promise<void> {
 }
 
 /** A pool over `urls` (rise 2, fall 2) and a checker on it; the checker's client is closed after. */
-function checked(urls: string[], options: Partial<HealthOptions> = {}) {
+function checked(urls: string[], options: Partial<HealthOptions> = {}, log = quietLog) {
   const pool = new Pool(urls.map((url) => ({ url, weight: 1 })), {
     rise: 2,
     fall: 2,
@@ -66,9 +70,10 @@ function checked(urls: string[], options: Partial<HealthOptions> = {}) {
     interval: 60_000,
     timeout: 5_000,
     path: "/",
+    transport: TEST_TRANSPORT,
     client,
     ...options,
-  }, quietLog);
+  }, log);
   return {
     pool,
     checker,
@@ -293,4 +298,90 @@ Deno.test("HealthChecker reports a refused connection", async () => {
   await using health = checked([url]);
   await health.rounds(2);
   assert.deepEqual(health.states(), ["down: connection refused"]);
+});
+
+/**
+ * Ports on fetch's "bad ports" list (WHATWG Fetch, "port blocking") that need no privileges to
+ * bind, in the order tried: fetch refuses to connect to them, the balancer's own transport does
+ * not.
+ */
+const BLOCKED_PORTS = [10080, 6665, 6666, 6667, 6668, 6669, 6000, 5060, 5061, 6566, 6679, 6697];
+
+/** The first of {@linkcode BLOCKED_PORTS} free on 127.0.0.1 now, or undefined (tests skipped). */
+function freeBlockedPort(): number | undefined {
+  for (const port of BLOCKED_PORTS) {
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+      return port;
+    } catch { /* in use, or not allowed: try the next */ }
+  }
+  return undefined;
+}
+
+const BLOCKED_PORT = freeBlockedPort();
+/** Skips a test when no blocked port could be bound (all in use here). */
+const NEEDS_BLOCKED_PORT = {
+  ignore: BLOCKED_PORT === undefined,
+  sanitizeOps: true,
+  sanitizeResources: true,
+};
+
+Deno.test({
+  name: "HealthChecker reaches a backend on a port fetch blocks (10080, 6665, ...)",
+  ...NEEDS_BLOCKED_PORT,
+  async fn() {
+    await using server = backend(() => new Response("status: ok"), BLOCKED_PORT);
+    // Down first: only checks that reach the backend can bring it back.
+    await using health = checked([server.url], { transport: "native", bodyContains: "ok" });
+    health.pool.setHealth(health.pool.backends[0], "down", "the test starts it down");
+    await health.rounds(2);
+    assert.deepEqual(health.states(), ["up: HTTP 200"]);
+    assert.deepEqual(server.seen, [
+      { path: "/", host: `127.0.0.1:${BLOCKED_PORT}` },
+      { path: "/", host: `127.0.0.1:${BLOCKED_PORT}` },
+    ]);
+  },
+});
+
+Deno.test({
+  name: "HealthChecker with transport fetch names the port fetch blocks, and warns once",
+  ...NEEDS_BLOCKED_PORT,
+  async fn() {
+    await using server = backend(() => new Response("ok"), BLOCKED_PORT);
+    const log = captureLog();
+    await using health = checked([server.url], { transport: "fetch" }, log);
+    await health.rounds(3);
+    assert.deepEqual(health.states(), [
+      `down: fetch blocks port ${BLOCKED_PORT} (--transport fetch)`,
+    ]);
+    assert.deepEqual(log.lines, [
+      `WARN ${server.url}: fetch refuses port ${BLOCKED_PORT} (a WHATWG "bad port"), so with ` +
+      "--transport fetch its health checks and requests always fail; use --transport native or " +
+      "another port",
+    ]);
+    assert.deepEqual(server.seen, [], "fetch sent nothing");
+  },
+});
+
+Deno.test({
+  name: "a balancer keeps a backend on a port fetch blocks up and sends it requests",
+  ...NEEDS_BLOCKED_PORT,
+  async fn() {
+    await using server = backend(() => new Response("from the backend"), BLOCKED_PORT);
+    // fall 1: a single failed check would take it down and every request would get 503.
+    await using lb = await startTestBalancer([server.url], {
+      transport: "native",
+      healthInterval: 50,
+      fall: 1,
+    });
+    const checks = () => server.seen.filter((s) => s.path === "/").length;
+    assert.ok(await waitFor(() => checks() >= 3, WAIT_MS), `${checks()} checks reached it`);
+    const [state] = lb.balancer.pool.backends;
+    assert.equal(state.status, "up", state.lastCheck?.detail);
+    assert.equal(state.lastCheck?.ok, true, state.lastCheck?.detail);
+    const response = await fetch(`${lb.url}/via-balancer`);
+    assert.equal(response.status, 200);
+    assert.equal(await response.text(), "from the backend");
+    assert.equal(server.seen.filter((s) => s.path === "/via-balancer").length, 1);
+  },
 });
