@@ -8,7 +8,7 @@
  */
 
 import denoJson from "./deno.json" with { type: "json" };
-import { type Config, USAGE } from "./lib/config.ts";
+import { type AdminAddress, type Config, USAGE } from "./lib/config.ts";
 import { parseCommandLine, reloadSettings } from "./lib/settings.ts";
 import { ConfigError } from "./lib/errors.ts";
 import { createLog, type Log, switchableLog } from "./lib/log.ts";
@@ -78,12 +78,15 @@ export async function main(args: string[]): Promise<number> {
   });
   /** A change seen while starting: reloaded once the balancer runs. */
   let changedWhileStarting = false;
+  /** Set once a stop is requested: from then on nothing reloads. */
+  let stopping = false;
   const reload = () => {
+    if (stopping) return;
     if (balancer === undefined) {
       changedWhileStarting = true;
       return;
     }
-    reloadConfig(args, balancer, demoSpecs, log, (next) => {
+    reloadConfig(args, config.admin, balancer, demoSpecs, log, (next) => {
       if (workers !== undefined) shareRandomSettings(next, running);
     }, (next) => {
       if (next.logLevel !== running.logLevel || next.logFormat !== running.logFormat) {
@@ -93,6 +96,7 @@ export async function main(args: string[]): Promise<number> {
     });
   };
   const reloadCertificate = () => {
+    if (stopping) return;
     balancer?.reloadCertificate();
     workers?.reloadCertificate();
   };
@@ -145,15 +149,15 @@ export async function main(args: string[]): Promise<number> {
     acme.run(reloadCertificate);
   }
   // With ACME the manager swaps certificates in itself.
-  const certWatcher = acme !== undefined || config.tlsCert === undefined ||
-      config.tlsKey === undefined
-    ? undefined
-    : watchFiles([config.tlsCert, config.tlsKey], reloadCertificate, { log });
+  if (acme === undefined && config.tlsCert !== undefined && config.tlsKey !== undefined) {
+    watchFiles([config.tlsCert, config.tlsKey], reloadCertificate, { log });
+  }
 
   await stopRequested;
+  stopping = true;
   log.info("Shutting down: draining in-flight requests...");
-  watcher?.close();
-  certWatcher?.close();
+  // The file watchers are left to the process's exit, not closed: Deno.FsWatcher.close() blocks
+  // for as long as Deno's watch thread is stuck opening a FIFO made in a watched directory.
   await acme?.manager.stop();
   const [left, workersLeft] = await Promise.all([
     balancer.shutdown(running.drainTimeout),
@@ -173,6 +177,8 @@ export async function main(args: string[]): Promise<number> {
  */
 function reloadConfig(
   args: string[],
+  /** Where the admin listener was bound at start-up: a reload never moves it. */
+  boundAdmin: AdminAddress | undefined,
   balancer: RunningBalancer,
   demoSpecs: BackendSpec[],
   log: Log,
@@ -183,7 +189,7 @@ function reloadConfig(
 ): void {
   let next: Config;
   try {
-    next = reloadSettings(args);
+    next = reloadSettings(args, boundAdmin);
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     log.error(

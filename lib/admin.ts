@@ -13,6 +13,7 @@
  * docs/admin_api.md is the reference.
  */
 
+import { concatBytes } from "./body.ts";
 import { constantTimeEqual } from "./constant_time.ts";
 import type { Log } from "./log.ts";
 import type { AdminState, Backend, Pool } from "./pool.ts";
@@ -92,6 +93,12 @@ export function backendView(backend: Backend, service: string): BackendView {
     },
   };
 }
+
+/**
+ * Largest request body the API reads: its JSON bodies are a few hundred bytes, and a body read
+ * whole without a bound lets any client of the listener fill the process's memory.
+ */
+export const MAX_ADMIN_BODY_BYTES = 64 * 1024;
 
 const ACTIONS: Record<string, AdminState> = {
   drain: "draining",
@@ -260,6 +267,7 @@ export function createAdminHandler(options: AdminOptions) {
 
   async function add(req: Request): Promise<Response> {
     const body = await readJson(req);
+    if (body instanceof Response) return body;
     if (body === undefined || typeof body.url !== "string") {
       return json({ error: shape('"url": "http://host:port", "weight": 1') }, 400);
     }
@@ -304,6 +312,7 @@ export function createAdminHandler(options: AdminOptions) {
 
   async function change(action: string, req: Request): Promise<Response> {
     const body = await readJson(req);
+    if (body instanceof Response) return body;
     // No URL at all is a malformed request, not a backend that does not exist.
     if (typeof body?.url !== "string") {
       const weight = action === "weight" ? ', "weight": 1' : "";
@@ -357,13 +366,51 @@ function isWeight(value: unknown): value is number {
   return typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 1_000_000;
 }
 
-async function readJson(req: Request): Promise<Record<string, unknown> | undefined> {
+/**
+ * The body as a JSON object; undefined when it is not one; a 413 answer when it is larger than
+ * {@linkcode MAX_ADMIN_BODY_BYTES} (said by Content-Length before reading, or counted while
+ * reading a body without one).
+ */
+async function readJson(req: Request): Promise<Record<string, unknown> | Response | undefined> {
+  const declared = Number(req.headers.get("content-length") ?? 0);
+  if (declared > MAX_ADMIN_BODY_BYTES) {
+    await req.body?.cancel();
+    return bodyTooLarge();
+  }
   try {
-    const value = await req.json();
+    const bytes = await readAtMost(req.body, MAX_ADMIN_BODY_BYTES);
+    if (bytes === undefined) return bodyTooLarge();
+    const value = JSON.parse(new TextDecoder().decode(bytes));
     return value !== null && typeof value === "object" ? value : undefined;
   } catch {
-    return undefined;
+    return undefined; // not JSON, or the client broke the body off
   }
+}
+
+/** The stream's bytes, or undefined (the rest left unread) as soon as more than `limit` came. */
+async function readAtMost(
+  body: ReadableStream<Uint8Array> | null,
+  limit: number,
+): Promise<Uint8Array | undefined> {
+  if (body === null) return new Uint8Array();
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  const reader = body.getReader();
+  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+    length += chunk.value.length;
+    if (length > limit) {
+      await reader.cancel();
+      return undefined;
+    }
+    chunks.push(chunk.value);
+  }
+  return concatBytes(chunks);
+}
+
+/** 413, closing the connection: the rest of the body is never read (RFC 9110 section 15.5.14). */
+function bodyTooLarge(): Response {
+  const error = `request body larger than ${MAX_ADMIN_BODY_BYTES} bytes`;
+  return json({ error }, 413, { connection: "close" });
 }
 
 function onlyGet(req: Request): Response | undefined {

@@ -18,6 +18,7 @@
  */
 
 import { createHmac } from "node:crypto";
+import { assertRegularFile } from "./file_failure.ts";
 import { childPath } from "./jsonc.ts";
 import { isObject, type Problem, show } from "./problem.ts";
 
@@ -242,6 +243,7 @@ export function loadUsers(spec: BasicAuthSpec): Map<string, string> {
     const file = spec.usersFile;
     let text: string;
     try {
+      assertRegularFile(file);
       text = Deno.readTextFileSync(file);
     } catch (error) {
       throw new Error(`basicAuth usersFile ${file}: ${(error as Error).message.split("\n")[0]}`);

@@ -17,6 +17,7 @@
 
 import { createHash } from "node:crypto";
 import { dirname, resolve } from "node:path";
+import { assertRegularFile } from "./file_failure.ts";
 import type { Log } from "./log.ts";
 
 /** File events come in bursts (2-3 per write, more for editors): the quiet time waited for. */
@@ -181,6 +182,7 @@ function statOf(path: string): string {
 /** What `path` holds now, as a hash (or why it cannot be read). */
 function contentOf(path: string): string {
   try {
+    assertRegularFile(path);
     return createHash("sha256").update(Deno.readFileSync(path)).digest("hex");
   } catch (error) {
     return `unreadable: ${(error as Error).name}`;

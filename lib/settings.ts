@@ -4,7 +4,7 @@
  * checked by the same rules, reporting every problem at once (`--check`, like `nginx -t`).
  */
 
-import { type Config, DEFAULTS, keyToFlag, parseFlags } from "./config.ts";
+import { type AdminAddress, type Config, DEFAULTS, keyToFlag, parseFlags } from "./config.ts";
 import {
   checkSettings,
   ConfigFileError,
@@ -17,7 +17,7 @@ import {
   validateFileSettings,
 } from "./config_file.ts";
 import { ConfigError } from "./errors.ts";
-import { fileFailure } from "./file_failure.ts";
+import { assertRegularFile, fileFailure } from "./file_failure.ts";
 import { SETTING_KEYS, SETTINGS } from "./setting_table.ts";
 
 /** What to do, with validated settings. */
@@ -43,6 +43,25 @@ export function defaultConfig(): Config {
  * `--port: 70000 is out of range (0 to 65535)`, `lb.jsonc:4:7: backends[1].url: ...`.
  */
 export function parseCommandLine(argv: readonly string[]): Invocation {
+  return readInvocation(argv, undefined);
+}
+
+/**
+ * The settings for a reload: the process's command line read again, with the config file's
+ * current content (its flags still override the file). `boundAdmin` is the address the running
+ * admin listener is bound to: `admin` needs a restart, so a reload must not leave that address
+ * without a token, whatever the file names now. Throws {@linkcode ConfigError} listing every
+ * problem.
+ */
+export function reloadSettings(argv: readonly string[], boundAdmin?: AdminAddress): Config {
+  const invocation = readInvocation(argv, boundAdmin);
+  if (invocation.kind === "help" || invocation.kind === "version") {
+    throw new ConfigError("the command line no longer describes a run");
+  }
+  return invocation.config;
+}
+
+function readInvocation(argv: readonly string[], boundAdmin: AdminAddress | undefined): Invocation {
   const flags = parseFlags(argv);
   if (flags.kind === "help" || flags.kind === "version") return flags;
   const problems: string[] = [];
@@ -62,7 +81,8 @@ export function parseCommandLine(argv: readonly string[]): Invocation {
     const merged = checkSettings(config);
     const describe = (p: Problem) => describeMergedProblem(p, source, flags.configPath);
     problems.push(...merged.filter((p) => !p.warning).map(describe));
-    const exposed = adminExposedWithoutToken(config);
+    const exposed = adminExposedWithoutToken(config) ??
+      boundAdminLeftWithoutToken(boundAdmin, config.adminToken);
     if (exposed !== undefined) problems.push(exposed);
     if (problems.length === 0) {
       const warnings = merged.filter((p) => p.warning).map((p) => `warning: ${describe(p)}`);
@@ -70,19 +90,6 @@ export function parseCommandLine(argv: readonly string[]): Invocation {
     }
   }
   throw new ConfigError(problems.join("\n"));
-}
-
-/**
- * The settings for a reload: the process's command line read again, with the config file's
- * current content (its flags still override the file). Throws {@linkcode ConfigError} listing
- * every problem.
- */
-export function reloadSettings(argv: readonly string[]): Config {
-  const invocation = parseCommandLine(argv);
-  if (invocation.kind === "help" || invocation.kind === "version") {
-    throw new ConfigError("the command line no longer describes a run");
-  }
-  return invocation.config;
 }
 
 /** The admin token from `LB_ADMIN_TOKEN`, when the process may read it. */
@@ -99,16 +106,31 @@ function environmentToken(): string {
  * anyone who can reach the port controls the balancer.
  */
 function adminExposedWithoutToken(config: Config): string | undefined {
-  if (config.admin === undefined || config.adminToken) return undefined;
-  const host = config.admin.host;
-  const loopback = host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
-  if (loopback) return undefined;
-  return `--admin: ${host} is not a loopback address; set --admin-token (or LB_ADMIN_TOKEN) ` +
-    "so that not everyone who reaches it controls the balancer";
+  if (config.admin === undefined || config.adminToken || isLoopback(config.admin.host)) {
+    return undefined;
+  }
+  return `--admin: ${config.admin.host} is not a loopback address; set --admin-token ` +
+    "(or LB_ADMIN_TOKEN) so that not everyone who reaches it controls the balancer";
+}
+
+/** The same rule for the listener a reload keeps (the file may name another address). */
+function boundAdminLeftWithoutToken(
+  bound: AdminAddress | undefined,
+  token: string | undefined,
+): string | undefined {
+  if (bound === undefined || token || isLoopback(bound.host)) return undefined;
+  return `--admin-token: the admin listener stays on ${bound.host}, not a loopback address, ` +
+    "until a restart; keep a token (or LB_ADMIN_TOKEN) so that not everyone who reaches it " +
+    "controls the balancer";
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
 function readFileSettings(path: string, problems: string[]): ConfigSource {
   try {
+    assertRegularFile(path);
     return parseConfigSource(Deno.readTextFileSync(path), path);
   } catch (error) {
     if (error instanceof ConfigFileError) {

@@ -16,7 +16,7 @@ import type { IncomingRequest } from "./incoming.ts";
 import { X509Certificate } from "node:crypto";
 import { concatBytes } from "./body.ts";
 import { BadRequestError, errorResponse } from "./errors.ts";
-import { fileFailure } from "./file_failure.ts";
+import { assertRegularFile, fileFailure } from "./file_failure.ts";
 import { hostWithoutPort } from "./host.ts";
 import type { Log } from "./log.ts";
 import { parseTarget } from "./target.ts";
@@ -184,6 +184,7 @@ export function formatCertificate(info: CertificateInfo | undefined): string {
 
 function readPemFile(path: string, what: string): string {
   try {
+    assertRegularFile(path);
     return Deno.readTextFileSync(path);
   } catch (error) {
     throw new TlsError(`${path}: cannot read the ${what}: ${fileFailure(error)}`);

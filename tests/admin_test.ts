@@ -6,7 +6,12 @@
  * Each test runs the balancer in-process with `admin: 127.0.0.1:0` over its own backends.
  */
 import assert from "node:assert/strict";
-import { type BackendView, createAdminHandler, type RouteView } from "../lib/admin.ts";
+import {
+  type BackendView,
+  createAdminHandler,
+  MAX_ADMIN_BODY_BYTES,
+  type RouteView,
+} from "../lib/admin.ts";
 import type { Config } from "../lib/config.ts";
 import type { Log } from "../lib/log.ts";
 import { NO_BACKEND, NO_ROUTE, PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
@@ -20,6 +25,7 @@ import {
   type TestBackend,
   type TestBalancer,
   waitFor,
+  writeAll,
 } from "./helpers.ts";
 import {
   findPromtool,
@@ -383,6 +389,83 @@ Deno.test("a change request without a backend URL is 400, not 404", async () => 
     }
   }
   assert.equal((await viewOf(lb, a.url))!.status, "up");
+});
+
+/**
+ * Sends `head` to the admin listener on a raw socket, then (for a chunked request) 64 KiB chunks
+ * of spaces until the status line comes back or `maxBodyBytes` are sent. Returns the status
+ * (NaN when none came within 10 s) and how many body bytes were written by then.
+ */
+async function postUntilAnswered(port: number, head: string, maxBodyBytes = 0) {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const close = () => {
+    try {
+      conn.close(); // also ends a write the balancer no longer reads
+    } catch { /* closed already */ }
+  };
+  const timer = setTimeout(close, 10_000);
+  let answered = false;
+  const statusLine = (async () => {
+    const buffer = new Uint8Array(4096);
+    let text = "";
+    for (let i = 0; i < 100 && !text.includes("\r\n"); i++) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      text += new TextDecoder().decode(buffer.subarray(0, n));
+    }
+    answered = true;
+    close();
+    return text;
+  })().catch(() => "");
+  const encoder = new TextEncoder();
+  const chunk = encoder.encode(`10000\r\n${" ".repeat(0x10000)}\r\n`);
+  let sent = 0;
+  try {
+    await writeAll(conn, encoder.encode(head));
+    while (!answered && sent < maxBodyBytes) {
+      await writeAll(conn, chunk);
+      sent += 0x10000;
+    }
+    if (!answered && maxBodyBytes > 0) await writeAll(conn, encoder.encode("0\r\n\r\n"));
+  } catch {
+    // closed once the answer came, or reset by the balancer after it
+  }
+  const line = await statusLine;
+  clearTimeout(timer);
+  close();
+  return { status: Number(/^HTTP\/1\.1 (\d{3}) /.exec(line)?.[1]), sent };
+}
+
+Deno.test("a change request's body over 64 KiB gets 413 with or without Content-Length; up to it works", async () => {
+  await using a = await named("a");
+  await using lb = await startAdminBalancer([a.url]);
+  const port = lb.balancer.adminPort!;
+
+  // The length alone says too much: answered before a byte of the body is sent.
+  const drain = "POST /api/backends/drain HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+  const declared = await postUntilAnswered(port, `${drain}Content-Length: 400000000\r\n\r\n`);
+  assert.equal(declared.status, 413);
+
+  // No length: the balancer counts, stops reading past the limit and answers 413.
+  const total = 64 * 1024 * 1024;
+  const chunked = await postUntilAnswered(
+    port,
+    `${drain}Transfer-Encoding: chunked\r\n\r\n`,
+    total,
+  );
+  assert.equal(chunked.status, 413);
+  assert.ok(chunked.sent < total, "the answer came before the whole body was sent");
+
+  // Exactly the limit is read; one byte more is refused, changing nothing.
+  const body = JSON.stringify({ url: a.url });
+  const atLimit = body + " ".repeat(MAX_ADMIN_BODY_BYTES - body.length);
+  const drained = await admin(lb, "/api/backends/drain", { method: "POST", body: atLimit });
+  assert.equal(drained.status, 200, drained.text);
+  const over = await admin(lb, "/api/backends/enable", { method: "POST", body: `${atLimit} ` });
+  assert.equal(over.status, 413);
+  assert.equal(over.json!.error, "request body larger than 65536 bytes");
+  assert.equal((await viewOf(lb, a.url))!.status, "draining");
+  assert.equal((await post(lb, "/api/backends/enable", { url: a.url })).status, 200);
 });
 
 Deno.test("wrong methods get 405 with Allow", async () => {

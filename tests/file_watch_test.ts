@@ -7,7 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { directoriesOf, RELOAD_DEBOUNCE_MS, watchFile, watchFiles } from "../lib/file_watch.ts";
-import { captureLog, delay, startTestBackend, waitFor } from "./helpers.ts";
+import { captureLog, delay, makeFifo, startTestBackend, waitFor } from "./helpers.ts";
+import { installed, run } from "./pki.ts";
 import { spawnBalancer } from "./process.ts";
 import type { BackendView } from "../lib/admin.ts";
 
@@ -15,6 +16,14 @@ import type { BackendView } from "../lib/admin.ts";
 const WAIT_MS = 10_000;
 /** After an expected callback: many debounce periods, so a second callback would have come. */
 const SETTLE_MS = 5 * RELOAD_DEBOUNCE_MS;
+
+const HAS_MKFIFO = await installed("mkfifo");
+if (!HAS_MKFIFO) {
+  console.log(
+    "file_watch_test.ts: mkfifo is not installed, so no FIFO can be made: the test of a " +
+      "watched FIFO is skipped (apt-get install -y coreutils)",
+  );
+}
 
 /** A temp directory, removed on dispose. */
 async function tempDir() {
@@ -235,6 +244,23 @@ Deno.test("watchFiles() logs a throwing callback instead of ending the process",
   assert.ok(await waitFor(() => log.lines.length > 0, WAIT_MS));
   assert.equal(calls, 1);
   assert.deepEqual(log.lines, ["ERROR File change handler failed: boom"]);
+});
+
+Deno.test({
+  name: "watchFiles() never reads a FIFO (the read would block the thread): a process watching one",
+  ignore: !HAS_MKFIFO,
+  async fn() {
+    await using tmp = await tempDir();
+    const fifo = `${tmp.dir}/lb.jsonc`;
+    await makeFifo(fifo);
+    // In a child process, killed after WAIT_MS: a blocked read cannot be timed out in this one.
+    const module = new URL("../lib/file_watch.ts", import.meta.url).href;
+    const script = `import { watchFiles } from ${JSON.stringify(module)};\n` +
+      `watchFiles([${JSON.stringify(fifo)}], () => {}).close();\nconsole.log("closed");`;
+    const { code, stdout, stderr } = await run(Deno.execPath(), ["eval", script], "", WAIT_MS);
+    assert.equal(stdout, "closed\n", stderr || "no answer: the watch blocked on the FIFO");
+    assert.equal(code, 0);
+  },
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -442,6 +442,13 @@ export async function tempDir(prefix = "lb-test-"): Promise<{ path: string } & A
   return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
 }
 
+/** Makes a FIFO (named pipe) at `path` with mkfifo(1); throws with its stderr when it fails. */
+export async function makeFifo(path: string): Promise<void> {
+  const { code, stderr } = await new Deno.Command("mkfifo", { args: [path], stderr: "piped" })
+    .output();
+  if (code !== 0) throw new Error(`mkfifo ${path}: ${new TextDecoder().decode(stderr)}`);
+}
+
 /** Resolves after `ms`. */
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

@@ -20,6 +20,7 @@ import type { RateLimitSpec } from "../lib/rate_limit.ts";
 import type { RouteSpec } from "../lib/routes.ts";
 import {
   captureLog,
+  makeFifo,
   namedBackend,
   refusingUrl,
   startTestBackend,
@@ -29,11 +30,20 @@ import {
   testConfig,
   waitFor,
 } from "./helpers.ts";
+import { installed } from "./pki.ts";
 import { runMain, spawnBalancer } from "./process.ts";
 import { type RawResponse, rawResponse } from "./wire.ts";
 
 /** `main.ts` flags that select the front end under test (`LB_TEST_FRONTEND`). */
 const FRONTEND_FLAGS = TEST_FRONTEND === "native" ? ["--frontend=native"] : [];
+
+const HAS_MKFIFO = await installed("mkfifo");
+if (!HAS_MKFIFO) {
+  console.log(
+    "protection_wire_test.ts: mkfifo is not installed, so no FIFO can be made: the test of a " +
+      "usersFile replaced by a FIFO is skipped (apt-get install -y coreutils)",
+  );
+}
 
 /** A service named `name` with one backend. */
 function service(url: string) {
@@ -398,6 +408,44 @@ Deno.test("basicAuth usersFile: SIGHUP re-reads it in a running process", async 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "basicAuth usersFile replaced by a FIFO: the reload is refused at once, old users still in",
+  ignore: !HAS_MKFIFO,
+  async fn() {
+    await using backend = await namedBackend("ok");
+    const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
+    try {
+      const usersFile = `${dir}/htpasswd`;
+      const config = `${dir}/lb.jsonc`;
+      await Deno.writeTextFile(usersFile, `${ALICE.user}:${ALICE.hash}\n`);
+      await Deno.writeTextFile(
+        config,
+        JSON.stringify({
+          services: { app: { backends: [backend.url] } },
+          routes: [{ name: "ops", service: "app", basicAuth: { realm: "ops", usersFile } }],
+        }),
+      );
+      await using lb = spawnBalancer(
+        ["--config", config, "--port=0", "--host=127.0.0.1", ...FRONTEND_FLAGS],
+        { permissions: ["--allow-read"] }, // the bcrypt worker's module too
+      );
+      const url = `http://127.0.0.1:${await lb.port()}`;
+      const asAlice = () =>
+        send(`${url}/`, { headers: { authorization: basic(ALICE.user, ALICE.password) } });
+      assert.equal((await asAlice()).status, 200);
+      await Deno.remove(usersFile);
+      await makeFifo(usersFile);
+      lb.child.kill("SIGHUP");
+      // A read of the FIFO would block the process until a writer came: none ever does.
+      const problem = await lb.waitForLine(/usersFile .*htpasswd: /, 20_000);
+      assert.match(problem, /ERROR Reload failed.*: not a regular file \(a FIFO\)$/);
+      for (let i = 0; i < 5; i++) assert.equal((await asAlice()).status, 200);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
 
 Deno.test("basicAuth: the Authorization header and passwords appear in no log", async () => {

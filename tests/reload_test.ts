@@ -6,12 +6,20 @@
  */
 import assert from "node:assert/strict";
 import type { BackendView } from "../lib/admin.ts";
-import { delay, namedBackend, SequentialTraffic } from "./helpers.ts";
+import { delay, makeFifo, namedBackend, SequentialTraffic, within } from "./helpers.ts";
+import { installed } from "./pki.ts";
 import { type BalancerProcess, configDir, runMain, spawnOnConfig } from "./process.ts";
 
-/** Requests the traffic loop may send at most (it normally stops long before). */
 /** Generous: a loaded 2-core CI machine may take seconds to notice a file or a signal. */
 const WAIT_MS = 20_000;
+
+const HAS_MKFIFO = await installed("mkfifo");
+if (!HAS_MKFIFO) {
+  console.log(
+    "reload_test.ts: mkfifo is not installed, so no FIFO can be made: the test of a config " +
+      "file replaced by a FIFO is skipped (apt-get install -y coreutils)",
+  );
+}
 
 /** A config file's text: `backends` plus loopback listeners on OS-picked ports. */
 function configText(backends: string[], extra: Record<string, unknown> = {}): string {
@@ -279,6 +287,83 @@ Deno.test("a broken config file is kept out: the reload fails with the problem, 
     await traffic.stop();
   }
   assert.deepEqual(traffic.failures, [], "no request failed");
+});
+
+const TOKEN = "0123456789abcdef0123";
+
+/**
+ * The status of GET `url` with `token` as bearer, if any (the body is consumed); aborted after
+ * WAIT_MS, so that a balancer that stopped answering fails the test instead of hanging it.
+ */
+async function statusOf(url: string, token?: string): Promise<number> {
+  const headers: HeadersInit = token === undefined ? {} : { authorization: `Bearer ${token}` };
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), WAIT_MS);
+  try {
+    const response = await fetch(url, { headers, signal: controller.signal });
+    await response.body?.cancel();
+    return response.status;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("a reload that would leave the running admin listener off loopback without a token is refused", async () => {
+  await using a = await namedBackend("A");
+  await using cfg = await configDir("lb-reload-");
+  await cfg.write(configText([a.url], { admin: "0.0.0.0:0", adminToken: TOKEN }));
+  await using lb = spawnOnConfig(cfg);
+  const started = await lb.waitForLine(/Admin listener started at 0\.0\.0\.0:\d+/);
+  const api = `http://127.0.0.1:${/:(\d+)$/.exec(started)![1]}/api/backends`;
+  assert.equal(await statusOf(api), 401);
+
+  // The file now names loopback without a token, then no admin at all; `admin` needs a restart,
+  // so the listener stays on 0.0.0.0 and each reload is refused.
+  const refusal = "  --admin-token: the admin listener stays on 0.0.0.0, not a loopback address, " +
+    "until a restart; keep a token (or LB_ADMIN_TOKEN) so that not everyone who reaches it " +
+    "controls the balancer";
+  for (const admin of ["127.0.0.1:0", undefined]) {
+    const seen = lb.lines.length;
+    const outcomes = () =>
+      lb.lines.slice(seen).filter((line) => line === refusal || line.includes("Reloaded:"));
+    await cfg.write(configText([a.url], { admin })); // the file watcher reloads it
+    await eventually("the reload's outcome", () => Promise.resolve(outcomes().length > 0));
+    assert.deepEqual(outcomes(), [refusal], `admin ${admin}`);
+    assert.equal(await statusOf(api), 401, "the token is still required");
+    assert.equal(await statusOf(api, TOKEN), 200);
+  }
+  assert.ok(!lb.lines.some((l) => l.includes("Reloaded:")), lb.lines.join("\n"));
+
+  // With a token kept, the same edit reloads (the address change waits for a restart).
+  await cfg.write(configText([a.url], { adminToken: TOKEN }));
+  await lb.waitForLine(/WARN Reload ignored settings that need a restart: admin$/, WAIT_MS);
+  assert.equal(await statusOf(api), 401);
+});
+
+Deno.test({
+  name:
+    "a config file replaced by a FIFO: the reload is refused at once, requests and SIGTERM go on",
+  ignore: !HAS_MKFIFO,
+  async fn() {
+    await using a = await namedBackend("A");
+    await using cfg = await configDir("lb-reload-");
+    await cfg.write(configText([a.url]));
+    await using lb = spawnOnConfig(cfg);
+    const url = `http://127.0.0.1:${await lb.port()}/`;
+    assert.equal(await statusOf(url), 200);
+    await Deno.remove(cfg.path);
+    await makeFifo(cfg.path);
+    lb.child.kill("SIGHUP");
+    // A read of the FIFO would block the process until a writer came: none ever does.
+    const problem = await lb.waitForLine(/lb\.jsonc: cannot read the file: not a regular/, WAIT_MS);
+    assert.equal(problem, `  ${cfg.path}: cannot read the file: not a regular file (a FIFO)`);
+    for (let i = 0; i < 20; i++) assert.equal(await statusOf(`${url}after-${i}`), 200);
+    const after = a.received.filter((r) => r.path.startsWith("/after-"));
+    assert.equal(after.length, 20, "A still serves");
+    lb.child.kill("SIGTERM");
+    assert.equal(await within(lb.exited, WAIT_MS, "the exit after SIGTERM"), 0);
+    assert.match(lb.lines.at(-1)!, /INFO Load balancer stopped$/);
+  },
 });
 
 // ---------------------------------------------------------------------------------------------

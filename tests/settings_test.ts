@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { type Config, DEFAULTS } from "../lib/config.ts";
 import { ConfigError } from "../lib/errors.ts";
-import { parseCommandLine } from "../lib/settings.ts";
+import { parseCommandLine, reloadSettings } from "../lib/settings.ts";
 
 function run(args: string[]): Config {
   const invocation = parseCommandLine(args);
@@ -196,9 +196,36 @@ Deno.test("parseCommandLine() reads the --config file and names it in problems",
       assert.equal(error.message, `${missing}: cannot read the file: no such file`);
       return true;
     });
+
+    // Only a regular file is read: a FIFO would block the thread (tests/reload_test.ts).
+    assert.throws(() => parseCommandLine(["--config", dir]), (error: unknown) => {
+      assert.ok(error instanceof ConfigError);
+      assert.equal(error.message, `${dir}: cannot read the file: not a regular file (a directory)`);
+      return true;
+    });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("reloadSettings() refuses to leave a running admin listener off loopback without a token", () => {
+  const args = ["--backends=http://a:1", "--admin=127.0.0.1:0"];
+  const exposed = { host: "0.0.0.0", port: 9090 };
+  assert.throws(() => reloadSettings(args, exposed), (error: unknown) => {
+    assert.ok(error instanceof ConfigError);
+    assert.equal(
+      error.message,
+      "--admin-token: the admin listener stays on 0.0.0.0, not a loopback address, until a " +
+        "restart; keep a token (or LB_ADMIN_TOKEN) so that not everyone who reaches it " +
+        "controls the balancer",
+    );
+    return true;
+  });
+  assert.throws(() => reloadSettings(["--backends=http://a:1"], exposed), ConfigError);
+  const token = "--admin-token=0123456789abcdef0123";
+  assert.equal(reloadSettings([...args, token], exposed).adminToken, token.split("=")[1]);
+  assert.equal(reloadSettings(args, { host: "127.0.0.1", port: 9090 }).adminToken, "");
+  assert.equal(reloadSettings(args).admin?.host, "127.0.0.1", "no admin listener runs");
 });
 
 Deno.test("parseCommandLine() accepts the TLS and HTTPS-backend flags", () => {

@@ -18,6 +18,7 @@ import {
 import {
   captureLog,
   delay,
+  makeFifo,
   rawRequest,
   startTestBackend,
   startTestBalancer,
@@ -40,6 +41,13 @@ if (!HAS_OPENSSL) {
   console.log(
     "tls_test.ts: openssl is not installed, so no test certificates can be made: " +
       "the TLS tests are skipped (apt-get install -y openssl)",
+  );
+}
+const HAS_MKFIFO = await installed("mkfifo");
+if (!HAS_MKFIFO) {
+  console.log(
+    "tls_test.ts: mkfifo is not installed, so no FIFO can be made: the test of a certificate " +
+      "file replaced by a FIFO is skipped (apt-get install -y coreutils)",
   );
 }
 /** For tests that need certificates. */
@@ -580,6 +588,24 @@ Deno.test({
     await lb.waitForLine(/INFO TLS certificate reloaded: CN=server-2/, WAIT_MS);
     assert.ok(await eventually(() => servesCertificateOf(port, ca2)));
     assert.ok(samePem((await servedByOpenssl(port)).pem, leaf2.cert));
+  },
+});
+
+Deno.test({
+  name:
+    "main.ts refuses a certificate file replaced by a FIFO at once on SIGHUP, and keeps serving",
+  ignore: !HAS_OPENSSL || !HAS_MKFIFO,
+  async fn() {
+    await using tls = await tlsProcess((live) => `${live.certPath},${live.keyPath}`);
+    const { lb, live, ca1, port } = tls;
+    assert.ok(await servesCertificateOf(port, ca1));
+    await Deno.remove(live.certPath);
+    await makeFifo(live.certPath);
+    lb.child.kill("SIGHUP");
+    // A read of the FIFO would block the process until a writer came: none ever does.
+    const refused = await lb.waitForLine(/TLS certificate reload failed/, WAIT_MS);
+    assert.match(refused, /tls\.crt: cannot read the certificate: not a regular file \(a FIFO\)$/);
+    assert.ok(await servesCertificateOf(port, ca1), "the current certificate still serves");
   },
 });
 
