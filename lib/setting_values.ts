@@ -83,6 +83,9 @@ export function parseBackend(text: string): BackendSpec {
   if (url.username || url.password) {
     throw new ConfigError(`--backends: "${urlText}" must not contain credentials`);
   }
+  if (url.port === "0") {
+    throw new ConfigError(`--backends: "${urlText}" has port 0, which no backend can listen on`);
+  }
   if ((url.pathname !== "/" && url.pathname !== "") || url.search || url.hash) {
     throw new ConfigError(
       `--backends: "${urlText}" must be an origin only (scheme://host:port), without path or query`,

@@ -86,6 +86,7 @@ const BAD_INPUT: [string, string[], RegExp][] = [
   ],
   ["not http(s)", ["--backends=ftp://a.example"], /is not an absolute http\(s\) URL/],
   ["a path", ["--backends=http://a.example/app"], /origin only/],
+  ["port 0", ["--backends=http://a.example:0"], /"http:\/\/a.example:0" has port 0/],
   ["duplicate", ["--backends=http://a:1,http://a:1/"], /duplicate backend http:\/\/a:1/],
   ["port out of range", ["--backends=http://a:1", "--port=70000"], /--port: 70000 is out of range/],
   [
