@@ -125,6 +125,11 @@ export async function prepareBody(
   const client = new ClientBody(req.body.getReader(), limits);
   if (length !== undefined && length <= REPLAY_LIMIT) {
     const bytes = await client.readAll();
+    // Deno.serve ends an HTTP/2 body the client cancelled (RST_STREAM) as if complete: a short
+    // body must not go upstream as a whole request with a smaller length.
+    if (bytes.length !== length) {
+      throw new BadRequestError("the request body ended before its Content-Length");
+    }
     return { ...NO_BODY, forAttempt: () => bytes };
   }
   if (!declaresBody(req.headers)) {

@@ -287,9 +287,12 @@ function describeError(error: unknown, timeoutMs: number): string {
   return `lookup failed: ${(error as Error)?.message?.split("\n")[0] ?? error}`;
 }
 
-/** The records of the lowest priority, without "." targets (RFC 2782: no such service). */
+/**
+ * The records of the lowest priority, without "." targets (RFC 2782: no such service) and
+ * without port 0 (no backend listens there; `--backends` refuses it too).
+ */
 export function usableSrvRecords(records: readonly Deno.SrvRecord[]): Deno.SrvRecord[] {
-  const real = records.filter((r) => r.target !== "." && r.target !== "");
+  const real = records.filter((r) => r.target !== "." && r.target !== "" && r.port !== 0);
   const best = Math.min(...real.map((r) => r.priority));
   return real.filter((r) => r.priority === best);
 }

@@ -96,6 +96,24 @@ Deno.test("prepareBody() buffers a small body of known length for every attempt"
   assert.equal(body.replayable, true);
 });
 
+Deno.test("prepareBody() refuses a small body that ends before its Content-Length (400)", async () => {
+  // What Deno.serve hands over when an HTTP/2 client cancels its stream mid-body: a stream that
+  // simply ends. Sent on, it would be a whole request with a smaller length.
+  const short = ReadableStream.from([bytesOf(10, 1)]);
+  const req = {
+    method: "POST",
+    url: URL_,
+    headers: new Headers({ "content-length": "100" }),
+    body: short,
+    signal: new AbortController().signal,
+  };
+  await assert.rejects(prepareBody(req), (error: Error & { status?: number }) => {
+    assert.equal(error.status, 400);
+    assert.match(error.message, /ended before its Content-Length/);
+    return true;
+  });
+});
+
 Deno.test("prepareBody() lets a later attempt resend chunks an earlier one consumed", async () => {
   const source = controlledSource();
   const chunks = [bytesOf(65536, 1), bytesOf(65536, 2), bytesOf(1000, 3)];

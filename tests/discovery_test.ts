@@ -118,6 +118,10 @@ Deno.test("usableSrvRecords(), unionOf() and originOf() follow the documented ru
   assert.deepEqual(usableSrvRecords([srv("a.", 1, 1, 2), srv("b.", 2, 1, 1), srv(".", 0, 0, 0)]), [
     srv("b.", 2, 1, 1),
   ]);
+  // Port 0 is no backend, whatever its priority.
+  assert.deepEqual(usableSrvRecords([srv("z.", 0, 1, 0), srv("b.", 2, 1, 1)]), [
+    srv("b.", 2, 1, 1),
+  ]);
   assert.deepEqual(usableSrvRecords([]), []);
   assert.deepEqual(
     unionOf([[{ url: "http://a:1", weight: 2 }], [{ url: "http://a:1", weight: 5 }]]),
