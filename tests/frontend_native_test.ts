@@ -708,9 +708,9 @@ Deno.test("serveNative() serves HTTP/1.1 over TLS, negotiating ALPN http/1.1, an
   assert.match(after.text, /^HTTP\/1\.1 200 OK/);
 });
 
-Deno.test("serveNative() tunnels bytes both ways after switchProtocols(), and a drain keeps the tunnel until its deadline", async () => {
-  // An upstream that echoes whatever it reads, prefixed.
-  await using upstream = rawServer(async (conn) => {
+/** An upstream that echoes whatever it reads, prefixed with `echo:`. */
+function echoUpstream() {
+  return rawServer(async (conn) => {
     const buf = new Uint8Array(1024);
     for (let i = 0; i < 100; i++) {
       const n = await conn.read(buf).catch(() => null);
@@ -719,6 +719,10 @@ Deno.test("serveNative() tunnels bytes both ways after switchProtocols(), and a 
     }
     conn.close();
   });
+}
+
+Deno.test("serveNative() tunnels bytes both ways after switchProtocols(), and a drain keeps the tunnel until its deadline", async () => {
+  await using upstream = echoUpstream();
   const port = Number(new URL(upstream.url).port);
   const server = serveNative({ hostname: "127.0.0.1", port: 0 }, async () => {
     const conn = await Deno.connect({ hostname: "127.0.0.1", port });
@@ -753,15 +757,7 @@ Deno.test("serveNative() tunnels bytes both ways after switchProtocols(), and a 
 });
 
 Deno.test("serveNative() relays bytes sent with the upgrade request at once, before any more come", async () => {
-  await using upstream = rawServer(async (conn) => {
-    const buf = new Uint8Array(1024);
-    for (let i = 0; i < 100; i++) {
-      const n = await conn.read(buf).catch(() => null);
-      if (n === null) break;
-      await writeAll(conn, concat([encoder.encode("echo:"), buf.subarray(0, n)]));
-    }
-    conn.close();
-  });
+  await using upstream = echoUpstream();
   const port = Number(new URL(upstream.url).port);
   await using server = start({}, async (req) => {
     // Watching for a hang-up (as the proxy does) starts a read that more bytes would end.
