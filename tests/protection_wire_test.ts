@@ -368,29 +368,32 @@ Deno.test("basicAuth usersFile: a reload re-reads it (new user in, removed user 
   }
 });
 
+/**
+ * main.ts as a process over `backendUrl`, its config in `dir` with one route guarded by
+ * `usersFile`, which lets ALICE in.
+ */
+async function spawnWithUsersFile(dir: string, usersFile: string, backendUrl: string) {
+  const config = `${dir}/lb.jsonc`;
+  await Deno.writeTextFile(usersFile, `${ALICE.user}:${ALICE.hash}\n`);
+  await Deno.writeTextFile(
+    config,
+    JSON.stringify({
+      services: { app: { backends: [backendUrl] } },
+      routes: [{ name: "ops", service: "app", basicAuth: { realm: "ops", usersFile } }],
+    }),
+  );
+  return spawnBalancer(
+    ["--config", config, "--port=0", "--host=127.0.0.1", ...FRONTEND_FLAGS],
+    { permissions: ["--allow-read"] }, // the bcrypt worker's module too
+  );
+}
+
 Deno.test("basicAuth usersFile: SIGHUP re-reads it in a running process", async () => {
   await using backend = await namedBackend("ok");
   const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
   try {
     const usersFile = `${dir}/htpasswd`;
-    const config = `${dir}/lb.jsonc`;
-    await Deno.writeTextFile(usersFile, `${ALICE.user}:${ALICE.hash}\n`);
-    await Deno.writeTextFile(
-      config,
-      JSON.stringify({
-        services: { app: { backends: [backend.url] } },
-        routes: [{ name: "ops", service: "app", basicAuth: { realm: "ops", usersFile } }],
-      }),
-    );
-    await using lb = spawnBalancer([
-      "--config",
-      config,
-      "--port=0",
-      "--host=127.0.0.1",
-      ...FRONTEND_FLAGS,
-    ], {
-      permissions: [`--allow-read`],
-    });
+    await using lb = await spawnWithUsersFile(dir, usersFile, backend.url);
     const url = `http://127.0.0.1:${await lb.port()}`;
     const as = (who: { user: string; password: string }) =>
       send(`${url}/`, { headers: { authorization: basic(who.user, who.password) } });
@@ -418,19 +421,7 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
     try {
       const usersFile = `${dir}/htpasswd`;
-      const config = `${dir}/lb.jsonc`;
-      await Deno.writeTextFile(usersFile, `${ALICE.user}:${ALICE.hash}\n`);
-      await Deno.writeTextFile(
-        config,
-        JSON.stringify({
-          services: { app: { backends: [backend.url] } },
-          routes: [{ name: "ops", service: "app", basicAuth: { realm: "ops", usersFile } }],
-        }),
-      );
-      await using lb = spawnBalancer(
-        ["--config", config, "--port=0", "--host=127.0.0.1", ...FRONTEND_FLAGS],
-        { permissions: ["--allow-read"] }, // the bcrypt worker's module too
-      );
+      await using lb = await spawnWithUsersFile(dir, usersFile, backend.url);
       const url = `http://127.0.0.1:${await lb.port()}`;
       const asAlice = () =>
         send(`${url}/`, { headers: { authorization: basic(ALICE.user, ALICE.password) } });
