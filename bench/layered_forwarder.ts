@@ -38,7 +38,6 @@ const backends = origins.map((origin) => new URL(origin));
 const pool = new BodyPool();
 const transport = createNativeTransport({ bodyPool: pool });
 const attemptOptions = {
-  client: undefined as unknown as Deno.HttpClient,
   timeout: 30_000,
   connectTimeout: 5_000,
 };

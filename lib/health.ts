@@ -195,7 +195,6 @@ export class HealthChecker {
     // No idle connections: nothing stays open between rounds, and each check dials afresh.
     this.#native ??= createNativeTransport({ tls, maxIdlePerOrigin: 0 });
     const options: AttemptOptions = {
-      client: NO_CLIENT,
       timeout,
       connectTimeout: timeout,
       readTimeout: timeout,
@@ -247,9 +246,6 @@ export class HealthChecker {
     return headers;
   }
 }
-
-/** The native transport takes no fetch client; the field is fetch's. */
-const NO_CLIENT = undefined as unknown as Deno.HttpClient;
 
 /** A check's answer, from fetch or the native transport. */
 type CheckAnswer = Pick<UpstreamResponse, "status" | "body">;

@@ -11,8 +11,12 @@ import { ResponseBodyError } from "./errors.ts";
 
 /** Timeouts and transport for attempts. */
 export interface AttemptOptions {
-  /** Shared keep-alive client created with `allowHost: true` so the client's Host passes. */
-  client: Deno.HttpClient;
+  /**
+   * fetch's shared keep-alive client, created with `allowHost: true` so the client's Host
+   * passes. The native transport has its own connections and takes none.
+   * @default fetch's default client
+   */
+  client?: Deno.HttpClient;
   /**
    * The same client without connection reuse, for non-idempotent requests: fetch resends a
    * request whose reused connection closed before the answer, whatever its method (hyper's

@@ -38,8 +38,7 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 /** The native transport takes no fetch client; the field is fetch's. */
-const NO_CLIENT = undefined as unknown as Deno.HttpClient;
-const OPTIONS: AttemptOptions = { client: NO_CLIENT, timeout: 5000, connectTimeout: 2000 };
+const OPTIONS: AttemptOptions = { timeout: 5000, connectTimeout: 2000 };
 const NEVER = new AbortController().signal;
 
 /** A transport that `await using` closes. */

@@ -110,7 +110,6 @@ Deno.test("sendAttempt() fails as timeout when headers do not come, and as clien
 
 Deno.test("guardAttempt() abandons on a client abort until disarmed, and not after", () => {
   const options = {
-    client: undefined as unknown as Deno.HttpClient,
     timeout: 60_000,
     connectTimeout: 60_000,
   };
@@ -130,7 +129,6 @@ Deno.test("guardAttempt() abandons on a client abort until disarmed, and not aft
 
 Deno.test("guardAttempt() turns a connect timeout into a connect failure only when unreachable() says so", async () => {
   const options = {
-    client: undefined as unknown as Deno.HttpClient,
     timeout: 60_000,
     connectTimeout: 20,
   };
