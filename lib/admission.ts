@@ -15,8 +15,6 @@
  */
 
 import type { IncomingRequest } from "./incoming.ts";
-import process from "node:process";
-import { availableParallelism } from "node:os";
 import type { Handler } from "./proxy.ts";
 
 /** Share of the time the thread is busy above which it counts as saturated: the limit drops. */
@@ -195,4 +193,4 @@ function cpuMicros(): number | undefined {
   return usage === undefined ? undefined : usage.user + usage.system;
 }
 
-const ONE_CPU = availableParallelism() === 1;
+const ONE_CPU = navigator.hardwareConcurrency === 1;

@@ -17,7 +17,7 @@
  * "hash" in a config file may be a plain-text password put there by mistake.
  */
 
-import { createHmac } from "node:crypto";
+import { nodeCrypto } from "./node_builtins.ts";
 import { assertRegularFile } from "./file_failure.ts";
 import { childPath } from "./jsonc.ts";
 import { isObject, type Problem, show } from "./problem.ts";
@@ -451,7 +451,7 @@ export class BasicAuthVerifier {
 
   /** Keyed with a per-process secret: a cache key is no fast offline test of a password. */
   #key(user: string, password: string, hash: string): string {
-    return createHmac("sha256", this.#secret)
+    return nodeCrypto().createHmac("sha256", this.#secret)
       .update(`${user.length}:${user}${password.length}:${password}${hash}`)
       .digest("base64");
   }

@@ -32,7 +32,7 @@
  * a strong ETag becomes weak (`W/`), as nginx does, since the bytes differ from the backend's.
  */
 
-import zlib from "node:zlib";
+import { nodeZlib } from "./node_builtins.ts";
 import { childPath } from "./jsonc.ts";
 import { isToken, TCHAR } from "./http_token.ts";
 import { type Problem, show } from "./problem.ts";
@@ -505,6 +505,7 @@ export async function readWhole(
 
 /** `bytes` compressed with `encoding` in one synchronous call, at the levels of the streams. */
 export function compressWhole(encoding: Encoding, bytes: Uint8Array): Bytes {
+  const zlib = nodeZlib();
   const c = zlib.constants;
   let out: Uint8Array;
   switch (encoding) {
@@ -565,6 +566,7 @@ export function compressor(
   encoding: Encoding,
   sizeHint?: number,
 ): TransformStream<Uint8Array, Bytes> {
+  const zlib = nodeZlib();
   const c = zlib.constants;
   switch (encoding) {
     // Deno's CompressionStream flushes after every chunk already; level 6.

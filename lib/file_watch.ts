@@ -15,7 +15,7 @@
  * directories cost one stat per event, never a callback, and cannot postpone one.
  */
 
-import { createHash } from "node:crypto";
+import { nodeCrypto } from "./node_builtins.ts";
 import { dirname, resolve } from "node:path";
 import { assertRegularFile } from "./file_failure.ts";
 import type { Log } from "./log.ts";
@@ -183,7 +183,7 @@ function statOf(path: string): string {
 function contentOf(path: string): string {
   try {
     assertRegularFile(path);
-    return createHash("sha256").update(Deno.readFileSync(path)).digest("hex");
+    return nodeCrypto().createHash("sha256").update(Deno.readFileSync(path)).digest("hex");
   } catch (error) {
     return `unreadable: ${(error as Error).name}`;
   }

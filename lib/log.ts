@@ -4,13 +4,14 @@
  * time as Go's `log` package prints it) with the level added after the time:
  * `2024/12/21 12:00:00 INFO Configured server: http://localhost:8081`.
  *
- * Output goes through LogTape so that sinks and formats can grow (JSON, files) without touching
- * callers. Modules receive a {@linkcode Log}; tests pass {@linkcode quietLog}. Disabled levels are
+ * Lines are written straight to a sink (standard error by default), as text or JSON: no logging
+ * library, because loading one (LogTape was used before) costs every process and worker a few MiB
+ * resident for nothing these two formats need (docs/performance.md, "Where the resident memory
+ * is"). Modules receive a {@linkcode Log}; tests pass {@linkcode quietLog}. Disabled levels are
  * no-op functions, so a debug line on the request path costs one call, and callers building an
  * expensive message check {@linkcode Log.debugEnabled} first.
  */
 
-import { configureSync, getLogger, type LogRecord } from "@logtape/logtape";
 import type { LogLevel } from "./config.ts";
 
 /** A leveled logger taking finished message strings. */
@@ -57,7 +58,6 @@ export const quietLog: Log = {
   debugEnabled: false,
 };
 
-const LOGTAPE_LEVEL = { debug: "debug", info: "info", warn: "warning", error: "error" } as const;
 const RANK: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 
 function pad(n: number): string {
@@ -74,25 +74,31 @@ export function goTimestamp(epochMs: number): string {
 /** Process log formats: Go-style text lines, or one JSON object per line. */
 export type LogFormat = "text" | "json";
 
-/** Renders one record as a JSON line: `{"time":ISO,"level":"info","message":"..."}`. */
-export function formatJsonLine(record: LogRecord): string {
-  const level = record.level === "warning" ? "warn" : record.level;
+/** One line before it is rendered. */
+export interface LogEntry {
+  level: LogLevel;
+  /** Epoch milliseconds. */
+  timestamp: number;
+  message: string;
+}
+
+/** Renders one entry as a JSON line: `{"time":ISO,"level":"info","message":"..."}`. */
+export function formatJsonLine(entry: LogEntry): string {
   return JSON.stringify({
-    time: new Date(record.timestamp).toISOString(),
-    level,
-    message: record.message.map(String).join(""),
+    time: new Date(entry.timestamp).toISOString(),
+    level: entry.level,
+    message: entry.message,
   });
 }
 
-/** Renders one record as a text line: time, level, message. */
-export function formatLine(record: LogRecord): string {
-  const level = record.level === "warning" ? "WARN" : record.level.toUpperCase();
-  return `${goTimestamp(record.timestamp)} ${level} ${record.message.map(String).join("")}`;
+/** Renders one entry as a text line: time, level, message. */
+export function formatLine(entry: LogEntry): string {
+  return `${goTimestamp(entry.timestamp)} ${entry.level.toUpperCase()} ${entry.message}`;
 }
 
 /**
- * Configures LogTape to write lines (text or JSON) at `level` and above to `write` (standard
- * error by default, like Go's log) and returns the logger the modules share.
+ * A log writing lines (text or JSON) at `level` and above to `write` (standard error by default,
+ * like Go's log). A sink that throws (standard error closed) loses the line, never the caller.
  */
 export function createLog(
   level: LogLevel,
@@ -100,22 +106,19 @@ export function createLog(
   format: LogFormat = "text",
 ): Log {
   const render = format === "json" ? formatJsonLine : formatLine;
-  configureSync({
-    reset: true,
-    sinks: { text: (record: LogRecord) => write(render(record)) },
-    loggers: [
-      { category: ["load-balancer"], lowestLevel: LOGTAPE_LEVEL[level], sinks: ["text"] },
-      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["text"] },
-    ],
-  });
-  const logger = getLogger(["load-balancer"]);
-  const enabled = (l: LogLevel) => RANK[l] >= RANK[level];
-  // Tagged templates keep LogTape from reading `{...}` in URLs as placeholders.
+  const writer = (at: LogLevel) =>
+    RANK[at] < RANK[level] ? noop : (message: string) => {
+      try {
+        write(render({ level: at, timestamp: Date.now(), message }));
+      } catch {
+        // Nowhere left to report it.
+      }
+    };
   return {
-    debug: enabled("debug") ? (m) => logger.debug`${m}` : noop,
-    info: enabled("info") ? (m) => logger.info`${m}` : noop,
-    warn: enabled("warn") ? (m) => logger.warn`${m}` : noop,
-    error: enabled("error") ? (m) => logger.error`${m}` : noop,
-    debugEnabled: enabled("debug"),
+    debug: writer("debug"),
+    info: writer("info"),
+    warn: writer("warn"),
+    error: writer("error"),
+    debugEnabled: RANK.debug >= RANK[level],
   };
 }

@@ -13,7 +13,7 @@
  */
 
 import type { IncomingRequest } from "./incoming.ts";
-import { X509Certificate } from "node:crypto";
+import { nodeCrypto } from "./node_builtins.ts";
 import { concatBytes } from "./body.ts";
 import { BadRequestError, errorResponse } from "./errors.ts";
 import { assertRegularFile, fileFailure } from "./file_failure.ts";
@@ -163,7 +163,7 @@ export function certificateProblem(
  */
 export function describeCertificate(pem: string): CertificateInfo | undefined {
   try {
-    const x509 = new X509Certificate(pem);
+    const x509 = new (nodeCrypto().X509Certificate)(pem);
     return {
       subject: x509.subject.replaceAll("\n", ", "),
       serial: x509.serialNumber.toUpperCase(),

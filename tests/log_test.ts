@@ -5,13 +5,13 @@
  */
 
 import assert from "node:assert/strict";
-import type { LogRecord } from "@logtape/logtape";
 import {
   createLog,
   formatJsonLine,
   formatLine,
   goTimestamp,
   type Log,
+  type LogEntry,
   quietLog,
   switchableLog,
 } from "../lib/log.ts";
@@ -19,31 +19,24 @@ import {
 /** 2024-12-21 09:05:07 local time, as Go's log prints it. */
 const WHEN = new Date(2024, 11, 21, 9, 5, 7, 250).getTime();
 
-function record(level: LogRecord["level"], message: string): LogRecord {
-  return {
-    category: ["load-balancer"],
-    level,
-    message: [message],
-    rawMessage: message,
-    timestamp: WHEN,
-    properties: {},
-  };
+function record(level: LogEntry["level"], message: string): LogEntry {
+  return { level, message, timestamp: WHEN };
 }
 
 Deno.test("goTimestamp() prints local time as Go's log does, zero-padded, without milliseconds", () => {
   assert.equal(goTimestamp(WHEN), "2024/12/21 09:05:07");
 });
 
-Deno.test("formatLine() writes time, level and message; LogTape's warning is WARN", () => {
+Deno.test("formatLine() writes time, level and message", () => {
   assert.equal(
     formatLine(record("info", "Configured server: http://a:1")),
     "2024/12/21 09:05:07 INFO Configured server: http://a:1",
   );
-  assert.equal(formatLine(record("warning", "x")), "2024/12/21 09:05:07 WARN x");
+  assert.equal(formatLine(record("warn", "x")), "2024/12/21 09:05:07 WARN x");
 });
 
-Deno.test("formatJsonLine() writes one JSON object with an ISO time; LogTape's warning is warn", () => {
-  const line = formatJsonLine(record("warning", 'say "hi"\n'));
+Deno.test("formatJsonLine() writes one JSON object with an ISO time", () => {
+  const line = formatJsonLine(record("warn", 'say "hi"\n'));
   assert.ok(!line.includes("\n"), "one line");
   assert.deepEqual(JSON.parse(line), {
     time: new Date(WHEN).toISOString(),
@@ -68,6 +61,17 @@ Deno.test("createLog() writes the given level and above, and messages with brace
   quiet.error("written");
   assert.equal(errors.length, 1);
   assert.match(errors[0], /^\d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d ERROR written$/);
+});
+
+Deno.test("createLog(): a sink that throws loses the line, not the caller", () => {
+  let calls = 0;
+  const log = createLog("info", () => {
+    calls++;
+    throw new Deno.errors.BrokenPipe("standard error is closed");
+  });
+  log.info("first");
+  log.error("second");
+  assert.equal(calls, 2, "both lines were offered to the sink");
 });
 
 Deno.test("switchableLog() writes through the log given to replace() from then on", () => {
