@@ -631,9 +631,12 @@ export function relay(
   // Only fetch leaves `decoded` out, and it gives its own Headers.
   const decoded = upstream.decoded ??
     (upstream.headers instanceof Headers && fetchDecodedBody(requestHeaders, upstream.headers));
-  if (body === null && decoded && method === "HEAD") {
-    // A null body makes Deno.serve write `content-length: 0`, a lie about the decoded GET; an
-    // empty stream makes it send no length at all.
+  if (
+    body === null && method === "HEAD" && upstream.status !== 204 && upstream.status !== 304 &&
+    (decoded || !hasContentLength(upstream.headers))
+  ) {
+    // A null body makes Deno.serve write `content-length: 0`, a lie about the GET (chunked, or
+    // decoded by fetch); an empty stream makes it send no length at all.
     body = new ReadableStream({ start: (controller) => controller.close() });
   }
   try {
@@ -662,6 +665,17 @@ export function relay(
     if (body instanceof ReadableStream) body.cancel().catch(() => {});
     throw new BadGatewayError(`unusable response: ${(error as Error).message}`);
   }
+}
+
+/** Whether the backend's answer carries a Content-Length field. */
+function hasContentLength(headers: HeaderPairs | Headers): boolean {
+  if (headers instanceof Headers) return headers.has("content-length");
+  for (let i = 0; i < headers.length; i++) {
+    if (headers[i][0].length === 14 && headers[i][0].toLowerCase() === "content-length") {
+      return true;
+    }
+  }
+  return false;
 }
 
 /** Watching for a hang-up costs an op per request: only slow ones get it (earlier hang-ups too). */

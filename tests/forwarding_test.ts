@@ -371,6 +371,20 @@ Deno.test({
   },
 });
 
+Deno.test("balancer answers HEAD of a chunked resource without claiming Content-Length: 0", async () => {
+  // The backend's HEAD answer announces a chunked GET and no length; Deno.serve writes
+  // `content-length: 0` for a null body unless the proxy gives it an empty stream.
+  await using backend = rawReplyBackend(
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n",
+  );
+  await using lb = await startTestBalancer([backend.url]);
+  const raw = await ask(lb.port, "HEAD /chunked");
+  assert.equal(raw.status, 200);
+  assert.equal(raw.wireBody.length, 0, "no body bytes after a HEAD response");
+  assert.equal(headerOf(raw, "content-length"), undefined, "no length the GET would not have");
+  assert.equal(headerOf(raw, "content-type"), "text/plain");
+});
+
 Deno.test("balancer passes deflate and zstd bodies through untouched", async () => {
   const bodies: Record<string, Uint8Array<ArrayBuffer>> = {
     deflate: new Uint8Array(deflateSync(ORIGINAL_BYTES)),
