@@ -30,6 +30,7 @@ import {
 import {
   errorHead,
   markTunnelable,
+  staticBody,
   type Tunnel,
   tunnelOf,
   UnsentResponseError,
@@ -535,7 +536,14 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
       keepAlive &&= !stopping && !c.eof && (body === undefined || body.drainable());
       const tunnel = tunnelOf(response);
       if (tunnel !== undefined) return await runTunnel(c, response, tunnel);
-      keepAlive = await writeResponse(c.conn, response, head, keepAlive, bodyPool);
+      // A streamed body may wait long on its source: a client that leaves meanwhile ends it.
+      // (staticBody first: reading `response.body` turns a body held in memory into a stream.)
+      const hangUp = head.method !== "HEAD" && staticBody(response) === undefined &&
+          response.body !== null && (body === undefined || body.done)
+        ? (c.abort ??= new AbortController()).signal
+        : undefined;
+      if (hangUp !== undefined) c.watch();
+      keepAlive = await writeResponse(c.conn, response, head, keepAlive, bodyPool, hangUp);
       completed();
       if (keepAlive && body !== undefined && !body.done) {
         c.deadline = performance.now() + headerTimeout;

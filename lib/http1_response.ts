@@ -204,7 +204,8 @@ export class UnsentResponseError extends Error {
  * handler asked for `Connection: close`, or the body forced a close). Rejects when the client
  * is gone or the body failed: the connection must then close. With `bodies`, heads are encoded
  * into its buffers, and a body held in memory that came from it goes back once written (or
- * abandoned).
+ * abandoned). When `hangUp` aborts (the client left), a streamed body is cancelled, which
+ * ends what feeds it (a backend's connection) rather than waiting for its next bytes.
  */
 export async function writeResponse(
   conn: Deno.Conn,
@@ -212,6 +213,7 @@ export async function writeResponse(
   head: RequestHead | null,
   keepAlive: boolean,
   bodies?: BodyPool,
+  hangUp?: AbortSignal,
 ): Promise<boolean> {
   const status = head === null ? 101 : response.status;
   let text = `HTTP/1.1 ${status} ${REASONS[status] ?? (response.statusText || "Unknown")}\r\n`;
@@ -284,17 +286,27 @@ export async function writeResponse(
     await writeHead(conn, `${text}content-length: 0\r\n${connection()}\r\n`, undefined, bodies);
     return keepAlive;
   }
+  const cancel = () => reader.cancel(hangUp!.reason).catch(() => {});
+  if (hangUp?.aborted) cancel();
+  else hangUp?.addEventListener("abort", cancel, { once: true });
+  // A body that ended because the client left is not written as complete.
+  const ended = () => {
+    if (hangUp?.aborted) throw hangUp.reason;
+  };
   try {
     if (declared >= 0) {
-      return await writeLength(conn, reader, text, declared, connection(), bodies) && keepAlive;
+      return await writeLength(conn, reader, text, declared, connection(), bodies, ended) &&
+        keepAlive;
     }
     const first = await reader.read().catch(unsent);
+    ended();
     if (first.done) {
       await writeHead(conn, `${text}content-length: 0\r\n${connection()}\r\n`, undefined, bodies);
       return keepAlive;
     }
     const next = reader.read();
     const second = await Promise.race([next, soon()]).catch(unsent);
+    ended();
     if (second?.done === true) {
       // The whole body was at hand: its length is known.
       const headText = `${text}content-length: ${first.value.length}\r\n${connection()}\r\n`;
@@ -316,11 +328,14 @@ export async function writeResponse(
     for (let r = await next; !r.done; r = await reader.read()) {
       await writeChunk(conn, null, r.value);
     }
+    ended();
     await writeAll(conn, LAST_CHUNK);
     return keepAlive;
   } catch (error) {
     await reader.cancel().catch(() => {});
     throw error;
+  } finally {
+    hangUp?.removeEventListener("abort", cancel);
   }
 }
 
@@ -334,6 +349,7 @@ async function writeLength(
   declared: number,
   connection: string,
   bodies: BodyPool | undefined,
+  ended: () => void,
 ): Promise<boolean> {
   let left = declared;
   let pendingHead: string | null = `${text}content-length: ${declared}\r\n${connection}\r\n`;
@@ -351,6 +367,7 @@ async function writeLength(
       return false;
     }
   }
+  ended();
   if (pendingHead !== null) await writeHead(conn, pendingHead, undefined, bodies);
   if (left > 0) throw new Error(`response body ended ${left} bytes short of its Content-Length`);
   return true;

@@ -18,6 +18,8 @@ import {
   concat,
   rawReplyBackend,
   rawRequest,
+  rawServer,
+  readHead,
   refusingUrl,
   sha256,
   startTestBackend,
@@ -25,6 +27,7 @@ import {
   TEST_FRONTEND,
   TEST_TRANSPORT,
   within,
+  writeAll,
 } from "./helpers.ts";
 import { headerOf, type RawResponse, rawResponse } from "./wire.ts";
 
@@ -383,6 +386,48 @@ Deno.test("balancer answers HEAD of a chunked resource without claiming Content-
   assert.equal(raw.wireBody.length, 0, "no body bytes after a HEAD response");
   assert.equal(headerOf(raw, "content-length"), undefined, "no length the GET would not have");
   assert.equal(headerOf(raw, "content-type"), "text/plain");
+});
+
+Deno.test("a client leaving a stalled streamed answer ends the exchange and the backend connection", async () => {
+  let backendClosed!: () => void;
+  const closedSeen = new Promise<void>((resolve) => (backendClosed = resolve));
+  await using backend = rawServer(async (conn) => {
+    try {
+      await readHead(conn);
+      const part = "x".repeat(1000);
+      await writeAll(
+        conn,
+        new TextEncoder().encode(
+          `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n${part}\r\n`,
+        ),
+      );
+      // Then stalls; the balancer closing its side is what the test waits for.
+      if (await conn.read(new Uint8Array(16)).catch(() => null) === null) backendClosed();
+    } finally {
+      try {
+        conn.close();
+      } catch { /* closed by dispose */ }
+    }
+  });
+  const lb = await startTestBalancer([backend.url]);
+  // Shutdown waits for exchanges in progress: a prompt one shows none was left hanging.
+  await using _stopped = {
+    async [Symbol.asyncDispose]() {
+      await within(lb.balancer.shutdown(1000), 5000, "the balancer to stop");
+    },
+  };
+  const client = await Deno.connect({ hostname: "127.0.0.1", port: lb.port });
+  await writeAll(client, new TextEncoder().encode("GET /stall HTTP/1.1\r\nHost: ok\r\n\r\n"));
+  const buf = new Uint8Array(4096);
+  let received = 0;
+  for (let i = 0; i < 50 && received < 1000; i++) {
+    const n = await client.read(buf);
+    if (n === null) break;
+    received += n;
+  }
+  assert.ok(received >= 1000, `the first part of the body reached the client (${received} bytes)`);
+  client.close();
+  await within(closedSeen, 5000, "the backend connection closed after the client left");
 });
 
 Deno.test("balancer passes deflate and zstd bodies through untouched", async () => {

@@ -19,7 +19,16 @@ import {
 import { encodeProxyV1, encodeProxyV2 } from "../lib/proxy_protocol.ts";
 import { canTunnel, openTunnel } from "../lib/tunnel_upstream.ts";
 import { Pki } from "./pki.ts";
-import { concat, delay, rawExchange, rawServer, readHead, sha256, writeAll } from "./helpers.ts";
+import {
+  concat,
+  delay,
+  rawExchange,
+  rawServer,
+  readHead,
+  sha256,
+  within,
+  writeAll,
+} from "./helpers.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -547,6 +556,43 @@ Deno.test("serveNative() aborts the request's signal when the client hangs up", 
   conn.close();
   await handlerFinished;
 });
+
+for (const framing of ["chunked", "content-length"] as const) {
+  Deno.test(`serveNative() cancels a stalled streamed body (${framing}) when the client hangs up during it`, async () => {
+    let cancelled!: (reason: unknown) => void;
+    const cancelSeen = new Promise<unknown>((resolve) => (cancelled = resolve));
+    await using server = start({}, () => {
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(encoder.encode("first part "));
+          controller.enqueue(encoder.encode("second part"));
+          // Then nothing: a backend that stalls mid-body.
+        },
+        cancel: (reason) => cancelled(reason),
+      });
+      const headers: HeadersInit = framing === "content-length"
+        ? { "content-length": "100000" }
+        : {};
+      return new Response(body, { headers });
+    });
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+    await writeAll(conn, encoder.encode(`${GET}\r\n`));
+    const buf = new Uint8Array(4096);
+    let text = "";
+    for (let i = 0; i < 20 && !text.includes("second part"); i++) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += decoder.decode(buf.subarray(0, n));
+    }
+    assert.ok(
+      text.includes("second part"),
+      `the body's first bytes arrived: ${JSON.stringify(text)}`,
+    );
+    conn.close();
+    const reason = await within(cancelSeen, 5000, "the body's cancel after the client left");
+    assert.equal((reason as DOMException).name, "AbortError");
+  });
+}
 
 Deno.test("serveNative() closes a client sending one header byte every 200 ms at the 1 s header timeout, with 408", async () => {
   await using server = start({ headerTimeoutMs: 1000 });
