@@ -18,6 +18,7 @@ import { startBackend } from "./backend.ts";
 import { watchFile, watchFiles } from "./lib/file_watch.ts";
 import { acmeEnabled } from "./lib/config_file.ts";
 import type { AcmeSetup } from "./lib/acme_setup.ts";
+import type { CertifiedKey } from "./lib/tls.ts";
 import {
   resolveWorkerCount,
   shareRandomSettings,
@@ -70,6 +71,7 @@ export async function main(args: string[]): Promise<number> {
   // Signals are taken over before anything listens: a SIGTERM or SIGHUP that arrives while
   // starting must not fall through to the default action, which kills the process.
   let balancer: RunningBalancer | undefined;
+  let acme: AcmeSetup | undefined;
   const workerCount = resolveWorkerCount(config.workers);
   const workers = workerCount > 1 ? new WorkerGroup(workerCount - 1, log) : undefined;
   let demoSpecs: BackendSpec[] = [];
@@ -88,6 +90,8 @@ export async function main(args: string[]): Promise<number> {
     }
     reloadConfig(args, config.admin, balancer, demoSpecs, log, (next) => {
       if (workers !== undefined) shareRandomSettings(next, running);
+      // Not in the flags or file: without them the reload would see TLS "changed".
+      acme?.applyTo(next);
     }, (next) => {
       if (next.logLevel !== running.logLevel || next.logFormat !== running.logFormat) {
         log.replace(createLog(next.logLevel, undefined, next.logFormat));
@@ -95,14 +99,16 @@ export async function main(args: string[]): Promise<number> {
       running = next;
     });
   };
-  const reloadCertificate = () => {
+  /** Re-reads the TLS files, or serves `pair` (ACME's new certificate) when given. */
+  const reloadCertificate = (pair?: CertifiedKey) => {
     if (stopping) return;
-    balancer?.reloadCertificate();
-    workers?.reloadCertificate();
+    balancer?.reloadCertificate(pair);
+    workers?.reloadCertificate(pair);
   };
   Deno.addSignalListener("SIGHUP", () => {
     reload();
-    reloadCertificate();
+    // With ACME the manager swaps certificates in itself: its files may lag what it serves.
+    if (acme === undefined) reloadCertificate();
   });
 
   const demo = config.demo ? await startDemoBackends(log) : { servers: [], specs: [] };
@@ -111,7 +117,6 @@ export async function main(args: string[]): Promise<number> {
   if (workers !== undefined) shareRandomSettings(config);
   // Watched before the balancer starts: an edit made while it starts is not missed.
   const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
-  let acme: AcmeSetup | undefined;
   try {
     if (acmeEnabled(config)) {
       // Loaded only when on: the ACME library costs memory and reads the whole environment.
@@ -158,7 +163,9 @@ export async function main(args: string[]): Promise<number> {
   log.info("Shutting down: draining in-flight requests...");
   // The file watchers are left to the process's exit, not closed: Deno.FsWatcher.close() blocks
   // for as long as Deno's watch thread is stuck opening a FIFO made in a watched directory.
-  await acme?.manager.stop();
+  // Not awaited: an order waiting between two polls (acme-client's backoff, which nothing can
+  // interrupt) must not hold the drain; the process exits after it whether the order ended.
+  acme?.manager.stop().catch(() => {});
   const [left, workersLeft] = await Promise.all([
     balancer.shutdown(running.drainTimeout),
     workers?.shutdown(running.drainTimeout) ?? 0,

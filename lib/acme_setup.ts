@@ -23,8 +23,13 @@ export interface AcmeSetup {
     issued(): boolean;
     placeholder?: CertifiedKey;
   };
-  /** Starts ordering or renewing in the background; `onIssued` swaps the certificate in. */
-  run(onIssued: () => void): void;
+  /**
+   * Starts ordering or renewing in the background; `onIssued` swaps the new certificate in, as
+   * held in memory (its files may not have been written).
+   */
+  run(onIssued: (pair: CertifiedKey) => void): void;
+  /** What ACME sets in a configuration (its TLS files, the redirect port): for each reload's. */
+  applyTo(config: Config): void;
 }
 
 /** Where ACME state lives by default: `acme/` beside the config file, else the user's data folder. */
@@ -63,7 +68,7 @@ export async function setUpAcme(
     }
   }
   let issued = false;
-  let swapIn = () => {};
+  let swapIn = (_pair: CertifiedKey) => {};
   const manager = new AcmeManager({
     domains: acmeDomainsOf(config),
     email: config.acmeEmail,
@@ -71,18 +76,20 @@ export async function setUpAcme(
     caFile: config.acmeCa,
     storageDir,
     log,
-    onIssued: () => {
+    onIssued: ({ certPem, keyPem }) => {
       issued = true;
-      swapIn();
+      swapIn({ cert: certPem, key: keyPem });
     },
     onAlert,
   });
-  config.tlsCert = manager.files.cert;
-  config.tlsKey = manager.files.key;
-  // main.ts watches the TLS files' folder: it must exist before the first certificate does.
-  // When it cannot be made, the manager's first order says why (one line).
+  const applyTo = (target: Config) => {
+    target.tlsCert = manager.files.cert;
+    target.tlsKey = manager.files.key;
+    target.redirectHttp ??= 80;
+  };
+  applyTo(config);
+  // When the folder cannot be made, the manager's first order says why (one line).
   await Deno.mkdir(manager.files.dir, { recursive: true, mode: 0o700 }).catch(() => {});
-  config.redirectHttp ??= 80;
   const stored = readStoredPair(manager.files, () => {})?.info;
   issued = stored !== undefined && Date.now() < stored.notAfter.getTime();
   const placeholder = issued ? undefined : await placeholderCertificate(acmeDomainsOf(config));
@@ -93,6 +100,7 @@ export async function setUpAcme(
       issued: () => issued,
       placeholder,
     },
+    applyTo,
     run(onIssued) {
       swapIn = onIssued;
       // Failures are logged (one line each) and retried by the manager; HTTP keeps serving.

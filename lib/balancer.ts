@@ -98,7 +98,8 @@ export interface RunningBalancer {
    * unreadable, mismatched, expired or not yet valid is refused (logged) and the current one
    * keeps serving. `"off"` without TLS.
    */
-  reloadCertificate(): "reloaded" | "unchanged" | "refused" | "off";
+  /** Re-reads the TLS files, or serves `pair` (ACME's new certificate) when given. */
+  reloadCertificate(pair?: CertifiedKey): "reloaded" | "unchanged" | "refused" | "off";
 }
 
 /** What embedders (tests, the benchmark) can plug in beyond the configuration. */
@@ -671,11 +672,11 @@ export function listen(balancer: Balancer): RunningBalancer {
     },
     rateLimitTables: () => balancer.rateLimitTables(),
     reload: (next) => balancer.reload(next),
-    reloadCertificate() {
+    reloadCertificate(pair) {
       const { tlsFiles, served } = balancer;
       if (tlsFiles === undefined || served === undefined) return "off";
       try {
-        const next = readReplacement(tlsFiles, served);
+        const next = readReplacement(tlsFiles, served, new Date(), pair);
         if (next === undefined) return "unchanged";
         server.replaceCertificate(next);
         balancer.served = next;

@@ -94,18 +94,19 @@ export function loadListenerCertificate(files: CertificateFiles, log: Log): Load
 }
 
 /**
- * Re-reads the pair for a reload. Returns undefined when the files still hold the `served`
- * pair, the new pair when it is fit to serve, and throws {@linkcode TlsError} with the reason
- * when it is not: a reload must never replace a working certificate with a broken, expired or
- * not-yet-valid one.
+ * The pair for a reload: `given` (ACME's new certificate, held in memory) or else the files'.
+ * Returns undefined when it is the `served` pair, the new pair when it is fit to serve, and
+ * throws {@linkcode TlsError} with the reason when it is not: a reload must never replace a
+ * working certificate with a broken, expired or not-yet-valid one.
  */
 export function readReplacement(
   files: CertificateFiles,
   served: CertifiedKey,
   now: Date = new Date(),
+  given?: CertifiedKey,
 ): LoadedCertificate | undefined {
-  const cert = readPemFile(files.cert, "certificate");
-  const key = readPemFile(files.key, "key");
+  const cert = given?.cert ?? readPemFile(files.cert, "certificate");
+  const key = given?.key ?? readPemFile(files.key, "key");
   if (cert === served.cert && key === served.key) return undefined;
   const next = checkPair(files, cert, key);
   const problem = certificateProblem(next.info, now);

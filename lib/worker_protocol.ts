@@ -9,6 +9,7 @@
 import type { Config } from "./config.ts";
 import type { AdminState, HealthState } from "./pool.ts";
 import { formatValue } from "./metrics.ts";
+import type { CertifiedKey } from "./tls.ts";
 
 /** A backend as the main thread decides it: what every worker's pool must show. */
 export interface SyncedBackend {
@@ -53,7 +54,7 @@ export type ToWorker =
     rateLimitTables: Record<string, SharedArrayBuffer>;
   }
   | { type: "stats"; id: number }
-  | { type: "reloadCertificate" }
+  | { type: "reloadCertificate"; pair?: CertifiedKey }
   | { type: "shutdown"; drainMs: number };
 
 /** Worker -> main thread. */

@@ -67,7 +67,7 @@ self.onmessage = async (event: MessageEvent<ToWorker>) => {
       }
       return;
     case "reloadCertificate":
-      balancer?.reloadCertificate();
+      balancer?.reloadCertificate(message.pair);
       return;
     case "shutdown": {
       const left = balancer === undefined ? 0 : await balancer.shutdown(message.drainMs);

@@ -20,6 +20,7 @@ import type { Config } from "./config.ts";
 import type { BackendView } from "./admin.ts";
 import type { BalancerExtras, RunningBalancer } from "./balancer.ts";
 import type { Log } from "./log.ts";
+import type { CertifiedKey } from "./tls.ts";
 import { percentilesOf } from "./stats.ts";
 import { effectiveRoutes, serviceConfigs } from "./setting_table.ts";
 import {
@@ -184,9 +185,12 @@ export class WorkerGroup {
     );
   }
 
-  /** Tells every worker to re-read the TLS certificate files (the main thread does its own). */
-  reloadCertificate(): void {
-    for (const handle of this.#handles) this.#post(handle, { type: "reloadCertificate" });
+  /**
+   * Tells every worker to re-read the TLS certificate files, or to serve `pair` when given (the
+   * main thread does its own).
+   */
+  reloadCertificate(pair?: CertifiedKey): void {
+    for (const handle of this.#handles) this.#post(handle, { type: "reloadCertificate", pair });
   }
 
   /**
