@@ -258,7 +258,11 @@ export class AcmeManager {
   }
 
   #loadStored(): Current | undefined {
-    const loaded = readStoredPair(this.#paths, (message) => this.#log.warn(`ACME: ${message}`));
+    const loaded = readStoredPair(
+      this.#paths,
+      this.#domains,
+      (message) => this.#log.warn(`ACME: ${message}`),
+    );
     if (loaded === undefined || loaded.info === undefined) return undefined;
     return {
       certPem: loaded.cert,

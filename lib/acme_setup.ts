@@ -90,7 +90,7 @@ export async function setUpAcme(
   applyTo(config);
   // When the folder cannot be made, the manager's first order says why (one line).
   await Deno.mkdir(manager.files.dir, { recursive: true, mode: 0o700 }).catch(() => {});
-  const stored = readStoredPair(manager.files, () => {})?.info;
+  const stored = readStoredPair(manager.files, acmeDomainsOf(config), () => {})?.info;
   issued = stored !== undefined && Date.now() < stored.notAfter.getTime();
   const placeholder = issued ? undefined : await placeholderCertificate(acmeDomainsOf(config));
   return {

@@ -104,10 +104,12 @@ export async function readOptionalFile(path: string): Promise<string | undefined
 
 /**
  * The stored pair, checked with Deno's own loader, or undefined when there is none or it is
- * unusable (a half-written pair, a corrupt file): `problem` is called with the reason then.
+ * unusable (a half-written pair, a corrupt file, a certificate that does not name every one of
+ * `domains`): `problem` is called with the reason then.
  */
 export function readStoredPair(
   paths: CertificatePaths,
+  domains: readonly string[],
   problem: (message: string) => void,
 ): LoadedCertificate | undefined {
   try {
@@ -117,13 +119,23 @@ export function readStoredPair(
     problem(`cannot read ${paths.cert}: ${fileFailure(error, NOT_ALLOWED)}`);
     return undefined;
   }
+  let pair: LoadedCertificate;
   try {
-    return readCertificatePair(paths);
+    pair = readCertificatePair(paths);
   } catch (error) {
     if (!(error instanceof TlsError)) throw error;
     problem(`stored certificate unusable, ordering a new one: ${error.message}`);
     return undefined;
   }
+  // A file copied or restored from elsewhere: it must name every domain to be served for them.
+  const missing = domains.filter((d) => !pair.info?.dnsNames.includes(d.toLowerCase()));
+  if (pair.info !== undefined && missing.length > 0) {
+    problem(
+      `stored certificate ${paths.cert} does not name ${missing.join(", ")}, ordering a new one`,
+    );
+    return undefined;
+  }
+  return pair;
 }
 
 /** Stores a pair: the key first, then the chain (see the module note on a crash between). */

@@ -37,6 +37,8 @@ export interface CertificateInfo {
   notAfter: Date;
   /** Whether it is a CA certificate (rustls clients, Deno's included, refuse those). */
   isCa: boolean;
+  /** Its DNS subject alternative names, in lower case. */
+  dnsNames: string[];
 }
 
 /** A pair read from disk, with its description when node's X.509 parser could read it. */
@@ -171,6 +173,8 @@ export function describeCertificate(pem: string): CertificateInfo | undefined {
       notBefore: new Date(x509.validFrom),
       notAfter: new Date(x509.validTo),
       isCa: x509.ca,
+      dnsNames: (x509.subjectAltName ?? "").split(", ").filter((name) => name.startsWith("DNS:"))
+        .map((name) => name.slice(4).toLowerCase()),
     };
   } catch {
     return undefined;

@@ -76,19 +76,41 @@ Deno.test("writePrivateFile() and readOptionalFile() name the path when storage 
 
 Deno.test("readStoredPair() reads a written pair, and treats a missing or mismatched one as absent", async () => {
   await using dir = await tempDir("lb-acme-store-");
-  const paths = certificatePaths(dir.path, "https://127.0.0.1:1/dir", ["a.example.com"]);
+  const DOMAIN = ["a.example.com"];
+  const paths = certificatePaths(dir.path, "https://127.0.0.1:1/dir", DOMAIN);
   const problems: string[] = [];
   const note = (message: string) => void problems.push(message);
-  assert.equal(readStoredPair(paths, note), undefined);
+  assert.equal(readStoredPair(paths, DOMAIN, note), undefined);
   assert.deepEqual(problems, [], "no pair yet is not a problem");
   const one = await placeholderCertificate(["a.example.com"]);
   const other = await placeholderCertificate(["a.example.com"]);
   await writePair(paths, one.cert, one.key);
-  assert.ok(readStoredPair(paths, note) !== undefined);
+  assert.ok(readStoredPair(paths, DOMAIN, note) !== undefined);
+  assert.ok(
+    readStoredPair(paths, ["A.example.com"], note) !== undefined,
+    "names match in any case",
+  );
   assert.deepEqual(problems, []);
   // A crash between the key and the certificate: the key of one, the chain of another.
   await writePrivateFile(paths.key, other.key);
-  assert.equal(readStoredPair(paths, note), undefined);
+  assert.equal(readStoredPair(paths, DOMAIN, note), undefined);
   assert.equal(problems.length, 1);
   assert.match(problems[0], /^stored certificate unusable, ordering a new one: /);
+});
+
+Deno.test("readStoredPair() treats a certificate that does not name every domain as absent", async () => {
+  await using dir = await tempDir("lb-acme-store-");
+  const paths = certificatePaths(dir.path, "https://127.0.0.1:1/dir", ["c.example.com"]);
+  const problems: string[] = [];
+  // A pair for other names, copied into this folder.
+  const other = await placeholderCertificate(["a.example.com", "b.example.com"]);
+  await writePair(paths, other.cert, other.key);
+  assert.ok(readStoredPair(paths, ["a.example.com"], (m) => void problems.push(m)));
+  assert.equal(
+    readStoredPair(paths, ["a.example.com", "c.example.com"], (m) => void problems.push(m)),
+    undefined,
+  );
+  assert.deepEqual(problems, [
+    `stored certificate ${paths.cert} does not name c.example.com, ordering a new one`,
+  ]);
 });

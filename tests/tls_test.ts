@@ -214,6 +214,7 @@ Deno.test("certificateProblem() names expired and not-yet-valid certificates", (
     notBefore: new Date("2030-01-01T00:00:00Z"),
     notAfter: new Date("2030-02-01T00:00:00Z"),
     isCa: false,
+    dnsNames: [],
   };
   assert.equal(certificateProblem(info, new Date("2030-01-15T00:00:00Z")), undefined);
   assert.match(certificateProblem(info, new Date("2030-03-01T00:00:00Z"))!, /^expired on 2030-02/);
