@@ -205,6 +205,8 @@ export class Balancer {
   #joining: ReadonlyMap<string, Service> = new Map();
   /** Backend clients replaced by a reload: closed at shutdown, once nothing uses them. */
   readonly #replacedClients: BackendClients[] = [];
+  /** Mirrors of earlier configurations, closing: waited for at close(). */
+  readonly #closingMirrors = new Set<Promise<void>>();
   /** Rate limit tables by route name: kept across reloads, shared with worker threads. */
   readonly #rateLimitTables = new Map<string, { table: SharedArrayBuffer; maxKeys: number }>();
   #verifier: BasicAuthVerifier | undefined;
@@ -564,8 +566,15 @@ export class Balancer {
         if (!inAnyService(this.services, backend.url)) deps.native.retire(backend.url);
       }
     }
+    // Not awaited: a stalled mirror target must not hold the reload (and the worker threads'
+    // changes queued behind it) for the 5 s its copies may take; close() waits for them.
+    for (const guards of previousGuards) {
+      const closing = guards?.mirror?.close();
+      if (closing === undefined) continue;
+      this.#closingMirrors.add(closing);
+      closing.finally(() => this.#closingMirrors.delete(closing));
+    }
     await Promise.all([
-      ...previousGuards.map((guards) => guards?.mirror?.close()),
       ...[...prepared.values()].map((prepared) => prepared.cleanup()),
       ...retired.map((service) => service.stop()),
     ]);
@@ -591,6 +600,7 @@ export class Balancer {
       this.outputs.accessLog?.close(),
       this.#verifier?.close(),
       ...this.routing.guards.map((guards) => guards?.mirror?.close()),
+      ...this.#closingMirrors,
     ]);
   }
 }

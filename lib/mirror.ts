@@ -315,8 +315,9 @@ export class Mirror {
   }
 
   /**
-   * Stops copying (later requests are not copied or counted) and waits for the copies in
-   * flight, at most 5 s (the target's own deadline ends them anyway).
+   * Stops copying: later requests are not copied or counted, while one chosen before whose body
+   * is still arriving (a reload in the middle of an upload) is copied when it completes. Waits
+   * for the copies in flight, at most 5 s (the target's own deadline ends them anyway).
    */
   async close(): Promise<void> {
     this.#closed = true;
@@ -337,7 +338,6 @@ export class Mirror {
   }
 
   #send(request: MirroredRequest): void {
-    if (this.#closed) return;
     if (request.body !== null && request.body.length > this.spec.maxBody) {
       this.#tooLarge++;
       return;

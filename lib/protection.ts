@@ -164,8 +164,9 @@ export function compileGuards(
   const compress = (route.compress ?? defaults.compress) || undefined;
   const mirrorSpec = route.mirror ?? defaults.mirror;
   let mirror: Mirror | undefined;
-  // Only requests forwarded to a service are copied (a redirect or a fixed answer is not).
-  if (mirrorSpec && route.service !== undefined) {
+  // Only requests forwarded to a service are copied (a redirect or a fixed answer is not), and
+  // never to the service that gets them already (the default mirror's own routes).
+  if (mirrorSpec && route.service !== undefined && mirrorSpec.service !== route.service) {
     const { target, limit } = resources.mirrorTarget(mirrorSpec.service);
     mirror = new Mirror(mirrorSpec, target, { route: name, limit });
   }

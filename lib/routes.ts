@@ -509,6 +509,11 @@ export function lintRoutes(routes: readonly RouteSpec[], services: readonly stri
           path: childPath(childPath(path, "mirror"), "service"),
           message: `no service named ${show(mirror.service)}`,
         });
+      } else if (mirror.service === service) {
+        problems.push({
+          path: childPath(childPath(path, "mirror"), "service"),
+          message: `${show(service)} is the route's own service: each request would reach it twice`,
+        });
       }
     }
     const twin = names.get(route.name);

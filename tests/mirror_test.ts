@@ -292,6 +292,25 @@ Deno.test("Mirror.close() waits for copies in flight; later requests are not cop
   assert.equal(mirror.stats().sent, 1);
 });
 
+Deno.test("Mirror.close() still copies a request chosen before it whose body was arriving", async () => {
+  const target = recordingTarget();
+  const mirror = new Mirror(SPEC, target);
+  const chunks = [bytesOf(100, 1), bytesOf(200, 2)];
+  // Chosen and teed before the close (a reload in the middle of an upload)...
+  const body = mirror.tee(HEAD, await prepareBody(chunkedPost(chunks)), NEVER);
+  await mirror.close();
+  // ...and its body completes after it.
+  assert.deepEqual(await readAttempt(body), concat(chunks));
+  assert.ok(await waitFor(() => target.got.length === 1, 2000), "the copy was sent");
+  assert.deepEqual(target.got[0].body, concat(chunks));
+  assert.equal(mirror.stats().sent, 1);
+  // A request that arrives after the close is not chosen: its body is left as it is.
+  const late = await prepareBody(chunkedPost(chunks));
+  assert.equal(mirror.tee(HEAD, late, NEVER), late);
+  await readAttempt(late);
+  assert.equal(mirror.stats().sent, 1);
+});
+
 // ---------------------------------------------------------------------------------------------
 // Mirror.tee: bodies from lib/body.ts
 

@@ -22,6 +22,8 @@ import {
   captureLog,
   makeFifo,
   namedBackend,
+  rawServer,
+  readHead,
   refusingUrl,
   startTestBackend,
   startTestBalancer,
@@ -29,6 +31,7 @@ import {
   TEST_TRANSPORT,
   testConfig,
   waitFor,
+  within,
 } from "./helpers.ts";
 import { installed } from "./pki.ts";
 import { runMain, spawnBalancer } from "./process.ts";
@@ -771,6 +774,58 @@ Deno.test("mirror: the client gets every answer before a 2 s mirror has answered
   assert.deepEqual([...shadow.copies].sort(byPath), sent.sort(byPath));
   assert.equal(app.received.length, 5);
   shadow.release();
+});
+
+Deno.test("mirror: a reload does not wait for copies stalled on the old configuration's mirror", async () => {
+  await using app = await startTestBackend(() => new Response("app"));
+  let copyArrived!: () => void;
+  const arrived = new Promise<void>((resolve) => (copyArrived = resolve));
+  // A mirror that takes each copy and never answers it (until the test ends).
+  await using shadow = rawServer(async (conn) => {
+    if ((await readHead(conn)).includes("x-mirrored-from")) copyArrived();
+    await conn.read(new Uint8Array(1)).catch(() => null);
+  });
+  const routes = (percent: number): RouteSpec[] => [{
+    name: "mirrored",
+    service: "app",
+    mirror: { service: "shadow", percent, maxBody: 65536 },
+  }];
+  const overrides = (percent: number) => ({
+    services: { app: service(app.url), shadow: service(shadow.url) },
+    routes: routes(percent),
+    healthInterval: 3_600_000,
+  });
+  await using lb = await startTestBalancer([], overrides(100));
+  const answer = await send(`${lb.url}/order`, { method: "POST", body: "one" });
+  assert.deepEqual([answer.status, answer.text], [200, "app"]);
+  await within(arrived, 5000, "the copy at the mirror");
+  // The old mirror's close waits up to 5 s for that copy; the reload must not.
+  await within(lb.balancer.reload(testConfig([], overrides(50))), 2000, "the reload");
+  const after = await send(`${lb.url}/order`, { method: "POST", body: "two" });
+  assert.deepEqual([after.status, after.text], [200, "app"]);
+});
+
+Deno.test("mirror: the default mirror skips the routes its own service serves", async () => {
+  await using app = await namedBackend("app");
+  await using shadow = await namedBackend("shadow");
+  await using lb = await startTestBalancer([], {
+    services: { app: service(app.url), shadow: service(shadow.url) },
+    mirror: { service: "shadow", percent: 100, maxBody: 65536 },
+    routes: [
+      { name: "to-shadow", pathPrefix: "/shadow", service: "shadow" },
+      { name: "to-app", service: "app" },
+    ],
+    healthInterval: 3_600_000,
+  });
+  const direct = await send(`${lb.url}/shadow/orders`, { method: "POST", body: "once" });
+  assert.equal(direct.status, 200);
+  const copied = await send(`${lb.url}/orders`, { method: "POST", body: "copied" });
+  assert.equal(copied.status, 200);
+  assert.ok(await waitFor(() => shadow.received.length >= 2, 5000), "the copy of /orders arrived");
+  // A second copy of /shadow/orders would have come by now.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const paths = shadow.received.map((r) => r.path).sort();
+  assert.deepEqual(paths, ["/orders", "/shadow/orders"], "the shadow got /shadow/orders once");
 });
 
 Deno.test("mirror: percent 0 copies nothing; a dead mirror service costs the client nothing", async () => {

@@ -646,6 +646,20 @@ Deno.test("lintRoutes() reports a route to an unknown service, with a suggestion
   ]);
 });
 
+Deno.test("lintRoutes() refuses a route whose mirror is its own service", () => {
+  const mirror = (service: string) => ({ service, percent: 100, maxBody: 65536 });
+  assert.deepEqual(
+    lint([{ host: "a.example", service: "api", mirror: mirror("api") }, {
+      service: "web",
+      mirror: mirror("api"),
+    }], [
+      "api",
+      "web",
+    ]),
+    [`routes[0].mirror.service: "api" is the route's own service: each request would reach it twice`],
+  );
+});
+
 Deno.test("lintRoutes() warns about a service no route uses, only when there are routes", () => {
   assert.deepEqual(lint([{ service: "api" }], ["api", "web", "odd name"]), [
     'warning services.web: no route sends requests to service "web"',
