@@ -319,17 +319,26 @@ function compressible(spec: CompressSpec, response: Response): boolean {
   if (status < 200 || status === 204 || status === 206 || status === 304) return false;
   // A body held in memory is not null, and `.body` would turn it into a stream (a copy, and
   // the native front end's buffer not reused) even when the answer is not compressed.
-  if (staticBody(response) === undefined && response.body === null) return false;
+  const held = staticBody(response);
+  if (held === undefined && response.body === null) return false;
   const headers = response.headers;
   const encoding = headers.get("content-encoding");
   if (encoding !== null && encoding.trim().toLowerCase() !== "identity") return false;
   if (/(?:^|,)\s*no-transform\s*(?:,|$)/i.test(headers.get("cache-control") ?? "")) return false;
   if (!typeMatches(headers.get("content-type"), spec.types)) return false;
   const length = headers.get("content-length");
-  if (length !== null && /^\d+$/.test(length.trim()) && Number(length) < spec.minSize) {
-    return false;
-  }
-  return true;
+  if (length !== null && /^\d+$/.test(length.trim())) return Number(length) >= spec.minSize;
+  // Without the header, a body held in memory (the balancer's own answers) still has a size.
+  return held === undefined || heldSize(held, spec.minSize) >= spec.minSize;
+}
+
+/** The byte size of a held body, or `atLeast` once it is known to reach it. */
+function heldSize(held: Uint8Array | string, atLeast: number): number {
+  if (typeof held !== "string") return held.length;
+  // UTF-8 takes 1 to 3 bytes per UTF-16 unit: encode only when the bounds straddle `atLeast`.
+  if (held.length >= atLeast) return atLeast;
+  if (held.length * 3 < atLeast) return held.length;
+  return new TextEncoder().encode(held).length;
 }
 
 /** `vary` with `Accept-Encoding` added, unless it is there already or is `*`. */

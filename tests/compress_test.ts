@@ -406,6 +406,20 @@ Deno.test("compressResponse() compresses a body of unknown length and one of exa
   await r3.body!.cancel();
 });
 
+Deno.test("compressResponse() sizes a body held in memory without Content-Length against minSize", async () => {
+  // The balancer's own answers: a short text, no Content-Length header.
+  const short = compressResponse(SPEC, "GET", accepting("gzip"), response("Bad Gateway\n"));
+  assert.equal(short.headers.get("content-encoding"), null);
+  assert.equal(await short.text(), "Bad Gateway\n");
+  // 400 three-byte characters: 400 UTF-16 units, 1,200 bytes, over minSize (1,024).
+  const wide = compressResponse(SPEC, "GET", accepting("gzip"), response("€".repeat(400)));
+  assert.equal(wide.headers.get("content-encoding"), "gzip");
+  await wide.body!.cancel();
+  const bytes = compressResponse(SPEC, "GET", accepting("gzip"), response(new Uint8Array(2000)));
+  assert.equal(bytes.headers.get("content-encoding"), "gzip");
+  await bytes.body!.cancel();
+});
+
 Deno.test("compressResponse() appends to Vary without duplicating it", async () => {
   const cases: [string, string][] = [
     ["Origin", "Origin, Accept-Encoding"],
