@@ -196,4 +196,22 @@ export const MUTATIONS: readonly Mutation[] = [
     replacement: `const left = await server.drain(performance.now());`,
     tests: ["tests/cli_test.ts"],
   },
+  // Client hang-ups on the native front end (lib/http1_response.ts): the source is let go.
+  {
+    id: "native-hangup-cancels-body",
+    rule: "A client that leaves while the native front end streams a body cancels that body.",
+    file: "lib/http1_response.ts",
+    original: `else hangUp?.addEventListener("abort", cancel, { once: true });`,
+    replacement: `else hangUp?.addEventListener("abort", () => {}, { once: true });`,
+    tests: ["tests/frontend_native_test.ts"],
+  },
+  // Mirroring (lib/protection.ts): a copy never goes to the service that got the request.
+  {
+    id: "mirror-not-to-own-service",
+    rule: "The default mirror never copies a request to the service that serves it already.",
+    file: "lib/protection.ts",
+    original: `mirrorSpec.service !== route.service`,
+    replacement: `mirrorSpec.service === mirrorSpec.service`,
+    tests: ["tests/protection_wire_test.ts"],
+  },
 ];
