@@ -20,7 +20,7 @@ import { AlertWebhook } from "./alerts.ts";
 import { type BackendView, createAdminHandler } from "./admin.ts";
 import { DASHBOARD_CSP, DASHBOARD_HTML } from "./dashboard.ts";
 import { WebSocketRelays } from "./websocket.ts";
-import { parseCidr } from "./cidr.ts";
+import { type Cidr, parseCidr } from "./cidr.ts";
 import {
   type CertifiedKey,
   coalesceBody,
@@ -627,6 +627,7 @@ export function listen(balancer: Balancer): RunningBalancer {
   const server = config.frontend === "native"
     ? serveNatively(
       config,
+      () => balancer.routing.trustedProxies,
       balancer.handler,
       nativeAdmission,
       balancer.bodyPool,
@@ -859,6 +860,8 @@ function refuseTakenPort(hostname: string, port: number): void {
  */
 function serveNatively(
   config: Config,
+  /** The PROXY protocol's trusted peers now (a reload changes them). */
+  trustedProxies: () => readonly Cidr[],
   handler: (req: IncomingRequest, info: Deno.ServeHandlerInfo) => Response | Promise<Response>,
   admission: FrontendOptions["admission"],
   bodyPool: BodyPool | undefined,
@@ -881,9 +884,7 @@ function serveNatively(
       idleTimeoutMs: config.idleTimeout ?? DEFAULTS.idleTimeout,
       maxConnections: config.maxConnections || undefined,
       backlog: config.backlog ?? DEFAULTS.backlog,
-      proxyProtocol: config.proxyProtocol
-        ? { trusted: (config.trustedProxies ?? []).map((text) => parseCidr(text)!) }
-        : undefined,
+      proxyProtocol: config.proxyProtocol ? { trusted: trustedProxies } : undefined,
       admission,
       bodyPool,
       onError: (error) => {

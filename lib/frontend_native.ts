@@ -78,9 +78,9 @@ export interface FrontendOptions {
    * Expect a PROXY protocol header (v1 or v2) on every connection from these peers; a
    * connection from any other peer is closed at once, as is one with a malformed header.
    * Not with `tls` (the header precedes the TLS handshake, which Deno's TLS listener owns).
-   * Unset: no PROXY protocol.
+   * `trusted` is read for each new connection (a reload may change it). Unset: no PROXY protocol.
    */
-  proxyProtocol?: { trusted: readonly Cidr[] };
+  proxyProtocol?: { trusted: () => readonly Cidr[] };
   /**
    * Admission before each request is read (lib/admission.ts's gate): a kept-alive connection
    * takes a place before it reads its next request and gives it back once the response is
@@ -368,7 +368,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
     } else {
       (c.conn as Deno.TcpConn).setNoDelay(true);
     }
-    if (trusted !== undefined && !(await readProxyHeader(c, trusted))) return;
+    if (trusted !== undefined && !(await readProxyHeader(c, trusted()))) return;
     for (let requests = 0; !c.closed && requests < Number.MAX_SAFE_INTEGER; requests++) {
       if (admission === undefined) {
         const head = await readHead(c);

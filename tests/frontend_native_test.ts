@@ -657,7 +657,7 @@ Deno.test("serveNative() stops accepting at maxConnections and serves the waitin
 
 Deno.test("serveNative() takes the client address from PROXY v1 and v2 headers of a trusted peer", async () => {
   const trusted = [parseCidr("127.0.0.0/8")!];
-  await using server = start({ proxyProtocol: { trusted } });
+  await using server = start({ proxyProtocol: { trusted: () => trusted } });
   const client = { hostname: "203.0.113.9", port: 40000 };
   const v6client = { hostname: "2001:db8::9", port: 40001 };
   const to = { hostname: "127.0.0.1", port: server.port };
@@ -688,11 +688,11 @@ Deno.test("serveNative() closes PROXY connections from untrusted peers and with 
     hostname: "127.0.0.1",
     port: 2,
   });
-  await using untrusting = start({ proxyProtocol: { trusted: [parseCidr("10.0.0.0/8")!] } });
+  await using untrusting = start({ proxyProtocol: { trusted: () => [parseCidr("10.0.0.0/8")!] } });
   const refused = await exchange(untrusting.port, concat([header, request]));
   assert.ok(refused.closed);
   assert.equal(refused.raw, "");
-  await using server = start({ proxyProtocol: { trusted: [parseCidr("127.0.0.1")!] } });
+  await using server = start({ proxyProtocol: { trusted: () => [parseCidr("127.0.0.1")!] } });
   const malformed = [
     encoder.encode("PROXY TCP4 203.0.113.999 127.0.0.1 1 2\r\n"),
     encoder.encode("PROXY TCP4 203.0.113.9 127.0.0.1 1 2\n"),
@@ -707,7 +707,7 @@ Deno.test("serveNative() closes PROXY connections from untrusted peers and with 
   // A trusted peer that stops partway through its header: closed at the header timeout, with
   // no HTTP answer (none was asked for yet).
   await using quick = start({
-    proxyProtocol: { trusted: [parseCidr("127.0.0.1")!] },
+    proxyProtocol: { trusted: () => [parseCidr("127.0.0.1")!] },
     headerTimeoutMs: 200,
   });
   const stalled = await exchangeInPieces(quick.port, ["PROXY TCP4 203.0.113.9"], 0);

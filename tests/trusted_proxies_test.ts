@@ -7,7 +7,13 @@
 
 import assert from "node:assert/strict";
 import { forwardedElement } from "../lib/headers.ts";
-import { rawRequest, startTestBackend, startTestBalancer, upstreamHeadersOf } from "./helpers.ts";
+import {
+  rawRequest,
+  startTestBackend,
+  startTestBalancer,
+  testConfig,
+  upstreamHeadersOf,
+} from "./helpers.ts";
 
 const FACTS = { clientIp: "192.0.2.10", proto: "https", host: "lb.example" };
 const SPOOFED = {
@@ -153,4 +159,22 @@ Deno.test("a trusted peer's multiple X-Forwarded-For lines are kept in order", a
     backend.received[0].headers.get("x-forwarded-for"),
     "203.0.113.5, 198.51.100.2, 127.0.0.1",
   );
+});
+
+Deno.test("PROXY protocol (native front end): a reload of trustedProxies decides who may send the header", async () => {
+  await using backend = await startTestBackend(() => new Response("ok"));
+  const settings = (trusted: string[]) => ({
+    frontend: "native" as const,
+    proxyProtocol: true,
+    trustedProxies: trusted,
+  });
+  await using lb = await startTestBalancer([backend.url], settings(["127.0.0.1/32"]));
+  const request = "PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n" +
+    "GET /via-proxy HTTP/1.1\r\nHost: lb.example\r\nConnection: close\r\n\r\n";
+  assert.match(await rawRequest(lb.port, request), /^HTTP\/1\.1 200 /);
+  assert.equal(backend.received.at(-1)?.headers.get("x-forwarded-for"), "203.0.113.7");
+  // 127.0.0.1 is no longer a trusted proxy: its connections are refused, header or not.
+  await lb.balancer.reload(testConfig([backend.url], settings(["10.0.0.0/8"])));
+  assert.equal(await rawRequest(lb.port, request), "", "closed without an answer");
+  assert.equal(backend.received.length, 1);
 });
