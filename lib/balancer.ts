@@ -459,7 +459,8 @@ export class Balancer {
     let routes!: Omit<RoutingState, "services">;
     let alerts: { next: AlertWebhook | undefined } | undefined;
     try {
-      accessLog = changed("accessLog") || changed("accessLogFormat")
+      // Reopened by every reload, changed or not: logrotate renames the file, then sends SIGHUP.
+      accessLog = kept.accessLog !== undefined || changed("accessLog")
         ? { next: openAccessLog(kept, log) }
         : undefined;
       alerts = changed("alertWebhook") ? { next: createAlerts(kept, log) } : undefined;

@@ -8,7 +8,15 @@ import {
   formatJson,
   LineWriter,
 } from "../lib/access_log.ts";
-import { getText, startTestBackend, waitFor } from "./helpers.ts";
+import {
+  delay,
+  getText,
+  startTestBackend,
+  startTestBalancer,
+  tempDir,
+  testConfig,
+  waitFor,
+} from "./helpers.ts";
 import { denoRun } from "./process.ts";
 
 const record: AccessRecord = {
@@ -366,4 +374,29 @@ Deno.test("--access-log stdout writes each request's line to the process's stand
     await child.status;
     await Promise.all([stdout.done, stderr.done]);
   }
+});
+
+Deno.test("a reload reopens the access log: logrotate's rename, then SIGHUP, starts a new file", async () => {
+  await using backend = await startTestBackend(() => new Response("ok"));
+  await using dir = await tempDir();
+  const path = `${dir.path}/access.log`;
+  const config = { accessLog: path };
+  await using lb = await startTestBalancer([backend.url], config);
+  const lines = async (file: string) =>
+    (await Deno.readTextFile(file).catch(() => "")).split("\n").filter(Boolean);
+  await (await fetch(`${lb.url}/before-rotation`)).text();
+  assert.ok(await waitFor(() => Deno.statSync(path).size > 0, 5000), "the first line was written");
+  await Deno.rename(path, `${path}.1`);
+  await lb.balancer.reload(testConfig([backend.url], config));
+  await (await fetch(`${lb.url}/after-rotation`)).text();
+  let current: string[] = [];
+  for (let i = 0; i < 50 && current.length === 0; i++) {
+    current = await lines(path);
+    if (current.length === 0) await delay(100);
+  }
+  assert.equal(current.length, 1, "the new file has the line written after the reload");
+  assert.match(current[0], /GET \/after-rotation /);
+  const rotated = await lines(`${path}.1`);
+  assert.equal(rotated.length, 1);
+  assert.match(rotated[0], /GET \/before-rotation /);
 });
