@@ -8,7 +8,9 @@
  *
  * Directories are watched, never files (a rename-over silences a watch on the old inode): the
  * file's own directory, the directory of every symlink on the way to the real file, and the real
- * file's directory. That set is derived again whenever the path leads somewhere else. Any event
+ * file's directory. That set is derived again whenever the path leads somewhere else; a watched
+ * directory that is replaced (removed and made again, or renamed away) is watched again at its
+ * new inode, and one that is missing is waited for from its nearest existing ancestor. Any event
  * in them re-stats the files (where each path resolves to, inode, size, times); only a changed
  * stat (re)starts the debounce, and after `debounceMs` of quiet the content (SHA-256) is compared
  * with what was last reported: `onChange` runs only if it differs. Unrelated files in the same
@@ -61,7 +63,10 @@ export function watchFiles(
 ): FileWatcher {
   const absolute = paths.map((path) => resolve(path));
   const debounceMs = options.debounceMs ?? RELOAD_DEBOUNCE_MS;
-  const watchers = new Map<string, Deno.FsWatcher>();
+  /** Watched directories, with the identity (device, inode) each had when its watch began. */
+  const watchers = new Map<string, { watcher: Deno.FsWatcher; identity: string }>();
+  /** Whether a wanted directory is missing (its ancestor is watched until it reappears). */
+  let waitingForDirectory = false;
   // Each unwatchable directory is reported once, not at every change of where the paths lead.
   const refused = new Set<string>();
   let stats = absolute.map(statOf);
@@ -70,13 +75,20 @@ export function watchFiles(
   let closed = false;
 
   function watchDirectories(): void {
-    const wanted = new Set(absolute.flatMap(directoriesOf));
-    for (const [dir, watcher] of watchers) {
-      if (wanted.has(dir)) continue;
-      watchers.delete(dir);
-      watcher.close();
+    const wanted = new Map<string, string>();
+    waitingForDirectory = false;
+    for (const dir of new Set(absolute.flatMap(directoriesOf))) {
+      const found = nearestDirectory(dir);
+      if (found === undefined) continue;
+      if (found.dir !== dir) waitingForDirectory = true;
+      wanted.set(found.dir, found.identity);
     }
-    for (const dir of wanted) {
+    for (const [dir, entry] of watchers) {
+      if (wanted.get(dir) === entry.identity) continue;
+      watchers.delete(dir);
+      entry.watcher.close();
+    }
+    for (const [dir, identity] of wanted) {
       if (watchers.has(dir) || refused.has(dir)) continue;
       let watcher: Deno.FsWatcher;
       try {
@@ -88,15 +100,22 @@ export function watchFiles(
         );
         continue;
       }
-      watchers.set(dir, watcher);
+      watchers.set(dir, { watcher, identity });
       (async () => {
         for await (const _event of watcher) onEvent();
-      })().catch(() => {});
+      })().catch(() => {}).finally(() => {
+        // Ended without close() (its directory went away): look again at what to watch.
+        if (watchers.get(dir)?.watcher !== watcher) return;
+        watchers.delete(dir);
+        onEvent(true);
+      });
     }
   }
 
-  function onEvent(): void {
+  function onEvent(lostWatch = false): void {
     if (closed) return;
+    // A missing directory is waited for from above: any event there may be its return.
+    if (lostWatch || waitingForDirectory) watchDirectories();
     const next = absolute.map(statOf);
     if (next.every((stat, i) => stat === stats[i])) return;
     stats = next;
@@ -127,7 +146,7 @@ export function watchFiles(
     close() {
       closed = true;
       clearTimeout(timer);
-      for (const watcher of watchers.values()) watcher.close();
+      for (const { watcher } of watchers.values()) watcher.close();
       watchers.clear();
     },
   };
@@ -157,6 +176,25 @@ export function directoriesOf(path: string): string[] {
     // Missing or unreadable: the directories seen so far are where it would reappear.
   }
   return [...new Set([...dirs].map(realDirectory))];
+}
+
+/**
+ * `dir`, or its nearest existing ancestor when it is missing, with its identity (device and
+ * inode: a directory removed and made again, or renamed away, is another one).
+ */
+function nearestDirectory(dir: string): { dir: string; identity: string } | undefined {
+  for (let current = dir, hop = 0; hop < 256; hop++) {
+    try {
+      const info = Deno.statSync(current);
+      if (info.isDirectory) return { dir: current, identity: `${info.dev} ${info.ino}` };
+    } catch {
+      // Missing (or not ours to read): its parent is where it would reappear.
+    }
+    const parent = dirname(current);
+    if (parent === current) return undefined;
+    current = parent;
+  }
+  return undefined;
 }
 
 function realDirectory(dir: string): string {

@@ -6,7 +6,7 @@
  * Last, main.ts as a process on a ConfigMap-layout config reloads its backends on a swap.
  */
 import assert from "node:assert/strict";
-import { directoriesOf, RELOAD_DEBOUNCE_MS, watchFile, watchFiles } from "../lib/file_watch.ts";
+import { directoriesOf, RELOAD_DEBOUNCE_MS, watchFiles } from "../lib/file_watch.ts";
 import { captureLog, delay, makeFifo, startTestBackend, waitFor } from "./helpers.ts";
 import { installed, run } from "./pki.ts";
 import { spawnBalancer } from "./process.ts";
@@ -185,6 +185,31 @@ Deno.test("watchFiles() counts a file that disappears or appears as a change", a
   await assertFiresOnce(watch.calls, 2, "removed");
 });
 
+for (const how of ["removed and made again", "renamed away"] as const) {
+  Deno.test(`watchFiles() keeps watching when the file's directory is ${how}`, async () => {
+    await using tmp = await tempDir();
+    const dir = `${tmp.dir}/conf`;
+    const file = `${dir}/lb.jsonc`;
+    await Deno.mkdir(dir);
+    await Deno.writeTextFile(file, "one");
+    using watch = countingWatch([file]);
+    if (how === "renamed away") await Deno.rename(dir, `${tmp.dir}/conf.old`);
+    else await Deno.remove(dir, { recursive: true });
+    // The directory is missing a moment, then comes back with the file.
+    await delay(SETTLE_MS);
+    await Deno.mkdir(dir);
+    await Deno.writeTextFile(file, "two");
+    assert.ok(await waitFor(() => watch.calls.count >= 2, WAIT_MS), "the swap was seen");
+    const seen = watch.calls.count;
+    // Edits in the new directory are seen too, every one of them.
+    for (const [i, text] of ["three", "four"].entries()) {
+      await Deno.writeTextFile(file, text);
+      await assertFiresOnce(watch.calls, seen + i + 1, `edit ${text} in the new directory`);
+    }
+    assert.deepEqual(watch.log.lines, [], "nothing to warn about");
+  });
+}
+
 Deno.test("watchFiles() with several files fires once for a burst touching all of them", async () => {
   await using tmp = await tempDir();
   const [cert, key] = [`${tmp.dir}/tls.crt`, `${tmp.dir}/tls.key`];
@@ -217,16 +242,17 @@ Deno.test("watchFiles() close() stops callbacks and leaves no watcher or timer",
   // The resource sanitizer checks that no watcher is left open.
 });
 
-Deno.test("watchFile() warns once and carries on when the directory cannot be watched", async () => {
+Deno.test("watchFiles() waits for a missing directory from its parent, without a warning", async () => {
   await using tmp = await tempDir();
-  const log = captureLog();
-  const watcher = watchFile(`${tmp.dir}/missing-dir/lb.jsonc`, () => {}, log);
-  watcher.close();
-  assert.equal(log.lines.length, 1, log.lines.join("\n"));
-  assert.match(
-    log.lines[0],
-    /^WARN Not watching .*missing-dir for changes .*SIGHUP still reloads$/,
-  );
+  const file = `${tmp.dir}/missing-dir/lb.jsonc`;
+  using watch = countingWatch([file]);
+  await delay(SETTLE_MS);
+  await Deno.mkdir(`${tmp.dir}/missing-dir`);
+  await Deno.writeTextFile(file, "here now");
+  await assertFiresOnce(watch.calls, 1, "the file in the directory made later");
+  await Deno.writeTextFile(file, "edited");
+  await assertFiresOnce(watch.calls, 2, "an edit there");
+  assert.deepEqual(watch.log.lines, []);
 });
 
 Deno.test("watchFiles() logs a throwing callback instead of ending the process", async () => {
