@@ -15,7 +15,8 @@ import { createLog, type Log, switchableLog } from "./lib/log.ts";
 import { type RunningBalancer, startBalancer } from "./lib/balancer.ts";
 import type { BackendSpec } from "./lib/pool.ts";
 import { startBackend } from "./backend.ts";
-import { watchFile, watchFiles } from "./lib/file_watch.ts";
+import { type FileWatcher, watchFile, watchFiles } from "./lib/file_watch.ts";
+import { usersFilesOf } from "./lib/setting_table.ts";
 import { acmeEnabled } from "./lib/config_file.ts";
 import type { AcmeSetup } from "./lib/acme_setup.ts";
 import type { CertifiedKey } from "./lib/tls.ts";
@@ -93,6 +94,7 @@ export async function main(args: string[]): Promise<number> {
       // Not in the flags or file: without them the reload would see TLS "changed".
       acme?.applyTo(next);
     }, (next) => {
+      watchUsersFiles(next);
       if (next.logLevel !== running.logLevel || next.logFormat !== running.logFormat) {
         log.replace(createLog(next.logLevel, undefined, next.logFormat));
       }
@@ -117,6 +119,16 @@ export async function main(args: string[]): Promise<number> {
   if (workers !== undefined) shareRandomSettings(config);
   // Watched before the balancer starts: an edit made while it starts is not missed.
   const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
+  /** The users files of basic auth: a change reloads (a removed user loses access at once). */
+  let usersWatch: { files: string; watcher: FileWatcher } | undefined;
+  const watchUsersFiles = (current: Config) => {
+    const files = usersFilesOf(current);
+    if (usersWatch?.files === files.join("\n")) return;
+    usersWatch?.watcher.close();
+    usersWatch = files.length === 0
+      ? undefined
+      : { files: files.join("\n"), watcher: watchFiles(files, reload, { log }) };
+  };
   try {
     if (acmeEnabled(config)) {
       // Loaded only when on: the ACME library costs memory and reads the whole environment.
@@ -140,6 +152,7 @@ export async function main(args: string[]): Promise<number> {
     else console.error(`load-balancer: ${(error as Error).message}`);
     return 1;
   }
+  watchUsersFiles(config);
   if (changedWhileStarting) reload();
   if (acme !== undefined) {
     const { manager } = acme;

@@ -1071,6 +1071,13 @@ export function effectiveRoutes(config: Config, problems?: Problem[]): RouteSpec
   return impliedRoutes([...serviceConfigs(config).keys()], problems);
 }
 
+/** The basic-auth users files `config` reads (top level and routes), each once, sorted. */
+export function usersFilesOf(config: Config): string[] {
+  const specs = [config.basicAuth, ...(config.routes ?? []).map((route) => route.basicAuth)];
+  const files = specs.map((spec) => spec ? spec.usersFile : undefined);
+  return [...new Set(files.filter((file) => file !== undefined))].sort();
+}
+
 /** The routes of a config without `routes`, given the service names that exist. */
 export function impliedRoutes(names: readonly string[], problems?: Problem[]): RouteSpec[] {
   if (names.length === 0 || names.includes(DEFAULT_SERVICE)) {

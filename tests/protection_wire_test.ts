@@ -416,6 +416,31 @@ Deno.test("basicAuth usersFile: SIGHUP re-reads it in a running process", async 
   }
 });
 
+Deno.test("basicAuth usersFile: an edit reloads by itself (a removed user is out without SIGHUP)", async () => {
+  await using backend = await namedBackend("ok");
+  const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
+  try {
+    const usersFile = `${dir}/htpasswd`;
+    await using lb = await spawnWithUsersFile(dir, usersFile, backend.url);
+    const url = `http://127.0.0.1:${await lb.port()}`;
+    const as = (who: { user: string; password: string }) =>
+      send(`${url}/`, { headers: { authorization: basic(who.user, who.password) } });
+    assert.equal((await as(ALICE)).status, 200);
+    const before = lb.lines.length;
+    // As an operator revoking access would: the file rewritten, nothing else.
+    await Deno.writeTextFile(`${usersFile}.new`, `${ANN.user}:${ANN.hash}\n`);
+    await Deno.rename(`${usersFile}.new`, usersFile);
+    assert.ok(
+      await waitFor(() => lb.lines.slice(before).some((l) => /Reloaded:/.test(l)), 10_000),
+      `no reload after the edit:\n${lb.lines.slice(before).join("\n")}`,
+    );
+    assert.equal((await as(ALICE)).status, 401, "the removed user is out");
+    assert.equal((await as(ANN)).status, 200, "the new user gets in");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test({
   name: "basicAuth usersFile replaced by a FIFO: the reload is refused at once, old users still in",
   ignore: !HAS_MKFIFO,

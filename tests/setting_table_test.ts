@@ -17,6 +17,7 @@ import {
   serviceConfigs,
   SETTING_KEYS,
   SETTINGS,
+  usersFilesOf,
 } from "../lib/setting_table.ts";
 import { defaultConfig, type Invocation, parseCommandLine } from "../lib/settings.ts";
 import { ConfigError } from "../lib/errors.ts";
@@ -411,4 +412,25 @@ Deno.test("--check exits 2 with file:line:column for a service mistake, and 0 wi
     assert.equal(ok.code, 0, ok.stderr);
     assert.match(ok.stdout, /: ok$/m);
   });
+});
+
+Deno.test("usersFilesOf() lists the users files of the top level and the routes, once each", () => {
+  const auth = (usersFile?: string) => ({
+    realm: "r",
+    users: {},
+    ...(usersFile ? { usersFile } : {}),
+  });
+  const config: Config = {
+    ...defaultConfig(),
+    basicAuth: auth("/etc/lb/users"),
+    routes: [
+      { service: "default", basicAuth: auth("/etc/lb/ops") },
+      { service: "default", basicAuth: false },
+      { service: "default", basicAuth: auth() },
+      { service: "default", basicAuth: auth("/etc/lb/users") },
+      { service: "default" },
+    ],
+  };
+  assert.deepEqual(usersFilesOf(config), ["/etc/lb/ops", "/etc/lb/users"]);
+  assert.deepEqual(usersFilesOf(defaultConfig()), []);
 });
