@@ -71,6 +71,12 @@ export function parseBackend(text: string): BackendSpec {
     }
     weight = Number(weightText);
   }
+  // The URL parser drops tabs and newlines anywhere ("http://h:80\n81" is port 8081): refused.
+  if (/[\u0000-\u0020\u007f]/.test(urlText.trim())) {
+    throw new ConfigError(
+      `--backends: ${JSON.stringify(urlText)} contains a space or a control character`,
+    );
+  }
   let url: URL;
   try {
     url = new URL(urlText);

@@ -8,6 +8,29 @@
 import assert from "node:assert/strict";
 import { parseBackend, parseDiscoveryTarget } from "../lib/setting_values.ts";
 
+Deno.test("parseBackend() refuses a space or control character inside the URL", () => {
+  // The URL parser would drop the newline and read port 21003.
+  for (
+    const text of [
+      "http://127.0.0.1:2100\n3",
+      "http://a\tb:80",
+      "http://a b:80",
+      "http://a:80\u0000",
+    ]
+  ) {
+    assert.throws(
+      () => parseBackend(text),
+      /contains a space or a control character/,
+      JSON.stringify(text),
+    );
+  }
+  assert.deepEqual(
+    parseBackend(" http://a:80 "),
+    { url: "http://a", weight: 1 },
+    "around it: trimmed",
+  );
+});
+
 Deno.test("parseBackend() normalises origins and reads URL*WEIGHT", () => {
   assert.deepEqual(parseBackend("http://Example.COM:80/"), {
     url: "http://example.com",
