@@ -9,11 +9,12 @@
  * - A peer that is trusted must send a header: anything else is malformed (the connection
  *   closes). Trust is the caller's business (lib/frontend_native.ts).
  * - v1: at most 107 bytes, CRLF-terminated, `TCP4`/`TCP6` with both addresses and ports in
- *   their canonical forms, or `UNKNOWN` (the rest of the line ignored).
+ *   their canonical forms, or `UNKNOWN` (the rest of the line ignored). IPv6 addresses are
+ *   given back in RFC 5952 form, as v2's are, so one client is one address whatever its text.
  * - v2: `PROXY` command with an AF_INET/AF_INET6 address block gives the source; `LOCAL`
  *   (health checks from the proxy itself) and other families (UNIX, UNSPEC) give none, so the
- *   socket peer stays the client. TLVs are skipped; the whole header is bounded by
- *   {@linkcode MAX_V2_BYTES}.
+ *   socket peer stays the client. TLVs are skipped, but each must fit in the header (as
+ *   HAProxy checks); the whole header is bounded by {@linkcode MAX_V2_BYTES}.
  */
 
 import { parseAddress } from "./cidr.ts";
@@ -121,7 +122,7 @@ function v1Address(family: string, text: string): string {
   ) {
     throw new MalformedProxyHeader(`v1 ${family} address ${JSON.stringify(text)}`);
   }
-  return text;
+  return bytes.length === 4 ? bytes.join(".") : ipv6Text(bytes, 0);
 }
 
 function v1Port(text: string): number {
@@ -152,6 +153,7 @@ function parseV2(buf: Uint8Array, end: number): ProxyHeader | undefined {
     throw new MalformedProxyHeader(`v2 family byte 0x${family.toString(16)}`);
   }
   if (end < length) return undefined;
+  if (needed > 0) checkTlvs(buf, 16 + needed, length);
   // LOCAL: the proxy's own connection (a health check); the addresses, if any, mean nothing.
   if (command === 0 || needed === 0) return { length, version: 2 };
   if (needed === 12) {
@@ -168,6 +170,15 @@ function parseV2(buf: Uint8Array, end: number): ProxyHeader | undefined {
     source: { hostname: ipv6Text(buf, 16), port: port16(buf, 48) },
     destination: { hostname: ipv6Text(buf, 32), port: port16(buf, 50) },
   };
+}
+
+/** Throws unless the bytes from `at` to `end` are whole TLVs (type, 16-bit length, value). */
+function checkTlvs(buf: Uint8Array, at: number, end: number): void {
+  while (at < end) {
+    if (end - at < 3) throw new MalformedProxyHeader("v2 TLV cut short");
+    at += 3 + port16(buf, at + 1);
+    if (at > end) throw new MalformedProxyHeader("v2 TLV longer than the header");
+  }
 }
 
 /** 0 for LOCAL, 1 for PROXY; throws for another version or command. */

@@ -100,12 +100,33 @@ Deno.test("parseProxyHeader() writes v2 IPv4-mapped and zero-run IPv6 sources as
   assert.equal(parseProxyHeader(mapped, mapped.length)!.source!.hostname, "198.51.100.4");
 });
 
+Deno.test("parseProxyHeader() gives v1 IPv6 sources in the form v2 gives them", () => {
+  const forms = ["2001:DB8::1", "2001:db8:0:0:0:0:0:1", "2001:0db8::0001"];
+  for (const text of forms) {
+    const line = encoder.encode(`PROXY TCP6 ${text} ::1 1000 80\r\n`);
+    assert.equal(parseProxyHeader(line, line.length)!.source!.hostname, "2001:db8::1", text);
+  }
+  const mapped = encoder.encode("PROXY TCP6 ::ffff:198.51.100.4 ::1 1000 80\r\n");
+  assert.equal(parseProxyHeader(mapped, mapped.length)!.source!.hostname, "198.51.100.4");
+});
+
+Deno.test("parseProxyHeader() refuses v2 TLVs that do not fit in the header", () => {
+  const cases: [Uint8Array, RegExp][] = [
+    [new Uint8Array([0x04, 0x00, 0x09, 1, 2, 3]), /TLV longer than the header/],
+    [new Uint8Array([0x04, 0x00, 0x01, 7, 0x04]), /TLV cut short/],
+  ];
+  for (const [tlvs, reason] of cases) {
+    const header = encodeProxyV2(SRC4, DST4, tlvs);
+    assert.throws(() => parseProxyHeader(header, header.length), reason);
+  }
+});
+
 Deno.test("parseProxyHeader() gives the same result for every split of the input (random, seeded)", () => {
   const next = random(16);
   const samples = [
     encodeProxyV1(SRC4, DST4),
     encodeProxyV1(SRC6, DST6),
-    encodeProxyV2(SRC4, DST4, new Uint8Array(40)),
+    encodeProxyV2(SRC4, DST4, new Uint8Array([0x04, 0x00, 37, ...new Uint8Array(37)])),
     encodeProxyV2(SRC6, DST6),
   ];
   for (const sample of samples) {
