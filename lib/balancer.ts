@@ -1034,6 +1034,9 @@ function createObserver(
       // closes the request and `info.remoteAddr` throws "Request closed", which lost every line.
       const clientIp = (info.remoteAddr as Deno.NetAddr).hostname;
       const method = req.method;
+      const protocol = req.protocol ?? "HTTP/1.1";
+      // No body goes out with these, whatever length the headers announce.
+      const bodiless = method === "HEAD" || outcome.status === 204 || outcome.status === 304;
       const userAgent = req.headers.get("user-agent") ?? undefined;
       const referer = req.headers.get("referer") ?? undefined;
       // The log in force when the exchange ends: a reload may have replaced (and closed) it.
@@ -1043,9 +1046,9 @@ function createObserver(
           clientIp,
           method,
           path: outcome.path,
-          protocol: "HTTP/1.1",
+          protocol,
           status: outcome.status,
-          bytes: outcome.contentLength,
+          bytes: bodiless ? 0 : outcome.contentLength,
           durationMs: performance.now() - outcome.startedAt,
           backend: outcome.backend?.url,
           attempts: outcome.attempts,

@@ -519,6 +519,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
         info.proxyAddr = c.proxyAddr;
       }
       req = new NativeRequest(head.method, urlOf(head, scheme, addr.port), head.headers, c, body);
+      if (head.http10) req.protocol = "HTTP/1.0";
       if (head.upgrade) markTunnelable(req);
       let response: Response;
       try {
@@ -848,6 +849,7 @@ class NativeRequest implements IncomingRequest {
   #controller: AbortController | undefined;
   /** The response has been delivered or abandoned: a signal made now is never aborted. */
   #finished = false;
+  protocol = "HTTP/1.1";
 
   constructor(
     readonly method: string,

@@ -21,4 +21,9 @@ export interface IncomingRequest {
    * Requests have none.
    */
   readonly fields?: readonly (readonly [string, string])[];
+  /**
+   * The protocol version, `HTTP/1.0` or `HTTP/1.1`, where the front end knows it (the native
+   * one); Deno.serve does not say which version a request came in.
+   */
+  readonly protocol?: string;
 }

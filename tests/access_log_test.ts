@@ -11,6 +11,7 @@ import {
 import {
   delay,
   getText,
+  rawRequest,
   startTestBackend,
   startTestBalancer,
   tempDir,
@@ -399,4 +400,26 @@ Deno.test("a reload reopens the access log: logrotate's rename, then SIGHUP, sta
   const rotated = await lines(`${path}.1`);
   assert.equal(rotated.length, 1);
   assert.match(rotated[0], /GET \/before-rotation /);
+});
+
+Deno.test("the access log gives an HTTP/1.0 request its version (native front end) and a HEAD 0 bytes", async () => {
+  await using backend = await startTestBackend(() => new Response("twelve bytes"));
+  await using dir = await tempDir();
+  const path = `${dir.path}/access.log`;
+  await using lb = await startTestBalancer([backend.url], {
+    accessLog: path,
+    frontend: "native",
+  });
+  await rawRequest(lb.port, "GET /old HTTP/1.0\r\nHost: ok\r\n\r\n");
+  await rawRequest(lb.port, "HEAD /head HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n");
+  await rawRequest(lb.port, "GET /new HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n");
+  let lines: string[] = [];
+  for (let i = 0; i < 50 && lines.length < 3; i++) {
+    lines = (await Deno.readTextFile(path).catch(() => "")).split("\n").filter(Boolean);
+    if (lines.length < 3) await delay(100);
+  }
+  const line = (path: string) => lines.find((l) => l.includes(` ${path} `)) ?? "";
+  assert.match(line("/old"), /"GET \/old HTTP\/1\.0" 200 12 /);
+  assert.match(line("/head"), /"HEAD \/head HTTP\/1\.1" 200 0 /);
+  assert.match(line("/new"), /"GET \/new HTTP\/1\.1" 200 12 /);
 });
