@@ -235,7 +235,8 @@ Deno.test("POST /api/backends refuses a duplicate (409) and bad input (400), cha
   }
   const bad: [unknown, RegExp][] = [
     [{ url: "ftp://x.example" }, /not an absolute http\(s\) URL/],
-    [{ url: "not a url" }, /not an absolute http\(s\) URL/],
+    [{ url: "not-a-url" }, /not an absolute http\(s\) URL/],
+    [{ url: "http://127.0.0.1:2100\n3" }, /a space or a control character/],
     [{ url: "http://x.example:8080/app" }, /origin only/],
     [{ url: "http://user:pw@x.example" }, /credentials/],
     [{}, /send \{"url"/],
