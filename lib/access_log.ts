@@ -61,8 +61,20 @@ export function formatJson(record: AccessRecord): string {
     `,"backend":${json(record.backend ?? null)}` +
     `,"attempts":${jsonNumber(record.attempts)}` +
     `,"requestId":${json(record.requestId ?? null)}` +
-    `,"userAgent":${json(record.userAgent ?? null)}` +
-    `,"referer":${json(record.referer ?? null)}}`;
+    `,"userAgent":${json(headerText(record.userAgent) ?? null)}` +
+    `,"referer":${json(headerText(record.referer) ?? null)}}`;
+}
+
+/**
+ * A header value (a byte string: one character per byte received) as the text its bytes spell
+ * in UTF-8, so that a UTF-8 User-Agent reads as sent; bytes that are not UTF-8 become U+FFFD.
+ */
+function headerText(value: string | undefined): string | undefined {
+  if (value === undefined || !/[\x80-\xff]/.test(value) || /[^\x00-\xff]/.test(value)) {
+    return value;
+  }
+  const bytes = Uint8Array.from(value, (c) => c.charCodeAt(0));
+  return new TextDecoder().decode(bytes);
 }
 
 /** ISO 8601 UTC, or null for an invalid Date (whose toISOString() would throw). */
@@ -145,10 +157,16 @@ function token(value: string | undefined): string {
   return TOKEN_SAFE.test(value) ? value : escapeField(value, true);
 }
 
-/** The slow path, only for values that need it: nginx-style `\"`, `\\` and `\xHH`. */
+/**
+ * The slow path, only for values that need it: nginx-style `\"`, `\\` and `\xHH`. A header
+ * value is a byte string (one character per byte received): its bytes are escaped as received.
+ */
 function escapeField(value: string, escapeSpace: boolean): string {
   let out = "";
-  for (const byte of encoder.encode(value)) {
+  const bytes = /[^\x00-\xff]/.test(value)
+    ? encoder.encode(value)
+    : Uint8Array.from(value, (c) => c.charCodeAt(0));
+  for (const byte of bytes) {
     if (byte === 0x22) out += '\\"';
     else if (byte === 0x5c) out += "\\\\";
     else if (byte < 0x20 || byte >= 0x7f || (escapeSpace && byte === 0x20)) {

@@ -171,6 +171,19 @@ function recordingSink(options: { chunk?: number } = {}) {
   };
 }
 
+Deno.test("header values are logged as the bytes the client sent, in both formats", () => {
+  // Header values arrive as byte strings: one character per byte.
+  const latin1 = "caf\xe9";
+  const utf8 = "caf\xc3\xa9"; // "café" sent in UTF-8
+  const combined = (userAgent: string) => formatCombined({ ...record, userAgent });
+  assert.ok(combined(latin1).includes('"caf\\xE9"'), combined(latin1));
+  assert.ok(combined(utf8).includes('"caf\\xC3\\xA9"'), combined(utf8));
+  const json = (userAgent: string) => JSON.parse(formatJson({ ...record, userAgent })).userAgent;
+  assert.equal(json(utf8), "café");
+  assert.equal(json(latin1), "caf\ufffd", "not UTF-8: the replacement character");
+  assert.equal(json("plain"), "plain");
+});
+
 Deno.test("LineWriter.write() batches lines written together into one sink write", async () => {
   const target = recordingSink();
   const writer = new LineWriter(target.sink);
