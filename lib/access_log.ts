@@ -70,7 +70,7 @@ export function formatJson(record: AccessRecord): string {
  * in UTF-8, so that a UTF-8 User-Agent reads as sent; bytes that are not UTF-8 become U+FFFD.
  */
 function headerText(value: string | undefined): string | undefined {
-  if (value === undefined || !/[\x80-\xff]/.test(value) || /[^\x00-\xff]/.test(value)) {
+  if (value === undefined || !/[\x80-\xff]/.test(value) || /[\u0100-\uffff]/.test(value)) {
     return value;
   }
   const bytes = Uint8Array.from(value, (c) => c.charCodeAt(0));
@@ -163,7 +163,7 @@ function token(value: string | undefined): string {
  */
 function escapeField(value: string, escapeSpace: boolean): string {
   let out = "";
-  const bytes = /[^\x00-\xff]/.test(value)
+  const bytes = /[\u0100-\uffff]/.test(value)
     ? encoder.encode(value)
     : Uint8Array.from(value, (c) => c.charCodeAt(0));
   for (const byte of bytes) {

@@ -72,7 +72,7 @@ export function parseBackend(text: string): BackendSpec {
     weight = Number(weightText);
   }
   // The URL parser drops tabs and newlines anywhere ("http://h:80\n81" is port 8081): refused.
-  if (/[\u0000-\u0020\u007f]/.test(urlText.trim())) {
+  if ([...urlText.trim()].some((c) => c <= " " || c === "\x7f")) {
     throw new ConfigError(
       `--backends: ${JSON.stringify(urlText)} contains a space or a control character`,
     );
