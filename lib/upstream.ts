@@ -103,7 +103,10 @@ export type Transport = (
  * headers, a separate TCP connect to the backend tells the two cases apart: if that connect
  * fails within `connectTimeout` too, the backend is not accepting connections and the attempt
  * is abandoned as a `connect` failure; if it succeeds, the backend is up but slow, and the
- * attempt keeps waiting for `timeout`.
+ * attempt keeps waiting for `timeout`. Only for idempotent requests: the probe says whether
+ * the backend accepts connections now, not whether fetch's own connection got through before
+ * (a backend closing its listener while it works on the request), so a request that must not
+ * run twice is never abandoned on its word, and waits for `timeout`.
  */
 export const sendAttempt: Transport = async (origin, url, request, clientSignal, options) => {
   if (clientSignal.aborted) return clientGone();
@@ -114,12 +117,13 @@ export const sendAttempt: Transport = async (origin, url, request, clientSignal,
     controller.abort();
   };
   // fetch does not say whether it has connected: a separate TCP connect tells.
+  const probe = isIdempotent(request.method);
   const disarm = guardAttempt(
     clientSignal,
     options,
     abandon,
     async () =>
-      abandoned === undefined && !controller.signal.aborted &&
+      probe && abandoned === undefined && !controller.signal.aborted &&
       !(await canConnect(origin, options.connectTimeout)),
   );
   try {

@@ -15,13 +15,15 @@ import {
   guardAttempt,
   sendAttempt,
 } from "../lib/upstream.ts";
-import { refusingUrl, startTestBackend, waitFor } from "./helpers.ts";
+import { delay, readHead, refusingUrl, startTestBackend, waitFor, writeAll } from "./helpers.ts";
 
 /** Attempt options over a client the test closes; `timeout` and `connectTimeout` as given. */
 function attemptOptions(client: Deno.HttpClient, timeout = 2_000, connectTimeout = timeout) {
   return { client, timeout, connectTimeout } satisfies AttemptOptions;
 }
 
+/** A client that never leaves. */
+const NEVER = new AbortController().signal;
 const GET: AttemptRequest = { method: "GET", headers: [["host", "example.test"]], body: null };
 
 Deno.test("sendAttempt() returns the backend's status, headers and body, with the client's Host", async () => {
@@ -174,4 +176,47 @@ Deno.test("canConnect() is true for a listening port and false for a refusing on
   await using backend = await startTestBackend();
   assert.equal(await canConnect(backend.url, 2_000), true);
   assert.equal(await canConnect(refusingUrl(), 2_000), false);
+});
+
+/**
+ * A backend that takes one request, stops accepting connections (its listener closed, as a
+ * graceful drain does), and answers 1 s later: the connect probe fails while the request runs.
+ */
+function drainingBackend() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const url = `http://127.0.0.1:${listener.addr.port}`;
+  const served = (async () => {
+    const conn = await listener.accept();
+    listener.close();
+    try {
+      await readHead(conn);
+      await delay(1000);
+      await writeAll(
+        conn,
+        new TextEncoder().encode(
+          "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone",
+        ),
+      );
+    } finally {
+      conn.close();
+    }
+  })();
+  return { url, served };
+}
+
+Deno.test("sendAttempt() (fetch) never abandons a POST on the connect probe's word; a GET it may", async () => {
+  using client = Deno.createHttpClient({ allowHost: true });
+  const options = attemptOptions(client, 10_000, 200);
+  const post: AttemptRequest = { ...GET, method: "POST", body: new TextEncoder().encode("pay") };
+  const posted = await drainingBackend();
+  const answer = await sendAttempt(posted.url, `${posted.url}/pay`, post, NEVER, options);
+  await posted.served;
+  assert.ok(answer.ok, `the POST got its answer: ${JSON.stringify(!answer.ok && answer.failure)}`);
+  assert.equal(await new Response(answer.value.body).text(), "done");
+  // An idempotent request may be abandoned (and retried elsewhere) when the probe fails.
+  const got = await drainingBackend();
+  const abandoned = await sendAttempt(got.url, `${got.url}/`, GET, NEVER, options);
+  await got.served.catch(() => {});
+  assert.ok(!abandoned.ok);
+  assert.equal(abandoned.failure.kind, "connect");
 });
