@@ -210,11 +210,15 @@ export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void
 /** A failure of the request body's source, not of the backend. */
 export class SourceError extends Error {}
 
-/** Streams `reader` raw with a declared `length` (enforced), or chunked when `length` < 0. */
+/**
+ * Streams `reader` raw with a declared `length` (enforced), or chunked when `length` < 0, each
+ * piece through `write` (by default all of it to `conn`).
+ */
 export async function writeStream(
   conn: Deno.Conn,
   reader: ReadableStreamDefaultReader<Uint8Array>,
   length: number,
+  write: (bytes: Uint8Array) => Promise<void> = (bytes) => writeAll(conn, bytes),
 ): Promise<void> {
   let sent = 0;
   let frame: Uint8Array | undefined;
@@ -233,7 +237,7 @@ export async function writeStream(
     sent += chunk.length;
     if (length >= 0) {
       if (sent > length) throw new SourceError("request body longer than its Content-Length");
-      await writeAll(conn, chunk);
+      await write(chunk);
       continue;
     }
     // size CRLF data CRLF in one write; the frame buffer is reused while it is big enough.
@@ -245,10 +249,10 @@ export async function writeStream(
     frame[size.length + 1] = 10;
     frame.set(chunk, size.length + 2);
     frame.set(CRLF, size.length + 2 + chunk.length);
-    await writeAll(conn, frame.subarray(0, total));
+    await write(frame.subarray(0, total));
   }
   if (length >= 0 && sent !== length) {
     throw new SourceError("request body shorter than its Content-Length");
   }
-  if (length < 0) await writeAll(conn, LAST_CHUNK);
+  if (length < 0) await write(LAST_CHUNK);
 }

@@ -303,7 +303,8 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     flag: "value",
     arg: "DUR",
     help: "time to receive response headers (default {default})",
-    doc: "Time from sending a request to receiving response headers, at least 1ms.",
+    doc:
+      "Time from sending a request (its body included) to receiving response headers, at least 1ms. While a request body is sent, each piece must be taken by the backend within it; the client's own pauses do not count (--body-timeout bounds those). On the fetch transport it counts from the start of the attempt.",
     scope: "service",
     restart: false,
   },

@@ -27,8 +27,10 @@
  *   -> `timeout`. The client left, or the caller's body stream failed or did not match its
  *   Content-Length -> `client-gone` (not the backend's doing).
  * - `connectTimeout` covers TCP and the TLS handshake, capped by `timeout`; `timeout` then
- *   counts from the connection being ready until the response head (as nginx counts its
- *   read timeout from the request being sent).
+ *   counts from the request being sent (its body included) until the response head, as nginx
+ *   counts its read timeout; while a body is sent, each piece the backend does not take within
+ *   `timeout` ends the attempt (nginx's send timeout), and the client's pauses between pieces
+ *   are not counted (the caller's body timeout bounds those).
  * - At most `maxConnsPerOrigin` connections per origin (no cap unless set), 32 of them connecting
  *   at once: more
  *   requests queue for a released connection, up to `timeout` (HAProxy's `maxconn` and `timeout
@@ -537,12 +539,52 @@ class Connection {
   streaming = false;
   headerTimeout = 0;
   readTimeout = DEFAULT_READ_TIMEOUT;
+  /**
+   * The wait for the response head: from the request (its body included) being sent, while
+   * the response head has not come. Undefined while a body is still being written.
+   */
+  headerDeadline: Deadline | undefined;
+  /** The response head came, or the exchange failed: body writes no longer time it. */
+  headed = false;
 
   readonly onHeaderTimeout = () =>
     this.abandon({
       kind: "timeout",
       detail: `no response headers within ${this.headerTimeout}ms`,
     });
+  readonly onWriteTimeout = () => {
+    if (this.headed) return;
+    this.abandon({
+      kind: "timeout",
+      detail: `request body not taken within ${this.headerTimeout}ms`,
+    });
+  };
+
+  /** Stops the wait for the response head (it came, or the exchange is over). */
+  endHeaderWait(): void {
+    this.headed = true;
+    this.headerDeadline?.cancel();
+    this.headerDeadline = undefined;
+  }
+
+  /**
+   * Writes a piece of the request body, within the header timeout while no response head has
+   * come: a backend that stops taking the body is the backend's delay, the client's pauses
+   * between pieces are not (the client's body timeout bounds those).
+   */
+  async writeBodyPiece(bytes: Uint8Array): Promise<void> {
+    const deadline = this.headed ? undefined : afterDelay(this.headerTimeout, this.onWriteTimeout);
+    try {
+      await writeAll(this.conn, bytes);
+    } finally {
+      deadline?.cancel();
+    }
+  }
+
+  /** The body is all sent: the wait for the response head starts now, if it has not come. */
+  bodySent(): void {
+    if (!this.headed) this.headerDeadline = afterDelay(this.headerTimeout, this.onHeaderTimeout);
+  }
   readonly onClientAbort = () => this.abandon(CLIENT_GONE);
   /** The current request's client signal, listened to once the exchange has lasted a while. */
   #client: AbortSignal | undefined;
@@ -931,12 +973,14 @@ async function exchange(
   c.headerTimeout = options.timeout;
   c.readTimeout = options.readTimeout ?? DEFAULT_READ_TIMEOUT;
   const now = performance.now();
-  const headerDeadline = afterDelay(options.timeout, c.onHeaderTimeout, now);
+  const inline = body === null ||
+    (body instanceof Uint8Array && body.length <= BUFFER_BODY_LIMIT && !head.expectContinue);
+  c.headed = false;
+  // With a body still to send, the wait for the head starts once it is sent (c.bodySent()).
+  c.headerDeadline = inline ? afterDelay(options.timeout, c.onHeaderTimeout, now) : undefined;
   c.watchClient(clientSignal, now);
   let response: ResponseHead;
   try {
-    const inline = body === null ||
-      (body instanceof Uint8Array && body.length <= BUFFER_BODY_LIMIT && !head.expectContinue);
     const bytes = encodeHead(
       head,
       inline ? body as Uint8Array | null : null,
@@ -974,7 +1018,7 @@ async function exchange(
       response = await nextHead(c, request.method, undefined, 0);
     }
   } catch (error) {
-    headerDeadline.cancel();
+    c.endHeaderWait();
     c.unwatchClient();
     c.close();
     c.gate?.(false);
@@ -984,7 +1028,7 @@ async function exchange(
     }
     return failed("maybe-sent", describe(error));
   }
-  headerDeadline.cancel();
+  c.endHeaderWait();
   c.gate?.(false);
   let result: AttemptResult;
   try {
@@ -1040,9 +1084,10 @@ async function writeBody(
       c.writeState = Write.Skipped;
       return;
     }
-    if (reader === undefined) await writeAll(c.conn, body as Uint8Array);
-    else await writeStream(c.conn, reader, length);
+    if (reader === undefined) await c.writeBodyPiece(body as Uint8Array);
+    else await writeStream(c.conn, reader, length, (bytes) => c.writeBodyPiece(bytes));
     c.writeState = Write.Done;
+    c.bodySent();
   } catch (error) {
     c.writeState = Write.Failed;
     if (error instanceof SourceError) {

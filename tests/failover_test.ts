@@ -19,6 +19,7 @@ import {
   startTestBalancer,
   TEST_TRANSPORT,
   waitFor,
+  writeAll,
 } from "./helpers.ts";
 import { afterDelay } from "../lib/upstream.ts";
 import { rawResponse } from "./wire.ts";
@@ -366,6 +367,59 @@ Deno.test("a connect that hangs past --connect-timeout is retried elsewhere (POS
   await post.body?.cancel();
   assert.equal(post.status, 504, "the POST waited for --timeout on the hanging backend");
   assert.equal(good.received.length, 1, "and was not sent to another");
+});
+
+Deno.test({
+  name:
+    "--timeout does not count a steady upload: a 2.5 s chunked body with --timeout 1s gets its answer",
+  // fetch says nothing of how far its upload got: there --timeout counts from the start.
+  ignore: TEST_TRANSPORT === "fetch",
+}, async () => {
+  await using backend = await startTestBackend(async (req) =>
+    new Response(`got ${(await req.bytes()).length}`)
+  );
+  await using lb = await startTestBalancer([backend.url], { timeout: 1_000 });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: lb.port });
+  try {
+    const encoder = new TextEncoder();
+    await writeAll(
+      conn,
+      encoder.encode("PUT /upload HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    );
+    const piece = "x".repeat(16 * 1024);
+    for (let i = 0; i < 10; i++) {
+      await writeAll(conn, encoder.encode(`${piece.length.toString(16)}\r\n${piece}\r\n`));
+      await delay(250);
+    }
+    await writeAll(conn, encoder.encode("0\r\n\r\n"));
+    const answer = await readHead(conn);
+    assert.match(answer, /^HTTP\/1\.1 200 /, answer);
+    assert.equal(backend.received.length, 1);
+  } finally {
+    conn.close();
+  }
+});
+
+Deno.test("a backend that stops taking the request body is cut off at --timeout, not waited for", async () => {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  // Reads the head, then nothing: the balancer's writes block once the socket buffers are full.
+  await using stalled = rawServer(async (conn) => {
+    await readHead(conn);
+    await released;
+  });
+  await using lb = await startTestBalancer([stalled.url], {
+    timeout: 1_000,
+    maxBody: 64 * 1024 * 1024,
+  });
+  try {
+    const body = new Uint8Array(48 * 1024 * 1024);
+    const response = await fetch(`${lb.url}/big`, { method: "PUT", body });
+    await response.body?.cancel();
+    assert.equal(response.status, 504);
+  } finally {
+    release();
+  }
 });
 
 Deno.test("afterDelay() fires deadlines of mixed durations in due order, never cancelled ones", async () => {
