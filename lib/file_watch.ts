@@ -187,8 +187,10 @@ function nearestDirectory(dir: string): { dir: string; identity: string } | unde
     try {
       const info = Deno.statSync(current);
       if (info.isDirectory) return { dir: current, identity: `${info.dev} ${info.ino}` };
-    } catch {
-      // Missing (or not ours to read): its parent is where it would reappear.
+    } catch (error) {
+      // Not ours to read (no permission): watching it will fail and say so.
+      if (!(error instanceof Deno.errors.NotFound)) return { dir: current, identity: "unread" };
+      // Missing: its parent is where it would reappear.
     }
     const parent = dirname(current);
     if (parent === current) return undefined;
