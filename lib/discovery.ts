@@ -19,6 +19,7 @@
  * its highest weight.
  */
 
+import { type Cidr, cidrContains, parseCidr } from "./cidr.ts";
 import type { DiscoveryTarget } from "./config.ts";
 import type { Log } from "./log.ts";
 import type { BackendSpec, Pool } from "./pool.ts";
@@ -85,6 +86,8 @@ interface TargetState {
 export class DnsDiscovery {
   readonly #options: DiscoveryOptions;
   readonly #log: Log;
+  /** Addresses already reported as unusable ("name address"): each is said once. */
+  readonly #refused = new Set<string>();
   readonly #targets: TargetState[];
   readonly #nameServer: Deno.ResolveDnsOptions["nameServer"];
   readonly #timeoutMs: number;
@@ -226,7 +229,10 @@ export class DnsDiscovery {
     }
   }
 
-  /** A and AAAA addresses of `name` (an IP literal stands for itself). */
+  /**
+   * A and AAAA addresses of `name` (an IP literal stands for itself), without those no backend
+   * can have (a sinkhole's 0.0.0.0, multicast, broadcast), each reported once.
+   */
   async #addresses(name: string, options: Deno.ResolveDnsOptions): Promise<string[]> {
     const bare = name.replace(/\.$/, "");
     if (isIpLiteral(bare)) return [bare];
@@ -234,7 +240,15 @@ export class DnsDiscovery {
       this.#query(bare, "A", options),
       this.#query(bare, "AAAA", options),
     ]);
-    return [...v4 as string[], ...v6 as string[]];
+    return [...v4 as string[], ...v6 as string[]].filter((address) => {
+      const reason = unusableAddress(address);
+      if (reason === undefined) return true;
+      if (!this.#refused.has(`${bare} ${address}`)) {
+        this.#refused.add(`${bare} ${address}`);
+        this.#log.warn(`DNS ${bare}: ignoring ${address} (${reason}: no backend can be there)`);
+      }
+      return false;
+    });
   }
 
   /** One query; "no such records" is an empty answer, every other failure rejects. */
@@ -270,6 +284,20 @@ export class DnsDiscovery {
     }
     return changed;
   }
+}
+
+/** Address ranges no backend can be reached at, with what they are. */
+const UNUSABLE: readonly [Cidr, string][] = [
+  ["0.0.0.0/32", "unspecified"],
+  ["::/128", "unspecified"],
+  ["255.255.255.255/32", "broadcast"],
+  ["224.0.0.0/4", "multicast"],
+  ["ff00::/8", "multicast"],
+].map(([range, what]) => [parseCidr(range)!, what]);
+
+/** Why `address` cannot be a backend's, or undefined when it can. */
+export function unusableAddress(address: string): string | undefined {
+  return UNUSABLE.find(([range]) => cidrContains(range, address))?.[1];
 }
 
 /** The abort reason of a lookup that ran out of time. */

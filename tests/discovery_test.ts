@@ -77,6 +77,30 @@ function target(text: string) {
   return parsed;
 }
 
+Deno.test("DnsDiscovery.lookup() drops unspecified, multicast and broadcast answers, saying so once each", async () => {
+  const log = captureLog();
+  const discovery = new DnsDiscovery({
+    targets: [],
+    resolve: fakeResolver(() => ({
+      a: { "sink.test": ["0.0.0.0", "127.0.0.2", "224.0.0.1", "255.255.255.255"] },
+      aaaa: { "sink.test": ["::", "ff02::1", "::1"] },
+    })),
+  }, log);
+  for (let round = 0; round < 2; round++) {
+    assert.deepEqual(await discovery.lookup(target("dns+a://sink.test:9000")), [
+      { url: "http://127.0.0.2:9000", weight: 1 },
+      { url: "http://[::1]:9000", weight: 1 },
+    ]);
+  }
+  assert.deepEqual(log.lines, [
+    "WARN DNS sink.test: ignoring 0.0.0.0 (unspecified: no backend can be there)",
+    "WARN DNS sink.test: ignoring 224.0.0.1 (multicast: no backend can be there)",
+    "WARN DNS sink.test: ignoring 255.255.255.255 (broadcast: no backend can be there)",
+    "WARN DNS sink.test: ignoring :: (unspecified: no backend can be there)",
+    "WARN DNS sink.test: ignoring ff02::1 (multicast: no backend can be there)",
+  ]);
+});
+
 Deno.test("DnsDiscovery.lookup() takes the lowest SRV priority, weight 0 as 1, every address of a target", async () => {
   const discovery = new DnsDiscovery({
     targets: [],
