@@ -122,7 +122,10 @@ export async function prepareBody(
   if (length !== undefined && length > limits.maxBody) {
     throw new ContentTooLargeError(limits.maxBody);
   }
-  const client = new ClientBody(req.body.getReader(), limits);
+  // Deno.serve ends an HTTP/2 body the client cancelled (RST_STREAM) as if complete, and aborts
+  // the request's signal a moment later: without a length to hold it to, the end is checked.
+  const cancelled = req.fields === undefined && length === undefined ? req.signal : undefined;
+  const client = new ClientBody(req.body.getReader(), limits, cancelled);
   if (length !== undefined && length <= REPLAY_LIMIT) {
     const bytes = await client.readAll();
     // Deno.serve ends an HTTP/2 body the client cancelled (RST_STREAM) as if complete: a short
@@ -161,9 +164,20 @@ class ClientBody {
   #bytes = 0;
   clientError: HttpError | undefined;
 
-  constructor(reader: ReadableStreamDefaultReader<Uint8Array>, limits: BodyLimits) {
+  readonly #cancelled: AbortSignal | undefined;
+
+  /**
+   * `cancelled`: the request's signal, when an end of the body must be confirmed by its
+   * staying unaborted a macrotask longer (see prepareBody).
+   */
+  constructor(
+    reader: ReadableStreamDefaultReader<Uint8Array>,
+    limits: BodyLimits,
+    cancelled?: AbortSignal,
+  ) {
     this.#reader = reader;
     this.#limits = limits;
+    this.#cancelled = cancelled;
   }
 
   get signal(): AbortSignal {
@@ -177,6 +191,11 @@ class ClientBody {
       this.#bytes += result.value.length;
       if (this.#bytes > this.#limits.maxBody) {
         this.#fail(new ContentTooLargeError(this.#limits.maxBody));
+      }
+    } else if (this.#cancelled !== undefined && this.#bytes > 0) {
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      if (this.#cancelled.aborted) {
+        this.#fail(new BadRequestError("the client cancelled the request body"));
       }
     }
     return result;

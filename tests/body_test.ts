@@ -114,6 +114,38 @@ Deno.test("prepareBody() refuses a small body that ends before its Content-Lengt
   });
 });
 
+Deno.test("prepareBody() fails a body without length whose end comes with a cancel (HTTP/2 RST_STREAM)", async () => {
+  // What Deno.serve does when an HTTP/2 client cancels a stream with no Content-Length: the body
+  // ends as if complete, and the request's signal aborts a moment later.
+  const cancel = new AbortController();
+  const source = controlledSource();
+  const req = {
+    method: "POST",
+    url: URL_,
+    headers: new Headers(),
+    body: source.stream,
+    signal: cancel.signal,
+  };
+  source.push(bytesOf(5, 1));
+  const body = await prepareBody(req);
+  const reading = readAll(body.forAttempt());
+  source.end();
+  setTimeout(() => cancel.abort(), 0);
+  await assert.rejects(reading, /cancelled the request body/);
+  assert.equal(body.clientError?.status, 400);
+  // Without a cancel the same end is an end.
+  const kept = controlledSource();
+  kept.push(bytesOf(5, 1));
+  const whole = await prepareBody({
+    ...req,
+    body: kept.stream,
+    signal: new AbortController().signal,
+  });
+  const all = readAll(whole.forAttempt());
+  kept.end();
+  assert.deepEqual(await all, bytesOf(5, 1));
+});
+
 Deno.test("prepareBody() lets a later attempt resend chunks an earlier one consumed", async () => {
   const source = controlledSource();
   const chunks = [bytesOf(65536, 1), bytesOf(65536, 2), bytesOf(1000, 3)];
