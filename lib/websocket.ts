@@ -469,6 +469,17 @@ function accept(
   backend: Backend,
   options: WebSocketProxyOptions,
 ): Response {
+  const chosen = relay.protocol;
+  if (chosen !== "" && !requestedProtocols(req.headers)?.includes(chosen)) {
+    // The backend's mistake, not the client's (RFC 6455 §4.1: the client must fail it anyway).
+    relay.abandon();
+    relay.settled.then(() => options.loop.pool.release(backend));
+    options.loop.log.warn(
+      `${backend.url} chose WebSocket subprotocol ${JSON.stringify(chosen)}, ` +
+        "which the client did not offer",
+    );
+    throw new BadGatewayError("backend chose a WebSocket subprotocol the client did not offer");
+  }
   let upgrade: Deno.WebSocketUpgrade;
   try {
     // Only Deno.serve's requests come here, and they are Requests: the native front end's

@@ -18,7 +18,10 @@ import {
 } from "../lib/websocket.ts";
 import {
   balancerOver,
+  captureLog,
   rawRequest,
+  rawServer,
+  readHead,
   refusingUrl,
   startTestBackend,
   startTestBalancer,
@@ -26,6 +29,7 @@ import {
   type TestBackend,
   testConfig,
   waitFor,
+  writeAll,
 } from "./helpers.ts";
 import { headerOf, rawResponse } from "./wire.ts";
 
@@ -199,6 +203,48 @@ Deno.test("WebSocket: text and binary frames pass both ways, with the negotiated
   const seen = backend.sessions[0].headers;
   assert.equal(seen.get("sec-websocket-protocol"), "chat.v1, chat.v2");
   await closeClient(client);
+});
+
+Deno.test({
+  name:
+    "WebSocket: a backend that chooses a subprotocol the client did not offer gets the client a 502",
+  // The native front end relays the backend's 101 as it is: the client refuses it (RFC 6455 §4.1).
+  ignore: TEST_FRONTEND === "native",
+}, async () => {
+  // A raw backend: Deno's own server would refuse to choose a protocol that was not offered.
+  await using backend = rawServer(async (conn) => {
+    const head = await readHead(conn);
+    const key = /sec-websocket-key: *(\S+)/i.exec(head)?.[1] ?? "";
+    const digest = await crypto.subtle.digest(
+      "SHA-1",
+      new TextEncoder().encode(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`),
+    );
+    const accept = btoa(String.fromCharCode(...new Uint8Array(digest)));
+    await writeAll(
+      conn,
+      new TextEncoder().encode(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+          `Sec-WebSocket-Accept: ${accept}\r\nSec-WebSocket-Protocol: evil\r\n\r\n`,
+      ),
+    );
+    await conn.read(new Uint8Array(1024)).catch(() => null);
+    conn.close();
+  });
+  const log = captureLog();
+  await using lb = await startTestBalancer([backend.url], {}, log);
+  const raw = await rawResponse(
+    lb.port,
+    "GET /chat HTTP/1.1\r\nHost: ok\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+      "Sec-WebSocket-Protocol: chat.v1\r\nConnection: close\r\n\r\n",
+  );
+  assert.equal(raw.status, 502);
+  assert.ok(
+    log.lines.some((l) =>
+      /chose WebSocket subprotocol "evil", which the client did not offer/.test(l)
+    ),
+    log.lines.join("\n"),
+  );
 });
 
 Deno.test("WebSocket: what the backend sends before the client's upgrade completes is not lost", async () => {
