@@ -122,7 +122,8 @@ export function clientCloseFor(code: number, reason: string, wasClean: boolean):
 export function upstreamCloseFor(code: number, reason: string): CloseFrame {
   if (code === 1000 || (code >= 3000 && code <= 4999)) return { code, reason };
   if (code === 1005) return {};
-  return { code: 1000, reason: reason || `client closed with ${code}` };
+  // Deno reports a client that vanished without a close frame as code 0: RFC 6455's 1006.
+  return { code: 1000, reason: reason || `client closed with ${code < 1000 ? 1006 : code}` };
 }
 
 /** Codes an endpoint may put in a close frame (RFC 6455 §7.4.1-2). */

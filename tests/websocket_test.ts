@@ -751,6 +751,8 @@ Deno.test("upstreamCloseFor() passes client-sendable codes and maps the rest to 
   assert.deepEqual(upstreamCloseFor(1001, ""), { code: 1000, reason: "client closed with 1001" });
   assert.deepEqual(upstreamCloseFor(1001, "left"), { code: 1000, reason: "left" });
   assert.deepEqual(upstreamCloseFor(1006, ""), { code: 1000, reason: "client closed with 1006" });
+  // Deno's code for a client gone without a close frame.
+  assert.deepEqual(upstreamCloseFor(0, ""), { code: 1000, reason: "client closed with 1006" });
 });
 
 Deno.test("handshakeProblem() accepts RFC 6455 handshakes and names what is wrong", () => {
