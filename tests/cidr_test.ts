@@ -80,3 +80,29 @@ Deno.test("cidrContains() compares only the prefix's bits, within one address fa
   assert.equal(cidrContains(range("192.0.2.1"), "192.0.2.2"), false, "a bare address is a /32");
   assert.equal(cidrContains(range("10.0.0.0/8"), "not an address"), false);
 });
+
+Deno.test("IPv4-mapped IPv6 in every spelling is its IPv4 address, and mapped ranges are IPv4 ranges", () => {
+  const v4 = new Uint8Array([127, 0, 0, 1]);
+  for (
+    const text of [
+      "::ffff:127.0.0.1",
+      "::ffff:7f00:1",
+      "::FFFF:7F00:0001",
+      "0:0:0:0:0:ffff:127.0.0.1",
+    ]
+  ) {
+    assert.deepEqual(parseAddress(text), v4, text);
+  }
+  // A deny list written in any of these forms matches the client it names.
+  for (const rule of ["::ffff:7f00:1", "::ffff:0:0/96", "::ffff:7f00:0/104", "::ffff:127.0.0.1"]) {
+    for (const peer of ["127.0.0.1", "::ffff:127.0.0.1", "::ffff:7f00:1"]) {
+      assert.ok(cidrContains(range(rule), peer), `${rule} contains ${peer}`);
+    }
+  }
+  assert.equal(range("::ffff:0:0/96").prefix, 0, "the whole mapped block is all of IPv4");
+  assert.ok(!cidrContains(range("::ffff:7f00:0/104"), "10.0.0.1"));
+  // Wider than the mapped block: an IPv6 range, which IPv4 peers are not in.
+  assert.ok(!cidrContains(range("::/0"), "127.0.0.1"));
+  assert.ok(cidrContains(range("::/0"), "2001:db8::1"));
+  assert.equal(parseCidr("::ffff:0:0/129"), undefined);
+});
