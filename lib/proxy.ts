@@ -66,6 +66,7 @@ import {
 import { cookieHeader, getCookie, type StickyCookie } from "./sticky_cookie.ts";
 import { backoffDelay, type RetryBudget } from "./retry_budget.ts";
 import { type Cidr, cidrContains } from "./cidr.ts";
+import { clientAddress } from "./client_address.ts";
 import { REQUEST_ID_HEADER, requestIdFor } from "./request_id.ts";
 import {
   isWebSocketUpgrade,
@@ -391,7 +392,13 @@ export class ReverseProxy implements ServiceProxy {
     const method = req.method;
     const clientIp = (info.remoteAddr as Deno.NetAddr).hostname;
     const headers = this.upstreamHeaders(routed, clientIp);
-    const context = new RequestContext(clientIp, req, routed.upstreamPath);
+    const context = new RequestContext(
+      clientIp,
+      req,
+      routed.upstreamPath,
+      routed.client.forwardedFor,
+      this.trustedProxies,
+    );
     if (routed.client.upgrade !== null && isWebSocketUpgrade(req)) {
       return this.upgrade(req, headers, context, routed.requestId, trace);
     }
@@ -559,11 +566,23 @@ export class ReverseProxy implements ServiceProxy {
  * cookie asks (the native front end builds them on first use).
  */
 class RequestContext implements SelectContext {
+  #client: string | undefined;
+
   constructor(
-    readonly clientIp: string,
+    readonly peer: string,
     readonly request: IncomingRequest,
     readonly path: string,
+    readonly forwardedFor: string | null,
+    readonly trusted: readonly Cidr[],
   ) {}
+
+  /**
+   * The client as rate limits and access rules see it (X-Forwarded-For walked through the
+   * trusted proxies), found only when a policy hashes on it.
+   */
+  get clientIp(): string {
+    return this.#client ??= clientAddress(this.peer, this.forwardedFor, this.trusted);
+  }
 
   get headers(): Headers {
     return this.request.headers;

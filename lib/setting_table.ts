@@ -388,7 +388,8 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     flag: "value",
     arg: "KEY",
     help: "for --policy=hash: ip, path, header:NAME or cookie:NAME (default {default})",
-    doc: "What the hash policy hashes: ip, path, header:NAME or cookie:NAME.",
+    doc:
+      "What the hash policy hashes: ip (the client address, read through X-Forwarded-For from --trusted-proxies as rate limits and access rules read it), path, header:NAME or cookie:NAME (a missing header or cookie falls back to ip).",
     scope: "service",
     restart: false,
   },

@@ -356,6 +356,39 @@ Deno.test("hash on a header: a key always lands on one backend; keys spread over
   for (const count of usersPer) assert.ok(count > 0, `users per backend: ${usersPer}`);
 });
 
+Deno.test("hash on ip behind a trusted proxy hashes the client X-Forwarded-For names, as rate limits do", async () => {
+  const backends = [await startTestBackend(), await startTestBackend(), await startTestBackend()];
+  await using _0 = backends[0];
+  await using _1 = backends[1];
+  await using _2 = backends[2];
+  await using lb = await startTestBalancer(backends.map((b) => b.url), {
+    policy: "hash",
+    hashKey: { kind: "ip" },
+    trustedProxies: ["127.0.0.1/32"],
+  });
+  // 60 clients behind one proxy (the test, on 127.0.0.1), each twice.
+  for (let pass = 0; pass < 2; pass++) {
+    for (let i = 0; i < 60; i++) {
+      const answer = await getText(lb.url, { headers: { "x-forwarded-for": `198.51.100.${i}` } });
+      assert.equal(answer.status, 200);
+    }
+  }
+  const homes = new Map<string, Set<number>>();
+  backends.forEach((backend, index) => {
+    for (const { headers } of backend.received) {
+      const client = headers.get("x-forwarded-for")!.split(",")[0];
+      if (!homes.has(client)) homes.set(client, new Set());
+      homes.get(client)!.add(index);
+    }
+  });
+  assert.equal(homes.size, 60);
+  for (const [client, where] of homes) assert.equal(where.size, 1, `${client} moved`);
+  // Hashing the proxy's own address would send all 60 to one backend; by client, each of three
+  // gets none with probability about 3·(2/3)^60.
+  const used = backends.filter((b) => b.received.length > 0).length;
+  assert.equal(used, 3, `backends used: ${backends.map((b) => b.received.length)}`);
+});
+
 Deno.test("max-conns 1: a third concurrent request gets 503 at once, not queued", async () => {
   let release!: () => void;
   const gate = new Promise<void>((resolve) => release = resolve);
