@@ -332,6 +332,32 @@ export class Balancer {
         }
       },
     );
+    const limiters = function* () {
+      const { guards, table } = routing();
+      for (const [index, route] of guards.entries()) {
+        if (route?.limiter !== undefined) {
+          yield { route: table.routes[index].name, stats: route.limiter.stats() };
+        }
+      }
+    };
+    metrics.registry.gaugeFunc(
+      "lb_rate_limit_keys",
+      "Keys (clients) a route's rate limit holds a bucket for now, at most its maxKeys (shared " +
+        "by every thread).",
+      function* () {
+        for (const { route, stats } of limiters()) yield { labels: { route }, value: stats.keys };
+      },
+    );
+    metrics.registry.counterFunc(
+      "lb_rate_limit_overflowed_total",
+      "Takes of a route's rate limit that found its maxKeys full and shared the one overflow " +
+        "bucket: a maxKeys too small for the traffic (a reload starts it again).",
+      function* () {
+        for (const { route, stats } of limiters()) {
+          yield { labels: { route }, value: stats.overflowed };
+        }
+      },
+    );
     return metrics;
   }
 

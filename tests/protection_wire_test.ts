@@ -115,6 +115,25 @@ Deno.test("rateLimit: admits the burst, then 429 with Retry-After, counted per r
   assert.equal(sample(metrics, 'lb_route_refused_total{route="open",reason="rate-limit"}'), 0);
 });
 
+Deno.test("rateLimit: its keys held and takes that overflowed maxKeys are in the metrics", async () => {
+  await using backend = await namedBackend("ok");
+  await using lb = await startTestBalancer([], {
+    services: { app: service(backend.url) },
+    routes: [{
+      name: "keyed",
+      service: "app",
+      rateLimit: { ...SLOW_REFILL, key: "header:x-key", maxKeys: 2 },
+    }],
+  });
+  // Five clients for two places: three of them take from the shared overflow bucket.
+  for (let i = 0; i < 5; i++) {
+    await send(`${lb.url}/`, { headers: { "x-key": `client-${i}` } });
+  }
+  const metrics = lb.balancer.metrics.render();
+  assert.equal(sample(metrics, 'lb_rate_limit_keys{route="keyed"}'), 2);
+  assert.equal(sample(metrics, 'lb_rate_limit_overflowed_total{route="keyed"}'), 3);
+});
+
 Deno.test("rateLimit: admits at most burst + rate x elapsed, and at least the burst", async () => {
   await using backend = await namedBackend("ok");
   const spec: RateLimitSpec = { requestsPerSecond: 5, burst: 5, key: "ip" };
