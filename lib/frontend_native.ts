@@ -168,6 +168,23 @@ class Connection {
   phase: Phase = Phase.Head;
   /** performance.now() after which the sweep closes it; 0: none. */
   deadline = 0;
+  /** The longest one write of a response may wait for the client to take bytes. */
+  sendTimeout = Infinity;
+  /**
+   * The connection's response writes, each given at most `sendTimeout` (the sweep closes the
+   * connection otherwise): a client that stops reading would hold its request, and the backend
+   * slot behind it, for ever (nginx's send_timeout, HAProxy's timeout client).
+   */
+  readonly out = {
+    write: async (bytes: Uint8Array): Promise<number> => {
+      this.deadline = performance.now() + this.sendTimeout;
+      try {
+        return await this.conn.write(bytes);
+      } finally {
+        this.deadline = 0;
+      }
+    },
+  };
   /** A read started while the handler runs (to notice a client hanging up). */
   pending: Promise<void> | null = null;
   eof = false;
@@ -352,6 +369,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
         wake?.();
       });
       connections.add(c);
+      c.sendTimeout = idleTimeout;
       c.deadline = performance.now() + headerTimeout;
       const done = serveConnection(c).catch(() => {}).finally(() => {
         c.close();
@@ -544,7 +562,7 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
         ? (c.abort ??= new AbortController()).signal
         : undefined;
       if (hangUp !== undefined) c.watch();
-      keepAlive = await writeResponse(c.conn, response, head, keepAlive, bodyPool, hangUp);
+      keepAlive = await writeResponse(c.out, response, head, keepAlive, bodyPool, hangUp);
       completed();
       if (keepAlive && body !== undefined && !body.done) {
         c.deadline = performance.now() + headerTimeout;

@@ -199,8 +199,11 @@ export function encodeHead(
   return out;
 }
 
+/** What bytes are written to: a connection, or a wrapper of its writes. */
+export type Writer = Pick<Deno.Conn, "write">;
+
 /** Writes all of `bytes` (a single write may take only part of it). */
-export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+export async function writeAll(conn: Writer, bytes: Uint8Array): Promise<void> {
   if (bytes.length === 0) return;
   // Most writes take everything at once: no view for them.
   let offset = await conn.write(bytes);

@@ -13,7 +13,7 @@ import type { IncomingRequest } from "./incoming.ts";
 import { hasToken, type RequestHead } from "./http1_request_head.ts";
 import type { BodyPool } from "./body_pool.ts";
 import { REASONS } from "./errors.ts";
-import { writeAll } from "./http1_request.ts";
+import { writeAll, type Writer } from "./http1_request.ts";
 import { responseSymbol, wireFields } from "./response_fields.ts";
 
 const encoder = new TextEncoder();
@@ -116,7 +116,7 @@ function encodeHead(text: string, body?: Uint8Array, bodies?: BodyPool): Uint8Ar
 
 /** Writes {@linkcode encodeHead}'s bytes; a buffer taken from `bodies` goes back once written. */
 function writeHead(
-  conn: Deno.Conn,
+  conn: Writer,
   text: string,
   body?: Uint8Array,
   bodies?: BodyPool,
@@ -208,7 +208,7 @@ export class UnsentResponseError extends Error {
  * ends what feeds it (a backend's connection) rather than waiting for its next bytes.
  */
 export async function writeResponse(
-  conn: Deno.Conn,
+  conn: Writer,
   response: Response,
   head: RequestHead | null,
   keepAlive: boolean,
@@ -343,7 +343,7 @@ export async function writeResponse(
  * A body of `declared` bytes. False when it ran longer and was cut: the connection must close.
  */
 async function writeLength(
-  conn: Deno.Conn,
+  conn: Writer,
   reader: ReadableStreamDefaultReader<Uint8Array>,
   text: string,
   declared: number,
@@ -379,7 +379,7 @@ function unsent(error: unknown): never {
 
 /** Writes `data` after the head `head` (null: sent already). */
 function writeBody(
-  conn: Deno.Conn,
+  conn: Writer,
   head: string | null,
   data: Uint8Array,
   bodies: BodyPool | undefined,
@@ -391,7 +391,7 @@ function writeBody(
 }
 
 async function writeHeadThenBody(
-  conn: Deno.Conn,
+  conn: Writer,
   head: string,
   data: Uint8Array,
   bodies: BodyPool | undefined,
@@ -401,7 +401,7 @@ async function writeHeadThenBody(
 }
 
 async function writeChunk(
-  conn: Deno.Conn,
+  conn: Writer,
   headBytes: Uint8Array | null,
   data: Uint8Array,
 ): Promise<void> {

@@ -833,7 +833,8 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     flag: "value",
     arg: "DUR",
     help: "native front end: keep-alive connection with no request (default {default})",
-    doc: "Native front end: a kept-alive connection with no request for this long is closed.",
+    doc:
+      "Native front end: a kept-alive connection with no request for this long is closed, and so is one whose client takes no bytes of a response for this long.",
     scope: "global",
     restart: true,
   },

@@ -594,6 +594,34 @@ for (const framing of ["chunked", "content-length"] as const) {
   });
 }
 
+Deno.test("serveNative() closes a client that stops reading its response for the idle timeout", async () => {
+  let cancelled!: () => void;
+  const cancelSeen = new Promise<void>((resolve) => (cancelled = resolve));
+  const piece = new Uint8Array(256 * 1024);
+  let sent = 0;
+  await using server = start({ idleTimeoutMs: 500 }, () =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        pull(controller) {
+          // 256 MiB at most: far more than the socket buffers hold.
+          if (sent >= 1024) return controller.close();
+          sent++;
+          controller.enqueue(piece);
+        },
+        cancel: () => cancelled(),
+      }),
+    ));
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+  try {
+    await writeAll(conn, encoder.encode(`${GET}\r\n`));
+    // Reads nothing: once the buffers are full, the write waits on this client for ever.
+    await within(cancelSeen, 10_000, "the body cancelled after the client stopped reading");
+    assert.ok(sent < 1024, `stopped after ${sent} pieces, not at the end`);
+  } finally {
+    conn.close();
+  }
+});
+
 Deno.test("serveNative() closes a client sending one header byte every 200 ms at the 1 s header timeout, with 408", async () => {
   await using server = start({ headerTimeoutMs: 1000 });
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
