@@ -1048,8 +1048,13 @@ function createObserver(
       const seconds = (performance.now() - outcome.startedAt) / 1000;
       metrics.route(outcome.route ?? NO_ROUTE).record(outcome.status);
       if (outcome.service !== undefined) {
+        // A 4xx of the balancer's own (a body too large or stalled, a client that left) is the
+        // client's doing: counted as such, not as an "error" of the backend it was sent to.
+        const clientFault = outcome.status >= 400 && outcome.status < 500;
         metrics.backend(outcome.service, outcome.backend?.url ?? NO_BACKEND).record(
-          outcome.fromBackend || outcome.backend === undefined ? outcome.status : undefined,
+          outcome.fromBackend || outcome.backend === undefined || clientFault
+            ? outcome.status
+            : undefined,
           seconds,
         );
       }

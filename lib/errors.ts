@@ -53,6 +53,16 @@ export class NoBackendError extends HttpError {
   }
 }
 
+/**
+ * 499 (nginx's "client closed request"): the client left before an answer; it never sees this
+ * status, which the access log and metrics show so the backend is not blamed for it.
+ */
+export class ClientClosedError extends HttpError {
+  constructor() {
+    super(499, "the client closed the request");
+  }
+}
+
 /** 502: every attempt failed before response headers arrived. */
 export class BadGatewayError extends HttpError {
   constructor(message = "upstream request failed") {
@@ -120,6 +130,7 @@ export const REASONS: Record<number, string> = {
   426: "Upgrade Required",
   429: "Too Many Requests",
   431: "Request Header Fields Too Large",
+  499: "Client Closed Request",
   500: "Internal Server Error",
   501: "Not Implemented",
   502: "Bad Gateway",

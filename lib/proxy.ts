@@ -20,6 +20,7 @@ import type { IncomingRequest } from "./incoming.ts";
 import {
   BadGatewayError,
   BadRequestError,
+  ClientClosedError,
   errorResponse,
   GatewayTimeoutError,
   HttpError,
@@ -494,6 +495,7 @@ export class ReverseProxy implements ServiceProxy {
       await body.discard();
       if (body.clientError !== undefined) throw body.clientError;
       if (result.failure === undefined) throw new NoBackendError(this.retryAfterSeconds);
+      if (result.failure.kind === "client-gone") throw new ClientClosedError();
       if (result.failure.kind === "timeout") throw new GatewayTimeoutError();
       throw new BadGatewayError();
     } finally {

@@ -313,8 +313,19 @@ Deno.test("maxBody: a chunked body crossing the limit gets 413 and the upstream 
   assert.equal(backend.bodies[0].complete, false);
   assert.ok(backend.bodies[0].bytes <= MAX, `backend got ${backend.bodies[0].bytes} bytes`);
   assert.ok(await waitFor(() => lb.balancer.pool.backends[0].inflight === 0, WAIT_MS));
-  // The client's fault: the backend is not blamed.
+  // The client's fault: the backend is not blamed, in its state or in the metrics.
   assert.equal(lb.balancer.pool.backends[0].failures, 0);
+  const metrics = lb.balancer.metrics.render();
+  const count = (code: string) =>
+    Number(
+      metrics.split("\n").find((line) =>
+        line.startsWith(
+          `lb_requests_total{service="default",backend="${backend.url}",code="${code}"}`,
+        )
+      )?.split(" ").at(-1) ?? 0,
+    );
+  assert.equal(count("error"), 0, "no error booked against the backend");
+  assert.equal(count("4xx"), 1, "the client's 413, under the backend it was sent to");
 });
 
 Deno.test("maxBody: no retry after a limit error, on any backend", async () => {
