@@ -123,11 +123,12 @@ export async function main(args: string[]): Promise<number> {
   let usersWatch: { files: string; watcher: FileWatcher } | undefined;
   const watchUsersFiles = (current: Config) => {
     const files = usersFilesOf(current);
-    if (usersWatch?.files === files.join("\n")) return;
+    const key = files.join("\n");
+    if (usersWatch?.files === key) return;
     usersWatch?.watcher.close();
     usersWatch = files.length === 0
       ? undefined
-      : { files: files.join("\n"), watcher: watchFiles(files, reload, { log }) };
+      : { files: key, watcher: watchFiles(files, reload, { log }) };
   };
   try {
     if (acmeEnabled(config)) {

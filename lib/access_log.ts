@@ -70,11 +70,15 @@ export function formatJson(record: AccessRecord): string {
  * in UTF-8, so that a UTF-8 User-Agent reads as sent; bytes that are not UTF-8 become U+FFFD.
  */
 function headerText(value: string | undefined): string | undefined {
-  if (value === undefined || !/[\x80-\xff]/.test(value) || /[\u0100-\uffff]/.test(value)) {
-    return value;
-  }
-  const bytes = Uint8Array.from(value, (c) => c.charCodeAt(0));
-  return new TextDecoder().decode(bytes);
+  if (value === undefined || !/[\x80-\xff]/.test(value)) return value;
+  const bytes = byteStringBytes(value);
+  return bytes === undefined ? value : new TextDecoder().decode(bytes);
+}
+
+/** The bytes of a byte string (every character below 256), or undefined for other text. */
+function byteStringBytes(value: string): Uint8Array | undefined {
+  if (/[\u0100-\uffff]/.test(value)) return undefined;
+  return Uint8Array.from(value, (c) => c.charCodeAt(0));
 }
 
 /** ISO 8601 UTC, or null for an invalid Date (whose toISOString() would throw). */
@@ -163,10 +167,7 @@ function token(value: string | undefined): string {
  */
 function escapeField(value: string, escapeSpace: boolean): string {
   let out = "";
-  const bytes = /[\u0100-\uffff]/.test(value)
-    ? encoder.encode(value)
-    : Uint8Array.from(value, (c) => c.charCodeAt(0));
-  for (const byte of bytes) {
+  for (const byte of byteStringBytes(value) ?? encoder.encode(value)) {
     if (byte === 0x22) out += '\\"';
     else if (byte === 0x5c) out += "\\\\";
     else if (byte < 0x20 || byte >= 0x7f || (escapeSpace && byte === 0x20)) {

@@ -30,7 +30,6 @@ import {
 import {
   errorHead,
   markTunnelable,
-  staticBody,
   type Tunnel,
   tunnelOf,
   UnsentResponseError,
@@ -555,13 +554,14 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
       keepAlive &&= !stopping && !c.eof && (body === undefined || body.drainable());
       const tunnel = tunnelOf(response);
       if (tunnel !== undefined) return await runTunnel(c, response, tunnel);
-      // A streamed body may wait long on its source: a client that leaves meanwhile ends it.
-      // (staticBody first: reading `response.body` turns a body held in memory into a stream.)
-      const hangUp = head.method !== "HEAD" && staticBody(response) === undefined &&
-          response.body !== null && (body === undefined || body.done)
-        ? (c.abort ??= new AbortController()).signal
-        : undefined;
-      if (hangUp !== undefined) c.watch();
+      // A streamed body may wait long on its source: a client that leaves meanwhile ends it
+      // (watched only once the request body is in: a watch would read its bytes).
+      const hangUp = () => {
+        if (body !== undefined && !body.done) return undefined;
+        const signal = (c.abort ??= new AbortController()).signal;
+        c.watch();
+        return signal;
+      };
       keepAlive = await writeResponse(c.out, response, head, keepAlive, bodyPool, hangUp);
       completed();
       if (keepAlive && body !== undefined && !body.done) {

@@ -204,8 +204,9 @@ export class UnsentResponseError extends Error {
  * handler asked for `Connection: close`, or the body forced a close). Rejects when the client
  * is gone or the body failed: the connection must then close. With `bodies`, heads are encoded
  * into its buffers, and a body held in memory that came from it goes back once written (or
- * abandoned). When `hangUp` aborts (the client left), a streamed body is cancelled, which
- * ends what feeds it (a backend's connection) rather than waiting for its next bytes.
+ * abandoned). A body that streams asks `hangUp` for a signal that aborts when the client
+ * leaves: it is then cancelled, which ends what feeds it (a backend's connection) rather than
+ * waiting for its next bytes.
  */
 export async function writeResponse(
   conn: Writer,
@@ -213,7 +214,7 @@ export async function writeResponse(
   head: RequestHead | null,
   keepAlive: boolean,
   bodies?: BodyPool,
-  hangUp?: AbortSignal,
+  watchHangUp?: () => AbortSignal | undefined,
 ): Promise<boolean> {
   const status = head === null ? 101 : response.status;
   let text = `HTTP/1.1 ${status} ${REASONS[status] ?? (response.statusText || "Unknown")}\r\n`;
@@ -286,6 +287,7 @@ export async function writeResponse(
     await writeHead(conn, `${text}content-length: 0\r\n${connection()}\r\n`, undefined, bodies);
     return keepAlive;
   }
+  const hangUp = watchHangUp?.();
   const cancel = () => reader.cancel(hangUp!.reason).catch(() => {});
   if (hangUp?.aborted) cancel();
   else hangUp?.addEventListener("abort", cancel, { once: true });

@@ -470,16 +470,22 @@ function accept(
   backend: Backend,
   options: WebSocketProxyOptions,
 ): Response {
+  /** Gives up the backend's side; returns `error` for the caller to throw. */
+  const refuse = (error: HttpError) => {
+    relay.abandon();
+    relay.settled.then(() => options.loop.pool.release(backend));
+    return error;
+  };
   const chosen = relay.protocol;
   if (chosen !== "" && !requestedProtocols(req.headers)?.includes(chosen)) {
     // The backend's mistake, not the client's (RFC 6455 §4.1: the client must fail it anyway).
-    relay.abandon();
-    relay.settled.then(() => options.loop.pool.release(backend));
     options.loop.log.warn(
       `${backend.url} chose WebSocket subprotocol ${JSON.stringify(chosen)}, ` +
         "which the client did not offer",
     );
-    throw new BadGatewayError("backend chose a WebSocket subprotocol the client did not offer");
+    throw refuse(
+      new BadGatewayError("backend chose a WebSocket subprotocol the client did not offer"),
+    );
   }
   let upgrade: Deno.WebSocketUpgrade;
   try {
@@ -487,9 +493,7 @@ function accept(
     // upgrades are tunnels.
     upgrade = Deno.upgradeWebSocket(req as Request, { protocol: relay.protocol || undefined });
   } catch (error) {
-    relay.abandon();
-    relay.settled.then(() => options.loop.pool.release(backend));
-    throw new BadRequestError(`WebSocket handshake refused: ${(error as Error).message}`);
+    throw refuse(new BadRequestError(`WebSocket handshake refused: ${(error as Error).message}`));
   }
   relay.attach(upgrade.socket);
   options.relays.add(relay);
