@@ -263,7 +263,7 @@ export class Balancer {
     if (resetWarning !== undefined) log.warn(resetWarning);
     this.#deps = {
       log,
-      ...backendClients(config, this.bodyPool),
+      ...backendClients(config, this.bodyPool, log),
       transport: extras.transport,
       observer: createObserver(this.metrics, () => this.outputs.accessLog),
       webSockets: this.webSockets,
@@ -476,7 +476,7 @@ export class Balancer {
         "maxIdleBackendConnections",
       ]
         .some((key) => changed(key as keyof Config))
-      ? backendClients(kept, this.bodyPool)
+      ? backendClients(kept, this.bodyPool, deps.log)
       : undefined;
     const started = new Map<string, Service>();
     this.#joining = started;
@@ -824,7 +824,11 @@ interface BackendClients {
  * One set of certificates for every client that talks to backends: requests (native or fetch)
  * and health checks (fetch) trust and present the same ones. Throws on unreadable files.
  */
-function backendClients(config: Config, bodyPool: BodyPool | undefined): BackendClients {
+function backendClients(
+  config: Config,
+  bodyPool: BodyPool | undefined,
+  log: Log,
+): BackendClients {
   const files = { ca: config.backendCa, cert: config.backendCert, key: config.backendKey };
   const tls = readBackendTls(files);
   return {
@@ -835,6 +839,8 @@ function backendClients(config: Config, bodyPool: BodyPool | undefined): Backend
       maxConnsPerOrigin: config.maxBackendConnections || Infinity,
       maxIdlePerOrigin: config.maxIdleBackendConnections || Infinity,
       bodyPool,
+      onExtraBytes: (origin, count) =>
+        log.warn(`${origin} sent ${count} bytes after a complete response; connection closed`),
     }),
     backendCaCerts: tls.ca === undefined ? undefined : [tls.ca],
     backendClientCert: tls.cert === undefined || tls.key === undefined

@@ -267,10 +267,15 @@ function mergeContentLength(known: number, value: string): number {
     while (i < value.length && isOws(value.charCodeAt(i))) i++;
     let n = 0;
     let digits = 0;
+    let significant = 0;
     for (; i < value.length; i++) {
       const d = value.charCodeAt(i) - 48;
       if (d < 0 || d > 9) break;
-      if (++digits > 15) throw new MalformedResponse("Content-Length too large");
+      digits++;
+      // Leading zeros are valid (1*DIGIT) and do not count toward the size limit.
+      if ((n > 0 || d > 0) && ++significant > 15) {
+        throw new MalformedResponse("Content-Length too large");
+      }
       n = n * 10 + d;
     }
     if (digits === 0) throw new MalformedResponse("bad Content-Length");
@@ -450,8 +455,10 @@ export class ChunkedDecoder {
     else if (c >= 97 && c <= 102) d = c - 87;
     else if (c >= 65 && c <= 70) d = c - 55;
     else return false;
-    // 2^48 bytes is far past any body; the bound keeps the arithmetic exact.
-    if (++this.#digits > 16 || (this.#size = this.#size * 16 + d) > 2 ** 48) {
+    this.#digits++;
+    // 2^48 bytes is far past any body; the bound keeps the arithmetic exact (leading zeros are
+    // valid and bounded by the line's length).
+    if ((this.#size = this.#size * 16 + d) > 2 ** 48) {
       throw new MalformedResponse("chunk size too large");
     }
     return true;

@@ -133,6 +133,12 @@ export interface NativeTransportOptions {
    * client (the native front end). Unset: a fresh array per body.
    */
   bodyPool?: BodyPool;
+  /**
+   * Told when a backend sent bytes after a complete response (a wrong Content-Length, a second
+   * answer): the connection is closed rather than reused, as nginx does ("upstream sent more
+   * data than specified"). @default none
+   */
+  onExtraBytes?: (origin: string, count: number) => void;
 }
 
 /** Connection counts of one origin. */
@@ -240,6 +246,7 @@ export function createNativeTransport(options: NativeTransportOptions = {}): Nat
     maxDialing,
     maxConns,
     options.bodyPool,
+    options.onExtraBytes,
   );
 
   return {
@@ -293,6 +300,7 @@ class TransportState {
     readonly maxDialing: number,
     readonly maxConns: number,
     readonly bodies: BodyPool | undefined,
+    readonly onExtraBytes: ((origin: string, count: number) => void) | undefined,
   ) {
     this.#sweepEvery = Math.max(10, Math.min(1000, Math.round(idleTimeout / 4)));
     this.#sweepsToExpire = Math.ceil(idleTimeout / this.#sweepEvery);
@@ -367,7 +375,7 @@ class OriginPool {
   /** Requests waiting for a connection (connects or connections at their cap), oldest first. */
   readonly waiters: Waiter[] = [];
 
-  constructor(readonly owner: TransportState, origin: string) {
+  constructor(readonly owner: TransportState, readonly origin: string) {
     const url = new URL(origin);
     this.secure = url.protocol === "https:";
     if (!this.secure && url.protocol !== "http:") {
@@ -492,6 +500,12 @@ class OriginPool {
   /** Back to `idle` with a read posted, or closed when it cannot carry another request. */
   release(c: Connection): void {
     const owner = this.owner;
+    if (c.start !== c.end && !c.closed) {
+      // Bytes after a complete response: reused, they would be the next request's answer.
+      try {
+        owner.onExtraBytes?.(this.origin, c.end - c.start);
+      } catch { /* a hook must not keep the connection */ }
+    }
     if (c.closed || this.retired || owner.closed || c.start !== c.end) return c.close();
     const waiter = this.waiters.shift();
     if (waiter !== undefined) {
@@ -1261,15 +1275,25 @@ async function readWhole(c: Connection, n: number): Promise<Uint8Array<ArrayBuff
   c.start = c.end = 0;
   let got = available;
   while (got < n) {
+    // The last bytes are read into the connection's buffer, which has room past the body: bytes
+    // the backend sent after it are seen there (release() closes the connection for them).
+    const direct = n - got >= c.buf.length;
     let read: number | null;
     try {
-      read = await c.readBody(out.subarray(got));
+      read = await c.readBody(direct ? out.subarray(got) : c.buf);
     } catch (error) {
       throw c.failure === undefined
         ? new Error(`connection failed mid-body: ${describe(error)}`)
         : error;
     }
     if (read === null) throw new Error("connection closed mid-body");
+    if (!direct) {
+      const take = Math.min(read, n - got);
+      out.set(c.buf.subarray(0, take), got);
+      c.start = take;
+      c.end = read;
+      read = take;
+    }
     got += read;
   }
   return out;
@@ -1332,8 +1356,8 @@ class BodySource implements UnderlyingDefaultSource<Uint8Array> {
       const c = this.c;
       if (c.start === c.end) {
         c.start = c.end = 0;
-        const max = this.head.framing === Framing.Length ? this.#remaining : c.buf.length;
-        const n = await c.readBody(c.buf.subarray(0, Math.min(max, c.buf.length)));
+        // The whole buffer even for the last bytes of a length: bytes past the body show there.
+        const n = await c.readBody(c.buf);
         if (n === null) {
           if (this.head.framing === Framing.Close) return this.#end(controller, false);
           return this.#fail(controller, "backend closed the connection mid-body");

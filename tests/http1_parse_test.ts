@@ -120,3 +120,20 @@ Deno.test("ChunkedDecoder refuses framing errors", () => {
     );
   }
 });
+
+Deno.test("leading zeros are valid in a Content-Length and a chunk size, and do not count toward their limits", () => {
+  const head = parseHead("HTTP/1.1 200 OK\r\ncontent-length: 0000000000000002\r\n\r\n", "GET");
+  assert.equal(head.length, 2);
+  assert.throws(
+    () => parseHead("HTTP/1.1 200 OK\r\ncontent-length: 1000000000000000\r\n\r\n", "GET"),
+    /Content-Length too large/,
+  );
+  const dec = new ChunkedDecoder();
+  const bytes = latin1Bytes("0000000000000000005\r\nhello\r\n0\r\n\r\n");
+  let pos = dec.advance(bytes, 0, bytes.length);
+  assert.equal(dec.dataLeft, 5);
+  dec.took(5);
+  pos = dec.advance(bytes, pos + 5, bytes.length);
+  assert.ok(dec.done);
+  assert.equal(pos, bytes.length);
+});

@@ -158,3 +158,25 @@ Deno.test("malformed backend answers give the client 502 and one log line naming
   const fine = await rawExchange(lb.port, get("/fine"), 10_000);
   assert.match(decoder.decode(fine.bytes), /^HTTP\/1\.1 200 [^]*\r\n\r\nok$/);
 });
+
+Deno.test("a backend's bytes after a complete answer are logged and never reach the next client", async () => {
+  let answered = 0;
+  await using backend = rawServer(async (conn) => {
+    const wire = new Wire(conn);
+    for (let i = 0; i < 100 && (await wire.head()) !== null; i++) {
+      // The first answer undercounts its body: "EXTRA" follows it in the same write.
+      const text = answered++ === 0 ? "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA" : "";
+      await conn.write(encoder.encode(text || "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo"));
+    }
+  });
+  const log = captureLog();
+  await using lb = await startTestBalancer([backend.url], {}, log);
+  for (const expected of ["ok", "two", "two"]) {
+    const response = await rawExchange(lb.port, get("/"), 10_000);
+    assert.match(decoder.decode(response.bytes), new RegExp(`\\r\\n\\r\\n${expected}$`));
+  }
+  const warned = log.lines.filter((l) => l.includes("after a complete response"));
+  assert.deepEqual(warned, [
+    `WARN ${backend.url} sent 5 bytes after a complete response; connection closed`,
+  ]);
+});

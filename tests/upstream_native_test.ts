@@ -331,6 +331,32 @@ Deno.test("send() does not reuse a connection with bytes left after the response
   assert.equal(server.connections(), 2);
 });
 
+Deno.test("send() never hands bytes past a long body to the next request: the connection is closed and reported", async () => {
+  // 30,000 bytes are read whole past the connection's first read; 100,000 are streamed.
+  for (const size of [30_000, 100_000]) {
+    const body = "x".repeat(size);
+    let answered = 0;
+    await using server = rawServer(async (conn) => {
+      const wire = new Wire(conn);
+      while ((await wire.head()) !== null) {
+        // A wrong Content-Length, or an error page after a complete answer: one write.
+        const first = answered++ === 0;
+        await wire.write(first ? concat([reply(body), reply("smuggled")]) : reply("two"));
+      }
+    });
+    const extra: [string, number][] = [];
+    await using t = transport({
+      maxConnsPerOrigin: 1,
+      onExtraBytes: (origin, count) => extra.push([origin, count]),
+    });
+    // The second request waits for the only connection, which the first releases to it.
+    const [first, second] = [send(t, server.url), send(t, server.url)];
+    assert.equal((await ok(await first).text()).length, size, `${size}: the whole body`);
+    assert.equal(await ok(await second).text(), "two", `${size}: the second request's own answer`);
+    assert.equal(server.connections(), 2, `${size}: the first connection was not reused`);
+    assert.deepEqual(extra, [[server.url, reply("smuggled").length]], `${size}: reported`);
+  }
+});
 Deno.test("send() skips 1xx responses other than 101", async () => {
   await using server = rawServer(async (conn) => {
     const wire = new Wire(conn);
