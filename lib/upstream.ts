@@ -140,6 +140,12 @@ export const sendAttempt: Transport = async (origin, url, request, clientSignal,
       return { ok: false, failure: abandoned };
     }
     const { status, statusText, headers } = response;
+    if (headers.get("transfer-encoding") !== null && headers.get("content-length") !== null) {
+      // fetch reads such a body by one framing and would pass it off as complete (RFC 9112 §6.1).
+      await response.body?.cancel();
+      const detail = "malformed response: Content-Length with Transfer-Encoding";
+      return { ok: false, failure: { kind: "maybe-sent", detail } };
+    }
     const body = reportBodyFailure(response.body, request, clientSignal);
     return { ok: true, value: { status, statusText, headers, body }, status };
   } catch (error) {

@@ -180,3 +180,21 @@ Deno.test("a backend's bytes after a complete answer are logged and never reach 
     `WARN ${backend.url} sent 5 bytes after a complete response; connection closed`,
   ]);
 });
+
+Deno.test("--transport fetch: Content-Length with Transfer-Encoding from a backend gives 502 and a log line, never a cut body", async () => {
+  await using backend = rawServer(async (conn) => {
+    const wire = new Wire(conn);
+    for (let i = 0; i < 100 && (await wire.head()) !== null; i++) {
+      await conn.write(encoder.encode(
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+      ));
+    }
+  });
+  const log = captureLog();
+  await using lb = await startTestBalancer([backend.url], { retries: 0, transport: "fetch" }, log);
+  const response = await rawExchange(lb.port, get("/"), 10_000);
+  assert.match(decoder.decode(response.bytes), /^HTTP\/1\.1 502 /);
+  const logged = log.lines.filter((l) => l.startsWith("WARN"));
+  assert.equal(logged.length, 1, logged.join("\n"));
+  assert.match(logged[0], /failed: malformed response: Content-Length with Transfer-Encoding/);
+});
