@@ -1073,7 +1073,8 @@ function createObserver(
       const method = req.method;
       const protocol = req.protocol ?? "HTTP/1.1";
       // No body goes out with these, whatever length the headers announce.
-      const bodiless = method === "HEAD" || outcome.status === 204 || outcome.status === 304;
+      const status = outcome.status;
+      const bodiless = method === "HEAD" || status === 204 || status === 205 || status === 304;
       const userAgent = req.headers.get("user-agent") ?? undefined;
       const referer = req.headers.get("referer") ?? undefined;
       // The log in force when the exchange ends: a reload may have replaced (and closed) it.

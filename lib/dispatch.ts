@@ -149,7 +149,10 @@ export function createDispatcher(options: DispatchOptions): Handler {
     observer.outcome(observed!.req, observed!.info, {
       status: response.status,
       path: path ?? rawTarget(req.url),
-      contentLength: trace.contentLength,
+      // Read when the line is written: a body that breaks off later clears it.
+      get contentLength() {
+        return trace.contentLength;
+      },
       fromBackend: trace.fromBackend,
       backend: trace.backend,
       service: route?.spec.service,

@@ -149,8 +149,11 @@ export interface RequestOutcome {
   startedAt: number;
   /** The validated path and query, or the raw target when it was refused. */
   path: string;
-  /** The response's Content-Length, when it has one. */
-  contentLength: number | undefined;
+  /**
+   * The response's Content-Length, when it has one; undefined once its body broke off by the
+   * backend's doing (read it when the response is delivered).
+   */
+  readonly contentLength: number | undefined;
   /** The X-Request-Id sent upstream and returned to the client. */
   requestId?: string;
 }
@@ -260,7 +263,10 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     observer?.outcome(observed!.req, observed!.info, {
       status: response.status,
       path: path ?? rawTarget(req.url),
-      contentLength: trace.contentLength,
+      // Read when the line is written: a body that breaks off later clears it.
+      get contentLength() {
+        return trace.contentLength;
+      },
       fromBackend,
       backend: trace.backend,
       service: "default",
@@ -527,7 +533,11 @@ export class ReverseProxy implements ServiceProxy {
         method,
         headers: plan.headers,
         body: plan.body.forAttempt(),
-        onBodyFailure: (detail) => this.bodyFailed(backend, method, detail),
+        onBodyFailure: (detail) => {
+          // The announced length was not delivered: the access log says "-", not a false count.
+          plan.trace.contentLength = undefined;
+          this.bodyFailed(backend, method, detail);
+        },
       },
       plan.signal,
       this.attemptOptions,

@@ -12,6 +12,7 @@ import {
   delay,
   getText,
   rawRequest,
+  rawServer,
   startTestBackend,
   startTestBalancer,
   tempDir,
@@ -19,6 +20,9 @@ import {
   waitFor,
 } from "./helpers.ts";
 import { denoRun } from "./process.ts";
+import { Wire } from "./wire.ts";
+
+const encoder = new TextEncoder();
 
 const record: AccessRecord = {
   time: new Date("2026-11-25T13:20:59.123Z"),
@@ -435,4 +439,32 @@ Deno.test("the access log gives an HTTP/1.0 request its version (native front en
   assert.match(line("/old"), /"GET \/old HTTP\/1\.0" 200 12 /);
   assert.match(line("/head"), /"HEAD \/head HTTP\/1\.1" 200 0 /);
   assert.match(line("/new"), /"GET \/new HTTP\/1\.1" 200 12 /);
+});
+
+Deno.test("the access log says '-' for a body the backend broke off, and 0 bytes for a 205", async () => {
+  await using backend = rawServer(async (conn) => {
+    const wire = new Wire(conn);
+    const head = await wire.head();
+    if (head?.startsWith("GET /reset ")) {
+      await conn.write(encoder.encode("HTTP/1.1 205 Reset Content\r\ncontent-length: 0\r\n\r\n"));
+    } else {
+      // Announces 200,000 bytes, sends 100,000 and closes.
+      await conn.write(encoder.encode("HTTP/1.1 200 OK\r\ncontent-length: 200000\r\n\r\n"));
+      await conn.write(new Uint8Array(100_000));
+    }
+    conn.close();
+  });
+  await using dir = await tempDir();
+  const path = `${dir.path}/access.log`;
+  await using lb = await startTestBalancer([backend.url], { accessLog: path, frontend: "native" });
+  await rawRequest(lb.port, "GET /cut HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n");
+  await rawRequest(lb.port, "GET /reset HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n");
+  let lines: string[] = [];
+  for (let i = 0; i < 50 && lines.length < 2; i++) {
+    lines = (await Deno.readTextFile(path).catch(() => "")).split("\n").filter(Boolean);
+    if (lines.length < 2) await delay(100);
+  }
+  const line = (path: string) => lines.find((l) => l.includes(` ${path} `)) ?? "";
+  assert.match(line("/cut"), /"GET \/cut HTTP\/1\.1" 200 - /);
+  assert.match(line("/reset"), /"GET \/reset HTTP\/1\.1" 205 0 /);
 });
