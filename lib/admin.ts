@@ -186,7 +186,7 @@ export function createAdminHandler(options: AdminOptions) {
         return await backendsStatus(url.searchParams.get("service"));
       }
       if (req.method === "POST") return await add(req);
-      if (req.method === "DELETE") return remove(url.searchParams);
+      if (req.method === "DELETE") return await remove(url.searchParams);
       return methodNotAllowed("GET, HEAD, POST, DELETE");
     }
     const action = /^\/api\/backends\/(drain|enable|disable|weight)$/.exec(path)?.[1];
@@ -208,6 +208,12 @@ export function createAdminHandler(options: AdminOptions) {
     const own = perService.flat();
     const views = options.mergeBackends === undefined ? own : await options.mergeBackends(own);
     return { views, counts: perService.map((list) => list.length) };
+  }
+
+  /** `backend`'s view with the other threads' figures, as `/api/backends` gives it. */
+  async function mergedView(backend: Backend, service: string): Promise<BackendView> {
+    const own = [backendView(backend, service)];
+    return options.mergeBackends === undefined ? own[0] : (await options.mergeBackends(own))[0];
   }
 
   async function servicesStatus() {
@@ -295,7 +301,7 @@ export function createAdminHandler(options: AdminOptions) {
     return json({ backend: backendView(backend, name) }, 201);
   }
 
-  function remove(query: URLSearchParams): Response {
+  async function remove(query: URLSearchParams): Promise<Response> {
     const target = query.get("url");
     if (target === null) return json({ error: "no such backend" }, 404);
     const service = serviceFor(query.get("service"), "?service=");
@@ -307,7 +313,7 @@ export function createAdminHandler(options: AdminOptions) {
       `Admin: removing backend ${backend.url} from ${service.name} ` +
         `(draining ${backend.inflight} in flight)`,
     );
-    return json({ backend: backendView(backend, service.name) }, 202);
+    return json({ backend: await mergedView(backend, service.name) }, 202);
   }
 
   async function change(action: string, req: Request): Promise<Response> {
@@ -334,7 +340,7 @@ export function createAdminHandler(options: AdminOptions) {
       pool.setAdmin(backend, ACTIONS[action], `admin ${action}`);
       log.info(`Admin: ${action} ${backend.url} in ${name}`);
     }
-    return json({ backend: backendView(backend, name) });
+    return json({ backend: await mergedView(backend, name) });
   }
 }
 

@@ -44,6 +44,7 @@ import { type PreparedChange, Service, type ServiceDeps } from "./service.ts";
 import { createDispatcher, type RoutingState } from "./dispatch.ts";
 import { type FrontendOptions, serveNative } from "./frontend_native.ts";
 import { BodyPool } from "./body_pool.ts";
+import { resolveWorkerCount } from "./setting_values.ts";
 import { ResponseBodyError } from "./errors.ts";
 import { admitted } from "./admission.ts";
 import { compileGuards, type GuardResources } from "./protection.ts";
@@ -459,7 +460,10 @@ export class Balancer {
     const current = this.config;
     const deps = this.#deps;
     const restartNeeded = RESTART_ONLY.filter((key) =>
-      JSON.stringify(next[key]) !== JSON.stringify(current[key])
+      key === "workers"
+        // "auto" and the count it stands for are the same setting.
+        ? resolveWorkerCount(next.workers) !== resolveWorkerCount(current.workers)
+        : JSON.stringify(next[key]) !== JSON.stringify(current[key])
     );
     const kept = { ...next, ...Object.fromEntries(restartNeeded.map((k) => [k, current[k]])) };
     const changed = (key: keyof Config) =>

@@ -845,7 +845,7 @@ export const SETTINGS: { readonly [K in keyof Config]-?: Setting<K> } = {
     arg: "N",
     help: "native front end: client connections at once, 0 = unlimited (default {default})",
     doc:
-      "Native front end: client connections open at once; at the limit the balancer stops accepting (new connections wait in the kernel's backlog, as with HAProxy's maxconn). 0 is unlimited.",
+      "Native front end: client connections open at once; at the limit the balancer stops accepting (new connections wait in the kernel's backlog, as with HAProxy's maxconn). Per thread with --workers. 0 is unlimited.",
     scope: "global",
     restart: true,
   },

@@ -495,6 +495,12 @@ export const workers: Check<number | "auto"> = describe(
   { oneOf: [workerCount.schema, { const: "auto" }] },
 );
 
+/** `--workers`: a count, or `auto` for one per core. */
+export function resolveWorkerCount(workers: number | "auto" | undefined): number {
+  if (workers === "auto") return Math.max(1, navigator.hardwareConcurrency || 1);
+  return workers ?? 1;
+}
+
 /** The message of a `parseBackend()` error without its flag prefix. */
 function backendMessage(error: unknown): string {
   return (error as Error).message.replace(/^--backends:\s*/, "");

@@ -41,11 +41,7 @@ const START_TIMEOUT_MS = 30_000;
 /** Wait before a crashed worker thread is replaced (ms), so a crash loop cannot spin. */
 const RESPAWN_DELAY_MS = 1000;
 
-/** `--workers`: a count, or `auto` for one per core. */
-export function resolveWorkerCount(workers: number | "auto" | undefined): number {
-  if (workers === "auto") return Math.max(1, navigator.hardwareConcurrency || 1);
-  return workers ?? 1;
-}
+export { resolveWorkerCount } from "./setting_values.ts";
 
 /**
  * Settings that must be equal in every thread but would otherwise be drawn at random in each:
@@ -102,6 +98,8 @@ interface WorkerHandle {
   listening: boolean;
   /** The metrics it reported last, carried when it does not answer (or is gone). */
   lastMetrics?: string;
+  /** Its backend figures reported last, carried the same way. */
+  lastBackends?: BackendCounters[];
   /** Which settings it was given (see `WorkerGroup.#configVersion`). */
   configVersion: number;
 }
@@ -126,6 +124,8 @@ export class WorkerGroup {
   #configVersion = 0;
   /** Counters of threads that were replaced, so that merged counters never go backwards. */
   #retiredCounters = "";
+  /** Request and error counts of replaced threads, by {@linkcode backendKey}. */
+  readonly #retiredBackends = new Map<string, { requests: number; errors: number }>();
   readonly #respawns = new Set<ReturnType<typeof setTimeout>>();
 
   /**
@@ -271,6 +271,14 @@ export class WorkerGroup {
         countersOnly(handle.lastMetrics),
       ]);
     }
+    // Its request and error counts stay in the backend views, as in /metrics: never backwards.
+    for (const counters of handle.lastBackends ?? []) {
+      const id = backendKey(counters.service, counters.url);
+      const kept = this.#retiredBackends.get(id) ?? { requests: 0, errors: 0 };
+      kept.requests += counters.requests;
+      kept.errors += counters.errors;
+      this.#retiredBackends.set(id, kept);
+    }
     handle.started?.(`worker thread ${handle.index} failed`);
     handle.stopped?.(0);
     if (this.#stopping) return;
@@ -325,6 +333,7 @@ export class WorkerGroup {
       }
       case "stats":
         handle.lastMetrics = message.metrics;
+        handle.lastBackends = message.backends;
         handle.pending.get(message.id)?.(message);
         handle.pending.delete(message.id);
         return;
@@ -449,31 +458,37 @@ export class WorkerGroup {
    */
   async #mergeBackends(own: BackendView[]): Promise<BackendView[]> {
     const answers = await this.#gather();
-    const key = (service: string, url: string) => `${service} ${url}`;
     const byBackend = new Map<string, BackendCounters[]>();
     for (const answer of answers) {
       for (const counters of answer.stats.backends) {
-        const id = key(counters.service, counters.url);
+        const id = backendKey(counters.service, counters.url);
         const list = byBackend.get(id) ?? [];
         list.push(counters);
         byBackend.set(id, list);
       }
     }
     return own.map((view) => {
-      const others = byBackend.get(key(view.service, view.url)) ?? [];
+      const id = backendKey(view.service, view.url);
+      const others = byBackend.get(id) ?? [];
+      const retired = this.#retiredBackends.get(id);
       const pool = this.#balancer?.services.get(view.service)?.pool;
       const mine = pool?.find(view.url)?.latency.samples() ?? [];
       return {
         ...view,
         inflight: others.reduce((n, c) => n + c.inflight, view.inflight),
-        requests: others.reduce((n, c) => n + c.requests, view.requests),
-        errors: others.reduce((n, c) => n + c.errors, view.errors),
+        requests: others.reduce((n, c) => n + c.requests, view.requests + (retired?.requests ?? 0)),
+        errors: others.reduce((n, c) => n + c.errors, view.errors + (retired?.errors ?? 0)),
         latencyMs: percentilesOf(
           Float64Array.from([...mine, ...others.flatMap((c) => c.latencies)]),
         ),
       };
     });
   }
+}
+
+/** One backend of one service (a URL in two services is two pools, counted apart). */
+function backendKey(service: string, url: string): string {
+  return `${service} ${url}`;
 }
 
 /**

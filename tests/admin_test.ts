@@ -1190,6 +1190,45 @@ Deno.test("mergeBackends' views are grouped back under their services", async ()
   }
 });
 
+Deno.test("admin changes answer with the view /api/backends gives: other threads' counts merged", async () => {
+  await using a = startBackend();
+  const h = startAdmin({ services: [{ name: "api", backends: [a.url] }] });
+  try {
+    const handler = createAdminHandler({
+      services: () => h.services,
+      routes: () => [],
+      metrics: () => "",
+      mergeBackends: (own) =>
+        Promise.resolve(own.map((v) => ({ ...v, requests: v.requests + 10 }))),
+      token: "",
+      dashboardHtml: "",
+      dashboardCsp: "",
+      log: h.log,
+    });
+    const info = {
+      remoteAddr: { transport: "tcp", hostname: "127.0.0.1", port: 1 },
+    } as unknown as Deno.ServeHandlerInfo;
+    const post = (path: string, body: unknown) =>
+      handler(
+        new Request(`http://admin${path}`, { method: "POST", body: JSON.stringify(body) }),
+        info,
+      ).then((r) => r.json());
+    for (const action of ["weight", "drain", "enable", "disable"]) {
+      const answer = await post(`/api/backends/${action}`, { url: a.url, weight: 2 });
+      assert.equal(answer.backend.requests, 10, action);
+    }
+    const removed = await handler(
+      new Request(`http://admin/api/backends?url=${encodeURIComponent(a.url)}`, {
+        method: "DELETE",
+      }),
+      info,
+    ).then((r) => r.json());
+    assert.equal(removed.backend.requests, 10, "delete");
+  } finally {
+    await h[Symbol.asyncDispose]();
+  }
+});
+
 Deno.test({
   name: "GET /metrics with two services passes promtool check metrics",
   ignore: !promtool,

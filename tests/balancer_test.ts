@@ -215,3 +215,15 @@ Deno.test("listen() gives the main listener the configured backlog, on both fron
     });
   }
 });
+
+Deno.test('Balancer.reload() takes workers "auto" and the count it stands for as the same setting', async () => {
+  await using a = await startTestBackend(() => new Response("a"));
+  const cores = Math.max(1, navigator.hardwareConcurrency || 1);
+  await using lb = await built(testConfig([a.url], { workers: cores }));
+  assert.deepEqual(
+    (await lb.balancer.reload(testConfig([a.url], { workers: "auto" }))).restartNeeded,
+    [],
+  );
+  const change = await lb.balancer.reload(testConfig([a.url], { workers: cores + 1 }));
+  assert.deepEqual(change.restartNeeded, ["workers"]);
+});

@@ -21,6 +21,7 @@ import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
 import { shareRandomSettings, WorkerGroup } from "../lib/workers.ts";
 import { type RunningBalancer, startBalancer } from "../lib/balancer.ts";
 import { quietLog } from "../lib/log.ts";
+import type { BackendView } from "../lib/admin.ts";
 import { testConfig } from "./helpers.ts";
 
 const REQUESTS = 40;
@@ -327,7 +328,11 @@ Deno.test("--workers auto starts one serving thread per core", async () => {
   else assert.ok(!lb.lines.some((line) => line.includes("workers")));
 });
 
-Deno.test("a crashed worker thread is replaced, and its counters stay in the merged metrics", async () => {
+function pick({ inflight, requests, errors }: BackendView) {
+  return { inflight, requests, errors };
+}
+
+Deno.test("a crashed worker thread is replaced, and its counters stay in the merged metrics and backend views", async () => {
   const log = captureLog();
   const group = new WorkerGroup(1, log, new URL("./fixtures/crashing_worker.ts", import.meta.url));
   const balancer = {
@@ -336,11 +341,15 @@ Deno.test("a crashed worker thread is replaced, and its counters stay in the mer
     rateLimitTables: () => ({}),
   } as unknown as RunningBalancer;
   const merged = async () => await group.extras.group!.mergeMetrics("");
+  const own = { service: "default", url: "http://a:1", inflight: 0, requests: 0, errors: 0 };
+  const view = async () =>
+    (await group.extras.group!.mergeBackends([own as unknown as BackendView]))[0];
   try {
     await group.start(testConfig([]), balancer, "test");
     const before = await merged();
     assert.equal(metricSum(before, /^lb_requests_total\{/), 5);
     assert.equal(metricSum(before, /^lb_backend_inflight\{/), 1);
+    assert.deepEqual(pick(await view()), { inflight: 1, requests: 5, errors: 1 });
 
     group.reloadCertificate(); // the fixture's cue to crash
     assert.ok(
@@ -353,6 +362,8 @@ Deno.test("a crashed worker thread is replaced, and its counters stay in the mer
     const after = await merged();
     assert.equal(metricSum(after, /^lb_requests_total\{/), 10);
     assert.equal(metricSum(after, /^lb_backend_inflight\{/), 1);
+    // The admin API's backend views carry them the same way: counts never go backwards.
+    assert.deepEqual(pick(await view()), { inflight: 1, requests: 10, errors: 2 });
   } finally {
     await group.shutdown(0);
   }
