@@ -57,6 +57,8 @@ export interface FrontendOptions {
    * Most milliseconds to receive a complete request head, counted from the connection's
    * accept (TLS handshake and PROXY header included) or, on a kept-alive connection, from the
    * first byte of the next request. Then: 408 if part of a request came, else a silent close.
+   * A connection still in its TLS handshake then closes only once the handshake ends (Deno cannot
+   * abort one) and counts against `maxConnections` until it does.
    * @default 10000
    */
   headerTimeoutMs?: number;
@@ -197,6 +199,10 @@ class Connection {
   proxyAddr?: Deno.NetAddr;
   /** Waiting for the PROXY header: no HTTP spoken yet, so a timeout answers nothing. */
   readingProxyHeader = false;
+  /** In the TLS handshake: a timeout cannot close it, see timeOut(). */
+  handshaking = false;
+  /** Timed out in the TLS handshake: closed when the handshake settles. */
+  expired = false;
 
   constructor(readonly conn: Deno.Conn, readonly onClose: () => void) {
     this.remoteAddr = conn.remoteAddr as Deno.NetAddr;
@@ -336,6 +342,12 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
 
   function timeOut(c: Connection): void {
     c.deadline = 0;
+    // Deno cannot abort a TLS handshake: close() would free the slot but keep the socket until the
+    // client sends or leaves (docs/deno_platform.md), so the connection stays counted until then.
+    if (c.handshaking) {
+      c.expired = true;
+      return;
+    }
     // Part of a request came: say why it ends (HAProxy's 408); an idle connection just closes.
     if (c.phase === Phase.Head && c.end > c.start && !c.readingProxyHeader) {
       writeAll(c.conn, errorHead(408)).finally(() => c.close()).catch(() => {});
@@ -380,8 +392,13 @@ export function serveNative(options: FrontendOptions, handler: NativeHandler): F
 
   async function serveConnection(c: Connection): Promise<void> {
     if (options.tls !== undefined) {
-      // The header timeout covers the handshake: the sweep closes the socket, which ends it.
-      await (c.conn as Deno.TlsConn).handshake();
+      c.handshaking = true;
+      try {
+        await (c.conn as Deno.TlsConn).handshake();
+      } finally {
+        c.handshaking = false;
+      }
+      if (c.expired) return;
     } else {
       (c.conn as Deno.TcpConn).setNoDelay(true);
     }

@@ -25,6 +25,7 @@ import {
   startTlsBackend,
   TEST_FRONTEND,
   waitFor,
+  within,
 } from "./helpers.ts";
 
 /** `main.ts` flags that select the front end under test (`LB_TEST_FRONTEND`). */
@@ -786,6 +787,54 @@ Deno.test({
           return true;
         },
       );
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "--frontend native: TLS handshakes stalled past --header-timeout keep their --max-connections slots until the client leaves; their sockets close then",
+  ...NEEDS_OPENSSL,
+  async fn() {
+    const native = TEST_FRONTEND === "native" ? [] : ["--frontend=native"];
+    await using tls = await tlsProcess(
+      (live) => live.dir,
+      [...native, "--header-timeout=500ms", "--max-connections=4"],
+    );
+    const fds = () => [...Deno.readDirSync(`/proc/${tls.lb.child.pid}/fd`)].length;
+    assert.equal(await handshake(tls.port, [tls.ca1.cert], ["http/1.1"]), "http/1.1");
+    await delay(300);
+    const before = fds();
+    const silent: Deno.Conn[] = [];
+    try {
+      for (let i = 0; i < 12; i++) {
+        silent.push(await Deno.connect({ hostname: "127.0.0.1", port: tls.port }));
+        // Half stop within their ClientHello: the record header of one, without the body.
+        if (i % 2 === 1) await silent[i].write(new Uint8Array([0x16, 0x03, 0x01, 0x02, 0x00]));
+      }
+      // Each header timeout used to free four slots while the sockets stayed: twelve in 1.5 s.
+      let most = 0;
+      for (let i = 0; i < 30; i++) {
+        most = Math.max(most, fds() - before);
+        await delay(100);
+      }
+      assert.ok(most <= 4, `${most} descriptors more with --max-connections=4`);
+    } finally {
+      for (const conn of silent) conn.close();
+    }
+    assert.ok(await waitFor(() => fds() <= before, WAIT_MS), "sockets left open");
+    // A client that completes its handshake and sends nothing is closed at the header timeout.
+    const conn = await Deno.connectTls({
+      hostname: "127.0.0.1",
+      port: tls.port,
+      caCerts: [tls.ca1.cert],
+    });
+    try {
+      await conn.handshake();
+      const read = conn.read(new Uint8Array(16)).catch(() => null);
+      assert.equal(await within(read, WAIT_MS, "the header timeout"), null);
+    } finally {
+      conn.close();
     }
   },
 });
