@@ -659,7 +659,7 @@ const BODY = `
       <thead><tr><th class="num">#</th><th>Route</th><th>Match</th><th>Action</th></tr></thead>
       <tbody id="routes"></tbody>
     </table></div>
-    <p id="no-routes" class="empty">No routes.</p>
+    <p id="no-routes" class="empty" hidden>No routes.</p>
   </section>
   <section>
     <h2>Last 5 minutes</h2>

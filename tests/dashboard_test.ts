@@ -375,6 +375,8 @@ Deno.test({
     await page.waitForSelector("#token-form:not([hidden])", { timeout: WAIT_MS });
     assert.equal(await page.getAttribute("#conn", "data-state"), "auth");
     assert.equal(await page.locator("tr[data-url]").count(), 0);
+    // Nothing is loaded yet: the page does not claim there are no routes.
+    assert.equal(await page.isHidden("#no-routes"), true);
 
     await page.fill("#token-input", token);
     await page.click('#token-form button[type="submit"]');
