@@ -42,6 +42,11 @@ export interface RouteView {
 export interface AdminOptions {
   /** The services now, in configuration order (read per request: a reload replaces them). */
   services: () => readonly AdminService[];
+  /**
+   * Whether the shutdown drain has begun: `/readyz` then fails, so that a load balancer in front
+   * stops sending connections the main port no longer accepts. @default never
+   */
+  draining?: () => boolean;
   /** The routes now, in match order, described. */
   routes: () => readonly RouteView[];
   /** Renders Prometheus text. */
@@ -112,9 +117,14 @@ type ServiceParameter = '"service"' | "?service=";
 /**
  * What `/readyz` answers: ready while at least one service has an available backend (the
  * balancer can serve some of its traffic), naming the services that have none. With no
- * services at all every request is answered by a route itself, so it is ready.
+ * services at all every request is answered by a route itself, so it is ready. Never ready once
+ * `draining` (the shutdown drain: the main port accepts nothing new).
  */
-export function readiness(services: readonly AdminService[]): { status: number; body: string } {
+export function readiness(
+  services: readonly AdminService[],
+  draining = false,
+): { status: number; body: string } {
+  if (draining) return { status: 503, body: "draining\n" };
   const empty = services.filter((s) => s.pool.available.length === 0).map((s) => s.name);
   // One service keeps the body it had before services existed.
   const named = services.length === 1 ? "" : `: ${empty.join(", ")}`;
@@ -157,7 +167,7 @@ export function createAdminHandler(options: AdminOptions) {
     const path = url.pathname;
     if (path === "/healthz") return onlyGet(req) ?? text("ok\n");
     if (path === "/readyz") {
-      const { status, body } = readiness(options.services());
+      const { status, body } = readiness(options.services(), options.draining?.() ?? false);
       return onlyGet(req) ?? text(body, status);
     }
     if (path === "/" || path === "/index.html") {

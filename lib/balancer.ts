@@ -216,6 +216,11 @@ export class Balancer {
   /** Set by stop(): a reload then would restart checks on clients being closed. */
   #stopping = false;
 
+  /** Whether stop() was called: the shutdown drain has begun (`/readyz` fails from then on). */
+  get stopping(): boolean {
+    return this.#stopping;
+  }
+
   /** Builds everything but the sockets; services start (discovery, health checks). */
   static async build(
     config: Config,
@@ -781,6 +786,7 @@ function adminHandler(balancer: Balancer) {
         policy: s.policyName,
         pool: s.pool,
       })),
+    draining: () => balancer.stopping,
     routes: () => balancer.routing.table.routes.map(describeRoute),
     metrics: () => extras.group?.mergeMetrics(metrics.render()) ?? metrics.render(),
     mergeBackends: extras.group?.mergeBackends,

@@ -176,6 +176,55 @@ Deno.test("SIGTERM lets an in-flight slow request finish, then exits 0", async (
   await assert.rejects(() => fetch(`http://127.0.0.1:${port}/`), "no longer accepting");
 });
 
+for (const frontend of ["deno", "native"]) {
+  Deno.test(`--frontend ${frontend}: /readyz answers 503 draining from the start of the drain; /healthz stays 200`, async () => {
+    let release!: () => void;
+    const released = new Promise<void>((r) => release = r);
+    let arrived!: () => void;
+    const arrivedP = new Promise<void>((r) => arrived = r);
+    await using slow = await startTestBackend(async (req) => {
+      if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("up");
+      arrived();
+      await released;
+      return new Response("finished");
+    });
+    await using lb = spawnBalancer([
+      `-backends=${slow.url}`,
+      "-port=0",
+      "-host=127.0.0.1",
+      `--frontend=${frontend}`,
+      "--admin=127.0.0.1:0",
+      "--drain-timeout=10s",
+    ]);
+    const port = await lb.port();
+    const adminLine = await lb.waitForLine(/Admin listener started at 127\.0\.0\.1:\d+/);
+    const admin = `http://127.0.0.1:${/:(\d+)$/.exec(adminLine)![1]}`;
+    using client = Deno.createHttpClient({});
+    // Caught: a failed assertion below kills the process, and this must not fail the file.
+    const pending = getText(`http://127.0.0.1:${port}/`, { client }).catch((error) => error);
+    try {
+      await arrivedP;
+      assert.deepEqual(await probe(`${admin}/readyz`), [200, "ready\n"]);
+      lb.child.kill("SIGTERM");
+      await lb.waitForLine(/Shutting down/);
+      // The admin listener stays up through the drain, so a health check sees it fail.
+      assert.deepEqual(await probe(`${admin}/readyz`), [503, "draining\n"]);
+      assert.deepEqual(await probe(`${admin}/healthz`), [200, "ok\n"], "still alive");
+    } finally {
+      release();
+    }
+    assert.equal((await pending).text, "finished");
+    assert.equal(await lb.exited, 0);
+  });
+}
+
+/** Status and body of a GET on a connection of its own (the admin listener's is closing). */
+async function probe(url: string): Promise<[number, string]> {
+  using client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+  const { status, text } = await getText(url, { client });
+  return [status, text];
+}
+
 Deno.test("SIGINT with a request that outlives --drain-timeout exits 0 after the deadline", async () => {
   let arrived!: () => void;
   const arrivedP = new Promise<void>((r) => arrived = r);
