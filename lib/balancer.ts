@@ -90,7 +90,8 @@ export interface RunningBalancer {
   reload(config: Config): Promise<ReloadChange>;
   /**
    * Stops accepting and lets in-flight requests finish for up to `drainMs`. Resolves to the
-   * number of requests still open at the deadline (0 = clean); those end when the process exits.
+   * number of requests still open at the deadline (0 = clean); those get no answer, and their
+   * connections close when the process (or worker thread) ends.
    */
   shutdown(drainMs: number): Promise<number>;
   /**
@@ -961,6 +962,12 @@ function serveNatively(
 }
 
 /**
+ * The answer of a request cut off at the drain deadline: none. Deno.serve cannot close a
+ * connection without answering, so it stays silent until the thread ends, which closes it.
+ */
+const UNANSWERED = new Promise<Response>(() => {});
+
+/**
  * A listener that counts its open requests until their responses are fully delivered. With
  * `tls` it serves HTTPS (h2 and http/1.1 by ALPN) and can replace its certificate.
  */
@@ -976,6 +983,8 @@ function serve(
 ) {
   let open = 0;
   const closed = () => open--;
+  /** Set at the drain deadline with requests still open: whatever they answer later is withheld. */
+  let cut = false;
   let http: Deno.HttpServer<Deno.NetAddr>;
   /** Shutdowns of listeners replaced by a certificate reload, still finishing their requests. */
   const retiring: Promise<void>[] = [];
@@ -1009,8 +1018,10 @@ function serve(
       info.completed.then(closed, closed);
       // On TLS a body must leave with its headers, or it waits ~40 ms (see coalesceBody). HEAD
       // keeps its body as given: as bytes, an empty one would announce a false Content-Length.
-      if (tls === undefined || req.method === "HEAD") return handler(req, info);
-      return Promise.resolve(handler(req, info)).then((response) => coalesceBody(response));
+      const coalesce = tls !== undefined && req.method !== "HEAD";
+      return Promise.resolve(handler(req, info)).then((response) =>
+        cut ? UNANSWERED : coalesce ? coalesceBody(response) : response
+      );
     });
   }
   return {
@@ -1029,7 +1040,7 @@ function serve(
     },
     /**
      * Stops accepting and waits for open requests until `deadline` (performance.now() ms).
-     * Returns how many were still open then.
+     * Returns how many were still open then: those are cut off, their answers withheld.
      */
     async drain(deadline: number): Promise<number> {
       const shutdown = Promise.all([http.shutdown().catch(() => {}), ...retiring]);
@@ -1049,6 +1060,9 @@ function serve(
         await Promise.race([shutdown, late]);
         clearTimeout(timer);
       }
+      // Closing the backend clients next fails these requests as 499 or 502: an answer that would
+      // blame the client or the backend for the deadline (nginx and HAProxy close instead).
+      if (open > 0) cut = true;
       return open;
     },
   };

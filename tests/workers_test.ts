@@ -12,6 +12,7 @@ import { type BalancerProcess, runMain, spawnBalancer } from "./process.ts";
 import {
   captureLog,
   delay,
+  rawExchange,
   refusingUrl,
   startTestBackend,
   type TestBackend,
@@ -267,6 +268,55 @@ Deno.test("--workers 2: SIGTERM lets requests in flight on both threads finish",
   assert.ok(lb.lines.some((line) => line.includes("Load balancer stopped")));
   assert.ok(!lb.lines.some((line) => line.includes("cut off")));
 });
+
+for (const frontend of ["deno", "native"]) {
+  Deno.test(`--workers 2, --frontend ${frontend}: requests cut off at the drain deadline get their connection closed, no 499, on both threads`, async () => {
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let arrived = 0;
+    await using stuck = await startTestBackend(async (req) => {
+      if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("ok");
+      arrived++;
+      await released;
+      return new Response("late");
+    });
+    const { lb, url } = await startWorkers([stuck.url], [
+      "--drain-timeout=300ms",
+      `--frontend=${frontend}`,
+    ]);
+    await using _lb = lb;
+    const port = Number(new URL(url).port);
+    // The kernel spreads connections at random: all 16 on one thread has probability 2^-15.
+    const count = 16;
+    const exchanges = Array.from(
+      { length: count },
+      () => rawExchange(port, "GET / HTTP/1.1\r\nHost: lb\r\n\r\n", 15_000),
+    );
+    try {
+      assert.ok(await waitFor(() => arrived === count, 10_000), `${count} in flight (${arrived})`);
+      await waitFor(() => selections(lb).main + selections(lb).worker === count, 10_000);
+      const seen = selections(lb);
+      assert.ok(
+        seen.main > 0 && seen.worker > 0,
+        `both threads hold requests: ${JSON.stringify(seen)}`,
+      );
+      lb.child.kill("SIGTERM");
+      assert.equal(await lb.exited, 0);
+      const answers = await Promise.all(exchanges);
+      const decoder = new TextDecoder();
+      assert.deepEqual(
+        answers.map((a) => ({ closed: a.closed, reply: decoder.decode(a.bytes) })),
+        answers.map(() => ({ closed: true, reply: "" })),
+        "closed without a reply (a 499 would blame the client)",
+      );
+    } finally {
+      release();
+    }
+    assert.ok(
+      lb.lines.some((line) => line.includes(`Drain timeout: ${count} request(s) were cut off`)),
+    );
+  });
+}
 
 Deno.test("--workers 2: a config reload reaches every thread", async () => {
   await using a = await namedBackend("a");
