@@ -306,9 +306,12 @@ export function createAdminHandler(options: AdminOptions) {
     if (existing !== undefined && !existing.removing) {
       return json({ error: `backend ${spec.url} is already in the pool of ${name}` }, 409);
     }
+    // Still draining after a removal: revived with its in-flight requests, not created anew.
+    const revived = existing !== undefined;
     const backend = pool.add(spec);
-    log.info(`Admin: added backend ${backend.url} to ${name} (weight ${backend.weight})`);
-    return json({ backend: backendView(backend, name) }, 201);
+    const kept = revived ? `; was draining, ${backend.inflight} in flight kept` : "";
+    log.info(`Admin: added backend ${backend.url} to ${name} (weight ${backend.weight}${kept})`);
+    return json({ backend: backendView(backend, name) }, revived ? 200 : 201);
   }
 
   async function remove(query: URLSearchParams): Promise<Response> {

@@ -257,17 +257,31 @@ export class Pool {
 
   /**
    * Adds a backend. It starts up (health checks will judge it) and, with slow start, ramps its
-   * share from the first step. Throws when the URL is already in the pool.
+   * share from the first step. A backend still draining after a removal is revived instead: the
+   * same object, enabled again with `spec`'s weight, keeping its in-flight requests (so its
+   * concurrency limit holds), counters and health, as Envoy keeps a host whose address comes
+   * back. Throws when the URL is already in the pool and not being removed.
    */
   add(spec: BackendSpec): Backend {
     const existing = this.find(spec.url);
     if (existing !== undefined && !existing.removing) {
       throw new Error(`backend ${spec.url} is already in the pool`);
     }
-    if (existing !== undefined) this.#finishRemoval(existing);
+    if (existing !== undefined) return this.#revive(existing, spec);
     const backend = new Backend(spec, this.#now());
     this.#backends = [...this.#backends, backend];
     this.#refresh(this.#now());
+    this.#options.onAdd?.(backend);
+    return backend;
+  }
+
+  /** Takes back a backend that was draining to leave (see {@linkcode Pool.add}). */
+  #revive(backend: Backend, spec: BackendSpec): Backend {
+    this.batch(() => {
+      backend.removing = false;
+      backend.weight = spec.weight;
+      this.setAdmin(backend, "enabled", "added again");
+    });
     this.#options.onAdd?.(backend);
     return backend;
   }
@@ -318,7 +332,8 @@ export class Pool {
   /**
    * Makes the pool match `specs` (a reload): backends with a known URL keep their health,
    * counters and in-flight requests (weights are updated); new ones are added; missing ones
-   * are removed gracefully. Returns what changed.
+   * are removed gracefully, and revived when wanted again while they drain. Returns what
+   * changed.
    */
   update(
     specs: readonly BackendSpec[],
@@ -337,7 +352,7 @@ export class Pool {
         if (!backend.removing) change.removed.push(backend.url);
         this.remove(backend.url);
       } else if (backend.removing) {
-        // Removed earlier, wanted again: a fresh backend replaces the draining one.
+        // Removed earlier, wanted again: the draining backend is revived with its requests.
         this.add(spec);
         change.added.push(spec.url);
         wanted.delete(spec.url);

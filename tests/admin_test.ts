@@ -313,6 +313,42 @@ Deno.test("DELETE /api/backends removes an idle backend at once; it may be added
   assert.equal(count(await traffic(lb, 4), "b"), 2);
 });
 
+Deno.test("POST /api/backends of a backend still draining revives it (200) with its requests and max-conns", async () => {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  let arrived = 0;
+  await using b = await startTestBackend(async (req) => {
+    if (new URL(req.url).pathname === "/hold") {
+      arrived++;
+      await released;
+    }
+    return new Response("b");
+  });
+  await using lb = await startAdminBalancer([b.url], { maxConns: 2 });
+  // Released whatever happens: a held request would keep the servers from closing.
+  using _release = { [Symbol.dispose]: () => release() };
+  const held = [getText(`${lb.url}/hold`), getText(`${lb.url}/hold`)];
+  assert.ok(await waitFor(() => arrived === 2), "two requests are held on b");
+
+  const removed = await admin(lb, `/api/backends?url=${b.url}`, { method: "DELETE" });
+  assert.equal(removed.status, 202, removed.text);
+  const added = await post(lb, "/api/backends", { url: b.url, weight: 2 });
+  assert.equal(added.status, 200, `revived, not created: ${added.text}`);
+  const view = added.json!.backend as BackendView;
+  assert.deepEqual([view.status, view.inflight, view.requests, view.weight], ["up", 2, 2, 2]);
+  assert.deepEqual((await listBackends(lb)).map((v) => [v.url, v.inflight]), [[b.url, 2]]);
+  const again = await post(lb, "/api/backends", { url: b.url });
+  assert.equal(again.status, 409, "now it is in the pool");
+
+  const full = await getText(`${lb.url}/`);
+  assert.equal(full.status, 503, "max-conns 2 still counts the two held requests");
+  assert.equal(b.received.length, 2);
+  release();
+  for (const request of held) assert.equal((await request).text, "b");
+  assert.ok(await waitFor(() => lb.balancer.pool.find(b.url)?.inflight === 0));
+  assert.deepEqual(await traffic(lb, 2), ["b", "b"], "it stayed in the pool");
+});
+
 Deno.test("drain, disable and enable show at once and steer new requests", async () => {
   await using a = await named("a");
   await using b = await named("b");

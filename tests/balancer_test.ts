@@ -9,7 +9,7 @@ import type { Config } from "../lib/config.ts";
 import { quietLog } from "../lib/log.ts";
 import type { RouteSpec } from "../lib/routes.ts";
 import { Balancer, listen } from "../lib/balancer.ts";
-import { startTestBackend, testConfig } from "./helpers.ts";
+import { startTestBackend, testConfig, waitFor } from "./helpers.ts";
 
 /** Routes answering `/status` with `body`, everything else from the default service. */
 function statusRoutes(body: string): RouteSpec[] {
@@ -108,6 +108,37 @@ Deno.test("Balancer.reload() reports backends added and removed, and keeps a res
   assert.deepEqual(change.restartNeeded, ["port"]);
   assert.equal(lb.balancer.config.port, config.port, "the port in force stays");
   assert.deepEqual(lb.balancer.pool.backends.map((backend) => backend.url), [b.url]);
+  assert.equal((await lb.get("/")).text, "b");
+});
+
+Deno.test("Balancer.reload() that drops a backend and names it again keeps its requests in flight and max-conns", async () => {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  let arrived = 0;
+  await using b = await startTestBackend(async (req) => {
+    if (new URL(req.url).pathname === "/hold") {
+      arrived++;
+      await released;
+    }
+    return new Response("b");
+  });
+  await using other = await startTestBackend(() => new Response("other"));
+  const config = testConfig([b.url], { maxConns: 2 });
+  await using lb = await built(config);
+  // Released whatever happens: a held request would keep the servers from closing.
+  using _release = { [Symbol.dispose]: () => release() };
+  const held = [lb.get("/hold"), lb.get("/hold")];
+  assert.ok(await waitFor(() => arrived === 2), "two requests are held on b");
+  const backend = lb.balancer.pool.find(b.url)!;
+  await lb.balancer.reload(testConfig([other.url], { maxConns: 2 }));
+  const change = await lb.balancer.reload(config);
+  assert.deepEqual(change.added, [b.url]);
+  assert.equal(lb.balancer.pool.find(b.url), backend, "the draining backend came back");
+  assert.deepEqual(lb.balancer.pool.backends.map((x) => [x.url, x.inflight]), [[b.url, 2]]);
+  assert.equal((await lb.get("/")).status, 503, "max-conns 2 still counts the two held");
+  release();
+  for (const answer of await Promise.all(held)) assert.equal(answer.text, "b");
+  assert.equal(backend.inflight, 0);
   assert.equal((await lb.get("/")).text, "b");
 });
 

@@ -473,3 +473,36 @@ Deno.test("Pool.pick() returns `preferred`'s choice when it is a candidate", () 
   assert.equal(pool.pick(context, new Set([b[0]]), prefer(b[1])), b[2]);
   assert.deepEqual(seen.at(-1), [b[0], b[2]]);
 });
+
+Deno.test("Pool.add() and Pool.update() revive a backend still draining after its removal", () => {
+  const removed: string[] = [];
+  const { pool, b, events, reasons } = setup([1, 1], {
+    maxConns: 2,
+    onRemove: (backend) => removed.push(backend.url),
+  });
+  const kept = b[1];
+  pool.acquire(kept);
+  pool.acquire(kept);
+  assert.equal(pool.pick(context, new Set([b[0]])), undefined, "b1 is full");
+  pool.remove(kept.url);
+  const revived = pool.add({ url: kept.url, weight: 3 });
+  assert.equal(revived, kept, "the same backend, not a fresh one");
+  assert.deepEqual([revived.inflight, revived.requests, revived.weight], [2, 2, 3]);
+  assert.deepEqual([revived.status, revived.removing], ["up", false]);
+  assert.equal(pool.backends.length, 2, "listed once");
+  assert.equal(pool.pick(context, new Set([b[0]])), undefined, "still full: max-conns holds");
+  assert.deepEqual(events.slice(-2), ["b1:up->draining", "b1:draining->up"]);
+  assert.equal(reasons.at(-1), "added again");
+
+  // A reload that drops it and one that names it again: the same.
+  pool.update([{ url: b[0].url, weight: 1 }]);
+  assert.equal(pool.find(kept.url)?.removing, true);
+  pool.update([{ url: b[0].url, weight: 1 }, { url: kept.url, weight: 1 }]);
+  assert.equal(pool.find(kept.url), kept);
+  assert.equal(kept.inflight, 2);
+  pool.release(kept);
+  pool.release(kept);
+  assert.equal(kept.inflight, 0, "its requests were counted where they were made");
+  assert.equal(pool.pick(context, new Set([b[0]])), kept, "free again");
+  assert.deepEqual(removed, [], "it never left the pool");
+});
