@@ -14,7 +14,7 @@ import type { Pool, PoolOptions, StatusChangeListener } from "./pool.ts";
 import type { Handler, ProxyObserver } from "./proxy.ts";
 import type { Transport } from "./upstream.ts";
 import { createNativeTransport, type NativeTransport } from "./upstream_native.ts";
-import { LoadBalancerMetrics, NO_BACKEND, NO_ROUTE } from "./metrics.ts";
+import { type ConnectionStats, LoadBalancerMetrics, NO_BACKEND, NO_ROUTE } from "./metrics.ts";
 import { type AccessLog, createAccessLog } from "./access_log.ts";
 import { AlertWebhook } from "./alerts.ts";
 import { type BackendView, createAdminHandler } from "./admin.ts";
@@ -312,7 +312,8 @@ export class Balancer {
           }
         }
       },
-      connections: (url) => this.#deps.native.stats(url),
+      // A reload that changed backend TLS or connection caps replaced the transport: counts go on.
+      connections: (url) => sumStats([...this.#replacedClients, this.#deps], url),
     });
     const routing = () => this.routing;
     metrics.registry.counterFunc(
@@ -877,6 +878,19 @@ function edgeSettings(config: Config) {
     trustedProxies: (config.trustedProxies ?? []).map((text) => parseCidr(text)!),
     forwarded: config.forwarded ?? false,
   };
+}
+
+/** The connection figures of `url` over every transport the balancer has had. */
+function sumStats(clients: readonly { native: NativeTransport }[], url: string): ConnectionStats {
+  const sum = { open: 0, idle: 0, connects: 0, reuses: 0 };
+  for (const { native } of clients) {
+    const stats = native.stats(url);
+    sum.open += stats.open;
+    sum.idle += stats.idle;
+    sum.connects += stats.connects;
+    sum.reuses += stats.reuses;
+  }
+  return sum;
 }
 
 /** Whether any service's pool still holds a backend with this URL (not being removed). */

@@ -825,28 +825,35 @@ export class LoadBalancerMetrics {
     backends: () => Iterable<BackendSnapshot>,
     connections: (backend: string) => ConnectionStats | undefined,
   ): void {
-    const family = (
-      kind: "gauge" | "counter",
-      name: string,
-      help: string,
-      field: keyof ConnectionStats,
-    ) => {
-      const collect = function* () {
+    type Field = keyof ConnectionStats;
+    const sample = (service: string, backend: string, value: number) => ({
+      labels: { service, backend },
+      value,
+    });
+    const gauge = (name: string, help: string, field: Field) =>
+      this.registry.gaugeFunc(name, help, function* () {
         for (const b of backends()) {
           const stats = connections(b.url);
-          if (stats === undefined) continue;
-          yield { labels: { service: b.service, backend: b.url }, value: stats[field] };
+          if (stats !== undefined) yield sample(b.service, b.url, stats[field]);
         }
-      };
-      if (kind === "gauge") this.registry.gaugeFunc(name, help, collect);
-      else this.registry.counterFunc(name, help, collect);
-    };
+      });
+    // Removed backends' and services' counter series stay: counters never vanish nor restart.
+    const counted = new Map<string, { service: string; url: string }>();
+    const counter = (name: string, help: string, field: Field) =>
+      this.registry.counterFunc(name, help, function* () {
+        for (const { service, url } of backends()) {
+          counted.set(`${url} ${service}`, { service, url }); // a URL holds no space
+        }
+        for (const { service, url } of counted.values()) {
+          const stats = connections(url);
+          if (stats !== undefined) yield sample(service, url, stats[field]);
+        }
+      });
     const shared = " Per backend origin: services sharing the origin show the same figures.";
-    family("gauge", "lb_backend_connections_open", "Open connections." + shared, "open");
-    family("gauge", "lb_backend_connections_idle", "Kept-alive idle connections." + shared, "idle");
-    family("counter", "lb_backend_connects_total", "Connections made." + shared, "connects");
-    family(
-      "counter",
+    gauge("lb_backend_connections_open", "Open connections." + shared, "open");
+    gauge("lb_backend_connections_idle", "Kept-alive idle connections." + shared, "idle");
+    counter("lb_backend_connects_total", "Connections made." + shared, "connects");
+    counter(
       "lb_backend_connection_reuses_total",
       "Requests sent on a kept-alive connection." + shared,
       "reuses",

@@ -147,7 +147,7 @@ export interface OriginStats {
   open: number;
   /** Connections idle in the pool now. */
   idle: number;
-  /** Connections made since the transport was created (or the origin retired). */
+  /** Connections made since the transport was created (retiring the origin keeps the count). */
   connects: number;
   /** Requests sent on an idle connection rather than a new one. */
   reuses: number;
@@ -163,7 +163,8 @@ export interface NativeTransport {
   stats(origin: string): OriginStats;
   /**
    * Forgets `origin` (a removed backend): its idle connections close now, the ones carrying a
-   * request when that request finishes. A later request to it starts afresh.
+   * request when that request finishes. A later request to it starts afresh; its connect and
+   * reuse counts go on from where they were (metrics counters must not go backwards).
    */
   retire(origin: string): void;
   /** Closes every connection, idle or busy (shutdown); later attempts fail as `connect`. */
@@ -254,12 +255,13 @@ export function createNativeTransport(options: NativeTransportOptions = {}): Nat
       send(state, origin, url, request, clientSignal, attemptOptions),
     stats(origin) {
       const pool = state.pools.get(origin);
-      if (pool === undefined) return { open: 0, idle: 0, connects: 0, reuses: 0, waiting: 0 };
+      const { connects, reuses } = state.totals.get(origin) ?? { connects: 0, reuses: 0 };
+      if (pool === undefined) return { open: 0, idle: 0, connects, reuses, waiting: 0 };
       return {
         open: pool.open,
         idle: pool.idle.length,
-        connects: pool.connects,
-        reuses: pool.reuses,
+        connects,
+        reuses,
         waiting: pool.waiters.length,
       };
     },
@@ -277,6 +279,8 @@ export function createNativeTransport(options: NativeTransportOptions = {}): Nat
 /** Everything one transport owns. */
 class TransportState {
   readonly pools = new Map<string, OriginPool>();
+  /** Connects and reuses by origin, kept when a retired origin's pool is dropped. */
+  readonly totals = new Map<string, OriginTotals>();
   /** Every open connection, idle or busy, for close(). */
   readonly all = new Set<Connection>();
   /** Connects in progress, so close() can wait for them. */
@@ -309,7 +313,9 @@ class TransportState {
   poolOf(origin: string): OriginPool {
     let pool = this.pools.get(origin);
     if (pool === undefined) {
-      pool = new OriginPool(this, origin);
+      let totals = this.totals.get(origin);
+      if (totals === undefined) this.totals.set(origin, totals = { connects: 0, reuses: 0 });
+      pool = new OriginPool(this, origin, totals);
       this.pools.set(origin, pool);
     }
     return pool;
@@ -356,6 +362,12 @@ class TransportState {
 const SHUTDOWN: Failure = { kind: "client-gone", detail: "transport closed" };
 const CLIENT_GONE: Failure = { kind: "client-gone", detail: "client disconnected" };
 
+/** What {@linkcode OriginStats} counts of one origin, across its pools. */
+interface OriginTotals {
+  connects: number;
+  reuses: number;
+}
+
 /** The connections of one origin. */
 class OriginPool {
   readonly hostname: string;
@@ -366,8 +378,6 @@ class OriginPool {
   /** Idle connections, most recently used last (LIFO reuse). */
   readonly idle: Connection[] = [];
   open = 0;
-  connects = 0;
-  reuses = 0;
   /** Set by retire(): connections close instead of returning to `idle`. */
   retired = false;
   /** Connects in progress. */
@@ -375,7 +385,11 @@ class OriginPool {
   /** Requests waiting for a connection (connects or connections at their cap), oldest first. */
   readonly waiters: Waiter[] = [];
 
-  constructor(readonly owner: TransportState, readonly origin: string) {
+  constructor(
+    readonly owner: TransportState,
+    readonly origin: string,
+    readonly totals: OriginTotals,
+  ) {
     const url = new URL(origin);
     this.secure = url.protocol === "https:";
     if (!this.secure && url.protocol !== "http:") {
@@ -391,7 +405,7 @@ class OriginPool {
     const c = this.idle.pop();
     if (c === undefined) return undefined;
     c.idle = false;
-    this.reuses++;
+    this.totals.reuses++;
     return c;
   }
 
@@ -511,7 +525,7 @@ class OriginPool {
     if (waiter !== undefined) {
       // Handed straight to a request waiting for a connection: no idle round trip.
       c.start = c.end = 0;
-      this.reuses++;
+      this.totals.reuses++;
       return waiter.settle(c);
     }
     if (this.idle.length >= owner.maxIdle) return c.close();
@@ -625,7 +639,7 @@ class Connection {
 
   constructor(readonly conn: Deno.Conn, readonly pool: OriginPool) {
     pool.open++;
-    pool.connects++;
+    pool.totals.connects++;
     pool.owner.all.add(this);
   }
 

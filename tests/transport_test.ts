@@ -97,6 +97,39 @@ Deno.test("/metrics counts the native transport's connections per backend: conne
   assert.match(text, /# TYPE lb_backend_connects_total counter/);
 });
 
+Deno.test("/metrics connection counters of a removed backend stay, and go on when it comes back", async () => {
+  await using a = stallingBackend(0, 0);
+  await using b = stallingBackend(0, 0);
+  await using lb = await startTestBalancer([a.url, b.url]);
+  const counters = (url: string) => {
+    const text = lb.balancer.metrics.render();
+    return ["lb_backend_connects_total", "lb_backend_connection_reuses_total"].map((name) => {
+      const line = text.split("\n").find((l) =>
+        l.startsWith(`${name}{service="default",backend="${url}"}`)
+      );
+      assert.ok(line !== undefined, `${name} of ${url} is exported:\n${text}`);
+      return Number(line.split(" ").at(-1));
+    });
+  };
+  const traffic = async (n: number) => {
+    for (let i = 0; i < n; i++) assert.equal(await (await fetch(`${lb.url}/n${i}`)).text(), "ok");
+  };
+  await traffic(6);
+  const [connects, reuses] = counters(b.url);
+  assert.ok(connects >= 1 && reuses >= 1, `b was used: ${connects} connects, ${reuses} reuses`);
+  await lb.balancer.reload(testConfig([a.url]));
+  assert.ok(await waitFor(() => lb.balancer.pool.find(b.url) === undefined));
+  assert.deepEqual(counters(b.url), [connects, reuses], "the removed backend's series stay");
+  await lb.balancer.reload(testConfig([a.url, b.url]));
+  await traffic(6);
+  const [connectsAfter, reusesAfter] = counters(b.url);
+  assert.ok(connectsAfter > connects, `connects go on: ${connects} then ${connectsAfter}`);
+  assert.ok(reusesAfter > reuses, `reuses go on: ${reuses} then ${reusesAfter}`);
+  // A reload that replaces the transport (here for a new idle cap) keeps the counts too.
+  await lb.balancer.reload(testConfig([a.url, b.url], { maxIdleBackendConnections: 5 }));
+  assert.deepEqual(counters(b.url), [connectsAfter, reusesAfter], "a new transport");
+});
+
 Deno.test("a backend removed by a reload has its kept-alive connection closed once it is idle", async () => {
   // Connections by number: the ones that carried a proxied request (not a health check), and
   // the ones the balancer closed.
