@@ -83,23 +83,47 @@ export async function main(args: string[]): Promise<number> {
   let changedWhileStarting = false;
   /** Set once a stop is requested: from then on nothing reloads. */
   let stopping = false;
+  // Watched before anything starts: an edit made while it starts is reloaded once it runs.
+  const watcher = configPath === undefined ? undefined : watchFile(configPath, () => reload(), log);
+  let usersWatch: { files: string; watcher: FileWatcher } | undefined;
+  /** Configs read by reloads not yet applied: their users files are watched too. */
+  const inFlight = new Set<Config>();
+  /**
+   * The users files of basic auth: a change reloads (a removed user loses access at once).
+   * Called before the files are read, so that the watch's baseline is never newer than they.
+   */
+  const watchUsersFiles = () => {
+    const files = [...new Set([running, ...inFlight].flatMap(usersFilesOf))];
+    const key = files.join("\n");
+    if (usersWatch?.files === key) return;
+    usersWatch?.watcher.close();
+    usersWatch = files.length === 0
+      ? undefined
+      : { files: key, watcher: watchFiles(files, reload, { log }) };
+  };
   const reload = () => {
     if (stopping) return;
     if (balancer === undefined) {
       changedWhileStarting = true;
       return;
     }
+    // The watches compare later content with what this reload reads, not with what they last
+    // reported: else a file put back after a SIGHUP's edit would go unseen, and that edit rerun.
+    watcher?.markLoaded();
+    usersWatch?.watcher.markLoaded();
     reloadConfig(args, config.admin, balancer, demoSpecs, log, (next) => {
       if (workers !== undefined) shareRandomSettings(next, running);
       // Not in the flags or file: without them the reload would see TLS "changed".
       acme?.applyTo(next);
+      // The balancer reads them while applying `next`: watched from before.
+      inFlight.add(next);
+      watchUsersFiles();
     }, (next) => {
-      watchUsersFiles(next);
       if (next.logLevel !== running.logLevel || next.logFormat !== running.logFormat) {
         log.replace(createLog(next.logLevel, undefined, next.logFormat));
       }
       running = next;
-    });
+    }, (next) => inFlight.delete(next));
   };
   /** Re-reads the TLS files, or serves `pair` (ACME's new certificate) when given. */
   const reloadCertificate = (pair?: CertifiedKey) => {
@@ -113,23 +137,11 @@ export async function main(args: string[]): Promise<number> {
     if (acme === undefined) reloadCertificate();
   });
 
+  watchUsersFiles();
   const demo = config.demo ? await startDemoBackends(log) : { servers: [], specs: [] };
   demoSpecs = demo.specs;
   addDemoBackends(config, demo.specs);
   if (workers !== undefined) shareRandomSettings(config);
-  // Watched before the balancer starts: an edit made while it starts is not missed.
-  const watcher = configPath === undefined ? undefined : watchFile(configPath, reload, log);
-  /** The users files of basic auth: a change reloads (a removed user loses access at once). */
-  let usersWatch: { files: string; watcher: FileWatcher } | undefined;
-  const watchUsersFiles = (current: Config) => {
-    const files = usersFilesOf(current);
-    const key = files.join("\n");
-    if (usersWatch?.files === key) return;
-    usersWatch?.watcher.close();
-    usersWatch = files.length === 0
-      ? undefined
-      : { files: key, watcher: watchFiles(files, reload, { log }) };
-  };
   try {
     if (acmeEnabled(config)) {
       // Loaded only when on: the ACME library costs memory and reads the whole environment.
@@ -148,12 +160,12 @@ export async function main(args: string[]): Promise<number> {
     });
   } catch (error) {
     watcher?.close();
+    usersWatch?.watcher.close();
     // With --log-format json every stderr line must be a JSON object: log shippers parse each.
     if (config.logFormat === "json") log.error((error as Error).message);
     else console.error(`load-balancer: ${(error as Error).message}`);
     return 1;
   }
-  watchUsersFiles(config);
   if (changedWhileStarting) reload();
   if (acme !== undefined) {
     const { manager } = acme;
@@ -207,6 +219,8 @@ function reloadConfig(
   carryOver: (next: Config) => void,
   /** Told once the main thread has applied `next` (the worker threads follow). */
   onApplied: (next: Config) => void,
+  /** Told once `next` is applied (after `onApplied`) or refused. */
+  onSettled: (next: Config) => void,
 ): void {
   let next: Config;
   try {
@@ -222,6 +236,7 @@ function reloadConfig(
   carryOver(next);
   balancer.reload(next).then((change) => {
     onApplied(next);
+    onSettled(next);
     const services = change.servicesAdded.length + change.servicesRemoved.length === 0
       ? ""
       : `; services ${change.servicesAdded.length} added, ${change.servicesRemoved.length} removed`;
@@ -233,6 +248,7 @@ function reloadConfig(
       log.warn(`Reload ignored settings that need a restart: ${change.restartNeeded.join(", ")}`);
     }
   }, (error) => {
+    onSettled(next);
     log.error(`Reload failed, keeping the running configuration: ${(error as Error).message}`);
   });
 }

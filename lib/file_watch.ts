@@ -13,8 +13,9 @@
  * new inode, and one that is missing is waited for from its nearest existing ancestor. Any event
  * in them re-stats the files (where each path resolves to, inode, size, times); only a changed
  * stat (re)starts the debounce, and after `debounceMs` of quiet the content (SHA-256) is compared
- * with what was last reported: `onChange` runs only if it differs. Unrelated files in the same
- * directories cost one stat per event, never a callback, and cannot postpone one.
+ * with what was last loaded: what the watch last reported, or what the files held at the last
+ * `markLoaded()` (a SIGHUP's reload reads them too). `onChange` runs only if it differs. Unrelated
+ * files in the same directories cost one stat per event, never a callback, and cannot postpone one.
  */
 
 import { nodeCrypto } from "./node_builtins.ts";
@@ -41,6 +42,12 @@ export interface FileWatchOptions {
 
 /** A running watch; `close()` stops it and leaves no watcher or timer behind. */
 export interface FileWatcher {
+  /**
+   * The files are being read now (by a reload the watch did not start): their content now is
+   * what later content is compared with. Call it before reading them: a change made after it is
+   * always reported, and one made before it (already read) is not reported again.
+   */
+  markLoaded(): void;
   close(): void;
 }
 
@@ -143,6 +150,12 @@ export function watchFiles(
 
   watchDirectories();
   return {
+    markLoaded() {
+      if (closed) return;
+      // Stat first: a write between the two shows as a changed stat, compared again later.
+      stats = absolute.map(statOf);
+      contents = absolute.map(contentOf);
+    },
     close() {
       closed = true;
       clearTimeout(timer);

@@ -39,7 +39,13 @@ function countingWatch(paths: string[]) {
   const log = captureLog();
   const calls = { count: 0 };
   const watcher = watchFiles(paths, () => calls.count++, { log });
-  return { calls, log, close: () => watcher.close(), [Symbol.dispose]: () => watcher.close() };
+  return {
+    calls,
+    log,
+    markLoaded: () => watcher.markLoaded(),
+    close: () => watcher.close(),
+    [Symbol.dispose]: () => watcher.close(),
+  };
 }
 
 /** Waits (bounded) for the `n`th callback, then long enough that an extra one would show. */
@@ -173,6 +179,35 @@ Deno.test("watchFiles() does not fire for other files or a rewrite with the same
   assert.ok(await waitFor(() => sentinel.calls.count === 1, WAIT_MS), "sentinel fired");
   await delay(SETTLE_MS);
   assert.equal(watch.calls.count, 0);
+});
+
+Deno.test("watchFiles() compares with what markLoaded() saw: a file put back fires, a loaded edit does not", async () => {
+  await using tmp = await tempDir();
+  const path = `${tmp.dir}/lb.jsonc`;
+  const sentinelPath = `${tmp.dir}/sentinel`;
+  const replace = async (text: string) => {
+    await Deno.writeTextFile(`${tmp.dir}/.lb.jsonc.tmp`, text);
+    await Deno.rename(`${tmp.dir}/.lb.jsonc.tmp`, path);
+  };
+  await Deno.writeTextFile(path, "A");
+  await Deno.writeTextFile(sentinelPath, "0");
+  using watch = countingWatch([path]);
+  using sentinel = countingWatch([sentinelPath]);
+
+  // An edit read by a SIGHUP's reload, then the old file put back within the debounce: what
+  // runs (B) differs from the file (A), though the watch never reported B.
+  await replace("B");
+  watch.markLoaded();
+  await replace("A");
+  await assertFiresOnce(watch.calls, 1, "file put back after a loaded edit");
+
+  // An edit read by a SIGHUP's reload is not reported (loaded) again.
+  await replace("C");
+  watch.markLoaded();
+  await Deno.writeTextFile(sentinelPath, "1");
+  assert.ok(await waitFor(() => sentinel.calls.count === 1, WAIT_MS), "sentinel fired");
+  await delay(SETTLE_MS);
+  assert.equal(watch.calls.count, 1, "the loaded edit was not reported");
 });
 
 Deno.test("watchFiles() counts a file that disappears or appears as a change", async () => {

@@ -20,6 +20,7 @@ import type { RateLimitSpec } from "../lib/rate_limit.ts";
 import type { RouteSpec } from "../lib/routes.ts";
 import {
   captureLog,
+  delay,
   makeFifo,
   namedBackend,
   rawServer,
@@ -442,6 +443,40 @@ Deno.test("basicAuth usersFile: an edit reloads by itself (a removed user is out
     lb.child.kill("SIGHUP");
     await signalled();
     assert.equal((await as(ANN)).status, 200);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("basicAuth usersFile: an edit SIGHUP applied is not reloaded again, a file put back after it is", async () => {
+  await using backend = await namedBackend("ok");
+  const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
+  try {
+    const usersFile = `${dir}/htpasswd`;
+    await using lb = await spawnWithUsersFile(dir, usersFile, backend.url);
+    const url = `http://127.0.0.1:${await lb.port()}`;
+    const as = (who: { user: string; password: string }) =>
+      send(`${url}/`, { headers: { authorization: basic(who.user, who.password) } });
+    const reloads = () => lb.lines.filter((l) => /Reloaded:/.test(l)).length;
+    const replace = async (who: { user: string; hash: string }) => {
+      await Deno.writeTextFile(`${usersFile}.new`, `${who.user}:${who.hash}\n`);
+      await Deno.rename(`${usersFile}.new`, usersFile);
+    };
+    assert.equal((await as(ALICE)).status, 200);
+    await replace(ANN);
+    lb.child.kill("SIGHUP");
+    assert.ok(await waitFor(() => reloads() === 1, 10_000), lb.lines.join("\n"));
+    // Ten debounce periods: the watch's reload of the same edit would have come by now.
+    await delay(2000);
+    assert.equal(reloads(), 1, lb.lines.join("\n"));
+    assert.equal((await as(ANN)).status, 200);
+    // ALICE back at once after a SIGHUP'd edit, no signal: the users in force follow the file.
+    await replace({ user: "bob", hash: ANN.hash });
+    lb.child.kill("SIGHUP");
+    assert.ok(await waitFor(() => reloads() === 2, 10_000), lb.lines.join("\n"));
+    await replace(ALICE);
+    assert.ok(await waitFor(() => reloads() === 3, 10_000), lb.lines.join("\n"));
+    assert.equal((await as(ALICE)).status, 200, "the file's user is in");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
