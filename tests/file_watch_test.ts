@@ -230,8 +230,8 @@ for (const how of ["removed and made again", "renamed away"] as const) {
     using watch = countingWatch([file]);
     if (how === "renamed away") await Deno.rename(dir, `${tmp.dir}/conf.old`);
     else await Deno.remove(dir, { recursive: true });
-    // The directory is missing a moment, then comes back with the file.
-    await delay(SETTLE_MS);
+    // The directory is missing (the file with it: a change) until that is seen, then comes back.
+    assert.ok(await waitFor(() => watch.calls.count >= 1, WAIT_MS), "the removal was seen");
     await Deno.mkdir(dir);
     await Deno.writeTextFile(file, "two");
     assert.ok(await waitFor(() => watch.calls.count >= 2, WAIT_MS), "the swap was seen");
