@@ -115,6 +115,7 @@ export function createDispatcher(options: DispatchOptions): Handler {
       backend: undefined,
       attempts: 0,
       contentLength: undefined,
+      outcome: undefined,
       fromBackend: false,
     } as Trace & { fromBackend: boolean };
     const startedAt = arrivalTime(req);
@@ -146,21 +147,22 @@ export function createDispatcher(options: DispatchOptions): Handler {
       response = await encodeResponse(compress, req.method, req.headers, response, req.signal);
     }
     if (observer === undefined) return response;
-    observer.outcome(observed!.req, observed!.info, {
-      status: response.status,
-      path: path ?? rawTarget(req.url),
-      // Read when the line is written: a body that breaks off later clears it.
-      get contentLength() {
-        return trace.contentLength;
+    observer.outcome(
+      observed!.req,
+      observed!.info,
+      trace.outcome = {
+        status: response.status,
+        path: path ?? rawTarget(req.url),
+        contentLength: trace.contentLength,
+        fromBackend: trace.fromBackend,
+        backend: trace.backend,
+        service: route?.spec.service,
+        route: route?.name,
+        attempts: trace.attempts,
+        startedAt,
+        requestId,
       },
-      fromBackend: trace.fromBackend,
-      backend: trace.backend,
-      service: route?.spec.service,
-      route: route?.name,
-      attempts: trace.attempts,
-      startedAt,
-      requestId,
-    });
+    );
     return response;
   };
 }

@@ -150,10 +150,10 @@ export interface RequestOutcome {
   /** The validated path and query, or the raw target when it was refused. */
   path: string;
   /**
-   * The response's Content-Length, when it has one; undefined once its body broke off by the
-   * backend's doing (read it when the response is delivered).
+   * The response's Content-Length, when it has one; set to undefined if its body breaks off by
+   * the backend's doing after this was told (read it when the response is delivered).
    */
-  readonly contentLength: number | undefined;
+  contentLength: number | undefined;
   /** The X-Request-Id sent upstream and returned to the client. */
   requestId?: string;
 }
@@ -174,6 +174,8 @@ export interface Trace {
   attempts: number;
   /** The response's Content-Length, for the outcome; undefined when it has none. */
   contentLength: number | undefined;
+  /** The outcome told to the observer, whose length a body breaking off later clears. */
+  outcome?: RequestOutcome;
 }
 
 /** What the front of the request path read and decided before a service sees the request. */
@@ -239,7 +241,12 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
   const service = createServiceProxy(pool, options, log);
   const observer = options.observer;
   return async function proxyHandler(req, info) {
-    const trace: Trace = { backend: undefined, attempts: 0, contentLength: undefined };
+    const trace: Trace = {
+      backend: undefined,
+      attempts: 0,
+      contentLength: undefined,
+      outcome: undefined,
+    };
     const startedAt = performance.now();
     const client = readClientRequest(req);
     const requestId = requestIdFor(client.requestId);
@@ -260,21 +267,23 @@ export function createProxyHandler(pool: Pool, options: ProxyOptions, log: Log):
     } catch (error) {
       response = balancerAnswer(error, requestId, trace);
     }
-    observer?.outcome(observed!.req, observed!.info, {
-      status: response.status,
-      path: path ?? rawTarget(req.url),
-      // Read when the line is written: a body that breaks off later clears it.
-      get contentLength() {
-        return trace.contentLength;
+    if (observer === undefined) return response;
+    observer.outcome(
+      observed!.req,
+      observed!.info,
+      trace.outcome = {
+        status: response.status,
+        path: path ?? rawTarget(req.url),
+        contentLength: trace.contentLength,
+        fromBackend,
+        backend: trace.backend,
+        service: "default",
+        route: undefined,
+        attempts: trace.attempts,
+        startedAt,
+        requestId,
       },
-      fromBackend,
-      backend: trace.backend,
-      service: "default",
-      route: undefined,
-      attempts: trace.attempts,
-      startedAt,
-      requestId,
-    });
+    );
     return response;
   };
 }
@@ -535,7 +544,9 @@ export class ReverseProxy implements ServiceProxy {
         body: plan.body.forAttempt(),
         onBodyFailure: (detail) => {
           // The announced length was not delivered: the access log says "-", not a false count.
-          plan.trace.contentLength = undefined;
+          const trace = plan.trace;
+          trace.contentLength = undefined;
+          if (trace.outcome !== undefined) trace.outcome.contentLength = undefined;
           this.bodyFailed(backend, method, detail);
         },
       },
