@@ -291,26 +291,30 @@ Deno.test("a broken config file is kept out: the reload fails with the problem, 
 
 Deno.test("an edit SIGHUP applied is not applied again by the watch, and a file put back after it is", async () => {
   await using setup = await balancerOnAB();
-  const { a, b, c, cfg, lb } = setup;
-  const admin = await adminPort(lb);
-  const reloads = () => lb.lines.filter((l) => l.includes("INFO Reloaded: "));
-  await cfg.write(configText([a.url, c.url]));
-  lb.child.kill("SIGHUP");
-  await lb.waitForLine(/INFO Reloaded: 1 added, 1 removed, 0 reweighted$/, WAIT_MS);
-  // Ten debounce periods: the watch's reload of the same edit would have come by now.
-  await delay(2000);
-  assert.equal(reloads().length, 1, reloads().join("\n"));
+  const { a, b, c, cfg, lb, traffic } = setup;
+  try {
+    const admin = await adminPort(lb);
+    const reloads = () => lb.lines.filter((l) => l.includes("INFO Reloaded: "));
+    await cfg.write(configText([a.url, c.url]));
+    lb.child.kill("SIGHUP");
+    await lb.waitForLine(/INFO Reloaded: 1 added, 1 removed, 0 reweighted$/, WAIT_MS);
+    // Ten debounce periods: the watch's reload of the same edit would have come by now.
+    await delay(2000);
+    assert.equal(reloads().length, 1, reloads().join("\n"));
 
-  // B by SIGHUP, then the file put back at once, no signal: what runs must follow the file.
-  await cfg.write(configText([b.url]));
-  lb.child.kill("SIGHUP");
-  await lb.waitForLine(/INFO Reloaded: 1 added, 2 removed, 0 reweighted$/, WAIT_MS);
-  await cfg.write(configText([a.url, c.url]));
-  await eventually("the file's backends run again", async () => {
-    const urls = (await backendsOf(admin)).map((v) => v.url);
-    return urls.join() === [a.url, c.url].join();
-  });
-  assert.ok(!lb.lines.some((l) => /ERROR|Unhandled/.test(l)), lb.lines.join("\n"));
+    // B by SIGHUP, then the file put back at once, no signal: what runs must follow the file.
+    await cfg.write(configText([b.url]));
+    lb.child.kill("SIGHUP");
+    await lb.waitForLine(/INFO Reloaded: 1 added, 2 removed, 0 reweighted$/, WAIT_MS);
+    await cfg.write(configText([a.url, c.url]));
+    await eventually("the file's backends run again", async () => {
+      const urls = (await backendsOf(admin)).map((v) => v.url);
+      return urls.join() === [a.url, c.url].join();
+    });
+    assert.ok(!lb.lines.some((l) => /ERROR|Unhandled/.test(l)), lb.lines.join("\n"));
+  } finally {
+    await traffic.stop();
+  }
 });
 
 const TOKEN = "0123456789abcdef0123";
