@@ -999,6 +999,9 @@ function serve(
   const closed = () => open--;
   /** Set at the drain deadline with requests still open: whatever they answer later is withheld. */
   let cut = false;
+  // Made once per listener, not per request (a closure per request costs memory under load).
+  const send = (response: Response) => cut ? UNANSWERED : response;
+  const sendCoalesced = (response: Response) => cut ? UNANSWERED : coalesceBody(response);
   let http: Deno.HttpServer<Deno.NetAddr>;
   /** Shutdowns of listeners replaced by a certificate reload, still finishing their requests. */
   const retiring: Promise<void>[] = [];
@@ -1033,9 +1036,7 @@ function serve(
       // On TLS a body must leave with its headers, or it waits ~40 ms (see coalesceBody). HEAD
       // keeps its body as given: as bytes, an empty one would announce a false Content-Length.
       const coalesce = tls !== undefined && req.method !== "HEAD";
-      return Promise.resolve(handler(req, info)).then((response) =>
-        cut ? UNANSWERED : coalesce ? coalesceBody(response) : response
-      );
+      return Promise.resolve(handler(req, info)).then(coalesce ? sendCoalesced : send);
     });
   }
   return {
