@@ -1289,12 +1289,13 @@ async function readWhole(c: Connection, n: number): Promise<Uint8Array<ArrayBuff
   c.start = c.end = 0;
   let got = available;
   while (got < n) {
-    // The last bytes are read into the connection's buffer, which has room past the body: bytes
-    // the backend sent after it are seen there (release() closes the connection for them).
-    const direct = n - got >= c.buf.length;
+    // The last bytes are read into the connection's buffer, with room past the body: bytes the
+    // backend sent after it are seen there (release() closes the connection for them).
+    const room = c.buf.length >> 1;
+    const direct = n - got > room;
     let read: number | null;
     try {
-      read = await c.readBody(direct ? out.subarray(got) : c.buf);
+      read = await c.readBody(direct ? out.subarray(got, n - room) : c.buf);
     } catch (error) {
       throw c.failure === undefined
         ? new Error(`connection failed mid-body: ${describe(error)}`)
@@ -1370,8 +1371,7 @@ class BodySource implements UnderlyingDefaultSource<Uint8Array> {
       const c = this.c;
       if (c.start === c.end) {
         c.start = c.end = 0;
-        // The whole buffer even for the last bytes of a length: bytes past the body show there.
-        const n = await c.readBody(c.buf);
+        const n = await c.readBody(c.buf.subarray(0, this.#readSize(c.buf.length)));
         if (n === null) {
           if (this.head.framing === Framing.Close) return this.#end(controller, false);
           return this.#fail(controller, "backend closed the connection mid-body");
@@ -1391,6 +1391,18 @@ class BodySource implements UnderlyingDefaultSource<Uint8Array> {
     } catch (error) {
       this.#fail(controller, error instanceof MalformedResponse ? error.message : describe(error));
     }
+  }
+
+  /**
+   * How much one read may take: the read that ends a length-framed body has room past its end
+   * (half the buffer), so that bytes the backend sent after the body show; an earlier read
+   * stops short of the end.
+   */
+  #readSize(size: number): number {
+    if (this.head.framing !== Framing.Length) return size;
+    const room = size >> 1;
+    const remaining = this.#remaining;
+    return remaining > size - room ? Math.min(size, remaining - room) : size;
   }
 
   async #pullChunked(controller: ReadableStreamDefaultController<Uint8Array>): Promise<void> {

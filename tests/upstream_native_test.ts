@@ -332,8 +332,11 @@ Deno.test("send() does not reuse a connection with bytes left after the response
 });
 
 Deno.test("send() never hands bytes past a long body to the next request: the connection is closed and reported", async () => {
-  // 30,000 bytes are read whole past the connection's first read; 100,000 are streamed.
-  for (const size of [30_000, 100_000]) {
+  // Up to 64 KiB are read whole past the connection's first read; more are streamed. Sizes
+  // around each buffer's length (16 and 64 KiB) and their multiples.
+  for (
+    const size of [20_000, 30_000, 40_000, 60_000, 65_536, 100_000, 131_072, 147_456, 200_000]
+  ) {
     const body = "x".repeat(size);
     let answered = 0;
     await using server = rawServer(async (conn) => {
