@@ -311,7 +311,7 @@ export function createAdminHandler(options: AdminOptions) {
     const backend = pool.add(spec);
     const kept = revived ? `; was draining, ${backend.inflight} in flight kept` : "";
     log.info(`Admin: added backend ${backend.url} to ${name} (weight ${backend.weight}${kept})`);
-    return json({ backend: backendView(backend, name) }, revived ? 200 : 201);
+    return json({ backend: await mergedView(backend, name) }, revived ? 200 : 201);
   }
 
   async function remove(query: URLSearchParams): Promise<Response> {

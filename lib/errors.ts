@@ -148,5 +148,11 @@ export function errorResponse(error: unknown): Response {
   const headers = new Headers(error instanceof HttpError ? error.headers : {});
   headers.set("content-type", "text/plain; charset=utf-8");
   headers.set("cache-control", "no-store");
-  return new Response(`${status} ${REASONS[status] ?? "Error"}\n`, { status, headers });
+  return new Response(errorText(error), { status, headers });
+}
+
+/** The body of {@linkcode errorResponse}'s answer to `error` (ASCII). */
+export function errorText(error: unknown): string {
+  const status = error instanceof HttpError ? error.status : 502;
+  return `${status} ${REASONS[status] ?? "Error"}\n`;
 }

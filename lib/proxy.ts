@@ -22,6 +22,7 @@ import {
   BadRequestError,
   ClientClosedError,
   errorResponse,
+  errorText,
   GatewayTimeoutError,
   HttpError,
   NoBackendError,
@@ -309,8 +310,8 @@ export function observable(
 export function balancerAnswer(error: unknown, requestId: string, trace: Trace): Response {
   const response = errorResponse(error);
   response.headers.set(REQUEST_ID_HEADER, requestId);
-  const length = response.headers.get("content-length");
-  if (length !== null) trace.contentLength = Number(length);
+  // The body is short ASCII text ("502 Bad Gateway\n"): its length is its byte count.
+  trace.contentLength = errorText(error).length;
   return response;
 }
 

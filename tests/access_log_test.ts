@@ -441,11 +441,13 @@ Deno.test("the access log gives an HTTP/1.0 request its version (native front en
   assert.match(line("/new"), /"GET \/new HTTP\/1\.1" 200 12 /);
 });
 
-Deno.test("the access log says '-' for a body the backend broke off, and 0 bytes for a 205", async () => {
+Deno.test("the access log says '-' for a body the backend broke off, 0 bytes for a 205, and counts the balancer's own answer", async () => {
   await using backend = rawServer(async (conn) => {
     const wire = new Wire(conn);
     const head = await wire.head();
-    if (head?.startsWith("GET /reset ")) {
+    if (head?.startsWith("GET /refused ")) {
+      // No answer at all: the balancer answers 502 itself.
+    } else if (head?.startsWith("GET /reset ")) {
       await conn.write(encoder.encode("HTTP/1.1 205 Reset Content\r\ncontent-length: 0\r\n\r\n"));
     } else {
       // Announces 200,000 bytes, sends 100,000 and closes.
@@ -459,12 +461,15 @@ Deno.test("the access log says '-' for a body the backend broke off, and 0 bytes
   await using lb = await startTestBalancer([backend.url], { accessLog: path, frontend: "native" });
   await rawRequest(lb.port, "GET /cut HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n");
   await rawRequest(lb.port, "GET /reset HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n");
+  await rawRequest(lb.port, "GET /refused HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n");
   let lines: string[] = [];
-  for (let i = 0; i < 50 && lines.length < 2; i++) {
+  for (let i = 0; i < 50 && lines.length < 3; i++) {
     lines = (await Deno.readTextFile(path).catch(() => "")).split("\n").filter(Boolean);
-    if (lines.length < 2) await delay(100);
+    if (lines.length < 3) await delay(100);
   }
   const line = (path: string) => lines.find((l) => l.includes(` ${path} `)) ?? "";
   assert.match(line("/cut"), /"GET \/cut HTTP\/1\.1" 200 - /);
+  // The balancer's own answer ("502 Bad Gateway\n") counts its bytes.
+  assert.match(line("/refused"), /"GET \/refused HTTP\/1\.1" 502 16 /);
   assert.match(line("/reset"), /"GET \/reset HTTP\/1\.1" 205 0 /);
 });

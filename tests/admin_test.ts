@@ -1260,6 +1260,15 @@ Deno.test("admin changes answer with the view /api/backends gives: other threads
       info,
     ).then((r) => r.json());
     assert.equal(removed.backend.requests, 10, "delete");
+    // Added (back): its figures merged too.
+    const revived = await handler(
+      new Request("http://admin/api/backends", {
+        method: "POST",
+        body: JSON.stringify({ url: a.url }),
+      }),
+      info,
+    ).then((r) => r.json());
+    assert.equal(revived.backend.requests, 10, "added back");
   } finally {
     await h[Symbol.asyncDispose]();
   }
