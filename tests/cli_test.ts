@@ -5,9 +5,8 @@
  */
 import assert from "node:assert/strict";
 import denoJson from "../deno.json" with { type: "json" };
-import { delay, getText, refusingUrl, startTestBackend } from "./helpers.ts";
+import { delay, getText, heldBackend, refusingUrl, startTestBackend } from "./helpers.ts";
 import { runMain, spawnBalancer } from "./process.ts";
-import { HEALTH_CHECK_USER_AGENT } from "../lib/health.ts";
 
 Deno.test("Go-style flags `-backends=URL,URL -port=N` work exactly as the original tool's", async () => {
   await using a = await startTestBackend(() => new Response("a"));
@@ -147,28 +146,19 @@ Deno.test("--help prints usage and --version the version from deno.json, both ex
 });
 
 Deno.test("SIGTERM lets an in-flight slow request finish, then exits 0", async () => {
-  let release!: () => void;
-  const released = new Promise<void>((r) => release = r);
-  let arrived!: () => void;
-  const arrivedP = new Promise<void>((r) => arrived = r);
-  await using slow = await startTestBackend(async (req) => {
-    // The health check at start-up is no client request: SIGTERM on its arrival raced the
-    // client's request to the balancer, which then had nothing in flight to wait for.
-    if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("up");
-    arrived();
-    await released;
-    return new Response("finished");
-  });
+  // Held until SIGTERM; health checks are not counted as arrivals (SIGTERM on the start-up
+  // check's arrival raced the client's request, leaving nothing in flight to wait for).
+  await using slow = await heldBackend("finished");
   await using lb = spawnBalancer([`-backends=${slow.url}`, "-port=0", "-host=127.0.0.1"]);
   const port = await lb.port();
   // A client of its own: the shared one may hold an idle connection to an earlier test's
   // balancer that had the same port, and send this request on it.
   using client = Deno.createHttpClient({});
   const pending = getText(`http://127.0.0.1:${port}/`, { client });
-  await arrivedP;
+  await slow.arrived;
   lb.child.kill("SIGTERM");
   await lb.waitForLine(/Shutting down/);
-  setTimeout(release, 200);
+  setTimeout(slow.release, 200);
   const { status, text } = await pending;
   assert.equal(status, 200);
   assert.equal(text, "finished");
@@ -178,16 +168,7 @@ Deno.test("SIGTERM lets an in-flight slow request finish, then exits 0", async (
 
 for (const frontend of ["deno", "native"]) {
   Deno.test(`--frontend ${frontend}: /readyz answers 503 draining from the start of the drain; /healthz stays 200`, async () => {
-    let release!: () => void;
-    const released = new Promise<void>((r) => release = r);
-    let arrived!: () => void;
-    const arrivedP = new Promise<void>((r) => arrived = r);
-    await using slow = await startTestBackend(async (req) => {
-      if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("up");
-      arrived();
-      await released;
-      return new Response("finished");
-    });
+    await using slow = await heldBackend("finished");
     await using lb = spawnBalancer([
       `-backends=${slow.url}`,
       "-port=0",
@@ -203,7 +184,7 @@ for (const frontend of ["deno", "native"]) {
     // Caught: a failed assertion below kills the process, and this must not fail the file.
     const pending = getText(`http://127.0.0.1:${port}/`, { client }).catch((error) => error);
     try {
-      await arrivedP;
+      await slow.arrived;
       assert.deepEqual(await probe(`${admin}/readyz`), [200, "ready\n"]);
       lb.child.kill("SIGTERM");
       await lb.waitForLine(/Shutting down/);
@@ -211,7 +192,7 @@ for (const frontend of ["deno", "native"]) {
       assert.deepEqual(await probe(`${admin}/readyz`), [503, "draining\n"]);
       assert.deepEqual(await probe(`${admin}/healthz`), [200, "ok\n"], "still alive");
     } finally {
-      release();
+      slow.release();
     }
     assert.equal((await pending).text, "finished");
     assert.equal(await lb.exited, 0);
@@ -226,16 +207,7 @@ async function probe(url: string): Promise<[number, string]> {
 }
 
 Deno.test("SIGINT with a request that outlives --drain-timeout exits 0 after the deadline", async () => {
-  let arrived!: () => void;
-  const arrivedP = new Promise<void>((r) => arrived = r);
-  let release!: () => void;
-  const released = new Promise<void>((r) => release = r);
-  await using stuck = await startTestBackend(async (req) => {
-    if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("up");
-    arrived();
-    await released;
-    return new Response("late");
-  });
+  await using stuck = await heldBackend("late");
   await using lb = spawnBalancer([
     `-backends=${stuck.url}`,
     "-port=0",
@@ -244,7 +216,7 @@ Deno.test("SIGINT with a request that outlives --drain-timeout exits 0 after the
   ]);
   const port = await lb.port();
   const pending = fetch(`http://127.0.0.1:${port}/`).then((r) => r.text()).catch((e) => e);
-  await arrivedP;
+  await stuck.arrived;
   const started = performance.now();
   lb.child.kill("SIGINT");
   assert.equal(await lb.exited, 0);
@@ -257,7 +229,7 @@ Deno.test("SIGINT with a request that outlives --drain-timeout exits 0 after the
     (await pending) instanceof Error,
     "the cut-off request fails rather than looking complete",
   );
-  release();
+  stuck.release();
 });
 
 Deno.test("start-up fails with a clear line when the port is taken", async () => {

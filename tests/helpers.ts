@@ -34,6 +34,32 @@ export interface ReceivedRequest {
   headers: Headers;
 }
 
+/**
+ * A backend that holds every client request until `release()`, then answers `body`; health
+ * checks are answered at once and not counted (one arriving at start-up is no client request).
+ */
+export async function heldBackend(body: string) {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let firstArrived!: () => void;
+  const arrived = new Promise<void>((resolve) => (firstArrived = resolve));
+  let arrivals = 0;
+  const backend = await startTestBackend(async (req) => {
+    if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("up");
+    arrivals++;
+    firstArrived();
+    await released;
+    return new Response(body);
+  });
+  return Object.assign(backend, {
+    /** Settles when the first client request has arrived. */
+    arrived,
+    /** Client requests arrived so far. */
+    arrivals: () => arrivals,
+    release,
+  });
+}
+
 /** Starts a backend whose answers come from `handler`; every request is recorded first. */
 export function startTestBackend(
   handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response> = () =>

@@ -12,6 +12,7 @@ import { type BalancerProcess, runMain, spawnBalancer } from "./process.ts";
 import {
   captureLog,
   delay,
+  heldBackend,
   rawExchange,
   refusingUrl,
   startTestBackend,
@@ -226,15 +227,7 @@ Deno.test("--workers 2: admin drain and sticky cookies hold in every thread", as
 Deno.test("--workers 2: SIGTERM lets requests in flight on both threads finish", async () => {
   // Held until the balancer is shutting down, so every one is in flight at SIGTERM however
   // slowly they arrive.
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let arrived = 0;
-  await using slow = await startTestBackend(async (req) => {
-    if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("ok");
-    arrived++;
-    await released;
-    return new Response("slow done");
-  });
+  await using slow = await heldBackend("slow done");
   const { lb, url } = await startWorkers([slow.url], ["--drain-timeout=10s"]);
   await using _lb = lb;
   // The kernel spreads connections at random: all 24 on one thread has probability 2^-23.
@@ -248,7 +241,10 @@ Deno.test("--workers 2: SIGTERM lets requests in flight on both threads finish",
     return { status: response.status, body: await response.text() };
   });
   try {
-    assert.ok(await waitFor(() => arrived === count, 10_000), `${count} in flight (${arrived})`);
+    assert.ok(
+      await waitFor(() => slow.arrivals() === count, 10_000),
+      `${count} in flight (${slow.arrivals()})`,
+    );
     // Each request's selection is logged before it is forwarded, but read here from a pipe.
     await waitFor(() => selections(lb).main + selections(lb).worker === count, 10_000);
     const seen = selections(lb);
@@ -259,7 +255,7 @@ Deno.test("--workers 2: SIGTERM lets requests in flight on both threads finish",
     lb.child.kill("SIGTERM");
     await lb.waitForLine(/Shutting down/);
   } finally {
-    release();
+    slow.release();
   }
   const results = await Promise.all(pending);
   for (const client of clients) client.close();
@@ -271,15 +267,7 @@ Deno.test("--workers 2: SIGTERM lets requests in flight on both threads finish",
 
 for (const frontend of ["deno", "native"]) {
   Deno.test(`--workers 2, --frontend ${frontend}: requests cut off at the drain deadline get their connection closed, no 499, on both threads`, async () => {
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let arrived = 0;
-    await using stuck = await startTestBackend(async (req) => {
-      if (req.headers.get("user-agent") === HEALTH_CHECK_USER_AGENT) return new Response("ok");
-      arrived++;
-      await released;
-      return new Response("late");
-    });
+    await using stuck = await heldBackend("late");
     const { lb, url } = await startWorkers([stuck.url], [
       "--drain-timeout=300ms",
       `--frontend=${frontend}`,
@@ -293,7 +281,10 @@ for (const frontend of ["deno", "native"]) {
       () => rawExchange(port, "GET / HTTP/1.1\r\nHost: lb\r\n\r\n", 15_000),
     );
     try {
-      assert.ok(await waitFor(() => arrived === count, 10_000), `${count} in flight (${arrived})`);
+      assert.ok(
+        await waitFor(() => stuck.arrivals() === count, 10_000),
+        `${count} in flight (${stuck.arrivals()})`,
+      );
       await waitFor(() => selections(lb).main + selections(lb).worker === count, 10_000);
       const seen = selections(lb);
       assert.ok(
@@ -310,7 +301,7 @@ for (const frontend of ["deno", "native"]) {
         "closed without a reply (a 499 would blame the client)",
       );
     } finally {
-      release();
+      stuck.release();
     }
     assert.ok(
       lb.lines.some((line) => line.includes(`Drain timeout: ${count} request(s) were cut off`)),
