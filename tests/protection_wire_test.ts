@@ -392,10 +392,12 @@ Deno.test("basicAuth usersFile: a reload re-reads it (new user in, removed user 
 });
 
 /**
- * main.ts as a process over `backendUrl`, its config in `dir` with one route guarded by
- * `usersFile`, which lets ALICE in.
+ * main.ts as a process over `backendUrl`, its config in a temporary folder with one route guarded
+ * by a users file that lets ALICE in. Disposing stops the process and removes the folder.
  */
-async function spawnWithUsersFile(dir: string, usersFile: string, backendUrl: string) {
+async function usersFileBalancer(backendUrl: string) {
+  const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
+  const usersFile = `${dir}/htpasswd`;
   const config = `${dir}/lb.jsonc`;
   await Deno.writeTextFile(usersFile, `${ALICE.user}:${ALICE.hash}\n`);
   await Deno.writeTextFile(
@@ -405,81 +407,80 @@ async function spawnWithUsersFile(dir: string, usersFile: string, backendUrl: st
       routes: [{ name: "ops", service: "app", basicAuth: { realm: "ops", usersFile } }],
     }),
   );
-  return spawnBalancer(
+  const lb = spawnBalancer(
     ["--config", config, "--port=0", "--host=127.0.0.1", ...FRONTEND_FLAGS],
     { permissions: ["--allow-read"] }, // the bcrypt worker's module too
   );
+  const dispose = async () => {
+    await lb[Symbol.asyncDispose]();
+    await Deno.remove(dir, { recursive: true });
+  };
+  const url = `http://127.0.0.1:${await lb.port().catch(async (error) => {
+    await dispose();
+    throw error;
+  })}`;
+  return {
+    lb,
+    usersFile,
+    /** A GET with `who`'s credentials. */
+    as: (who: { user: string; password: string }) =>
+      send(`${url}/`, { headers: { authorization: basic(who.user, who.password) } }),
+    /** The users file rewritten to hold `who` alone, as an operator's tool would (a rename). */
+    replace: async (who: { user: string; hash: string }) => {
+      await Deno.writeTextFile(`${usersFile}.new`, `${who.user}:${who.hash}\n`);
+      await Deno.rename(`${usersFile}.new`, usersFile);
+    },
+    [Symbol.asyncDispose]: dispose,
+  };
 }
 
 Deno.test("basicAuth usersFile: an edit reloads by itself (a removed user is out without SIGHUP), SIGHUP too", async () => {
   await using backend = await namedBackend("ok");
-  const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
-  try {
-    const usersFile = `${dir}/htpasswd`;
-    await using lb = await spawnWithUsersFile(dir, usersFile, backend.url);
-    const url = `http://127.0.0.1:${await lb.port()}`;
-    const as = (who: { user: string; password: string }) =>
-      send(`${url}/`, { headers: { authorization: basic(who.user, who.password) } });
-    /** Marks the log now; the function returned waits for a reload line after the mark. */
-    const reloaded = (what: string) => {
-      const before = lb.lines.length;
-      return () =>
-        waitFor(() => lb.lines.slice(before).some((l) => /Reloaded:/.test(l)), 10_000).then(
-          (seen) =>
-            assert.ok(seen, `no reload after ${what}:\n${lb.lines.slice(before).join("\n")}`),
-        );
-    };
-    assert.equal((await as(ALICE)).status, 200);
-    assert.equal((await as(ANN)).status, 401);
-    // As an operator revoking access would: the file rewritten, nothing else.
-    const edited = reloaded("the edit");
-    await Deno.writeTextFile(`${usersFile}.new`, `${ANN.user}:${ANN.hash}\n`);
-    await Deno.rename(`${usersFile}.new`, usersFile);
-    await edited();
-    assert.equal((await as(ALICE)).status, 401, "the removed user is out");
-    assert.equal((await as(ANN)).status, 200, "the new user gets in");
-    // SIGHUP re-reads it as well (the same users: nothing changes for them).
-    const signalled = reloaded("SIGHUP");
-    lb.child.kill("SIGHUP");
-    await signalled();
-    assert.equal((await as(ANN)).status, 200);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using setup = await usersFileBalancer(backend.url);
+  const { lb, as } = setup;
+  /** Marks the log now; the function returned waits for a reload line after the mark. */
+  const reloaded = (what: string) => {
+    const before = lb.lines.length;
+    return () =>
+      waitFor(() => lb.lines.slice(before).some((l) => /Reloaded:/.test(l)), 10_000).then(
+        (seen) => assert.ok(seen, `no reload after ${what}:\n${lb.lines.slice(before).join("\n")}`),
+      );
+  };
+  assert.equal((await as(ALICE)).status, 200);
+  assert.equal((await as(ANN)).status, 401);
+  // As an operator revoking access would: the file rewritten, nothing else.
+  const edited = reloaded("the edit");
+  await setup.replace(ANN);
+  await edited();
+  assert.equal((await as(ALICE)).status, 401, "the removed user is out");
+  assert.equal((await as(ANN)).status, 200, "the new user gets in");
+  // SIGHUP re-reads it as well (the same users: nothing changes for them).
+  const signalled = reloaded("SIGHUP");
+  lb.child.kill("SIGHUP");
+  await signalled();
+  assert.equal((await as(ANN)).status, 200);
 });
 
 Deno.test("basicAuth usersFile: an edit SIGHUP applied is not reloaded again, a file put back after it is", async () => {
   await using backend = await namedBackend("ok");
-  const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
-  try {
-    const usersFile = `${dir}/htpasswd`;
-    await using lb = await spawnWithUsersFile(dir, usersFile, backend.url);
-    const url = `http://127.0.0.1:${await lb.port()}`;
-    const as = (who: { user: string; password: string }) =>
-      send(`${url}/`, { headers: { authorization: basic(who.user, who.password) } });
-    const reloads = () => lb.lines.filter((l) => /Reloaded:/.test(l)).length;
-    const replace = async (who: { user: string; hash: string }) => {
-      await Deno.writeTextFile(`${usersFile}.new`, `${who.user}:${who.hash}\n`);
-      await Deno.rename(`${usersFile}.new`, usersFile);
-    };
-    assert.equal((await as(ALICE)).status, 200);
-    await replace(ANN);
-    lb.child.kill("SIGHUP");
-    assert.ok(await waitFor(() => reloads() === 1, 10_000), lb.lines.join("\n"));
-    // Ten debounce periods: the watch's reload of the same edit would have come by now.
-    await delay(2000);
-    assert.equal(reloads(), 1, lb.lines.join("\n"));
-    assert.equal((await as(ANN)).status, 200);
-    // ALICE back at once after a SIGHUP'd edit, no signal: the users in force follow the file.
-    await replace({ user: "bob", hash: ANN.hash });
-    lb.child.kill("SIGHUP");
-    assert.ok(await waitFor(() => reloads() === 2, 10_000), lb.lines.join("\n"));
-    await replace(ALICE);
-    assert.ok(await waitFor(() => reloads() === 3, 10_000), lb.lines.join("\n"));
-    assert.equal((await as(ALICE)).status, 200, "the file's user is in");
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using setup = await usersFileBalancer(backend.url);
+  const { lb, as, replace } = setup;
+  const reloads = () => lb.lines.filter((l) => /Reloaded:/.test(l)).length;
+  assert.equal((await as(ALICE)).status, 200);
+  await replace(ANN);
+  lb.child.kill("SIGHUP");
+  assert.ok(await waitFor(() => reloads() === 1, 10_000), lb.lines.join("\n"));
+  // Ten debounce periods: the watch's reload of the same edit would have come by now.
+  await delay(2000);
+  assert.equal(reloads(), 1, lb.lines.join("\n"));
+  assert.equal((await as(ANN)).status, 200);
+  // ALICE back at once after a SIGHUP'd edit, no signal: the users in force follow the file.
+  await replace({ user: "bob", hash: ANN.hash });
+  lb.child.kill("SIGHUP");
+  assert.ok(await waitFor(() => reloads() === 2, 10_000), lb.lines.join("\n"));
+  await replace(ALICE);
+  assert.ok(await waitFor(() => reloads() === 3, 10_000), lb.lines.join("\n"));
+  assert.equal((await as(ALICE)).status, 200, "the file's user is in");
 });
 
 Deno.test({
@@ -487,24 +488,16 @@ Deno.test({
   ignore: !HAS_MKFIFO,
   async fn() {
     await using backend = await namedBackend("ok");
-    const dir = await Deno.makeTempDir({ prefix: "lb-protection-" });
-    try {
-      const usersFile = `${dir}/htpasswd`;
-      await using lb = await spawnWithUsersFile(dir, usersFile, backend.url);
-      const url = `http://127.0.0.1:${await lb.port()}`;
-      const asAlice = () =>
-        send(`${url}/`, { headers: { authorization: basic(ALICE.user, ALICE.password) } });
-      assert.equal((await asAlice()).status, 200);
-      await Deno.remove(usersFile);
-      await makeFifo(usersFile);
-      lb.child.kill("SIGHUP");
-      // A read of the FIFO would block the process until a writer came: none ever does.
-      const problem = await lb.waitForLine(/usersFile .*htpasswd: /, 20_000);
-      assert.match(problem, /ERROR Reload failed.*: not a regular file \(a FIFO\)$/);
-      for (let i = 0; i < 5; i++) assert.equal((await asAlice()).status, 200);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    await using setup = await usersFileBalancer(backend.url);
+    const { lb, as, usersFile } = setup;
+    assert.equal((await as(ALICE)).status, 200);
+    await Deno.remove(usersFile);
+    await makeFifo(usersFile);
+    lb.child.kill("SIGHUP");
+    // A read of the FIFO would block the process until a writer came: none ever does.
+    const problem = await lb.waitForLine(/usersFile .*htpasswd: /, 20_000);
+    assert.match(problem, /ERROR Reload failed.*: not a regular file \(a FIFO\)$/);
+    for (let i = 0; i < 5; i++) assert.equal((await as(ALICE)).status, 200);
   },
 });
 
