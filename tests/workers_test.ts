@@ -224,6 +224,25 @@ Deno.test("--workers 2: admin drain and sticky cookies hold in every thread", as
   assert.equal(a.received.length, before, "no thread sends to a drained backend");
 });
 
+/** Waits until `count` requests are held by `backend`, and checks that both threads sent some. */
+async function assertHeldOnBothThreads(
+  lb: BalancerProcess,
+  backend: { arrivals(): number },
+  count: number,
+): Promise<void> {
+  assert.ok(
+    await waitFor(() => backend.arrivals() === count, 10_000),
+    `${count} in flight (${backend.arrivals()})`,
+  );
+  // Each request's selection is logged before it is forwarded, but read here from a pipe.
+  await waitFor(() => selections(lb).main + selections(lb).worker === count, 10_000);
+  const seen = selections(lb);
+  assert.ok(
+    seen.main > 0 && seen.worker > 0,
+    `both threads hold requests: ${JSON.stringify(seen)}`,
+  );
+}
+
 Deno.test("--workers 2: SIGTERM lets requests in flight on both threads finish", async () => {
   // Held until the balancer is shutting down, so every one is in flight at SIGTERM however
   // slowly they arrive.
@@ -241,17 +260,7 @@ Deno.test("--workers 2: SIGTERM lets requests in flight on both threads finish",
     return { status: response.status, body: await response.text() };
   });
   try {
-    assert.ok(
-      await waitFor(() => slow.arrivals() === count, 10_000),
-      `${count} in flight (${slow.arrivals()})`,
-    );
-    // Each request's selection is logged before it is forwarded, but read here from a pipe.
-    await waitFor(() => selections(lb).main + selections(lb).worker === count, 10_000);
-    const seen = selections(lb);
-    assert.ok(
-      seen.main > 0 && seen.worker > 0,
-      `both threads hold requests: ${JSON.stringify(seen)}`,
-    );
+    await assertHeldOnBothThreads(lb, slow, count);
     lb.child.kill("SIGTERM");
     await lb.waitForLine(/Shutting down/);
   } finally {
@@ -281,16 +290,7 @@ for (const frontend of ["deno", "native"]) {
       () => rawExchange(port, "GET / HTTP/1.1\r\nHost: lb\r\n\r\n", 15_000),
     );
     try {
-      assert.ok(
-        await waitFor(() => stuck.arrivals() === count, 10_000),
-        `${count} in flight (${stuck.arrivals()})`,
-      );
-      await waitFor(() => selections(lb).main + selections(lb).worker === count, 10_000);
-      const seen = selections(lb);
-      assert.ok(
-        seen.main > 0 && seen.worker > 0,
-        `both threads hold requests: ${JSON.stringify(seen)}`,
-      );
+      await assertHeldOnBothThreads(lb, stuck, count);
       lb.child.kill("SIGTERM");
       assert.equal(await lb.exited, 0);
       const answers = await Promise.all(exchanges);
